@@ -1,0 +1,154 @@
+"""Async engine and sessions per service, each on its own database, migrated at start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import asyncpg
+from alembic import command, context
+from alembic.config import Config
+from fastapi import Depends, Request
+from sqlalchemy import Connection, MetaData, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from shared.settings import Settings
+
+log = logging.getLogger("mkr.db")
+
+# Constraint names that Alembic and humans can predict.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def server_url(settings: Settings) -> URL:
+    """The PostgreSQL server to use: MKR_DATABASE_URL, else the embedded one under state_dir."""
+    if settings.database_url:
+        raw = settings.database_url
+    else:
+        from shared.embedded import ensure_postgres
+
+        raw = ensure_postgres(settings.state_dir)
+    url = make_url(raw)
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def database_name(settings: Settings, service: str) -> str:
+    return f"{settings.database_prefix}{service}"
+
+
+def service_url(settings: Settings, service: str) -> URL:
+    return server_url(settings).set(database=database_name(settings, service))
+
+
+def asyncpg_dsn(url: URL) -> dict[str, object]:
+    """Keyword arguments for asyncpg.connect from a SQLAlchemy URL (Unix sockets included)."""
+    kwargs: dict[str, object] = {
+        "user": url.username or "postgres",
+        "database": url.database or "postgres",
+    }
+    if url.password:
+        kwargs["password"] = url.password
+    host = url.query.get("host") or url.host
+    if host:
+        kwargs["host"] = host if isinstance(host, str) else host[0]
+    if url.port:
+        kwargs["port"] = url.port
+    return kwargs
+
+
+async def ensure_database(settings: Settings, service: str) -> None:
+    """Create the service's database on the server if it does not exist yet."""
+    name = database_name(settings, service)
+    maintenance = server_url(settings).set(database="postgres")
+    conn = await asyncpg.connect(**asyncpg_dsn(maintenance), timeout=10)  # type: ignore[arg-type]
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass  # another replica won the race
+    finally:
+        await conn.close()
+
+
+async def drop_database(settings: Settings, service: str) -> None:
+    name = database_name(settings, service)
+    maintenance = server_url(settings).set(database="postgres")
+    conn = await asyncpg.connect(**asyncpg_dsn(maintenance), timeout=10)  # type: ignore[arg-type]
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def create_engine(settings: Settings, service: str) -> AsyncEngine:
+    return create_async_engine(
+        service_url(settings, service),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+        pool_timeout=15,
+        connect_args={"server_settings": {"application_name": f"mkr-{service}"}, "timeout": 10},
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _alembic_config(migrations: Path, connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+async def migrate(engine: AsyncEngine, migrations: Path) -> None:
+    """Bring the service's database to the head of its own Alembic history."""
+
+    def _upgrade(connection: Connection) -> None:
+        # One migrator at a time when several replicas start together.
+        connection.execute(text("SELECT pg_advisory_xact_lock(7310001)"))
+        command.upgrade(_alembic_config(migrations, connection), "head")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+
+
+def run_alembic_env(target_metadata: MetaData | None = None) -> None:
+    """The body of every service's migrations/env.py: run on the connection handed in."""
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError("run migrations with `mkr migrate` (they need a connection)")
+    context.configure(connection=connection, target_metadata=target_metadata, transaction_per_migration=False)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.runtime.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -1,0 +1,483 @@
+"""The event backbone: the envelope (§9), the transactional outbox and its relay, idempotent consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.observability import EVENTS_CONSUMED, EVENTS_PUBLISHED
+from shared.settings import Settings
+
+log = logging.getLogger("mkr.events")
+
+INTAKE_TOPIC = "mkr.intake.events"
+REFERRAL_TOPIC = "mkr.referral.events"
+SHELTER_TOPIC = "mkr.shelter.events"
+NOTIFICATIONS_TOPIC = "mkr.notifications.events"
+ALL_TOPICS = (INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, NOTIFICATIONS_TOPIC)
+SCHEMA_VERSION = 1
+
+
+class Envelope(BaseModel):
+    """CloudEvents-style envelope; `source` + `id` identify an event for de-duplication."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    source: str
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    subject: str
+    municipality: str
+    schema_version: int = SCHEMA_VERSION
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+# Tables every service carries in its own database (created by its first migration).
+event_metadata = sa.MetaData()
+
+outbox_table = sa.Table(
+    "outbox",
+    event_metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("event_id", sa.Uuid, nullable=False, unique=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("published_at", sa.DateTime(timezone=True)),
+)
+sa.Index("ix_outbox_unpublished", outbox_table.c.id, postgresql_where=outbox_table.c.published_at.is_(None))
+
+processed_events_table = sa.Table(
+    "processed_events",
+    event_metadata,
+    sa.Column("consumer", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Uuid, primary_key=True),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="done"),
+    sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+
+def create_event_tables(op: Any) -> None:
+    """Called from each service's first migration: the outbox, its NOTIFY trigger and the inbox."""
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("event_id", sa.Uuid, nullable=False, unique=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+    )
+    op.execute("CREATE INDEX ix_outbox_unpublished ON outbox (id) WHERE published_at IS NULL")
+    op.execute(
+        """
+        CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('mkr_outbox', ''); RETURN NULL; END $$;
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
+    )
+    op.create_table(
+        "processed_events",
+        sa.Column("consumer", sa.Text, primary_key=True),
+        sa.Column("event_id", sa.Uuid, primary_key=True),
+        sa.Column("event_type", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False, server_default="done"),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    )
+
+
+async def publish(session: AsyncSession, settings: Settings, topic: str, event: Envelope, key: str) -> None:
+    """Write the event into the outbox inside the caller's transaction.
+
+    Call it after the change it announces (and after any row lock on the case), so that
+    two transactions about one case get outbox ids in commit order.
+    """
+    await session.execute(
+        outbox_table.insert().values(
+            event_id=event.id,
+            topic=settings.topic(topic),
+            key=key,
+            payload=event.model_dump_json(),
+        )
+    )
+
+
+def make_event(
+    *, type_: str, source: str, subject: str, municipality: str, data: dict[str, Any]
+) -> Envelope:
+    return Envelope(type=type_, source=source, subject=subject, municipality=municipality, data=data)
+
+
+def producer_for(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        linger_ms=0,
+        client_id="mkr",
+    )
+
+
+async def ensure_topics(settings: Settings, topics: Sequence[str] = ALL_TOPICS) -> None:
+    """Create the contract's topics; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=settings.kafka_request_timeout_ms
+    )
+    await asyncio.wait_for(admin.start(), timeout=10)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [settings.topic(t) for t in topics if settings.topic(t) not in existing]
+        if wanted:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name,
+                        num_partitions=settings.kafka_topic_partitions,
+                        replication_factor=settings.kafka_replication_factor,
+                    )
+                    for name in wanted
+                ]
+            )
+    finally:
+        await asyncio.wait_for(admin.close(), timeout=10)
+
+
+async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer | None, timeout: float = 10) -> None:
+    if client is None:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.stop(), timeout=timeout)
+
+
+def _backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
+    return min(cap, base * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2)
+
+
+class OutboxRelay:
+    """Publishes outbox rows in id order; one relay at a time per database (advisory lock).
+
+    A failed batch is rolled back and retried, so a broker outage delays events but never
+    loses or reorders them. Wakes on NOTIFY from the outbox trigger, else polls.
+    """
+
+    LOCK_KEY = 7310002
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, listen_dsn: dict[str, object]) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.listen_dsn = listen_dsn
+        self.producer: AIOKafkaProducer | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self.healthy = False
+        self.pending = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._listen_task = asyncio.create_task(self._listen(), name="outbox-listen")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        for task in (self._task, self._listen_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, timeout=10)
+        await _stop(self.producer)
+        self.producer = None
+
+    async def _listen(self) -> None:
+        import asyncpg
+
+        attempt = 0
+        while not self._stopping.is_set():
+            conn = None
+            try:
+                conn = await asyncpg.connect(**self.listen_dsn, timeout=10)  # type: ignore[arg-type]
+                await conn.add_listener("mkr_outbox", lambda *_: self._wake.set())
+                attempt = 0
+                while not self._stopping.is_set() and not conn.is_closed():
+                    await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                attempt += 1
+                await asyncio.sleep(_backoff(attempt, 0.5, 10))
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=5)
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            producer = producer_for(self.settings)
+            try:
+                await asyncio.wait_for(producer.start(), timeout=15)
+                await ensure_topics(self.settings)
+            except BaseException:
+                await _stop(producer)
+                raise
+            self.producer = producer
+        return self.producer
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                sent = await self.publish_batch()
+                attempt = 0
+                self.healthy = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.healthy = False
+                attempt += 1
+                log.warning("outbox relay failed, will retry", extra={"error_class": type(exc).__name__})
+                # A fresh producer after a failure: the old one may hold a dead broker's metadata.
+                await _stop(self.producer, timeout=5)
+                self.producer = None
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            if sent == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_poll_seconds)
+
+    async def publish_batch(self, limit: int = 500) -> int:
+        async with self.engine.connect() as conn, conn.begin():
+            locked = await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(self.LOCK_KEY)))
+            if not locked:
+                return 0
+            rows = (
+                await conn.execute(
+                    sa.select(outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.payload)
+                    .where(outbox_table.c.published_at.is_(None))
+                    .order_by(outbox_table.c.id)
+                    .limit(limit)
+                )
+            ).all()
+            self.pending = len(rows)
+            if not rows:
+                return 0
+            producer = await self._ensure_producer()
+            futures = [
+                await producer.send(row.topic, value=row.payload.encode(), key=row.key.encode()) for row in rows
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout_ms / 1000 + 5)
+            await conn.execute(
+                outbox_table.update()
+                .where(outbox_table.c.id.in_([row.id for row in rows]))
+                .values(published_at=sa.func.now())
+            )
+            EVENTS_PUBLISHED.inc(len(rows))
+            self.pending = 0
+            return len(rows)
+
+
+Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+
+
+class EventConsumer:
+    """An idempotent consumer: the event id is stored with the effect in one transaction.
+
+    Offsets are committed explicitly after the effect; a failing consumer is stopped and a
+    new one created. An event whose handler keeps failing is recorded as `failed` in
+    processed_events (for operators) after `max_attempts`, so one bad event cannot stall a topic.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: Settings,
+        topics: Sequence[str],
+        sessions: async_sessionmaker[AsyncSession],
+        handler: Handler,
+        max_attempts: int = 5,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.topics = [settings.topic(t) for t in topics]
+        self.sessions = sessions
+        self.handler = handler
+        self.max_attempts = max_attempts
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.healthy = False
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.settings.kafka_topic_prefix}mkr-{self.name}"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._task, timeout=15)
+        await _stop(self.consumer)
+        self.consumer = None
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=max(self.settings.kafka_request_timeout_ms, 10000) + 30000,
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=3000,
+            metadata_max_age_ms=5000,
+            client_id=f"mkr-{self.name}",
+        )
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            consumer = self._new_consumer()
+            self.consumer = consumer
+            try:
+                await ensure_topics(self.settings)
+                await asyncio.wait_for(consumer.start(), timeout=30)
+                attempt = 0
+                self.healthy = True
+                while not self._stopping.is_set():
+                    batches = await consumer.getmany(timeout_ms=500, max_records=200)
+                    for tp, records in batches.items():
+                        for record in records:
+                            await self._handle(record)
+                        await consumer.commit({tp: records[-1].offset + 1})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.healthy = False
+                attempt += 1
+                log.warning(
+                    "consumer failed; recreating", extra={"consumer": self.name, "error_class": type(exc).__name__}
+                )
+                await asyncio.sleep(_backoff(attempt))
+            finally:
+                await _stop(consumer)
+                self.consumer = None
+
+    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            event = Envelope.model_validate_json(record.value or b"")
+        except ValidationError:
+            EVENTS_CONSUMED.labels(self.name, "malformed").inc()
+            log.warning("malformed event skipped", extra={"consumer": self.name, "offset": record.offset})
+            return
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                done = await self.apply(event)
+                EVENTS_CONSUMED.labels(self.name, "applied" if done else "duplicate").inc()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if _is_outage(exc):
+                    raise  # the database is away: recreate the consumer, the event comes again
+                log.warning(
+                    "event handler failed",
+                    extra={"consumer": self.name, "event_id": str(event.id), "event_type": event.type,
+                           "attempt": attempt, "error_class": type(exc).__name__},
+                )
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(_backoff(attempt))
+        await self._record(event, status="failed")
+        EVENTS_CONSUMED.labels(self.name, "failed").inc()
+
+    async def apply(self, event: Envelope) -> bool:
+        """Apply one event once; returns False when it was already applied."""
+        async with self.sessions() as session, session.begin():
+            inserted = await session.execute(
+                pg_insert(processed_events_table)
+                .values(consumer=self.name, event_id=event.id, event_type=event.type)
+                .on_conflict_do_nothing()
+                .returning(processed_events_table.c.event_id)
+            )
+            if inserted.first() is None:
+                return False
+            await self.handler(session, event)
+            return True
+
+    async def _record(self, event: Envelope, *, status: str) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                pg_insert(processed_events_table)
+                .values(consumer=self.name, event_id=event.id, event_type=event.type, status=status)
+                .on_conflict_do_nothing()
+            )
+
+
+def _is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+async def broker_reachable(settings: Settings, timeout: float = 3.0) -> bool:
+    """True when the broker answers a metadata request."""
+    from aiokafka.client import AIOKafkaClient
+
+    client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout=timeout)
+        return True
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), timeout=timeout)
+
+
+def decode(record_value: bytes) -> dict[str, Any]:
+    return dict(json.loads(record_value))
+
+
+__all__ = [
+    "ALL_TOPICS",
+    "INTAKE_TOPIC",
+    "NOTIFICATIONS_TOPIC",
+    "REFERRAL_TOPIC",
+    "SHELTER_TOPIC",
+    "Envelope",
+    "EventConsumer",
+    "OutboxRelay",
+    "TopicPartition",
+    "broker_reachable",
+    "create_event_tables",
+    "ensure_topics",
+    "make_event",
+    "publish",
+]

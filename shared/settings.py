@@ -1,0 +1,97 @@
+"""Configuration of every MKR process, read from `MKR_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["intake", "referral", "shelter", "notifications"]
+SERVICES: tuple[ServiceName, ...] = ("intake", "referral", "shelter", "notifications")
+
+
+class Settings(BaseSettings):
+    """One settings object for all services; each reads the parts it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="MKR_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    state_dir: Path = Path(".mkr")
+    log_level: str = "INFO"
+
+    # A PostgreSQL *server*; each service uses its own database on it, named
+    # `<database_prefix><service>`. Unset: the embedded server under state_dir.
+    database_url: str | None = None
+    database_prefix: str = "mkr_"
+    db_pool_size: int = Field(default=8, ge=1, le=200)
+    db_max_overflow: int = Field(default=8, ge=0, le=200)
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # On for Apache Kafka; the embedded Tansu broker lacks the idempotent producer.
+    kafka_enable_idempotence: bool = True
+    kafka_topic_prefix: str = ""
+    kafka_topic_partitions: int = Field(default=3, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_request_timeout_ms: int = Field(default=5000, ge=500)
+
+    jwt_public_key: str | None = None  # PEM text, or a path to a PEM file
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str = "mkr-local"
+    jwt_audience: str = "mkr"
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+
+    host: str = "127.0.0.1"
+    intake_port: int = 8001
+    referral_port: int = 8002
+    shelter_port: int = 8003
+    notifications_port: int = 8004
+
+    # Application-level encryption of personal data (base64 of 32 bytes) and the
+    # key of the non-reversible search index. Development falls back to keys kept
+    # under state_dir; production refuses to start without them.
+    encryption_key: str | None = None
+    index_key: str | None = None
+
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production":
+            missing = [
+                name
+                for name, value in (
+                    ("MKR_DATABASE_URL", self.database_url),
+                    ("MKR_ENCRYPTION_KEY", self.encryption_key),
+                    ("MKR_INDEX_KEY", self.index_key),
+                )
+                if not value
+            ]
+            if not (self.jwt_public_key or self.jwt_jwks_url):
+                missing.append("MKR_JWT_PUBLIC_KEY or MKR_JWT_JWKS_URL")
+            if missing:
+                raise ValueError("production needs " + ", ".join(missing))
+        return self
+
+    def port_of(self, service: ServiceName) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def topic(self, name: str) -> str:
+        """The physical topic for a contract topic name such as `mkr.intake.events`."""
+        return f"{self.kafka_topic_prefix}{name}"
+
+    @property
+    def private_key_path(self) -> Path:
+        return self.state_dir / "jwt-private.pem"
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.state_dir / "jwt-public.pem"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,96 @@
+"""Test helpers: the running stack, tokens, waiting for asynchronous effects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+from fastapi import FastAPI
+
+from shared.keys import issue_token
+from shared.settings import SERVICES, Settings
+
+T = TypeVar("T")
+
+
+def token(settings: Settings, role: str, municipality: str = "elbasan", **claims: Any) -> str:
+    return issue_token(settings, role=role, municipality=municipality, **claims)
+
+
+def auth(settings: Settings, role: str, municipality: str = "elbasan", **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(settings, role, municipality, **claims)}"}
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def create_app(service: str, settings: Settings) -> FastAPI:
+    if service == "intake":
+        from services.intake.main import create_app as factory
+    elif service == "referral":
+        from services.referral.main import create_app as factory
+    elif service == "shelter":
+        from services.shelter.main import create_app as factory
+    else:
+        from services.notifications.main import create_app as factory
+    return factory(settings)
+
+
+@dataclass
+class Stack:
+    """The four services running in this process, each with an HTTP client."""
+
+    settings: Settings
+    apps: dict[str, FastAPI] = field(default_factory=dict)
+    clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+
+    @property
+    def intake(self) -> httpx.AsyncClient:
+        return self.clients["intake"]
+
+    @property
+    def referral(self) -> httpx.AsyncClient:
+        return self.clients["referral"]
+
+    @property
+    def shelter(self) -> httpx.AsyncClient:
+        return self.clients["shelter"]
+
+    @property
+    def notifications(self) -> httpx.AsyncClient:
+        return self.clients["notifications"]
+
+    def auth(self, role: str, municipality: str = "elbasan", **claims: Any) -> dict[str, str]:
+        return auth(self.settings, role, municipality, **claims)
+
+
+@asynccontextmanager
+async def running_stack(settings: Settings, services: tuple[str, ...] = SERVICES) -> AsyncIterator[Stack]:
+    stack = Stack(settings)
+    async with AsyncExitStack() as exits:
+        for name in services:
+            app = create_app(name, settings)
+            await exits.enter_async_context(app.router.lifespan_context(app))
+            client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url=f"http://{name}.test", timeout=30
+            )
+            await exits.enter_async_context(client)
+            stack.apps[name] = app
+            stack.clients[name] = client
+        yield stack
