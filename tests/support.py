@@ -40,7 +40,7 @@ async def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-def create_app(service: str, settings: Settings) -> FastAPI:
+def create_app(service: str, settings: Settings, **options: Any) -> FastAPI:
     if service == "intake":
         from services.intake.main import create_app as factory
     elif service == "referral":
@@ -49,7 +49,7 @@ def create_app(service: str, settings: Settings) -> FastAPI:
         from services.shelter.main import create_app as factory
     else:
         from services.notifications.main import create_app as factory
-    return factory(settings)
+    return factory(settings, **options)
 
 
 @dataclass
@@ -81,11 +81,16 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_stack(settings: Settings, services: tuple[str, ...] = SERVICES) -> AsyncIterator[Stack]:
+async def running_stack(
+    settings: Settings,
+    services: tuple[str, ...] = SERVICES,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> AsyncIterator[Stack]:
+    """Start the named services in this process; `options` are extra keyword arguments per factory."""
     stack = Stack(settings)
     async with AsyncExitStack() as exits:
         for name in services:
-            app = create_app(name, settings)
+            app = create_app(name, settings, **(options or {}).get(name, {}))
             await exits.enter_async_context(app.router.lifespan_context(app))
             client = httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url=f"http://{name}.test", timeout=30
@@ -94,3 +99,10 @@ async def running_stack(settings: Settings, services: tuple[str, ...] = SERVICES
             stack.apps[name] = app
             stack.clients[name] = client
         yield stack
+
+
+def new_municipality() -> str:
+    """A municipality slug of its own, so tests sharing the session's stack never see each other's data."""
+    import uuid
+
+    return f"m{uuid.uuid4().hex[:10]}"
