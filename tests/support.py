@@ -106,3 +106,33 @@ def new_municipality() -> str:
     import uuid
 
     return f"m{uuid.uuid4().hex[:10]}"
+
+
+def contract_report(municipality: str, **overrides: Any) -> dict[str, Any]:
+    """A full report body of CONTRACT §5 with invented people."""
+    body: dict[str, Any] = {
+        "municipality": municipality,
+        "source": "police",
+        "survivor": {
+            "first_name": "Ermira",
+            "last_name": "Hoxha",
+            "sex": "female",
+            "date_of_birth": "1991-04-02",
+            "ethnicity": "roma",
+            "phone": "+355690000000",
+            "address": "Rruga e Testit 1",
+            "disability": False,
+        },
+        "children": [{"sex": "male", "age": 7}],
+        "incident": {
+            "occurred_at": "2026-11-20T21:30:00+01:00",
+            "violence_types": ["physical", "psychological"],
+            "perpetrator_relationship": "spouse",
+            "description": "invented narrative for tests",
+        },
+        "needs": ["shelter", "legal_aid"],
+        "risk_answers": {"threats_to_kill": False, "strangulation": False},
+        "consent": {"share_with": ["police", "social_services", "shelter"], "given_at": "2026-11-21T09:00:00+01:00"},
+    }
+    body.update(overrides)
+    return body

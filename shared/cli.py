@@ -1,0 +1,121 @@
+"""The `mkr` command: tokens for the local issuer, migrations, serving one service, the embedded default."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from shared.settings import SERVICES, Settings
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from shared.auth import MUNICIPALITY_RE, Role
+    from shared.keys import ensure_local_keypair, issue_token
+
+    settings = Settings()
+    try:
+        role = Role(args.role)
+    except ValueError:
+        print(f"unknown role {args.role!r}; one of: {', '.join(r.value for r in Role)}", file=sys.stderr)
+        return 2
+    if not (MUNICIPALITY_RE.match(args.municipality) or (args.municipality == "*" and role is Role.auditor)):
+        print("municipality must be a slug such as 'elbasan' ('*' only for auditor)", file=sys.stderr)
+        return 2
+    if args.ttl <= 0 or args.ttl > 7 * 24 * 3600:
+        print("--ttl must be between 1 and 604800 seconds", file=sys.stderr)
+        return 2
+    ensure_local_keypair(settings)
+    print(
+        issue_token(
+            settings,
+            role=role.value,
+            municipality=args.municipality,
+            sub=args.sub,
+            member_id=args.member_id,
+            shelter_id=args.shelter_id,
+            ttl=args.ttl,
+        )
+    )
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from shared.db import create_engine, ensure_database, migrate
+
+    settings = Settings()
+    services = [args.service] if args.service else list(SERVICES)
+
+    async def _run() -> None:
+        for name in services:
+            await ensure_database(settings, name)
+            engine = create_engine(settings, name)
+            try:
+                await migrate(engine, Path(__file__).parent.parent / "services" / name / "migrations")
+            finally:
+                await engine.dispose()
+            print(f"{name}: migrated")
+
+    asyncio.run(_run())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from shared.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        f"services.{args.service}.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port_of(args.service),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        proxy_headers=False,
+    )
+    return 0
+
+
+def _cmd_run(_: argparse.Namespace) -> int:
+    from deploy.launcher import main as launch
+
+    return launch()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mkr", description="MKR backend operations")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    token = sub.add_parser("token", help="print a JWT signed by the local issuer (key under .mkr/)")
+    token.add_argument("--role", required=True)
+    token.add_argument("--municipality", required=True)
+    token.add_argument("--member-id")
+    token.add_argument("--shelter-id")
+    token.add_argument("--sub")
+    token.add_argument("--ttl", type=int, default=3600)
+    token.set_defaults(func=_cmd_token)
+
+    mig = sub.add_parser("migrate", help="create the services' databases and run their migrations")
+    mig.add_argument("--service", choices=SERVICES)
+    mig.set_defaults(func=_cmd_migrate)
+
+    serve = sub.add_parser("serve", help="run one service (uvicorn)")
+    serve.add_argument("--service", required=True, choices=SERVICES)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=_cmd_serve)
+
+    run = sub.add_parser("run", help="the embedded default: PostgreSQL, broker and the four services")
+    run.set_defaults(func=_cmd_run)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The outbox relay and the idempotent consumer, on a real database and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared import db
+from shared.embedded import free_port, start_broker, stop_process
+from shared.events import Envelope, EventConsumer, OutboxRelay, ensure_topics, event_metadata, publish
+from shared.observability import EVENTS_CONSUMED
+from shared.settings import Settings
+from tests.support import wait_for
+
+effects = sa.Table(
+    "effects",
+    event_metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("event_id", sa.Uuid, nullable=False),
+)
+TOPIC = "mkr.intake.events"
+
+
+@pytest.fixture
+async def backbone_db(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """A throwaway database with the event tables and a table of effects."""
+    name = f"backbone{uuid.uuid4().hex[:6]}"
+    await db.ensure_database(settings, name)
+    engine = db.create_engine(settings, name)
+    async with engine.begin() as conn:
+        await conn.run_sync(event_metadata.create_all)
+    yield engine
+    await engine.dispose()
+    await db.drop_database(settings, name)
+
+
+async def _read_topic(settings: Settings, topic: str, want: int, timeout: float = 20) -> list[Envelope]:
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=None,
+    )
+    await consumer.start()
+    seen: list[Envelope] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(seen) < want:
+                batch = await consumer.getmany(timeout_ms=300)
+                for records in batch.values():
+                    seen.extend(Envelope.model_validate_json(r.value or b"") for r in records)
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def _event(key: str, n: int) -> Envelope:
+    return Envelope(type="test.step", source="tests", subject=key, municipality="elbasan", data={"n": n})
+
+
+async def test_relay_survives_a_broker_outage_without_loss_or_reordering(
+    settings: Settings, backbone_db: AsyncEngine, tmp_path: Path
+) -> None:
+    port = free_port()
+    broker = start_broker(port, tmp_path / "tansu.log")
+    settings = settings.model_copy(
+        update={"kafka_bootstrap": f"127.0.0.1:{port}", "kafka_topic_prefix": f"o{uuid.uuid4().hex[:6]}."}
+    )
+    relay = OutboxRelay(settings, backbone_db, db.asyncpg_dsn(backbone_db.url))
+    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+    await relay.start()
+    try:
+        stop_process(broker)  # the broker goes away while changes keep being accepted
+        keys = [f"case-{i}" for i in range(3)]
+        for n in range(10):
+            async with sessions() as session, session.begin():
+                for key in keys:
+                    await publish(session, settings, TOPIC, _event(key, n), key=key)
+            relay.wake()
+        await asyncio.sleep(1.5)  # the relay tries and fails meanwhile
+        async with backbone_db.connect() as conn:
+            pending = await conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        assert pending == 30
+
+        broker = start_broker(port, tmp_path / "tansu.log")  # back, and empty (memory only)
+
+        async def drained() -> bool:
+            async with backbone_db.connect() as conn:
+                return await conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) == 0
+
+        await wait_for(drained, timeout=30, what="the outbox to drain after the broker returned")
+        events = await _read_topic(settings, TOPIC, want=30)
+        assert len(events) == 30
+        for key in keys:
+            steps = [e.data["n"] for e in events if e.subject == key]
+            assert steps == list(range(10)), f"{key} out of order or incomplete: {steps}"
+    finally:
+        await relay.stop()
+        stop_process(broker)
+
+
+async def test_same_event_twice_has_one_effect(settings: Settings, backbone_db: AsyncEngine) -> None:
+    await ensure_topics(settings)
+    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+
+    async def record_effect(session: AsyncSession, event: Envelope) -> None:
+        await session.execute(effects.insert().values(event_id=event.id))
+
+    name = f"dup-{uuid.uuid4().hex[:6]}"
+    consumer = EventConsumer(name=name, settings=settings, topics=[TOPIC], sessions=sessions, handler=record_effect)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    await consumer.start()
+    try:
+        twice, once = _event("k", 1), _event("k", 2)
+        for event in (twice, twice, once):
+            await producer.send_and_wait(settings.topic(TOPIC), event.model_dump_json().encode(), key=b"k")
+
+        async def counted() -> bool:
+            return EVENTS_CONSUMED.labels(name, "duplicate")._value.get() >= 1
+
+        await wait_for(counted, timeout=20, what="the repeated event to be seen")
+        async with backbone_db.connect() as conn:
+            rows = (await conn.execute(sa.select(effects.c.event_id))).scalars().all()
+        mine = [r for r in rows if r in {twice.id, once.id}]
+        assert sorted(map(str, mine)) == sorted([str(twice.id), str(once.id)])
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def test_failed_effect_leaves_no_trace_and_is_retried(settings: Settings, backbone_db: AsyncEngine) -> None:
+    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+    calls = 0
+
+    async def flaky(session: AsyncSession, event: Envelope) -> None:
+        nonlocal calls
+        calls += 1
+        await session.execute(effects.insert().values(event_id=event.id))
+        if calls == 1:
+            raise RuntimeError("first attempt fails after writing")
+
+    consumer = EventConsumer(name="flaky", settings=settings, topics=[TOPIC], sessions=sessions, handler=flaky)
+    event = _event("k", 1)
+    with pytest.raises(RuntimeError):
+        await consumer.apply(event)
+    async with backbone_db.connect() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(effects)) == 0
+        assert await conn.scalar(sa.text("SELECT count(*) FROM processed_events")) == 0
+    assert await consumer.apply(event) is True
+    assert await consumer.apply(event) is False  # a redelivery after the effect changes nothing
+    async with backbone_db.connect() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(effects)) == 1
+
+
+async def test_event_rows_never_hold_personal_fields() -> None:
+    envelope = Envelope(type="t", source="s", subject="x", municipality="m")
+    assert set(json.loads(envelope.model_dump_json())) == {
+        "id", "type", "source", "time", "subject", "municipality", "schema_version", "data"
+    }
