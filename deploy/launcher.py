@@ -69,13 +69,14 @@ class Launcher:
         if os.environ.get("MKR_KAFKA_BOOTSTRAP"):
             print(f"Kafka: using MKR_KAFKA_BOOTSTRAP={self.settings.kafka_bootstrap}")
         else:
-            if port_open("127.0.0.1", 9092):
+            port = self.settings.embedded_broker_port
+            if port_open("127.0.0.1", port):
                 raise SystemExit(
-                    "127.0.0.1:9092 is taken: stop the other broker, or set MKR_KAFKA_BOOTSTRAP to use it"
+                    f"127.0.0.1:{port} is taken: stop the other broker, or set MKR_KAFKA_BOOTSTRAP to use it"
                 )
-            print("Kafka: embedded Tansu broker on 127.0.0.1:9092 (memory only)")
-            self.broker = start_broker(9092, self.state / "broker.log")
-            env["MKR_KAFKA_BOOTSTRAP"] = "127.0.0.1:9092"
+            print(f"Kafka: embedded Tansu broker on 127.0.0.1:{port} (memory only)")
+            self.broker = start_broker(port, self.state / "broker.log")
+            env["MKR_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
             # Tansu does not implement the idempotent producer.
             env["MKR_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
         return env
@@ -135,7 +136,7 @@ class Launcher:
                 child.start()
             if self.broker is not None and self.broker.poll() is not None:
                 print("the broker exited; restarting it (memory only: topics are recreated)", file=sys.stderr)
-                self.broker = start_broker(9092, self.state / "broker.log")
+                self.broker = start_broker(self.settings.embedded_broker_port, self.state / "broker.log")
             time.sleep(0.2)
 
     def shutdown(self) -> None:

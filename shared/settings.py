@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=8, ge=0, le=200)
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Where `mkr run` starts the embedded broker when MKR_KAFKA_BOOTSTRAP is not set.
+    embedded_broker_port: int = Field(default=9092, ge=1, le=65535)
     # On for Apache Kafka; the embedded Tansu broker lacks the idempotent producer.
     kafka_enable_idempotence: bool = True
     kafka_topic_prefix: str = ""

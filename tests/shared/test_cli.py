@@ -1,0 +1,40 @@
+"""`mkr token` prints a token the services accept, and refuses nonsense."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared.cli import main
+from tests.support import Stack
+
+
+async def test_mkr_token_is_accepted_by_a_service(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = stack.settings
+    monkeypatch.setenv("MKR_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("MKR_JWT_ISSUER", settings.jwt_issuer)
+    monkeypatch.setenv("MKR_JWT_AUDIENCE", settings.jwt_audience)
+    assert main(["token", "--role", "coordinator", "--municipality", "elbasan", "--ttl", "120"]) == 0
+    printed = capsys.readouterr().out.strip()
+    response = await stack.intake.get(
+        f"/v1/cases/{uuid.uuid4()}", headers={"Authorization": f"Bearer {printed}"}
+    )
+    assert response.status_code == 404  # authenticated; no such case
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--role", "king", "--municipality", "elbasan"],
+        ["--role", "police", "--municipality", "*"],
+        ["--role", "police", "--municipality", "elbasan", "--ttl", "0"],
+    ],
+)
+def test_mkr_token_refuses_bad_arguments(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setenv("MKR_STATE_DIR", str(tmp_path))
+    assert main(["token", *args]) == 2
