@@ -1,0 +1,99 @@
+"""`make bench`: the embedded stack as real processes under load; figures go to BENCHMARKS.md.
+
+Each scenario prints its figures and the run writes them, with the machine and the date, into
+BENCHMARKS.md. Durations are short enough for the whole run to take a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tests.bench import scenarios
+from tests.processes import LaunchedStack
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    memory = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    system = f"{platform.system()} {platform.release()}"
+    return f"{system}, {os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}"
+
+
+def render(results: list[tuple[str, list[dict[str, Any]], str]]) -> str:
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` on {today}; machine: {machine()}.",
+        "The embedded stack (`mkr run`: embedded PostgreSQL 18, Tansu broker, four services, one uvicorn",
+        "worker each) runs as real processes on loopback; the load generator shares the same 2 cores.",
+        "",
+    ]
+    for title, rows, note in results:
+        lines += [f"## {title}", ""]
+        if note:
+            lines += [note, ""]
+        if rows:
+            keys = list(rows[0].keys())
+            lines.append("| " + " | ".join(keys) + " |")
+            lines.append("| " + " | ".join("---" for _ in keys) + " |")
+            for row in rows:
+                lines.append("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+async def run_all(stack: LaunchedStack, quick: bool) -> list[tuple[str, list[dict[str, Any]], str]]:
+    results: list[tuple[str, list[dict[str, Any]], str]] = []
+    for scenario in scenarios.ALL:
+        print(f"-- {scenario.__name__}", flush=True)
+        try:
+            outcome = await scenario(stack, quick=quick)
+        except Exception as exc:  # a failed scenario is reported, the others still run
+            outcome = (scenario.__doc__ or scenario.__name__).split("\n")[0], [], f"FAILED: {type(exc).__name__}: {exc}"
+        print(outcome, flush=True)
+        results.append(outcome)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
+    parser.add_argument("--quick", action="store_true", help="short runs, to check the scenarios work")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mkr-bench-") as tmp:
+        stack = LaunchedStack(state=Path(tmp) / "state")
+        log = open(Path(tmp) / "stack.log", "wb")
+        stack.start(output=log)
+        try:
+            results = asyncio.run(run_all(stack, args.quick))
+        finally:
+            stack.stop()
+            log.close()
+    Path(args.output).write_text(render(results))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
