@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import db
 from shared.auth import TokenVerifier
-from shared.errors import install_error_handlers
+from shared.errors import PROBLEM_RESPONSES, install_error_handlers
 from shared.events import EventConsumer, Handler, OutboxRelay, broker_reachable, ensure_topics
 from shared.observability import OUTBOX_PENDING, RequestContextMiddleware, metrics_endpoint
 from shared.settings import ServiceName, Settings
@@ -128,7 +128,7 @@ def create_service_app(
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, responses=PROBLEM_RESPONSES)
     return app
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jose import jwt
 from jose.exceptions import JOSEError
 
@@ -173,13 +174,17 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     )
 
 
-async def authenticate(request: Request) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+# Declares the bearer scheme in OpenAPI; checking stays ours (auto_error off) so every refusal is problem+json.
+bearer_scheme = HTTPBearer(auto_error=False, description="A JWT signed RS256 or ES256 (CONTRACT §2)")
+
+
+async def authenticate(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> Principal:
+    if credentials is None or not credentials.credentials.strip():
         raise unauthorized()
     verifier: TokenVerifier = request.app.state.verifier
-    principal = await verifier.verify(token.strip())
+    principal = await verifier.verify(credentials.credentials.strip())
     request.state.principal = principal
     return principal
 

@@ -9,9 +9,50 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ProblemDetail(BaseModel):
+    """The body of every error (RFC 9457); 422 adds `errors`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+
+
+def _problem_doc(description: str) -> dict[str, Any]:
+    return {
+        "model": ProblemDetail,
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}},
+    }
+
+
+# Documented on every /v1 route, so integrators (and schema checks) know the error shape.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _problem_doc("Bad request"),
+    401: _problem_doc("No valid bearer token"),
+    403: _problem_doc("The caller's role may not do this"),
+    404: _problem_doc("Unknown, or of another municipality"),
+    409: _problem_doc("Conflict with the current state"),
+    412: _problem_doc("Stale If-Match"),
+    422: _problem_doc("Invalid input; `errors` lists each field"),
+    428: _problem_doc("If-Match required"),
+    503: _problem_doc("A dependency is unavailable"),
+}
 log = logging.getLogger("mkr.errors")
 
 
