@@ -16,7 +16,8 @@ SERVICES: tuple[ServiceName, ...] = ("intake", "referral", "shelter", "notificat
 class Settings(BaseSettings):
     """One settings object for all services; each reads the parts it needs."""
 
-    model_config = SettingsConfigDict(env_prefix="MKR_", extra="ignore")
+    # An empty variable means "not set" (compose passes empty values through).
+    model_config = SettingsConfigDict(env_prefix="MKR_", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["development", "test", "production"] = "development"
     state_dir: Path = Path(".mkr")
