@@ -6,16 +6,28 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.shelter.api import router
-from shared.app import create_service_app
+from services.shelter import api, rent_bonus
+from services.shelter.config import ShelterConfig
+from services.shelter.contact import ContactSealer
+from services.shelter.events import CONSUMED_TOPICS, make_handler
+from services.shelter.scheduler import rent_bonus_scheduler
+from shared.app import ConsumerSpec, create_service_app
+from shared.crypto import FieldCipher
 from shared.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_service_app(
+def create_app(settings: Settings | None = None, config: ShelterConfig | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    config = config or ShelterConfig()
+    app = create_service_app(
         name="shelter",
-        settings=settings or get_settings(),
-        routers=[router],
+        settings=settings,
+        routers=[api.router, rent_bonus.router],
         migrations=Path(__file__).parent / "migrations",
+        consumers=[ConsumerSpec("cases", CONSUMED_TOPICS, make_handler(settings))],
+        background=[rent_bonus_scheduler(config)],
         title="MKR shelter",
     )
+    app.state.shelter_config = config
+    app.state.shelter_sealer = ContactSealer(FieldCipher.from_settings(settings))
+    return app

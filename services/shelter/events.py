@@ -1,0 +1,181 @@
+"""What the shelter service publishes, and its projection of intake's cases. No identities (§9)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shelter import domain
+from services.shelter.models import CaseProjection, Placement, RentBonusApplication, RentBonusPayment, Shelter
+from shared.events import INTAKE_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish
+from shared.settings import Settings
+
+SOURCE = "mkr/shelter"
+CONSUMED_TOPICS = (INTAKE_TOPIC,)
+
+
+async def _emit(
+    session: AsyncSession, settings: Settings, type_: str, *, key: str, municipality: str, data: dict[str, Any]
+) -> None:
+    event = make_event(type_=type_, source=SOURCE, subject=key, municipality=municipality, data=data)
+    await publish(session, settings, SHELTER_TOPIC, event, key=key)
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+async def availability_changed(
+    session: AsyncSession, settings: Settings, shelter: Shelter, *, previous_free_beds: int
+) -> None:
+    """`shelter.availability_changed`, and `shelter.full` when the last bed was just taken."""
+    data = {
+        "shelter_id": str(shelter.id),
+        "member_id": shelter.member_id,
+        "kind": shelter.kind,
+        "capacity": shelter.capacity,
+        "free_beds": shelter.free_beds,
+        "accepts_children": shelter.accepts_children,
+    }
+    key = str(shelter.id)
+    await _emit(
+        session, settings, "shelter.availability_changed", key=key, municipality=shelter.municipality, data=data
+    )
+    if shelter.free_beds == 0 and previous_free_beds > 0:
+        await _emit(session, settings, "shelter.full", key=key, municipality=shelter.municipality, data=data)
+
+
+async def placement_started(
+    session: AsyncSession, settings: Settings, placement: Placement, case_number: str | None
+) -> None:
+    data = {
+        "placement_id": str(placement.id),
+        "case_id": str(placement.case_id),
+        "case_number": case_number,
+        "shelter_id": str(placement.shelter_id),
+        "adults": placement.adults,
+        "children": placement.children,
+        "planned_until": placement.planned_until.isoformat(),
+        "started_at": placement.started_at.isoformat(),
+    }
+    key = str(placement.case_id)
+    await _emit(session, settings, "placement.started", key=key, municipality=placement.municipality, data=data)
+
+
+async def placement_ended(
+    session: AsyncSession, settings: Settings, placement: Placement, case_number: str | None
+) -> None:
+    assert placement.ended_at is not None
+    data = {
+        "placement_id": str(placement.id),
+        "case_id": str(placement.case_id),
+        "case_number": case_number,
+        "shelter_id": str(placement.shelter_id),
+        "adults": placement.adults,
+        "children": placement.children,
+        "ended_at": placement.ended_at.isoformat(),
+        "reason": domain.event_reason(placement.end_reason or ""),
+    }
+    key = str(placement.case_id)
+    await _emit(session, settings, "placement.ended", key=key, municipality=placement.municipality, data=data)
+
+
+async def rent_bonus_decided(
+    session: AsyncSession, settings: Settings, app: RentBonusApplication, case_number: str | None
+) -> None:
+    approved = app.status == "approved"
+    total = app.monthly_amount * app.months if approved and app.monthly_amount and app.months else None
+    data = {
+        "application_id": str(app.id),
+        "case_id": str(app.case_id),
+        "case_number": case_number,
+        "approved": approved,
+        "monthly_amount": _money(app.monthly_amount) if approved else None,
+        "start_month": domain.format_month(app.start_month) if approved and app.start_month else None,
+        "months": app.months if approved else None,
+        "total": _money(total),
+    }
+    key = str(app.case_id)
+    await _emit(session, settings, "rent_bonus.decided", key=key, municipality=app.municipality, data=data)
+
+
+async def payment_event(
+    session: AsyncSession,
+    settings: Settings,
+    type_: str,
+    payment: RentBonusPayment,
+    *,
+    case_id: uuid.UUID,
+    case_number: str | None,
+    paid_at: datetime | None = None,
+) -> None:
+    """`rent_bonus.payment_due` (scheduler) or `rent_bonus.payment_paid` (an addition, for reports)."""
+    data: dict[str, Any] = {
+        "application_id": str(payment.application_id),
+        "payment_id": str(payment.id),
+        "case_id": str(case_id),
+        "case_number": case_number,
+        "month": domain.format_month(payment.month),
+        "amount": _money(payment.amount),
+    }
+    if paid_at is not None:
+        data["paid_at"] = paid_at.isoformat()
+    await _emit(session, settings, type_, key=str(case_id), municipality=payment.municipality, data=data)
+
+
+async def rent_bonus_ending(
+    session: AsyncSession, settings: Settings, app: RentBonusApplication, case_number: str | None
+) -> None:
+    assert app.last_month is not None
+    data = {
+        "application_id": str(app.id),
+        "case_id": str(app.case_id),
+        "case_number": case_number,
+        "last_month": domain.format_month(app.last_month),
+    }
+    await _emit(session, settings, "rent_bonus.ending", key=str(app.case_id), municipality=app.municipality, data=data)
+
+
+# --- consumed -----------------------------------------------------------------------------------
+
+
+def make_handler(settings: Settings) -> Callable[[AsyncSession, Envelope], Awaitable[None]]:
+    async def handle(session: AsyncSession, event: Envelope) -> None:
+        """Keep {case_id, case_number, municipality, needs} of each reported case; ignore the rest."""
+        if event.type != "case.reported":
+            return
+        data = event.data
+        try:
+            case_id = uuid.UUID(str(data["case_id"]))
+            case_number = str(data["case_number"])
+        except (KeyError, ValueError):
+            return
+        needs = [str(n) for n in data.get("needs") or [] if isinstance(n, str)]
+        children = data.get("children_count")
+        values = {
+            "case_id": case_id,
+            "case_number": case_number,
+            "municipality": event.municipality,
+            "needs": needs,
+            "children_count": children if isinstance(children, int) else None,
+        }
+        table = CaseProjection.__table__  # type: ignore[attr-defined]
+        stmt = pg_insert(table).values(**values)
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[table.c.case_id],
+                set_={
+                    "case_number": stmt.excluded.case_number,
+                    "needs": stmt.excluded.needs,
+                    "children_count": stmt.excluded.children_count,
+                },
+            )
+        )
+
+    return handle

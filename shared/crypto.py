@@ -1,0 +1,148 @@
+"""Application-level encryption of personal data (AES-256-GCM) and the keyed, non-reversible search index.
+
+Ciphertexts are text: `<key id>:<base64(nonce ‖ ciphertext ‖ tag)>`. The key id in front lets keys
+rotate: `MKR_ENCRYPTION_KEY` is either one base64 key (id `k1`) or a list `id=base64,id=base64`
+whose first entry encrypts and all of which decrypt.
+
+The search index never stores a name: each normalised name trigram is replaced by a truncated
+HMAC-SHA256 under `MKR_INDEX_KEY`, so the database can compare sets of keyed trigrams (similarity of
+names, accent- and typo-tolerant) without holding anything that reads back as a name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import unicodedata
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared.settings import Settings
+
+NONCE_BYTES = 12
+
+
+class DecryptionError(Exception):
+    """A ciphertext that no configured key opens (wrong key, tampered, or bound to other data)."""
+
+
+def _decode_key(raw: str) -> bytes:
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("an encryption key must be base64") from exc
+    if len(key) != 32:
+        raise ValueError("an encryption key must be 32 bytes (base64)")
+    return key
+
+
+def parse_keyring(raw: str) -> list[tuple[str, bytes]]:
+    """`base64` → [("k1", key)]; `id=base64,id2=base64` → in that order (the first encrypts)."""
+    entries = [part.strip() for part in raw.split(",") if part.strip()]
+    ring: list[tuple[str, bytes]] = []
+    for entry in entries:
+        # A bare 32-byte key is 44 base64 characters whose only "=" is the last; "id=key" has one earlier.
+        if "=" in entry and entry.index("=") < 40:
+            kid, _, value = entry.partition("=")
+        else:
+            kid, value = "k1", entry
+        if not kid.isalnum():
+            raise ValueError("a key id is letters and digits")
+        ring.append((kid, _decode_key(value)))
+    if not ring:
+        raise ValueError("no encryption key given")
+    return ring
+
+
+def _local_key(settings: Settings, filename: str) -> str:
+    """Development/test only: a random key kept under state_dir (production refuses to start without one)."""
+    path = Path(settings.state_dir) / filename
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = base64.b64encode(os.urandom(32)).decode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()  # another process wrote it first
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
+
+
+class FieldCipher:
+    """Encrypts and decrypts text values; `context` binds a ciphertext to its row and field (AAD)."""
+
+    def __init__(self, keyring: list[tuple[str, bytes]]) -> None:
+        self.current_id, current = keyring[0]
+        self._current = AESGCM(current)
+        self._all = {kid: AESGCM(key) for kid, key in keyring}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FieldCipher:
+        raw = settings.encryption_key or _local_key(settings, "encryption.key")
+        return cls(parse_keyring(raw))
+
+    def encrypt(self, plaintext: str, context: str) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._current.encrypt(nonce, plaintext.encode(), context.encode())
+        return f"{self.current_id}:{base64.b64encode(nonce + sealed).decode()}"
+
+    def decrypt(self, token: str, context: str) -> str:
+        kid, sep, body = token.partition(":")
+        aead = self._all.get(kid)
+        if not sep or aead is None:
+            raise DecryptionError("unknown key id")
+        try:
+            raw = base64.b64decode(body, validate=True)
+            return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode()).decode()
+        except (InvalidTag, binascii.Error, ValueError) as exc:
+            raise DecryptionError("ciphertext does not open") from exc
+
+
+def normalise_name(value: str) -> list[str]:
+    """Lower-case, accents dropped (ë→e, ç→c), split into letter tokens."""
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    cleaned = "".join(ch if ch.isalnum() else " " for ch in plain)
+    return [token for token in cleaned.split() if token]
+
+
+def trigrams(tokens: list[str]) -> set[str]:
+    """pg_trgm-style trigrams: each token padded with two spaces in front and one behind."""
+    grams: set[str] = set()
+    for token in tokens:
+        padded = f"  {token} "
+        grams.update(padded[i : i + 3] for i in range(len(padded) - 2))
+    return grams
+
+
+class SearchIndexer:
+    """Keyed trigrams of names: comparable in SQL, not readable back as names."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SearchIndexer:
+        raw = settings.index_key or _local_key(settings, "index.key")
+        return cls(hashlib.sha256(b"mkr-index:" + raw.encode()).digest())
+
+    def token(self, value: str, scope: str = "") -> str:
+        """A keyed hash of one exact value (e.g. a date of birth): equality only."""
+        return hmac.new(self._key, f"value:{scope}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def keyed(self, text: str, scope: str = "") -> list[str]:
+        """Keyed trigrams of a name; `scope` (the municipality) makes sets of two scopes disjoint."""
+        grams = trigrams(normalise_name(text))
+        return sorted(
+            hmac.new(self._key, f"{scope}:{gram}".encode(), hashlib.sha256).hexdigest()[:16] for gram in grams
+        )
+
+
+__all__ = ["DecryptionError", "FieldCipher", "SearchIndexer", "normalise_name", "parse_keyring", "trigrams"]
