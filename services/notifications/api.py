@@ -1,36 +1,292 @@
-"""HTTP routes of the notifications service."""
+"""HTTP routes of the notifications service: inbox, live stream, webhooks and their deliveries."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlmodel import select
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
 
-from services.notifications.models import Alert
-from services.notifications.schemas import AlertOut
-from shared.auth import AnyRole
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlmodel import col
+
+from services.notifications import domain, inbox
+from services.notifications.delivery import SendFailed, check_destination
+from services.notifications.models import Alert, Delivery, Subscription
+from services.notifications.schemas import (
+    AlertOut,
+    DeliveryOut,
+    DeliveryState,
+    SubscriptionCreated,
+    SubscriptionIn,
+    SubscriptionOut,
+)
+from shared.auth import INSTITUTION_ROLES, AnyRole, Principal, Role, allow
 from shared.db import SessionDep
+from shared.errors import Problem, forbidden, not_found
 
-router = APIRouter(prefix="/v1", tags=["inbox"])
+router = APIRouter(prefix="/v1")
+
+SubscriberRole = Annotated[Principal, Depends(allow(INSTITUTION_ROLES, Role.coordinator))]
+AcceptLanguage = Annotated[str | None, Header(alias="Accept-Language")]
 
 
-@router.get("/inbox", response_model=list[AlertOut])
-async def inbox(principal: AnyRole, session: SessionDep) -> list[AlertOut]:
-    query = (
-        select(Alert)
-        .where(Alert.municipality == principal.municipality, Alert.role == principal.role)
-        .order_by(Alert.created_at.desc())  # type: ignore[attr-defined]
+def _language(accept_language: str | None, response: Response | None = None) -> domain.Language:
+    language = domain.language_of(accept_language)
+    if response is not None:
+        response.headers["Content-Language"] = language
+        response.headers["Vary"] = "Accept-Language"
+    return language
+
+
+@router.get("/inbox", response_model=list[AlertOut], tags=["inbox"], summary="The caller's alerts, newest first")
+async def list_inbox(
+    principal: AnyRole,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    accept_language: AcceptLanguage = None,
+    unread: bool = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[AlertOut]:
+    """Alerts addressed to the caller's municipality + role, member, shelter or user (`sub`).
+
+    Pages: when more remain, the `X-Next-Cursor` header (and a `Link: rel="next"`) carries the
+    opaque cursor for the next, older page.
+    """
+    language = _language(accept_language, response)
+    before = inbox.decode_cursor(cursor) if cursor else None
+    rows, next_seq = await inbox.page(session, principal, unread=unread, limit=limit, before=before)
+    if next_seq is not None:
+        token = inbox.encode_cursor(next_seq)
+        response.headers["X-Next-Cursor"] = token
+        response.headers["Link"] = f'<{request.url.include_query_params(cursor=token)}>; rel="next"'
+    return [inbox.to_out(a, language) for a in rows]
+
+
+@router.post("/inbox/{alert_id}/read", response_model=AlertOut, tags=["inbox"], summary="Mark an alert read")
+async def mark_read(
+    alert_id: uuid.UUID,
+    principal: AnyRole,
+    session: SessionDep,
+    response: Response,
+    accept_language: AcceptLanguage = None,
+) -> AlertOut:
+    """Only the addressee may; anyone else gets 404. Reading twice keeps the first `read_at`."""
+    language = _language(accept_language, response)
+    async with session.begin():
+        alert = (
+            await session.execute(
+                sa.select(Alert).where(col(Alert.id) == alert_id, inbox.addressed_to(principal)).with_for_update()
+            )
+        ).scalar_one_or_none()
+        if alert is None:
+            raise not_found("alert")
+        if alert.read_at is None:
+            alert.read_at = datetime.now(UTC)
+            session.add(alert)
+    return inbox.to_out(alert, language)
+
+
+@router.get(
+    "/inbox/stream",
+    tags=["inbox"],
+    summary="The caller's alerts as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "`id:` seq, `event: alert`, data JSON"}},
+)
+async def stream_inbox(
+    principal: AnyRole,
+    request: Request,
+    accept_language: AcceptLanguage = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+) -> StreamingResponse:
+    """New alerts live (any replica's inserts, via PostgreSQL NOTIFY); a comment heartbeat every 15 s.
+
+    Reconnect with `Last-Event-ID` to get first every alert after that id, then the live ones.
+    """
+    resume: int | None = None
+    if last_event_id not in (None, ""):
+        if not last_event_id.isdigit():
+            raise Problem(
+                422,
+                "Last-Event-ID must be an event id of this stream.",
+                errors=[{"loc": ["header", "Last-Event-ID"], "msg": "not an alert sequence number"}],
+            )
+        resume = int(last_event_id)
+    app = request.app
+    events = inbox.stream(
+        app.state.runtime,
+        app.state.broadcaster,
+        principal,
+        language=domain.language_of(accept_language),
+        last_event_id=resume,
+        heartbeat_seconds=app.state.notifications_config.sse_heartbeat_seconds,
     )
-    rows = (await session.execute(query)).scalars().all()
-    return [
-        AlertOut(
-            id=a.id,
-            type=a.type,
-            severity=a.severity,
-            title=f"New referral {a.case_number}",
-            body=f"Case {a.case_number} was referred.",
-            case_id=a.case_id,
-            created_at=a.created_at,
-            read_at=a.read_at,
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Vary": "Accept-Language"},
+    )
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+def _owned_by(principal: Principal) -> sa.ColumnElement[bool]:
+    """Subscriptions are the caller's institution's (member_id), or the coordinator's municipality's."""
+    owner: sa.ColumnElement[bool]
+    if principal.role is Role.coordinator:
+        owner = col(Subscription.owner_member_id).is_(None)
+    else:
+        owner = col(Subscription.owner_member_id) == _member_of(principal)
+    return sa.and_(
+        col(Subscription.municipality) == principal.municipality, owner, col(Subscription.deleted_at).is_(None)
+    )
+
+
+def _member_of(principal: Principal) -> str:
+    if not principal.member_id:
+        raise forbidden("Your token names no institution (member_id); webhooks belong to an institution.")
+    return principal.member_id
+
+
+def _subscription_out(row: Subscription) -> SubscriptionOut:
+    return SubscriptionOut(
+        id=row.id,
+        url=row.url,
+        event_types=row.event_types,
+        municipality=row.municipality,
+        owner_member_id=row.owner_member_id,
+        created_at=row.created_at,
+    )
+
+
+@router.post(
+    "/subscriptions", status_code=201, response_model=SubscriptionCreated, tags=["webhooks"], summary="Add a webhook"
+)
+async def create_subscription(
+    body: SubscriptionIn, principal: SubscriberRole, session: SessionDep, request: Request
+) -> SubscriptionCreated:
+    """Events of `event_types` in the caller's municipality are POSTed to `url`, signed with `secret`.
+
+    An institution's subscription receives only events that name its member (`to_member_id`,
+    `responsible_member_id`, `member_id`, `member_ids[]`, `actions[].responsible_member_id`); the
+    coordinator's receives every event of the municipality. The secret is shown only here.
+    """
+    member_id = None if principal.role is Role.coordinator else _member_of(principal)
+    settings = request.app.state.settings
+    try:
+        await check_destination(body.url, settings.environment, settings.webhook_allowed_hosts)
+    except SendFailed as exc:
+        raise Problem(
+            422, f"The webhook URL is refused: {exc}", errors=[{"loc": ["body", "url"], "msg": str(exc)}]
+        ) from exc
+    secret = body.secret or secrets.token_urlsafe(32)
+    row = Subscription(
+        municipality=principal.municipality,
+        owner_role=principal.role.value,
+        owner_member_id=member_id,
+        owner_sub=principal.sub,
+        url=body.url,
+        event_types=body.event_types,
+        secret=secret,
+    )
+    async with session.begin():
+        session.add(row)
+    return SubscriptionCreated(**_subscription_out(row).model_dump(), secret=secret)
+
+
+@router.get("/subscriptions", response_model=list[SubscriptionOut], tags=["webhooks"], summary="The caller's webhooks")
+async def list_subscriptions(principal: SubscriberRole, session: SessionDep) -> list[SubscriptionOut]:
+    rows = (
+        (
+            await session.execute(
+                sa.select(Subscription).where(_owned_by(principal)).order_by(col(Subscription.created_at))
+            )
         )
-        for a in rows
+        .scalars()
+        .all()
+    )
+    return [_subscription_out(r) for r in rows]
+
+
+@router.delete("/subscriptions/{subscription_id}", status_code=204, tags=["webhooks"], summary="Remove a webhook")
+async def delete_subscription(subscription_id: uuid.UUID, principal: SubscriberRole, session: SessionDep) -> Response:
+    """Stops deliveries: pending ones become `cancelled`."""
+    async with session.begin():
+        row = (
+            await session.execute(
+                sa.select(Subscription)
+                .where(col(Subscription.id) == subscription_id, _owned_by(principal))
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            raise not_found("subscription")
+        row.deleted_at = datetime.now(UTC)
+        session.add(row)
+        await session.execute(
+            sa.update(Delivery)
+            .where(col(Delivery.subscription_id) == subscription_id, col(Delivery.state) == "pending")
+            .values(state="cancelled")
+        )
+    return Response(status_code=204)
+
+
+@router.get("/deliveries", response_model=list[DeliveryOut], tags=["webhooks"], summary="Webhook delivery attempts")
+async def list_deliveries(
+    principal: SubscriberRole,
+    session: SessionDep,
+    response: Response,
+    request: Request,
+    subscription_id: uuid.UUID | None = None,
+    status: DeliveryState | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[DeliveryOut]:
+    """Deliveries of the caller's subscriptions (one, with `subscription_id`), newest first.
+
+    Another owner's subscription answers 404.
+    """
+    owned = sa.select(col(Subscription.id)).where(_owned_by(principal))
+    if subscription_id is not None:
+        found = await session.scalar(owned.where(col(Subscription.id) == subscription_id))
+        if found is None:
+            raise not_found("subscription")
+        query = sa.select(Delivery).where(col(Delivery.subscription_id) == subscription_id)
+    else:
+        query = sa.select(Delivery).where(col(Delivery.subscription_id).in_(owned.scalar_subquery()))
+    if status is not None:
+        query = query.where(col(Delivery.state) == status)
+    if cursor:
+        query = query.where(col(Delivery.seq) < inbox.decode_cursor(cursor))
+    rows = list((await session.execute(query.order_by(col(Delivery.seq).desc()).limit(limit + 1))).scalars().all())
+    if len(rows) > limit:
+        rows = rows[:limit]
+        assert rows[-1].seq is not None
+        token = inbox.encode_cursor(rows[-1].seq)
+        response.headers["X-Next-Cursor"] = token
+        response.headers["Link"] = f'<{request.url.include_query_params(cursor=token)}>; rel="next"'
+    return [
+        DeliveryOut(
+            id=d.id,
+            subscription_id=d.subscription_id,
+            channel=d.channel,
+            event_id=d.event_id,
+            event_type=d.event_type,
+            status=d.state,  # type: ignore[arg-type]
+            attempts=d.attempts,
+            next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+            last_attempt_at=d.last_attempt_at,
+            last_status_code=d.last_status_code,
+            last_error=d.last_error,
+            delivered_at=d.delivered_at,
+            created_at=d.created_at,
+            history=d.history,
+        )
+        for d in rows
     ]

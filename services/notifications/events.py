@@ -1,27 +1,408 @@
-"""What notifications consumes: every topic; alerts are written once per event."""
+"""What notifications consumes (every topic) and publishes; each event raises its alerts once.
+
+The consumer base records the event id with the effect (one transaction), and alerts and
+deliveries carry unique keys, so a repeated event adds nothing. Delivery is left to the worker
+(`delivery.py`): the consumer only inserts rows.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import sqlalchemy as sa
+from prometheus_client import Counter
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from services.notifications.models import Alert
-from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope
+from services.notifications import domain
+from services.notifications.config import NotificationsConfig
+from services.notifications.models import (
+    Alert,
+    AlertRuleRow,
+    Delivery,
+    MemberContact,
+    MunicipalityBeds,
+    ProtectionOrder,
+    ShelterBeds,
+    Subscription,
+)
+from shared.app import ServiceRuntime
+from shared.events import (
+    INTAKE_TOPIC,
+    NOTIFICATIONS_TOPIC,
+    REFERRAL_TOPIC,
+    SHELTER_TOPIC,
+    Envelope,
+    make_event,
+    publish,
+)
+from shared.settings import Settings
 
-CONSUMED_TOPICS = (INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC)
+log = logging.getLogger("mkr.notifications")
+
+SOURCE = "mkr/notifications"
+CONSUMED_TOPICS = (INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, NOTIFICATIONS_TOPIC)
+# Alert inserts are serialized so that `seq` order is commit order (the SSE stream resumes by seq).
+ALERT_INSERT_LOCK = 7310401
+ALERTS_RAISED = Counter("mkr_alerts_raised_total", "Inbox alerts raised", ["type", "severity"])
 
 
-async def on_event(session: AsyncSession, event: Envelope) -> None:
-    if event.type == "referral.created":
-        session.add(
-            Alert(
-                event_id=event.id,
-                type=event.type,
-                severity="info",
-                municipality=event.municipality,
-                role="coordinator",
-                case_id=uuid.UUID(event.data["case_id"]),
-                case_number=event.data.get("case_number"),
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _uuid_or_none(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _rule(row: AlertRuleRow) -> domain.AlertRule:
+    return domain.AlertRule(
+        event_type=row.event_type,
+        alert_type=row.alert_type,
+        recipient_kind=row.recipient_kind,  # type: ignore[arg-type]
+        recipient_ref=row.recipient_ref,
+        severity=row.severity,  # type: ignore[arg-type]
+        channels=tuple(row.channels),  # type: ignore[arg-type]
+        condition=row.condition or {},
+        priority=row.priority,
+    )
+
+
+class EventHandler:
+    """The consumer's handler: projections, alerts, e-mail and webhook delivery rows."""
+
+    def __init__(self, settings: Settings, config: NotificationsConfig) -> None:
+        self.settings = settings
+        self.config = config
+
+    async def __call__(self, session: AsyncSession, event: Envelope) -> None:
+        data = event.data
+        if event.type == "member.saved":
+            await self._save_member(session, event)
+        elif event.type == "case.protection_order_recorded":
+            await self._save_protection_order(session, event)
+        elif event.type in ("shelter.availability_changed", "shelter.full"):
+            await self._save_beds(session, event)
+        await self._raise_alerts(session, event, data)
+        await self._queue_webhooks(session, event)
+
+    # --- projections ---------------------------------------------------------------------------
+
+    async def _save_member(self, session: AsyncSession, event: Envelope) -> None:
+        member_id = event.data.get("member_id")
+        if not member_id:
+            return
+        values = {
+            "member_id": str(member_id),
+            "municipality": event.municipality,
+            "kind": event.data.get("kind"),
+            "email": event.data.get("email") or None,
+            "updated_at": datetime.now(UTC),
+        }
+        stmt = pg_insert(MemberContact).values(**values)
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["member_id"],
+                set_={k: stmt.excluded[k] for k in ("municipality", "kind", "email", "updated_at")},
             )
         )
+
+    async def _save_protection_order(self, session: AsyncSession, event: Envelope) -> None:
+        data = event.data
+        if not data.get("order_id") or not data.get("case_id"):
+            return
+        values = {
+            "order_id": str(data["order_id"]),
+            "case_id": str(data["case_id"]),
+            "case_number": data.get("case_number"),
+            "municipality": event.municipality,
+            "kind": data.get("kind"),
+            "status": str(data.get("status") or "issued"),
+            "expires_at": _parse_time(data.get("expires_at")),
+        }
+        stmt = pg_insert(ProtectionOrder).values(**values)
+        table = ProtectionOrder.__table__  # type: ignore[attr-defined]
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["order_id"],
+                set_={
+                    **{k: stmt.excluded[k] for k in ("case_number", "kind", "status", "expires_at")},
+                    # A renewed order (new expiry) is warned about again.
+                    "expiry_raised_at": sa.case(
+                        (table.c.expires_at.is_distinct_from(stmt.excluded.expires_at), None),
+                        else_=table.c.expiry_raised_at,
+                    ),
+                },
+            )
+        )
+
+    async def _save_beds(self, session: AsyncSession, event: Envelope) -> None:
+        data = event.data
+        shelter_id = data.get("shelter_id")
+        if not shelter_id:
+            return
+        try:
+            free_beds = max(0, int(data.get("free_beds") or 0))
+        except (TypeError, ValueError):
+            free_beds = 0
+        stmt = pg_insert(ShelterBeds).values(
+            shelter_id=str(shelter_id),
+            municipality=event.municipality,
+            member_id=str(data["member_id"]) if data.get("member_id") else None,
+            free_beds=free_beds,
+            updated_at=datetime.now(UTC),
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["shelter_id"],
+                set_={k: stmt.excluded[k] for k in ("municipality", "member_id", "free_beds", "updated_at")},
+            )
+        )
+        # One row per municipality, locked: two replicas never both raise (or both miss) the alert.
+        await session.execute(
+            pg_insert(MunicipalityBeds).values(municipality=event.municipality).on_conflict_do_nothing()
+        )
+        state = (
+            await session.execute(
+                sa.select(MunicipalityBeds)
+                .where(col(MunicipalityBeds.municipality) == event.municipality)
+                .with_for_update()
+            )
+        ).scalar_one()
+        beds = (
+            await session.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(col(ShelterBeds.free_beds)), 0), sa.func.count()).where(
+                    col(ShelterBeds.municipality) == event.municipality
+                )
+            )
+        ).one()
+        total, shelters = int(beds[0]), int(beds[1])
+        if total == 0 and state.none_free_since is None:
+            state.none_free_since = datetime.now(UTC)
+            state.episode += 1
+            derived = make_event(
+                type_=domain.NO_FREE_BED,
+                source=SOURCE,
+                subject=event.municipality,
+                municipality=event.municipality,
+                data={"municipality": event.municipality, "shelters": shelters, "free_beds": 0},
+            )
+            derived.id = domain.derived_event_id("no-free-bed", event.municipality, str(state.episode))
+            await publish(session, self.settings, NOTIFICATIONS_TOPIC, derived, key=event.municipality)
+        elif total > 0 and state.none_free_since is not None:
+            state.none_free_since = None
+        session.add(state)
+        await session.flush()
+
+    # --- alerts --------------------------------------------------------------------------------
+
+    async def _raise_alerts(self, session: AsyncSession, event: Envelope, data: dict[str, Any]) -> None:
+        rows = (
+            (
+                await session.execute(
+                    sa.select(AlertRuleRow).where(
+                        col(AlertRuleRow.event_type) == event.type,
+                        col(AlertRuleRow.enabled).is_(True),
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        chosen = domain.alerts_for([_rule(r) for r in rows], event.type, data)
+        if not chosen:
+            return
+        await session.execute(sa.select(sa.func.pg_advisory_xact_lock(ALERT_INSERT_LOCK)))
+        params = domain.alert_parameters(data)
+        case_id = _uuid_or_none(data.get("case_id"))
+        for rule, recipient in chosen:
+            shelter_id = recipient.shelter_id
+            if recipient.member_id and shelter_id is None:
+                # A referral to a shelter's member reaches that shelter's staff too.
+                shelter_id = await session.scalar(
+                    sa.select(col(ShelterBeds.shelter_id))
+                    .where(col(ShelterBeds.member_id) == recipient.member_id)
+                    .limit(1)
+                )
+            alert_id = uuid.uuid4()
+            inserted = await session.execute(
+                pg_insert(Alert)
+                .values(
+                    id=alert_id,
+                    event_id=event.id,
+                    event_type=event.type,
+                    type=rule.alert_type,
+                    severity=rule.severity,
+                    municipality=event.municipality,
+                    recipient_key=recipient.key,
+                    role=recipient.role,
+                    member_id=recipient.member_id,
+                    shelter_id=shelter_id,
+                    sub=recipient.sub,
+                    case_id=case_id,
+                    params=params,
+                    created_at=datetime.now(UTC),
+                )
+                .on_conflict_do_nothing()
+                .returning(col(Alert.id))
+            )
+            if inserted.first() is None:
+                continue
+            ALERTS_RAISED.labels(rule.alert_type, rule.severity).inc()
+            if "email" in rule.channels and recipient.member_id and self.config.email_enabled:
+                await self._queue_email(session, event, alert_id, recipient.member_id)
+
+    async def _queue_email(self, session: AsyncSession, event: Envelope, alert_id: uuid.UUID, member_id: str) -> None:
+        address = await session.scalar(
+            sa.select(col(MemberContact.email)).where(
+                col(MemberContact.member_id) == member_id, col(MemberContact.municipality) == event.municipality
+            )
+        )
+        if not address:
+            return
+        await session.execute(
+            pg_insert(Delivery)
+            .values(
+                id=uuid.uuid4(),
+                dedupe_key=f"email:{alert_id}:{address}",
+                channel="email",
+                alert_id=alert_id,
+                address=address,
+                event_id=event.id,
+                event_type=event.type,
+                municipality=event.municipality,
+                payload="",
+                next_attempt_at=datetime.now(UTC),
+            )
+            .on_conflict_do_nothing()
+        )
+
+    # --- webhooks ------------------------------------------------------------------------------
+
+    async def _queue_webhooks(self, session: AsyncSession, event: Envelope) -> None:
+        subscriptions = (
+            (
+                await session.execute(
+                    sa.select(Subscription).where(
+                        col(Subscription.municipality) == event.municipality,
+                        col(Subscription.deleted_at).is_(None),
+                        col(Subscription.event_types).any_() == event.type,
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        payload = event.model_dump_json()
+        for subscription in subscriptions:
+            if subscription.owner_member_id and not domain.concerns_member(event.data, subscription.owner_member_id):
+                continue
+            if event.type == domain.NOTIFICATION_FAILED and event.data.get("subscription_id") == str(subscription.id):
+                continue  # never report a dead endpoint to itself
+            await session.execute(
+                pg_insert(Delivery)
+                .values(
+                    id=uuid.uuid4(),
+                    dedupe_key=f"webhook:{subscription.id}:{event.id}",
+                    channel="webhook",
+                    subscription_id=subscription.id,
+                    event_id=event.id,
+                    event_type=event.type,
+                    municipality=event.municipality,
+                    payload=payload,
+                    next_attempt_at=datetime.now(UTC),
+                )
+                .on_conflict_do_nothing()
+            )
+
+
+async def notification_failed(session: AsyncSession, settings: Settings, delivery: Delivery) -> None:
+    """Announce a dead-lettered delivery (in the transaction that marks it dead)."""
+    event = make_event(
+        type_=domain.NOTIFICATION_FAILED,
+        source=SOURCE,
+        subject=str(delivery.id),
+        municipality=delivery.municipality,
+        data={
+            "delivery_id": str(delivery.id),
+            "subscription_id": str(delivery.subscription_id) if delivery.subscription_id else None,
+            "event_id": str(delivery.event_id),
+            "event_type": delivery.event_type,
+            "channel": delivery.channel,
+            "attempts": delivery.attempts,
+        },
+    )
+    await publish(session, settings, NOTIFICATIONS_TOPIC, event, key=str(delivery.subscription_id or delivery.id))
+
+
+# --- the protection-order scheduler ---------------------------------------------------------------
+
+
+async def raise_expiring_protection_orders(runtime: ServiceRuntime, config: NotificationsConfig) -> int:
+    """Publish `case.protection_order_expiring` once per issued order within the warning window."""
+    horizon = datetime.now(UTC) + timedelta(days=config.protection_order_warning_days)
+    async with runtime.sessions() as session, session.begin():
+        due = (
+            (
+                await session.execute(
+                    sa.select(ProtectionOrder)
+                    .where(
+                        col(ProtectionOrder.status) == "issued",
+                        col(ProtectionOrder.expiry_raised_at).is_(None),
+                        col(ProtectionOrder.expires_at).is_not(None),
+                        col(ProtectionOrder.expires_at) <= horizon,
+                    )
+                    .order_by(col(ProtectionOrder.expires_at))
+                    .limit(200)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for order in due:
+            order.expiry_raised_at = datetime.now(UTC)
+            assert order.expires_at is not None
+            event = make_event(
+                type_=domain.PROTECTION_ORDER_EXPIRING,
+                source=SOURCE,
+                subject=order.case_id,
+                municipality=order.municipality,
+                data={
+                    "case_id": order.case_id,
+                    "case_number": order.case_number,
+                    "order_id": order.order_id,
+                    "kind": order.kind,
+                    "expires_at": order.expires_at.isoformat(),
+                },
+            )
+            event.id = domain.derived_event_id("po-expiring", order.order_id, order.expires_at.isoformat())
+            await publish(session, runtime.settings, NOTIFICATIONS_TOPIC, event, key=order.case_id)
+    if due:
+        runtime.relay.wake()
+    return len(due)
+
+
+def protection_order_scheduler(config: NotificationsConfig) -> Any:
+    async def protection_order_scheduler(runtime: ServiceRuntime) -> None:
+        while not runtime.stopping.is_set():
+            await raise_expiring_protection_orders(runtime, config)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runtime.stopping.wait(), timeout=config.scan_seconds)
+
+    return protection_order_scheduler

@@ -7,17 +7,28 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.notifications.api import router
-from services.notifications.events import CONSUMED_TOPICS, on_event
+from services.notifications.config import NotificationsConfig
+from services.notifications.delivery import Broadcaster, DeliveryWorker, Notifier
+from services.notifications.events import CONSUMED_TOPICS, EventHandler, protection_order_scheduler
 from shared.app import ConsumerSpec, create_service_app
 from shared.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_service_app(
+def create_app(settings: Settings | None = None, config: NotificationsConfig | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    config = config or NotificationsConfig()
+    broadcaster = Broadcaster()
+    notifier = Notifier(broadcaster)
+    worker = DeliveryWorker(config, notifier)
+    app = create_service_app(
         name="notifications",
-        settings=settings or get_settings(),
+        settings=settings,
         routers=[router],
         migrations=Path(__file__).parent / "migrations",
-        consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, on_event)],
+        consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config))],
+        background=[notifier.run, worker.run, protection_order_scheduler(config)],
         title="MKR notifications",
     )
+    app.state.notifications_config = config
+    app.state.broadcaster = broadcaster
+    return app

@@ -4,21 +4,150 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _tz(**kwargs: Any) -> Any:
+    return Field(sa_type=sa.DateTime(timezone=True), **kwargs)  # type: ignore[call-overload]
+
+
+class AlertRuleRow(SQLModel, table=True):
+    """An alert rule as data (seeded from `domain.DEFAULT_RULES`)."""
+
+    __tablename__ = "alert_rules"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_type: str = Field(index=True)
+    alert_type: str
+    recipient_kind: str
+    recipient_ref: str
+    severity: str
+    channels: list[str] = Field(sa_type=ARRAY(sa.Text))  # type: ignore[call-overload]
+    condition: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB)  # type: ignore[call-overload]
+    priority: int = 100
+    enabled: bool = True
+
+
 class Alert(SQLModel, table=True):
+    """One alert to one addressee; the text is rendered at read time from type + params."""
+
     __tablename__ = "alerts"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    event_id: uuid.UUID = Field(index=True)
+    # Monotonic per database: the SSE `id:`; assigned by the database on insert.
+    seq: int | None = Field(default=None, sa_column_kwargs={"server_default": sa.text("nextval('alerts_seq')")})
+    event_id: uuid.UUID
+    event_type: str
     type: str
     severity: str
     municipality: str
+    recipient_key: str
     role: str | None = None
+    member_id: str | None = None
+    shelter_id: str | None = None
+    sub: str | None = None
     case_id: uuid.UUID | None = None
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB)  # type: ignore[call-overload]
+    created_at: datetime = _tz(default_factory=_now)
+    read_at: datetime | None = _tz(default=None)
+
+
+class MemberContact(SQLModel, table=True):
+    """Projection of `member.saved`: where an institution's e-mail alerts go."""
+
+    __tablename__ = "member_contacts"
+
+    member_id: str = Field(primary_key=True)
+    municipality: str
+    kind: str | None = None
+    email: str | None = None
+    updated_at: datetime = _tz(default_factory=_now)
+
+
+class ShelterBeds(SQLModel, table=True):
+    """Projection of `shelter.availability_changed` / `shelter.full`: free beds per shelter."""
+
+    __tablename__ = "shelter_free_beds"
+
+    shelter_id: str = Field(primary_key=True)
+    municipality: str = Field(index=True)
+    member_id: str | None = Field(default=None, index=True)
+    free_beds: int = 0
+    updated_at: datetime = _tz(default_factory=_now)
+
+
+class MunicipalityBeds(SQLModel, table=True):
+    """Whether the no-free-bed alert is raised for a municipality (once, until a bed frees up)."""
+
+    __tablename__ = "municipality_bed_alerts"
+
+    municipality: str = Field(primary_key=True)
+    none_free_since: datetime | None = _tz(default=None)
+    episode: int = 0
+
+
+class ProtectionOrder(SQLModel, table=True):
+    """Projection of `case.protection_order_recorded`; the scheduler warns before `expires_at`."""
+
+    __tablename__ = "expiring_orders"
+
+    order_id: str = Field(primary_key=True)
+    case_id: str
     case_number: str | None = None
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC), sa_type=sa.DateTime(timezone=True))
-    read_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    municipality: str
+    kind: str | None = None
+    status: str
+    expires_at: datetime | None = _tz(default=None)
+    expiry_raised_at: datetime | None = _tz(default=None)
+
+
+class Subscription(SQLModel, table=True):
+    """A webhook: events of `event_types` of the owner's municipality (and member) are POSTed to `url`."""
+
+    __tablename__ = "subscriptions"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    municipality: str = Field(index=True)
+    owner_role: str
+    owner_member_id: str | None = None
+    owner_sub: str
+    url: str
+    event_types: list[str] = Field(sa_type=ARRAY(sa.Text))  # type: ignore[call-overload]
+    secret: str
+    created_at: datetime = _tz(default_factory=_now)
+    deleted_at: datetime | None = _tz(default=None)
+
+
+class Delivery(SQLModel, table=True):
+    """One event to one webhook, or one alert to one e-mail address, with its retry state."""
+
+    __tablename__ = "deliveries"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    seq: int | None = Field(default=None, sa_column_kwargs={"server_default": sa.text("nextval('deliveries_seq')")})
+    dedupe_key: str = Field(unique=True)
+    channel: str
+    subscription_id: uuid.UUID | None = Field(default=None, index=True)
+    alert_id: uuid.UUID | None = None
+    address: str | None = None
+    event_id: uuid.UUID
+    event_type: str
+    municipality: str
+    payload: str
+    state: str = "pending"
+    attempts: int = 0
+    next_attempt_at: datetime = _tz(default_factory=_now)
+    last_attempt_at: datetime | None = _tz(default=None)
+    last_status_code: int | None = None
+    last_error: str | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONB)  # type: ignore[call-overload]
+    created_at: datetime = _tz(default_factory=_now)
+    delivered_at: datetime | None = _tz(default=None)

@@ -1,0 +1,42 @@
+"""Settings of the notifications service (`MKR_NOTIFICATIONS_*`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NotificationsConfig(BaseSettings):
+    """Delivery, scheduling and SMTP knobs; tests shorten the back-off and the scan interval."""
+
+    model_config = SettingsConfigDict(env_prefix="MKR_NOTIFICATIONS_", extra="ignore")
+
+    # Time-based alerts (protection orders about to expire).
+    scan_seconds: float = Field(default=30.0, gt=0, le=3600)
+    protection_order_warning_days: int = Field(default=14, ge=1, le=365)
+
+    # Webhook and e-mail deliveries.
+    delivery_poll_seconds: float = Field(default=2.0, gt=0, le=300)
+    delivery_batch_size: int = Field(default=20, ge=1, le=500)
+    delivery_max_attempts: int = Field(default=8, ge=1, le=50)
+    delivery_backoff_base_seconds: float = Field(default=5.0, gt=0, le=3600)
+    delivery_backoff_cap_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    # A claimed delivery is retried by any replica once this lease passes (a crash mid-send).
+    delivery_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    # E-mail: disabled unless a host is set.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "mkr-noreply@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    # Server-Sent Events.
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+
+    @property
+    def email_enabled(self) -> bool:
+        return bool(self.smtp_host)

@@ -1,0 +1,466 @@
+"""The notification rules: which event alerts whom, how loudly, in which words. Pure, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import random
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+Severity = Literal["info", "warning", "critical"]
+Channel = Literal["inbox", "email"]
+RecipientKind = Literal["role", "member", "shelter", "user"]
+Language = Literal["sq", "en"]
+
+DELIVERY_STATES = ("pending", "succeeded", "dead", "cancelled")
+
+# Events this service publishes itself (mkr.notifications.events); it consumes them too.
+PROTECTION_ORDER_EXPIRING = "case.protection_order_expiring"
+NO_FREE_BED = "shelter.none_available"
+NOTIFICATION_FAILED = "notification.failed"
+
+# What a subscription may name in `event_types` (CONTRACT §9 and the services' agreement).
+SUBSCRIBABLE_EVENT_TYPES = frozenset(
+    {
+        "case.reported",
+        "case.risk_assessed",
+        "case.protection_order_recorded",
+        "case.consent_changed",
+        "case.closed",
+        "case.reopened",
+        "member.saved",
+        "referral.created",
+        "referral.status_changed",
+        "referral.sla_breached",
+        "mechanism.gap",
+        "etn.meeting_scheduled",
+        "etn.minutes_recorded",
+        "plan.action_overdue",
+        "shelter.availability_changed",
+        "shelter.full",
+        "placement.started",
+        "placement.ended",
+        "rent_bonus.decided",
+        "rent_bonus.payment_due",
+        "rent_bonus.ending",
+        NOTIFICATION_FAILED,
+        PROTECTION_ORDER_EXPIRING,
+        NO_FREE_BED,
+    }
+)
+
+# Alert parameters copied from event data: coded facts and case numbers only, never identities.
+PARAMETER_FIELDS = (
+    "case_number",
+    "risk_level",
+    "previous_risk_level",
+    "urgency",
+    "service",
+    "to_member_kind",
+    "ack_due_at",
+    "due_date",
+    "expires_at",
+    "kind",
+    "missing_kind",
+    "month",
+    "amount",
+    "last_month",
+    "capacity",
+    "free_beds",
+    "event_type",
+    "channel",
+    "attempts",
+    "shelters",
+)
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One row of the rule table: an event (matching `condition`) alerts one recipient."""
+
+    event_type: str
+    alert_type: str
+    recipient_kind: RecipientKind
+    # role name for "role", the event data field holding the id for "member"/"shelter", a sub for "user".
+    recipient_ref: str
+    severity: Severity
+    channels: tuple[Channel, ...] = ("inbox",)
+    # {field: {"in": [...]}} or {field: {"not_in": [...]}} over the event's data.
+    condition: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
+    priority: int = 100
+
+    def matches(self, data: Mapping[str, Any]) -> bool:
+        for name, test in self.condition.items():
+            value = data.get(name)
+            value = None if value is None else str(value)
+            if "in" in test and value not in test["in"]:
+                return False
+            if "not_in" in test and value in test["not_in"]:
+                return False
+        return True
+
+
+HIGH = {"risk_level": {"in": ["high"]}}
+EMERGENCY = {"urgency": {"in": ["emergency"]}}
+NOT_EMERGENCY = {"urgency": {"not_in": ["emergency"]}}
+
+DEFAULT_RULES: tuple[AlertRule, ...] = (
+    AlertRule("case.reported", "case.high_risk", "role", "coordinator", "critical", condition=HIGH, priority=10),
+    # Every other new case still reaches the coordinator, quietly.
+    AlertRule(
+        "case.reported",
+        "case.new",
+        "role",
+        "coordinator",
+        "info",
+        condition={"risk_level": {"not_in": ["high"]}},
+        priority=20,
+    ),
+    AlertRule(
+        "case.risk_assessed",
+        "case.high_risk",
+        "role",
+        "coordinator",
+        "critical",
+        condition={**HIGH, "previous_risk_level": {"not_in": ["high"]}},
+        priority=10,
+    ),
+    AlertRule(
+        "referral.created", "referral.new", "member", "to_member_id", "critical", ("inbox", "email"), EMERGENCY, 10
+    ),
+    AlertRule(
+        "referral.created", "referral.new", "member", "to_member_id", "info", ("inbox", "email"), NOT_EMERGENCY, 20
+    ),
+    AlertRule("referral.sla_breached", "referral.sla_breached", "role", "coordinator", "critical", priority=10),
+    AlertRule(
+        "referral.sla_breached",
+        "referral.sla_breached",
+        "member",
+        "to_member_id",
+        "critical",
+        ("inbox", "email"),
+        priority=10,
+    ),
+    AlertRule(PROTECTION_ORDER_EXPIRING, "protection_order.expiring", "role", "coordinator", "warning", priority=10),
+    AlertRule(PROTECTION_ORDER_EXPIRING, "protection_order.expiring", "role", "police", "warning", priority=10),
+    AlertRule("plan.action_overdue", "plan.action_overdue", "role", "coordinator", "warning", priority=10),
+    AlertRule(
+        "plan.action_overdue",
+        "plan.action_overdue",
+        "member",
+        "responsible_member_id",
+        "warning",
+        ("inbox", "email"),
+        priority=10,
+    ),
+    AlertRule("shelter.full", "shelter.full", "role", "coordinator", "warning", priority=10),
+    AlertRule(NO_FREE_BED, "shelter.none_available", "role", "coordinator", "critical", priority=10),
+    AlertRule("rent_bonus.ending", "rent_bonus.ending", "role", "housing_officer", "info", priority=10),
+    AlertRule("rent_bonus.ending", "rent_bonus.ending", "role", "coordinator", "info", priority=10),
+    AlertRule("rent_bonus.payment_due", "rent_bonus.payment_due", "role", "housing_officer", "warning", priority=10),
+    AlertRule("rent_bonus.payment_due", "rent_bonus.payment_due", "role", "coordinator", "warning", priority=10),
+    AlertRule("mechanism.gap", "mechanism.gap", "role", "coordinator", "warning", priority=10),
+    AlertRule(NOTIFICATION_FAILED, "notification.failed", "role", "coordinator", "warning", priority=10),
+)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Whom one alert is addressed to (exactly one of the four)."""
+
+    role: str | None = None
+    member_id: str | None = None
+    shelter_id: str | None = None
+    sub: str | None = None
+
+    @property
+    def key(self) -> str:
+        for kind in ("role", "member_id", "shelter_id", "sub"):
+            value = getattr(self, kind)
+            if value:
+                return f"{kind}:{value}"
+        return ""
+
+
+def recipient_of(rule: AlertRule, data: Mapping[str, Any]) -> Recipient | None:
+    """The rule's addressee for this event, or None when the event does not name one."""
+    if rule.recipient_kind == "role":
+        return Recipient(role=rule.recipient_ref)
+    if rule.recipient_kind == "user":
+        return Recipient(sub=rule.recipient_ref)
+    value = data.get(rule.recipient_ref)
+    if not value:
+        return None
+    if rule.recipient_kind == "member":
+        return Recipient(member_id=str(value))
+    return Recipient(shelter_id=str(value))
+
+
+def alerts_for(
+    rules: Iterable[AlertRule], event_type: str, data: Mapping[str, Any]
+) -> list[tuple[AlertRule, Recipient]]:
+    """Each (rule, recipient) the event raises: at most one alert per alert type and recipient."""
+    chosen: dict[tuple[str, str], tuple[AlertRule, Recipient]] = {}
+    for rule in sorted(rules, key=lambda r: r.priority):
+        if rule.event_type != event_type or not rule.matches(data):
+            continue
+        recipient = recipient_of(rule, data)
+        if recipient is None:
+            continue
+        chosen.setdefault((rule.alert_type, recipient.key), (rule, recipient))
+    return list(chosen.values())
+
+
+def alert_parameters(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: data[name] for name in PARAMETER_FIELDS if data.get(name) is not None}
+
+
+def derived_event_id(*parts: str) -> uuid.UUID:
+    """A stable id for an event this service derives (raised once, whichever replica raises it)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "mkr:notifications:" + ":".join(parts))
+
+
+# --- texts -----------------------------------------------------------------------------------
+
+TEMPLATES: dict[str, dict[Language, tuple[str, str]]] = {
+    "case.new": {
+        "sq": ("Rast i ri {case_number}", "U raportua rasti {case_number} (rreziku: {risk_level})."),
+        "en": ("New case {case_number}", "Case {case_number} was reported (risk: {risk_level})."),
+    },
+    "case.high_risk": {
+        "sq": (
+            "Rast me rrezik të lartë {case_number}",
+            "Rasti {case_number} është me rrezik të lartë. Kërkohet veprim i menjëhershëm.",
+        ),
+        "en": ("High-risk case {case_number}", "Case {case_number} is high risk. Act at once."),
+    },
+    "referral.new": {
+        "sq": (
+            "Referim i ri për rastin {case_number}",
+            "Institucioni juaj mori një referim për rastin {case_number} (urgjenca: {urgency}). "
+            "Konfirmojeni deri më {ack_due_at}.",
+        ),
+        "en": (
+            "New referral for case {case_number}",
+            "Your institution received a referral for case {case_number} (urgency: {urgency}). "
+            "Acknowledge it by {ack_due_at}.",
+        ),
+    },
+    "referral.sla_breached": {
+        "sq": (
+            "Referim pa konfirmim: {case_number}",
+            "Referimi për rastin {case_number} nuk u konfirmua brenda afatit ({ack_due_at}).",
+        ),
+        "en": (
+            "Referral not acknowledged: {case_number}",
+            "The referral for case {case_number} was not acknowledged in time (due {ack_due_at}).",
+        ),
+    },
+    "protection_order.expiring": {
+        "sq": (
+            "Urdhri i mbrojtjes skadon: {case_number}",
+            "Urdhri i mbrojtjes ({kind}) për rastin {case_number} skadon më {expires_at}.",
+        ),
+        "en": (
+            "Protection order expiring: {case_number}",
+            "The protection order ({kind}) for case {case_number} expires on {expires_at}.",
+        ),
+    },
+    "plan.action_overdue": {
+        "sq": (
+            "Veprim i vonuar në planin e rastit {case_number}",
+            "Një veprim i planit për rastin {case_number} ishte për t'u kryer më {due_date}.",
+        ),
+        "en": (
+            "Plan action overdue: {case_number}",
+            "A plan action for case {case_number} was due on {due_date}.",
+        ),
+    },
+    "shelter.full": {
+        "sq": ("Strehëza është plot", "Një strehëz nuk ka më shtretër të lirë (kapaciteti: {capacity})."),
+        "en": ("Shelter full", "A shelter has no free bed left (capacity: {capacity})."),
+    },
+    "shelter.none_available": {
+        "sq": (
+            "Asnjë shtrat i lirë në bashki",
+            "Asnjë strehëz e bashkisë nuk ka shtrat të lirë ({shelters} strehëza).",
+        ),
+        "en": ("No free shelter bed", "No shelter in the municipality has a free bed ({shelters} shelters)."),
+    },
+    "rent_bonus.ending": {
+        "sq": (
+            "Bonusi i qirasë po mbaron: {case_number}",
+            "Bonusi i qirasë për rastin {case_number} mbaron në {last_month}.",
+        ),
+        "en": ("Rent bonus ending: {case_number}", "The rent bonus for case {case_number} ends in {last_month}."),
+    },
+    "rent_bonus.payment_due": {
+        "sq": (
+            "Pagesë e bonusit të qirasë: {case_number}",
+            "Pagesa e bonusit të qirasë për rastin {case_number} për muajin {month} ({amount} lekë) duhet kryer.",
+        ),
+        "en": (
+            "Rent bonus payment due: {case_number}",
+            "The rent bonus payment for case {case_number} for {month} ({amount} ALL) is due.",
+        ),
+    },
+    "mechanism.gap": {
+        "sq": (
+            "Mungesë në mekanizëm: {case_number}",
+            "Rasti {case_number} ka nevojë për një anëtar të llojit {missing_kind}, por bashkia nuk ka asnjë.",
+        ),
+        "en": (
+            "Mechanism gap: {case_number}",
+            "Case {case_number} needs a member of kind {missing_kind}, and the municipality has none.",
+        ),
+    },
+    "notification.failed": {
+        "sq": (
+            "Njoftimi dështoi",
+            "Dërgimi ({channel}) i ngjarjes {event_type} dështoi pas {attempts} përpjekjesh.",
+        ),
+        "en": ("Notification failed", "Delivery ({channel}) of event {event_type} failed after {attempts} attempts."),
+    },
+}
+
+VOCABULARY: dict[Language, dict[str, str]] = {
+    "sq": {
+        "low": "i ulët",
+        "medium": "mesatar",
+        "high": "i lartë",
+        "emergency": "emergjente",
+        "normal": "normale",
+        "immediate": "urdhër i menjëhershëm mbrojtjeje",
+        "protection": "urdhër mbrojtjeje",
+    },
+    "en": {"immediate": "immediate protection order", "protection": "protection order"},
+}
+
+
+class _Blank(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "–"
+
+
+def _localize(value: Any, language: Language) -> str:
+    if isinstance(value, str):
+        if len(value) >= 16 and value[4:5] == "-" and "T" in value:
+            try:
+                return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M %Z").strip()
+            except ValueError:
+                return value
+        return VOCABULARY[language].get(value, value)
+    return str(value)
+
+
+def render(alert_type: str, params: Mapping[str, Any], language: Language) -> tuple[str, str]:
+    """The alert's title and body in the language, from its stored type and parameters."""
+    texts = TEMPLATES.get(alert_type)
+    if texts is None:
+        number = params.get("case_number")
+        title = alert_type if language == "en" else f"Njoftim: {alert_type}"
+        return title, (f"{title} ({number})" if number else title)
+    values = _Blank({k: _localize(v, language) for k, v in params.items()})
+    title, body = texts[language]
+    return title.format_map(values), body.format_map(values)
+
+
+def language_of(accept_language: str | None) -> Language:
+    """`en` when English is preferred over Albanian in Accept-Language, else `sq` (the default)."""
+    best: tuple[float, Language] | None = None
+    for index, part in enumerate((accept_language or "").split(",")):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        primary = tag.strip().lower().split("-")[0]
+        if primary in ("sq", "en") and quality > 0:
+            candidate = (quality - index * 1e-6, "sq" if primary == "sq" else "en")
+            if best is None or candidate[0] > best[0]:
+                best = candidate  # type: ignore[assignment]
+    return best[1] if best else "sq"
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def backoff_seconds(attempts: int, base: float, cap: float) -> float:
+    """Exponential back-off with jitter after `attempts` failures (1, 2, …): 0.5–1 × base·2^(n-1)."""
+    return min(cap, base * 2 ** min(attempts - 1, 30)) * (0.5 + random.random() / 2)
+
+
+def concerns_member(data: Mapping[str, Any], member_id: str) -> bool:
+    """An institution's subscription sees only events that name its member.
+
+    The member is named in `to_member_id` (referrals), `responsible_member_id` (plan actions),
+    `member_id` (the member itself, a shelter it runs), `member_ids[]` (meetings) or the
+    `responsible_member_id` of `actions[]` (minutes).
+    """
+    for name in ("to_member_id", "responsible_member_id", "member_id"):
+        if str(data.get(name) or "") == member_id:
+            return True
+    if member_id in {str(m) for m in data.get("member_ids") or []}:
+        return True
+    actions = data.get("actions") or []
+    return any(isinstance(a, dict) and str(a.get("responsible_member_id") or "") == member_id for a in actions)
+
+
+class UnsafeUrl(ValueError):
+    """A webhook URL this deployment refuses to call."""
+
+
+def host_allowed(host: str, allowed_hosts: Iterable[str]) -> bool:
+    host = host.lower().rstrip(".")
+    for pattern in allowed_hosts:
+        pattern = pattern.lower().rstrip(".")
+        if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
+
+
+def check_url(url: str, *, allowed_hosts: list[str]) -> str:
+    """Scheme and host rules of a webhook URL; returns its host. Address rules come in `check_address`."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise UnsafeUrl("The URL is malformed.") from exc
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeUrl("Only http and https URLs are accepted.")
+    if not parts.hostname:
+        raise UnsafeUrl("The URL names no host.")
+    if parts.username or parts.password:
+        raise UnsafeUrl("The URL may not carry credentials.")
+    if allowed_hosts and not host_allowed(parts.hostname, allowed_hosts):
+        raise UnsafeUrl("The host is not in the webhook allow-list.")
+    return parts.hostname
+
+
+def check_address(address: str, *, environment: str, allow_listed: bool) -> None:
+    """Refuse internal addresses: private, loopback, link-local… in production; link-local everywhere.
+
+    An allow-listed host may resolve anywhere. Development and test may call loopback and private
+    addresses (local receivers), never link-local (cloud metadata endpoints).
+    """
+    if allow_listed:
+        return
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        raise UnsafeUrl("The URL points to a link-local, multicast or unspecified address.")
+    if environment == "production" and (ip.is_private or ip.is_loopback or ip.is_reserved or not ip.is_global):
+        raise UnsafeUrl("The URL points to an internal address.")

@@ -1,0 +1,133 @@
+"""Reading alerts: who they are addressed to, pages, and the live stream."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from services.notifications import domain
+from services.notifications.delivery import Broadcaster
+from services.notifications.models import Alert
+from services.notifications.schemas import AlertOut
+from shared.app import ServiceRuntime
+from shared.auth import Principal
+from shared.errors import Problem
+
+
+def addressed_to(principal: Principal) -> Any:
+    """Alerts for the caller's claims: (municipality, role), member, shelter or user."""
+    claims = [col(Alert.role) == principal.role.value]
+    if principal.member_id:
+        claims.append(col(Alert.member_id) == principal.member_id)
+    if principal.shelter_id:
+        claims.append(col(Alert.shelter_id) == principal.shelter_id)
+    claims.append(col(Alert.sub) == principal.sub)
+    return sa.and_(col(Alert.municipality) == principal.municipality, sa.or_(*claims))
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"a:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = raw.partition(":")
+        if prefix != "a":
+            raise ValueError(cursor)
+        value = int(number)
+        if not 0 <= value < 2**62:
+            raise ValueError(cursor)
+        return value
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise Problem(
+            422,
+            "The cursor is not one this API issued.",
+            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
+        ) from exc
+
+
+def to_out(alert: Alert, language: domain.Language) -> AlertOut:
+    title, body = domain.render(alert.type, alert.params, language)
+    assert alert.seq is not None
+    return AlertOut(
+        id=alert.id,
+        type=alert.type,
+        severity=alert.severity,
+        title=title,
+        body=body,
+        case_id=alert.case_id,
+        created_at=alert.created_at,
+        read_at=alert.read_at,
+        seq=alert.seq,
+    )
+
+
+async def page(
+    session: AsyncSession, principal: Principal, *, unread: bool, limit: int, before: int | None
+) -> tuple[list[Alert], int | None]:
+    """Newest first; returns the rows and the seq to continue below (None at the end)."""
+    query = sa.select(Alert).where(addressed_to(principal))
+    if unread:
+        query = query.where(col(Alert.read_at).is_(None))
+    if before is not None:
+        query = query.where(col(Alert.seq) < before)
+    rows = list((await session.execute(query.order_by(col(Alert.seq).desc()).limit(limit + 1))).scalars().all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].seq if more and rows else None)
+
+
+async def since(session: AsyncSession, principal: Principal, after: int, limit: int = 200) -> list[Alert]:
+    query = (
+        sa.select(Alert).where(addressed_to(principal), col(Alert.seq) > after).order_by(col(Alert.seq)).limit(limit)
+    )
+    return list((await session.execute(query)).scalars().all())
+
+
+def sse_frame(alert: AlertOut) -> str:
+    return f"id: {alert.seq}\nevent: alert\ndata: {json.dumps(alert.model_dump(mode='json'), ensure_ascii=False)}\n\n"
+
+
+async def stream(
+    runtime: ServiceRuntime,
+    broadcaster: Broadcaster,
+    principal: Principal,
+    *,
+    language: domain.Language,
+    last_event_id: int | None,
+    heartbeat_seconds: float,
+) -> AsyncIterator[str]:
+    """The caller's alerts as SSE: first those after Last-Event-ID, then each new one as it lands."""
+    wake = broadcaster.subscribe()
+    try:
+        if last_event_id is None:
+            async with runtime.sessions() as session:
+                last = int(await session.scalar(sa.select(sa.func.coalesce(sa.func.max(col(Alert.seq)), 0))) or 0)
+        else:
+            last = last_event_id
+        yield "retry: 2000\n: connected\n\n"
+        while not runtime.stopping.is_set():
+            wake.clear()
+            async with runtime.sessions() as session:
+                fresh = await since(session, principal, last)
+            for alert in fresh:
+                out = to_out(alert, language)
+                last = out.seq
+                yield sse_frame(out)
+            if fresh:
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=heartbeat_seconds)
+            except TimeoutError:
+                yield ": heartbeat\n\n"
+    finally:
+        broadcaster.unsubscribe(wake)
