@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,9 +25,13 @@ def database_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     if url:
         yield url
         return
-    state = tmp_path_factory.mktemp("pg")
-    yield ensure_postgres(state, cleanup_mode="delete")
-    stop_postgres(state)
+    # Not under pytest's basetemp: concurrent pytest runs prune each other's old basetemps.
+    state = Path(tempfile.mkdtemp(prefix="mkr-test-pg-"))
+    try:
+        yield ensure_postgres(state, cleanup_mode="delete")
+    finally:
+        stop_postgres(state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
