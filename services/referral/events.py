@@ -1,53 +1,520 @@
-"""What referral consumes (intake's cases) and publishes (referrals)."""
+"""What referral publishes, and what it consumes: intake's cases (routing + projection) and shelter's facts.
+
+Handlers run inside the consumer's transaction, after the event id was recorded, so a repeated
+event changes nothing twice. Only ids, case numbers and coded facts go into events.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from services.referral.models import Referral
-from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, Envelope, make_event, publish
+from services.referral import domain
+from services.referral.config import ReferralConfig
+from services.referral.models import (
+    CaseFact,
+    EtnMeeting,
+    Member,
+    Placement,
+    PlanAction,
+    ProtectionOrder,
+    Referral,
+    RentBonus,
+    RentBonusPayment,
+    RoutingDecision,
+    RoutingRuleSet,
+    ShelterMember,
+)
+from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish
 from shared.settings import Settings
 
 SOURCE = "mkr/referral"
+CONSUMED_TOPICS = (INTAKE_TOPIC, SHELTER_TOPIC)
+SYSTEM = "system:routing"
 
 
-def make_handler(settings: Settings):  # type: ignore[no-untyped-def]
-    async def on_intake_event(session: AsyncSession, event: Envelope) -> None:
-        if event.type != "case.reported":
-            return
-        data = event.data
-        referral = Referral(
-            case_id=uuid.UUID(data["case_id"]),
-            case_number=data["case_number"],
-            municipality=event.municipality,
-            to_member_kind="social_services",
-            reason="always_social_services",
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _emit(
+    session: AsyncSession, settings: Settings, type_: str, municipality: str, key: str, data: dict[str, Any]
+) -> None:
+    event = make_event(type_=type_, source=SOURCE, subject=key, municipality=municipality, data=data)
+    await publish(session, settings, REFERRAL_TOPIC, event, key=key)
+
+
+# --- what referral publishes -------------------------------------------------------------------
+
+
+async def member_saved(session: AsyncSession, settings: Settings, member: Member) -> None:
+    data = {
+        "member_id": str(member.id),
+        "name": member.name,  # an institution's name, not a person's
+        "kind": member.kind,
+        "services": member.services,
+        "email": member.email,
+        "active": member.active,
+    }
+    await _emit(session, settings, "member.saved", member.municipality, str(member.id), data)
+
+
+async def referral_created(session: AsyncSession, settings: Settings, referral: Referral) -> None:
+    data = {
+        "referral_id": str(referral.id),
+        "case_id": str(referral.case_id),
+        "case_number": referral.case_number,
+        "to_member_id": str(referral.to_member_id),
+        "to_member_kind": referral.to_member_kind,
+        "service": referral.service,
+        "urgency": referral.urgency,
+        "reason": referral.reason,
+        "status": referral.status,
+        "ack_due_at": referral.ack_due_at.isoformat(),
+        "consent_override": referral.consent_override_reason is not None,
+        "legal_exception": referral.legal_exception,
+    }
+    await _emit(session, settings, "referral.created", referral.municipality, str(referral.case_id), data)
+
+
+async def referral_status_changed(
+    session: AsyncSession, settings: Settings, referral: Referral, previous: str, by_role: str, at: datetime
+) -> None:
+    data = {
+        "referral_id": str(referral.id),
+        "case_id": str(referral.case_id),
+        "case_number": referral.case_number,
+        "to_member_id": str(referral.to_member_id),
+        "to_member_kind": referral.to_member_kind,
+        "previous_status": previous,
+        "status": referral.status,
+        "by_role": by_role,
+        "at": at.isoformat(),
+    }
+    await _emit(session, settings, "referral.status_changed", referral.municipality, str(referral.case_id), data)
+
+
+async def sla_breached(session: AsyncSession, settings: Settings, referral: Referral) -> None:
+    data = {
+        "referral_id": str(referral.id),
+        "case_id": str(referral.case_id),
+        "case_number": referral.case_number,
+        "to_member_id": str(referral.to_member_id),
+        "to_member_kind": referral.to_member_kind,
+        "urgency": referral.urgency,
+        "ack_due_at": referral.ack_due_at.isoformat(),
+    }
+    await _emit(session, settings, "referral.sla_breached", referral.municipality, str(referral.case_id), data)
+
+
+async def meeting_scheduled(session: AsyncSession, settings: Settings, meeting: EtnMeeting) -> None:
+    data = {
+        "meeting_id": str(meeting.id),
+        "kind": meeting.kind,
+        "scheduled_for": meeting.scheduled_for.isoformat(),
+        "held": meeting.held,
+        "case_ids": meeting.case_ids,
+        "member_ids": meeting.member_ids,
+    }
+    await _emit(session, settings, "etn.meeting_scheduled", meeting.municipality, str(meeting.id), data)
+
+
+async def minutes_recorded(
+    session: AsyncSession, settings: Settings, meeting: EtnMeeting, actions: list[PlanAction]
+) -> None:
+    data = {
+        "meeting_id": str(meeting.id),
+        "kind": meeting.kind,
+        "actions": [
+            {
+                "action_id": str(a.id),
+                "case_id": str(a.case_id),
+                "case_number": a.case_number,
+                "responsible_member_id": str(a.responsible_member_id),
+                "due_date": a.due_date.isoformat(),
+            }
+            for a in actions
+        ],
+    }
+    await _emit(session, settings, "etn.minutes_recorded", meeting.municipality, str(meeting.id), data)
+
+
+async def plan_action_overdue(session: AsyncSession, settings: Settings, action: PlanAction) -> None:
+    data = {
+        "action_id": str(action.id),
+        "case_id": str(action.case_id),
+        "case_number": action.case_number,
+        "responsible_member_id": str(action.responsible_member_id),
+        "due_date": action.due_date.isoformat(),
+    }
+    await _emit(session, settings, "plan.action_overdue", action.municipality, str(action.case_id), data)
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+
+async def rules_for(session: AsyncSession, municipality: str) -> tuple[list[domain.RoutingRule], bool]:
+    """The municipality's routing table, or the defaults when it has not set one (second value True)."""
+    row = await session.get(RoutingRuleSet, municipality)
+    if row is None:
+        return list(domain.DEFAULT_RULES), True
+    return [domain.RoutingRule.model_validate(r) for r in row.rules], False
+
+
+def facts_of(case: CaseFact) -> domain.CaseFacts:
+    return domain.CaseFacts(
+        case_id=case.case_id,
+        risk_level=case.risk_level,
+        source=case.source,
+        children_count=case.children_count,
+        needs=tuple(case.needs),
+        violence_types=tuple(case.violence_types),
+        consent_share_with=tuple(case.consent_share_with),
+    )
+
+
+async def route(
+    session: AsyncSession, settings: Settings, config: ReferralConfig, case: CaseFact, event: Envelope
+) -> None:
+    """Apply the routing rules to a case and store every decision, made or not."""
+    rules, _ = await rules_for(session, case.municipality)
+    members = (
+        await session.execute(
+            sa.select(col(Member.id), col(Member.kind))
+            .where(col(Member.municipality) == case.municipality, col(Member.active).is_(True))
+            .order_by(Member.created_at, Member.id)  # type: ignore[arg-type]
         )
-        session.add(referral)
+    ).all()
+    decisions = domain.route_case(facts_of(case), rules, [domain.MemberRef(m.id, m.kind) for m in members])
+    now = _now()
+    for decision in decisions:
+        outcome: str = decision.outcome
+        referral_id: uuid.UUID | None = None
+        if decision.outcome == "refer" and decision.member_id is not None:
+            outcome, referral_id = await _refer(session, settings, config, case, decision, now)
+        elif decision.outcome == "no_member":
+            announced = await session.scalar(
+                sa.select(sa.func.count())
+                .select_from(RoutingDecision)
+                .where(
+                    RoutingDecision.case_id == case.case_id,  # type: ignore[arg-type]
+                    RoutingDecision.kind == decision.kind,  # type: ignore[arg-type]
+                    RoutingDecision.outcome == "no_member",  # type: ignore[arg-type]
+                )
+            )
+            if not announced:
+                await _emit(
+                    session,
+                    settings,
+                    "mechanism.gap",
+                    case.municipality,
+                    str(case.case_id),
+                    {
+                        "case_id": str(case.case_id),
+                        "case_number": case.case_number,
+                        "missing_kind": decision.kind,
+                        "rule": decision.reason,
+                    },
+                )
+        session.add(
+            RoutingDecision(
+                case_id=case.case_id,
+                municipality=case.municipality,
+                trigger=event.type,
+                event_id=event.id,
+                risk_level=case.risk_level,
+                kind=decision.kind,
+                rules=decision.rules,
+                urgency=decision.urgency,
+                outcome=outcome,
+                member_id=decision.member_id,
+                referral_id=referral_id,
+                legal_exception=decision.legal_exception,
+                at=now,
+            )
+        )
+    await session.flush()
+
+
+async def _refer(
+    session: AsyncSession,
+    settings: Settings,
+    config: ReferralConfig,
+    case: CaseFact,
+    decision: domain.Decision,
+    now: datetime,
+) -> tuple[str, uuid.UUID | None]:
+    """One automatic referral, unless the member already has an active one for the case.
+
+    An active one still pending whose urgency the risk rise has raised is escalated instead: its
+    urgency goes up and its acknowledgement deadline is brought forward (never pushed back).
+    """
+    assert decision.member_id is not None
+    active = (
+        await session.execute(
+            sa.select(Referral)
+            .where(
+                Referral.case_id == case.case_id,  # type: ignore[arg-type]
+                Referral.to_member_id == decision.member_id,  # type: ignore[arg-type]
+                Referral.status.in_(domain.ACTIVE_STATUSES),  # type: ignore[attr-defined]
+            )
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    if active is not None:
+        if active.status == "pending" and domain.URGENCY_ORDER[decision.urgency] > domain.URGENCY_ORDER[active.urgency]:
+            active.urgency = decision.urgency
+            active.ack_due_at = min(active.ack_due_at, domain.ack_due_at(now, decision.urgency, config.ack_seconds()))
+            active.updated_at = now
+            await session.flush()
+            return "escalated", active.id
+        return "already_referred", active.id
+    referral = Referral(
+        case_id=case.case_id,
+        case_number=case.case_number,
+        municipality=case.municipality,
+        to_member_id=decision.member_id,
+        to_member_kind=decision.kind,
+        service=", ".join(decision.services) or None,
+        urgency=decision.urgency,
+        reason=decision.reason,
+        origin="auto",
+        legal_exception=decision.legal_exception,
+        sender_role="coordinator",
+        created_by=SYSTEM,
+        created_at=now,
+        updated_at=now,
+        ack_due_at=domain.ack_due_at(now, decision.urgency, config.ack_seconds()),
+        history=[{"status": "pending", "at": now.isoformat(), "by": SYSTEM}],
+    )
+    inserted = await session.execute(
+        pg_insert(Referral)
+        .values(**referral.model_dump())
+        .on_conflict_do_nothing(
+            index_elements=["case_id", "to_member_id", "reason"], index_where=sa.text("origin = 'auto'")
+        )
+        .returning(col(Referral.id))
+    )
+    if inserted.first() is None:
+        return "already_referred", None
+    await referral_created(session, settings, referral)
+    return "referred", referral.id
+
+
+# --- the projection of other services' events -------------------------------------------------------
+
+
+def _dt(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _month(value: Any) -> date | None:
+    if value in (None, ""):
+        return None
+    text = str(value)
+    return date.fromisoformat(text + "-01" if len(text) == 7 else text)
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    return uuid.UUID(str(value)) if value not in (None, "") else None
+
+
+Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+
+
+def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
+    async def on_case_reported(session: AsyncSession, event: Envelope) -> None:
+        d = event.data
+        children_ages = d.get("children_ages") or []
+        values = {
+            "case_id": uuid.UUID(d["case_id"]),
+            "case_number": d["case_number"],
+            "municipality": event.municipality,
+            "reported_at": _dt(d.get("reported_at")) or event.time,
+            "status": "open",
+            "risk_level": d.get("risk_level") or "low",
+            "source": d.get("source"),
+            "sex": d.get("sex"),
+            "age_group": d.get("age_group"),
+            "ethnicity": d.get("ethnicity"),
+            "disability": d.get("disability"),
+            "violence_types": list(d.get("violence_types") or []),
+            "perpetrator_relationship": d.get("perpetrator_relationship"),
+            "needs": list(d.get("needs") or []),
+            "children_count": int(d.get("children_count") or len(children_ages)),
+            # No consent given (or an older producer without the field): only the legal exceptions apply.
+            "consent_share_with": list(d.get("consent_share_with") or []),
+            "reported_by_role": d.get("reported_by_role"),
+            "reported_by_member_id": d.get("reported_by_member_id"),
+        }
+        await session.execute(
+            pg_insert(CaseFact).values(**values).on_conflict_do_update(index_elements=["case_id"], set_=values)
+        )
+        case = await session.get(CaseFact, values["case_id"], populate_existing=True)
+        assert case is not None
+        await route(session, settings, config, case, event)
+
+    async def on_risk_assessed(session: AsyncSession, event: Envelope) -> None:
+        case = await session.get(CaseFact, uuid.UUID(event.data["case_id"]), with_for_update=True)
+        if case is None:
+            return  # not reported here (yet): nothing to route
+        level = event.data["risk_level"]
+        rose = domain.risk_rose(case.risk_level, level)
+        case.risk_level = level
         await session.flush()
-        await publish(
-            session,
-            settings,
-            REFERRAL_TOPIC,
-            make_event(
-                type_="referral.created",
-                source=SOURCE,
-                subject=str(referral.case_id),
-                municipality=referral.municipality,
-                data={
-                    "referral_id": str(referral.id),
-                    "case_id": str(referral.case_id),
-                    "case_number": referral.case_number,
-                    "to_member_kind": referral.to_member_kind,
-                    "reason": referral.reason,
-                },
-            ),
-            key=str(referral.case_id),
+        if rose:
+            await route(session, settings, config, case, event)
+
+    async def on_case_changed(session: AsyncSession, event: Envelope) -> None:
+        case = await session.get(CaseFact, uuid.UUID(event.data["case_id"]), with_for_update=True)
+        if case is None:
+            return
+        if event.type == "case.closed":
+            case.status = "closed"
+            case.closed_at = _dt(event.data.get("closed_at")) or event.time
+        elif event.type == "case.reopened":
+            case.status = "open"
+            case.closed_at = None
+        elif event.type == "case.consent_changed":
+            case.consent_share_with = list(event.data.get("share_with") or [])
+        await session.flush()
+
+    async def on_protection_order(session: AsyncSession, event: Envelope) -> None:
+        d = event.data
+        values = {
+            "order_id": uuid.UUID(d["order_id"]),
+            "case_id": uuid.UUID(d["case_id"]),
+            "case_number": d.get("case_number") or "",
+            "municipality": event.municipality,
+            "kind": d["kind"],
+            "status": d.get("status") or "issued",
+            "issued_at": _dt(d.get("issued_at")),
+            "expires_at": _dt(d.get("expires_at")),
+        }
+        await session.execute(
+            pg_insert(ProtectionOrder).values(**values).on_conflict_do_update(index_elements=["order_id"], set_=values)
         )
 
-    return on_intake_event
+    async def on_shelter(session: AsyncSession, event: Envelope) -> None:
+        d = event.data
+        values = {
+            "shelter_id": uuid.UUID(d["shelter_id"]),
+            "member_id": _uuid(d.get("member_id")),
+            "municipality": event.municipality,
+        }
+        await session.execute(
+            pg_insert(ShelterMember).values(**values).on_conflict_do_update(index_elements=["shelter_id"], set_=values)
+        )
 
+    async def on_placement(session: AsyncSession, event: Envelope) -> None:
+        d = event.data
+        placement_id = uuid.UUID(d["placement_id"])
+        if event.type == "placement.started":
+            await session.execute(
+                pg_insert(Placement)
+                .values(
+                    placement_id=placement_id,
+                    case_id=uuid.UUID(d["case_id"]),
+                    municipality=event.municipality,
+                    shelter_id=_uuid(d.get("shelter_id")),
+                    adults=int(d.get("adults") or 0),
+                    children=int(d.get("children") or 0),
+                    started_at=_dt(d.get("started_at")) or event.time,
+                )
+                .on_conflict_do_nothing()
+            )
+        else:
+            await session.execute(
+                sa.update(Placement)
+                .where(Placement.placement_id == placement_id)  # type: ignore[arg-type]
+                .values(ended_at=_dt(d.get("ended_at")) or event.time)
+            )
 
-CONSUMED_TOPICS = (INTAKE_TOPIC,)
+    async def on_rent_bonus(session: AsyncSession, event: Envelope) -> None:
+        d = event.data
+        if event.type == "rent_bonus.decided":
+            values = {
+                "application_id": uuid.UUID(d["application_id"]),
+                "case_id": uuid.UUID(d["case_id"]),
+                "municipality": event.municipality,
+                "approved": bool(d.get("approved")),
+                "monthly_amount": Decimal(str(d.get("monthly_amount") or "0")),
+                "start_month": _month(d.get("start_month")),
+                "months": int(d.get("months") or 0),
+            }
+            await session.execute(
+                pg_insert(RentBonus)
+                .values(**values)
+                .on_conflict_do_update(index_elements=["application_id"], set_=values)
+            )
+        elif event.type == "rent_bonus.payment_due":
+            month = _month(d.get("month"))
+            if month is None:
+                return
+            await session.execute(
+                pg_insert(RentBonusPayment)
+                .values(
+                    payment_id=uuid.UUID(d["payment_id"]),
+                    application_id=uuid.UUID(d["application_id"]),
+                    case_id=uuid.UUID(d["case_id"]),
+                    municipality=event.municipality,
+                    month=month,
+                    amount=Decimal(str(d.get("amount") or "0")),
+                )
+                .on_conflict_do_nothing()
+            )
+        else:  # a payment marked paid (if shelter announces it): counts in the report's paid_amount
+            payment_id = _uuid(d.get("payment_id"))
+            month = _month(d.get("month"))
+            if payment_id is None or month is None:
+                return
+            paid_at = _dt(d.get("paid_at")) or event.time
+            values = {
+                "payment_id": payment_id,
+                "application_id": uuid.UUID(d["application_id"]),
+                "case_id": uuid.UUID(d["case_id"]),
+                "municipality": event.municipality,
+                "month": month,
+                "amount": Decimal(str(d.get("amount") or "0")),
+                "paid_at": paid_at,
+            }
+            await session.execute(
+                pg_insert(RentBonusPayment)
+                .values(**values)
+                .on_conflict_do_update(index_elements=["payment_id"], set_={"paid_at": paid_at})
+            )
+
+    handlers: dict[str, Handler] = {
+        "case.reported": on_case_reported,
+        "case.risk_assessed": on_risk_assessed,
+        "case.closed": on_case_changed,
+        "case.reopened": on_case_changed,
+        "case.consent_changed": on_case_changed,
+        "case.protection_order_recorded": on_protection_order,
+        "shelter.availability_changed": on_shelter,
+        "shelter.full": on_shelter,
+        "placement.started": on_placement,
+        "placement.ended": on_placement,
+        "rent_bonus.decided": on_rent_bonus,
+        "rent_bonus.payment_due": on_rent_bonus,
+        "rent_bonus.payment_paid": on_rent_bonus,
+        "rent_bonus.paid": on_rent_bonus,
+    }
+
+    async def on_event(session: AsyncSession, event: Envelope) -> None:
+        handler = handlers.get(event.type)
+        if handler is not None:  # unknown types are ignored (§ event data)
+            await handler(session, event)
+
+    return on_event

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support import Stack, wait_for
+from tests.support import Stack, new_municipality, wait_for
 
 
 def report_body(municipality: str = "elbasan") -> dict[str, object]:
@@ -10,16 +10,25 @@ def report_body(municipality: str = "elbasan") -> dict[str, object]:
         "municipality": municipality,
         "source": "police",
         "survivor": {"first_name": "Drita", "last_name": "Kola", "sex": "female"},
+        "consent": {"share_with": ["social_services"], "given_at": "2026-11-21T09:00:00+01:00"},
     }
 
 
 async def test_reported_case_reaches_referral_and_coordinator_inbox(stack: Stack) -> None:
-    police = stack.auth("police", member_id="m-police")
-    created = await stack.intake.post("/v1/cases", json=report_body(), headers=police)
+    municipality = new_municipality()
+    # Routing refers to members of the directory: the municipality's social services first.
+    member = await stack.referral.post(
+        "/v1/members",
+        json={"name": "Social services office", "kind": "social_services", "municipality": municipality},
+        headers=stack.auth("admin", municipality),
+    )
+    assert member.status_code == 201, member.text
+    police = stack.auth("police", municipality, member_id="m-police")
+    created = await stack.intake.post("/v1/cases", json=report_body(municipality), headers=police)
     assert created.status_code == 201, created.text
     case = created.json()
 
-    coordinator = stack.auth("coordinator")
+    coordinator = stack.auth("coordinator", municipality)
 
     async def referrals() -> list[dict[str, object]]:
         response = await stack.referral.get("/v1/referrals", params={"case_id": case["id"]}, headers=coordinator)

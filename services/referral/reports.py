@@ -1,0 +1,307 @@
+"""Dashboard and report queries: SQL aggregation over referral's own tables and projections (indexed).
+
+Periods are UTC dates, `from` and `to` inclusive. Counting rules are DOMAIN.md's "Reports".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.referral.schemas import Dashboard, ReportSummary
+
+SEXES = ("female", "male", "other")
+AGE_GROUPS = ("0-11", "12-17", "18-24", "25-39", "40-59", "60+", "unknown")
+RISK_LEVELS = ("low", "medium", "high")
+ITEMS = 50  # the dashboard lists at most this many of each; `count` is always the full number
+
+
+def _bounds(start: date, end: date) -> dict[str, Any]:
+    return {
+        "start": datetime.combine(start, time.min, tzinfo=UTC),
+        "end": datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC),
+        "from_date": start,
+        "to_date": end,
+    }
+
+
+def _zeros(keys: Sequence[str]) -> dict[str, int]:
+    return dict.fromkeys(keys, 0)
+
+
+CASE_BREAKDOWNS = sa.text(
+    """
+    SELECT s, a, e, r, src, count(*) AS n FROM (
+        SELECT coalesce(sex, 'unknown') AS s, coalesce(age_group, 'unknown') AS a,
+               coalesce(ethnicity, 'undisclosed') AS e, risk_level AS r, coalesce(source, 'unknown') AS src
+        FROM case_facts
+        WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
+    ) t
+    GROUP BY GROUPING SETS ((s), (a), (e), (r), (src))
+    """
+)
+CASE_TOTALS = sa.text(
+    """
+    SELECT count(*) AS total,
+           count(*) FILTER (WHERE children_count > 0) AS with_children,
+           count(*) FILTER (WHERE status = 'closed') AS closed
+    FROM case_facts WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
+    """
+)
+VIOLENCE_TYPES = sa.text(
+    """
+    SELECT coalesce(vt, 'unknown') AS vt, count(DISTINCT c.case_id) AS n
+    FROM case_facts c LEFT JOIN LATERAL jsonb_array_elements_text(c.violence_types) AS vt ON true
+    WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
+    GROUP BY 1
+    """
+)
+REFERRALS = sa.text(
+    """
+    SELECT to_member_kind, status, count(*) AS n, count(*) FILTER (WHERE sla_breached_at IS NOT NULL) AS breaches
+    FROM referrals WHERE municipality = :m AND created_at >= :start AND created_at < :end
+    GROUP BY 1, 2
+    """
+)
+MEDIAN_ACK = sa.text(
+    """
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM acknowledged_at - created_at) / 3600.0)
+    FROM referrals
+    WHERE municipality = :m AND created_at >= :start AND created_at < :end AND acknowledged_at IS NOT NULL
+    """
+)
+MEETINGS = sa.text(
+    """
+    SELECT kind, count(*) FROM etn_meetings
+    WHERE municipality = :m AND scheduled_for >= :start AND scheduled_for < :end
+      AND (held OR scheduled_for <= now())
+    GROUP BY kind
+    """
+)
+ORDERS = sa.text(
+    """
+    SELECT kind, count(*) FROM protection_orders
+    WHERE municipality = :m AND issued_at >= :start AND issued_at < :end AND status NOT IN ('requested', 'rejected')
+    GROUP BY kind
+    """
+)
+PLACEMENTS = sa.text(
+    """
+    SELECT count(*), coalesce(sum(children), 0) FROM placements
+    WHERE municipality = :m AND started_at >= :start AND started_at < :end
+    """
+)
+RENT_BONUS = sa.text(
+    """
+    SELECT count(DISTINCT r.case_id), coalesce(sum(r.monthly_amount), 0)
+    FROM rent_bonuses r
+    CROSS JOIN LATERAL generate_series(
+        r.start_month::timestamp, r.start_month::timestamp + (r.months - 1) * interval '1 month', interval '1 month'
+    ) AS m(month)
+    WHERE r.municipality = :m AND r.approved AND r.months > 0 AND r.start_month IS NOT NULL
+      AND m.month >= date_trunc('month', CAST(:from_date AS date)) AND m.month <= CAST(:to_date AS date)
+    """
+)
+RENT_PAID = sa.text(
+    """
+    SELECT coalesce(sum(amount), 0) FROM rent_bonus_payments
+    WHERE municipality = :m AND paid_at IS NOT NULL
+      AND month >= date_trunc('month', CAST(:from_date AS date)) AND month <= CAST(:to_date AS date)
+    """
+)
+
+
+async def summary(session: AsyncSession, municipality: str, start: date, end: date) -> ReportSummary:
+    params = {"m": municipality, **_bounds(start, end)}
+    totals = (await session.execute(CASE_TOTALS, params)).one()
+    by: dict[str, dict[str, int]] = {
+        "by_sex": _zeros(SEXES),
+        "by_age_group": _zeros(AGE_GROUPS),
+        "by_ethnicity": {},
+        "by_risk_level": _zeros(RISK_LEVELS),
+        "by_source": {},
+    }
+    for row in await session.execute(CASE_BREAKDOWNS, params):
+        for column, key in (
+            ("s", "by_sex"),
+            ("a", "by_age_group"),
+            ("e", "by_ethnicity"),
+            ("r", "by_risk_level"),
+            ("src", "by_source"),
+        ):
+            value = getattr(row, column)
+            if value is not None:
+                by[key][value] = by[key].get(value, 0) + int(row.n)
+    violence = {row.vt: int(row.n) for row in await session.execute(VIOLENCE_TYPES, params)}
+
+    by_kind: dict[str, int] = {}
+    by_status: dict[str, int] = {}
+    breaches = 0
+    for row in await session.execute(REFERRALS, params):
+        by_kind[row.to_member_kind] = by_kind.get(row.to_member_kind, 0) + int(row.n)
+        by_status[row.status] = by_status.get(row.status, 0) + int(row.n)
+        breaches += int(row.breaches)
+    median = (await session.execute(MEDIAN_ACK, params)).scalar()
+    meetings: dict[str, int] = dict((await session.execute(MEETINGS, params)).tuples().all())
+    orders: dict[str, int] = dict((await session.execute(ORDERS, params)).tuples().all())
+    placements, children_placed = (await session.execute(PLACEMENTS, params)).one()
+    beneficiaries, approved = (await session.execute(RENT_BONUS, params)).one()
+    paid = (await session.execute(RENT_PAID, params)).scalar() or Decimal(0)
+
+    return ReportSummary.model_validate(
+        {
+            "municipality": municipality,
+            "from": start,
+            "to": end,
+            "cases": {
+                "total": int(totals.total),
+                **by,
+                "by_violence_type": violence,
+                "with_children": int(totals.with_children),
+                "closed": int(totals.closed),
+            },
+            "referrals": {
+                "total": sum(by_kind.values()),
+                "by_member_kind": by_kind,
+                "by_status": by_status,
+                "median_hours_to_acknowledge": round(float(median), 2) if median is not None else None,
+                "sla_breaches": breaches,
+            },
+            "etn_meetings": int(meetings.get("etn", 0)),
+            "steering_committee_meetings": int(meetings.get("steering_committee", 0)),
+            "protection_orders": {
+                "immediate": int(orders.get("immediate", 0)),
+                "protection": int(orders.get("protection", 0)),
+            },
+            "shelter": {"placements": int(placements), "children_placed": int(children_placed)},
+            "rent_bonus": {
+                "beneficiaries": int(beneficiaries),
+                "approved_amount": str(Decimal(approved).quantize(Decimal("0.01"))),
+                "paid_amount": str(Decimal(paid).quantize(Decimal("0.01"))),
+            },
+        }
+    )
+
+
+async def dashboard(session: AsyncSession, municipality: str, expiry_days: int) -> Dashboard:
+    params = {"m": municipality, "horizon": datetime.now(UTC) + timedelta(days=expiry_days)}
+    risk = _zeros(RISK_LEVELS)
+    for level, n in await session.execute(
+        sa.text("SELECT risk_level, count(*) FROM case_facts WHERE municipality = :m AND status = 'open' GROUP BY 1"),
+        params,
+    ):
+        risk[level] = int(n)
+
+    async def listing(count_sql: str, items_sql: str) -> dict[str, Any]:
+        count = (await session.execute(sa.text(count_sql), params)).scalar() or 0
+        rows = (await session.execute(sa.text(items_sql + f" LIMIT {ITEMS}"), params)).mappings().all()
+        return {"count": int(count), "items": [{k: _plain(v) for k, v in row.items()} for row in rows]}
+
+    overdue_referrals = "FROM referrals WHERE municipality = :m AND status = 'pending' AND ack_due_at < now()"
+    overdue_actions = "FROM plan_actions WHERE municipality = :m AND status = 'open' AND due_date < CURRENT_DATE"
+    expiring = (
+        "FROM protection_orders WHERE municipality = :m AND status = 'issued' "
+        "AND expires_at >= now() AND expires_at <= :horizon"
+    )
+    return Dashboard(
+        municipality=municipality,
+        open_cases_by_risk_level=risk,
+        overdue_referrals=await listing(
+            f"SELECT count(*) {overdue_referrals}",
+            "SELECT id AS referral_id, case_id, case_number, to_member_id, to_member_kind, urgency, ack_due_at "
+            f"{overdue_referrals} ORDER BY ack_due_at",
+        ),
+        overdue_plan_actions=await listing(
+            f"SELECT count(*) {overdue_actions}",
+            f"SELECT id AS action_id, case_id, case_number, responsible_member_id, due_date {overdue_actions} "
+            "ORDER BY due_date",
+        ),
+        protection_orders_expiring=await listing(
+            f"SELECT count(*) {expiring}",
+            f"SELECT order_id, case_id, case_number, kind, expires_at {expiring} ORDER BY expires_at",
+        ),
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if value is not None and not isinstance(value, str | int | float | bool):
+        return str(value)
+    return value
+
+
+CSV_COLUMNS = (
+    "case_number",
+    "reported_at",
+    "status",
+    "closed_at",
+    "risk_level",
+    "sex",
+    "age_group",
+    "ethnicity",
+    "disability",
+    "violence_types",
+    "perpetrator_relationship",
+    "source",
+    "needs",
+    "children_count",
+    "referrals",
+    "referrals_completed",
+    "referrals_declined",
+    "sla_breaches",
+    "referral_outcomes",
+)
+CASE_ROWS = sa.text(
+    """
+    SELECT c.case_number, c.reported_at, c.status, c.closed_at, c.risk_level, c.sex, c.age_group, c.ethnicity,
+           c.disability, c.violence_types, c.perpetrator_relationship, c.source, c.needs, c.children_count,
+           coalesce(r.n, 0) AS referrals, coalesce(r.completed, 0) AS referrals_completed,
+           coalesce(r.declined, 0) AS referrals_declined, coalesce(r.breaches, 0) AS sla_breaches,
+           coalesce(r.outcomes, '') AS referral_outcomes
+    FROM case_facts c
+    LEFT JOIN LATERAL (
+        SELECT count(*) AS n,
+               count(*) FILTER (WHERE status = 'completed') AS completed,
+               count(*) FILTER (WHERE status = 'declined') AS declined,
+               count(*) FILTER (WHERE sla_breached_at IS NOT NULL) AS breaches,
+               string_agg(to_member_kind || ':' || status, ';' ORDER BY created_at, id) AS outcomes
+        FROM referrals WHERE referrals.case_id = c.case_id
+    ) r ON true
+    WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
+    ORDER BY c.reported_at, c.case_number
+    """
+)
+
+
+async def case_rows(session: AsyncSession, municipality: str, start: date, end: date) -> list[sa.Row[Any]]:
+    return list((await session.execute(CASE_ROWS, {"m": municipality, **_bounds(start, end)})).all())
+
+
+def to_csv(rows: list[sa.Row[Any]]) -> Iterator[str]:
+    """The pseudonymous export: coded facts only; lists joined with `;`; outcomes as `kind:status`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for index, row in enumerate(rows, start=1):
+        values = []
+        for column in CSV_COLUMNS:
+            value = getattr(row, column)
+            if isinstance(value, list):
+                value = ";".join(value)
+            elif isinstance(value, datetime):
+                value = value.astimezone(UTC).isoformat()
+            values.append("" if value is None else value)
+        writer.writerow(values)
+        if index % 1000 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
