@@ -1,54 +1,438 @@
-"""HTTP routes of the intake service."""
+"""HTTP routes of the intake service (CONTRACT §5)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
 
-from services.intake import domain, events
-from services.intake.models import Case
-from services.intake.schemas import CaseOut, CaseReport
+from services.intake import casefile, domain, events, service
+from services.intake.config import IntakeConfig
+from services.intake.models import (
+    Case,
+    ConsentRecord,
+    ProtectionOrder,
+    RiskScreenConfig,
+)
+from services.intake.schemas import (
+    AuditEntry,
+    CaseCreated,
+    CaseOut,
+    CasePage,
+    CaseReport,
+    CaseStatus,
+    CaseSummary,
+    CloseIn,
+    ConsentChange,
+    ConsentOut,
+    ProtectionOrderIn,
+    ProtectionOrderOut,
+    ReopenIn,
+    RiskAssessmentIn,
+    RiskAssessmentResult,
+    RiskLevel,
+    RiskQuestion,
+    RiskScreenIn,
+    RiskScreenOut,
+    StatusOut,
+    jsonable,
+)
 from shared.auth import INSTITUTION_ROLES, Principal, Role, allow, require_own_municipality
+from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import SessionDep
-from shared.errors import not_found
+from shared.errors import Problem, conflict, forbidden, invalid, not_found
 
 router = APIRouter(prefix="/v1", tags=["cases"])
 Reporter = Annotated[Principal, Depends(allow(Role.coordinator, INSTITUTION_ROLES))]
+Coordinator = Annotated[Principal, Depends(allow(Role.coordinator))]
+OrderRecorder = Annotated[Principal, Depends(allow(Role.coordinator, Role.police, Role.legal_aid))]
+AuditReader = Annotated[Principal, Depends(allow(Role.coordinator, Role.auditor))]
+CLOCK_SKEW = timedelta(minutes=2)
 
 
-def _out(case: Case) -> CaseOut:
-    return CaseOut.model_validate(case, from_attributes=True)
+def _config(request: Request) -> IntakeConfig:
+    config: IntakeConfig = request.app.state.intake_config
+    return config
 
 
-@router.post("/cases", status_code=201, response_model=CaseOut)
-async def report_case(body: CaseReport, principal: Reporter, session: SessionDep, request: Request) -> CaseOut:
+def _cipher(request: Request) -> FieldCipher:
+    cipher: FieldCipher = request.app.state.cipher
+    return cipher
+
+
+def _indexer(request: Request) -> SearchIndexer:
+    indexer: SearchIndexer = request.app.state.indexer
+    return indexer
+
+
+# --- reporting ---
+
+
+@router.post(
+    "/cases",
+    status_code=201,
+    response_model=CaseCreated,
+    summary="Report a case (idempotent with Idempotency-Key)",
+)
+async def report_case(
+    body: CaseReport,
+    principal: Reporter,
+    session: SessionDep,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> JSONResponse:
     require_own_municipality(principal, body.municipality)
     now = datetime.now(UTC)
+    if body.reported_at is not None:
+        if principal.role is not Role.coordinator:
+            raise forbidden("Only the coordinator may set reported_at.")
+        if body.reported_at > now + CLOCK_SKEW:
+            raise invalid(["body", "reported_at"], "reported_at may not be in the future")
+    reported_at = body.reported_at or now
+    local_day = reported_at.astimezone(ZoneInfo(_config(request).timezone)).date()
+    if body.survivor.date_of_birth is not None and body.survivor.date_of_birth > local_day:
+        raise invalid(["body", "survivor", "date_of_birth"], "date_of_birth is after the report date")
+    request_hash = hashlib.sha256(
+        json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    config = _config(request)
+    replay = False
     async with session.begin():
-        number = await domain.next_case_number(session, municipality=body.municipality, year=now.year)
-        case = Case(
-            municipality=body.municipality,
-            case_number=number,
-            source=body.source,
-            facts={"sex": body.survivor.sex.value},
-            reported_at=now,
-            reported_by_sub=principal.sub,
-            reported_by_role=principal.role,
-            reported_by_member_id=principal.member_id,
+        screen = await service.load_screen(session, body.municipality)
+        if body.risk_answers is not None and (unknown := domain.unknown_answers(screen, body.risk_answers)):
+            raise Problem(
+                422,
+                "The request has invalid fields.",
+                errors=[{"loc": ["body", "risk_answers", qid], "msg": "unknown risk question"} for qid in unknown],
+            )
+        if idempotency_key is not None:
+            replay = not await service.claim_idempotency_key(
+                session,
+                municipality=body.municipality,
+                caller=principal.sub,
+                key=idempotency_key,
+                request_hash=request_hash,
+            )
+        if not replay:
+            created = await casefile.create_case(
+                session,
+                settings=request.app.state.settings,
+                cipher=_cipher(request),
+                indexer=_indexer(request),
+                principal=principal,
+                body=body,
+                reported_at=reported_at,
+                local_day=local_day,
+                screen=screen,
+                config=config,
+            )
+            answer = jsonable(created)
+            if idempotency_key is not None:
+                await service.store_idempotent_response(
+                    session,
+                    municipality=body.municipality,
+                    caller=principal.sub,
+                    key=idempotency_key,
+                    status_code=201,
+                    response=answer,
+                )
+    if replay:
+        assert idempotency_key is not None
+        async with session.begin():
+            stored = await service.stored_idempotency(
+                session, municipality=body.municipality, caller=principal.sub, key=idempotency_key
+            )
+        if stored is None or stored.response is None or stored.status_code is None:
+            raise conflict("A request with this Idempotency-Key is still in progress; retry.")
+        if stored.request_hash != request_hash:
+            raise conflict("This Idempotency-Key was used with another request body.")
+        return JSONResponse(stored.response, status_code=stored.status_code)
+    request.app.state.runtime.relay.wake()
+    return JSONResponse(answer, status_code=201)
+
+
+# --- reading ---
+
+
+@router.get("/cases/{case_id}", response_model=CaseOut, summary="A case (per CONTRACT §2 visibility)")
+async def get_case(case_id: uuid.UUID, principal: Reporter, session: SessionDep, request: Request) -> CaseOut:
+    async with session.begin():
+        case = await service.get_visible_case(session, principal, case_id)
+        records = await service.case_records(session, case.id)
+        # The read is logged and committed before any byte of the case leaves (no audit, no answer).
+        await service.record_audit(session, principal, case, "case.read")
+    return casefile.case_out(_cipher(request), principal, case, records)
+
+
+@router.get("/cases", response_model=CasePage, summary="Search the municipality's cases (coordinator)")
+async def list_cases(
+    principal: Coordinator,
+    session: SessionDep,
+    request: Request,
+    status: CaseStatus | None = None,
+    risk_level: RiskLevel | None = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> CasePage:
+    after = None
+    if cursor is not None:
+        after = service.decode_cursor(cursor)
+        if after is None:
+            raise invalid(["query", "cursor"], "not a cursor of this list")
+    query = q.strip() if q else None
+    keys = _indexer(request).keyed(query, principal.municipality) if query else []
+    async with session.begin():
+        rows = await service.search_cases(
+            session,
+            municipality=principal.municipality,
+            status=status.value if status else None,
+            risk_level=risk_level.value if risk_level else None,
+            q=query,
+            keys=keys,
+            threshold=_config(request).search_threshold,
+            after=after,
+            limit=limit + 1,
         )
+        page = rows[:limit]
+        await service.record_audit_many(session, principal, [case for case, _ in page], "case.listed")
+    cipher = _cipher(request)
+    items = []
+    for case, score in page:
+        personal = json.loads(cipher.decrypt(case.personal, casefile.personal_context(case.id, "personal")))
+        items.append(
+            CaseSummary(
+                id=case.id,
+                case_number=case.case_number,
+                status=CaseStatus(case.status),
+                risk_level=RiskLevel(case.risk_level),
+                source=case.source,  # type: ignore[arg-type]
+                reported_at=case.reported_at,
+                first_name=personal["first_name"],
+                last_name=personal["last_name"],
+                age_group=case.facts.get("age_group", "unknown"),
+                score=score,
+            )
+        )
+    next_cursor = service.encode_cursor(page[-1][0].reported_at, page[-1][0].id) if len(rows) > limit else None
+    return CasePage(items=items, next_cursor=next_cursor)
+
+
+# --- changes to a case ---
+
+
+@router.post(
+    "/cases/{case_id}/risk-assessments",
+    status_code=201,
+    response_model=RiskAssessmentResult,
+    summary="Assess (or reassess) the risk",
+)
+async def assess_risk(
+    case_id: uuid.UUID, body: RiskAssessmentIn, principal: Reporter, session: SessionDep, request: Request
+) -> RiskAssessmentResult:
+    async with session.begin():
+        case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        screen = await service.load_screen(session, case.municipality)
+        if unknown := domain.unknown_answers(screen, body.risk_answers):
+            raise Problem(
+                422,
+                "The request has invalid fields.",
+                errors=[{"loc": ["body", "risk_answers", qid], "msg": "unknown risk question"} for qid in unknown],
+            )
+        judgement = body.professional_judgement.value if body.professional_judgement else None
+        result = domain.score_risk(screen, body.risk_answers, judgement)
+        now = datetime.now(UTC)
+        assessment = casefile.new_assessment(case.id, body.risk_answers, result, judgement, principal, now)
+        session.add(assessment)
+        previous = case.risk_level
+        case.risk_level = result.risk_level
         session.add(case)
         await session.flush()
-        await events.case_reported(session, request.app.state.settings, case)
+        await service.record_audit(session, principal, case, "case.risk_assessed")
+        if previous != result.risk_level:
+            await events.case_risk_assessed(
+                session,
+                request.app.state.settings,
+                case,
+                previous=previous,
+                yes_count=result.yes_count,
+                red_flags=result.red_flags,
+            )
     request.app.state.runtime.relay.wake()
-    return _out(case)
+    return RiskAssessmentResult(
+        id=assessment.id,
+        risk_level=RiskLevel(result.risk_level),
+        previous_risk_level=RiskLevel(previous),
+        yes_count=result.yes_count,
+        red_flags=result.red_flags,
+        assessed_at=now,
+    )
 
 
-@router.get("/cases/{case_id}", response_model=CaseOut)
-async def get_case(case_id: uuid.UUID, principal: Reporter, session: SessionDep) -> CaseOut:
-    case = await session.get(Case, case_id)
-    if case is None or case.municipality != principal.municipality:
-        raise not_found("case")
-    return _out(case)
+@router.post(
+    "/cases/{case_id}/protection-orders",
+    status_code=201,
+    response_model=ProtectionOrderOut,
+    summary="Record an immediate (UMM) or ordinary (UM) protection order",
+)
+async def record_protection_order(
+    case_id: uuid.UUID, body: ProtectionOrderIn, principal: OrderRecorder, session: SessionDep, request: Request
+) -> ProtectionOrderOut:
+    async with session.begin():
+        case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        order = ProtectionOrder(
+            case_id=case.id,
+            kind=body.kind.value,
+            status=body.status.value,
+            issued_at=body.issued_at,
+            expires_at=body.expires_at,
+            court=body.court,
+            reference=body.reference,
+            recorded_at=datetime.now(UTC),
+            recorded_by_sub=principal.sub,
+            recorded_by_role=principal.role.value,
+        )
+        session.add(order)
+        await session.flush()
+        await service.record_audit(session, principal, case, "case.protection_order_recorded")
+        await events.protection_order_recorded(session, request.app.state.settings, case, order)
+    request.app.state.runtime.relay.wake()
+    return casefile.order_out(order)
+
+
+@router.post(
+    "/cases/{case_id}/consent",
+    response_model=ConsentOut,
+    summary="Record or withdraw consent per recipient kind",
+)
+async def change_consent(
+    case_id: uuid.UUID, body: ConsentChange, principal: Reporter, session: SessionDep, request: Request
+) -> ConsentOut:
+    async with session.begin():
+        case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        now = datetime.now(UTC)
+        for kinds, given in ((body.share_with, True), (body.withdraw, False)):
+            for kind in sorted(set(kinds)):
+                session.add(
+                    ConsentRecord(
+                        case_id=case.id,
+                        kind=kind.value,
+                        given=given,
+                        at=now,
+                        recorded_by_sub=principal.sub,
+                        recorded_by_role=principal.role.value,
+                    )
+                )
+        await session.flush()
+        records = await service.case_records(session, case.id)
+        share_with, _ = service.current_consent(records.consents)
+        await service.record_audit(session, principal, case, "case.consent_changed")
+        await events.consent_changed(
+            session,
+            request.app.state.settings,
+            case,
+            share_with=share_with,
+            withdrawn=sorted({kind.value for kind in body.withdraw}),
+        )
+    request.app.state.runtime.relay.wake()
+    return casefile.consent_out(records.consents, case.facts.get("consent_given_at"))
+
+
+@router.post("/cases/{case_id}/close", response_model=StatusOut, summary="Close a case with a reason")
+async def close_case(
+    case_id: uuid.UUID, body: CloseIn, principal: Coordinator, session: SessionDep, request: Request
+) -> StatusOut:
+    async with session.begin():
+        case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        if case.status == CaseStatus.closed:
+            raise conflict("The case is already closed.")
+        case.status = CaseStatus.closed.value
+        case.closed_at = datetime.now(UTC)
+        case.close_reason = _cipher(request).encrypt(body.reason, casefile.personal_context(case.id, "close_reason"))
+        session.add(case)
+        await session.flush()
+        await service.record_audit(session, principal, case, "case.closed")
+        await events.case_closed(session, request.app.state.settings, case)
+    request.app.state.runtime.relay.wake()
+    return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.closed, closed_at=case.closed_at)
+
+
+@router.post("/cases/{case_id}/reopen", response_model=StatusOut, summary="Reopen a closed case")
+async def reopen_case(
+    case_id: uuid.UUID, principal: Coordinator, session: SessionDep, request: Request, body: ReopenIn | None = None
+) -> StatusOut:
+    async with session.begin():
+        case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        if case.status != CaseStatus.closed:
+            raise conflict("Only a closed case can be reopened.")
+        case.status = CaseStatus.open.value
+        case.closed_at = None
+        case.close_reason = None
+        session.add(case)
+        await session.flush()
+        await service.record_audit(session, principal, case, "case.reopened")
+        await events.case_reopened(session, request.app.state.settings, case)
+    request.app.state.runtime.relay.wake()
+    return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.open)
+
+
+# --- audit trail and the risk screen ---
+
+
+@router.get("/audit", response_model=list[AuditEntry], summary="Who read or changed a case, when")
+async def get_audit(case_id: uuid.UUID, principal: AuditReader, session: SessionDep) -> list[AuditEntry]:
+    async with session.begin():
+        case = await session.get(Case, case_id)
+        if case is None or not principal.sees_municipality(case.municipality):
+            raise not_found("case")
+        rows = await service.audit_trail(session, case.id)
+    return [AuditEntry(at=r.at, sub=r.sub, role=r.role, action=r.action, case_id=r.case_id) for r in rows]
+
+
+def _screen_out(municipality: str, screen: domain.RiskScreen, is_default: bool) -> RiskScreenOut:
+    return RiskScreenOut(
+        municipality=municipality,
+        is_default=is_default,
+        questions=[RiskQuestion(id=qid, red_flag=red) for qid, red in screen.questions],
+        high_yes_count=screen.high_yes_count,
+        medium_yes_count=screen.medium_yes_count,
+    )
+
+
+@router.get("/risk-screen", response_model=RiskScreenOut, tags=["risk screen"], summary="The risk screen in use")
+async def get_risk_screen(principal: Reporter, session: SessionDep) -> RiskScreenOut:
+    async with session.begin():
+        row = await session.get(RiskScreenConfig, principal.municipality)
+        screen = await service.load_screen(session, principal.municipality)
+    return _screen_out(principal.municipality, screen, row is None)
+
+
+@router.put("/risk-screen", response_model=RiskScreenOut, tags=["risk screen"], summary="Configure the risk screen")
+async def put_risk_screen(body: RiskScreenIn, principal: Coordinator, session: SessionDep) -> RiskScreenOut:
+    async with session.begin():
+        row = await session.get(RiskScreenConfig, principal.municipality, with_for_update=True)
+        values: dict[str, Any] = {
+            "questions": [q.model_dump() for q in body.questions],
+            "high_yes_count": body.high_yes_count,
+            "medium_yes_count": body.medium_yes_count,
+            "updated_at": datetime.now(UTC),
+            "updated_by_sub": principal.sub,
+        }
+        if row is None:
+            row = RiskScreenConfig(municipality=principal.municipality, **values)
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
+        session.add(row)
+    screen = domain.RiskScreen(
+        questions=tuple((q.id, q.red_flag) for q in body.questions),
+        high_yes_count=body.high_yes_count,
+        medium_yes_count=body.medium_yes_count,
+    )
+    return _screen_out(principal.municipality, screen, False)

@@ -1,26 +1,138 @@
-"""What intake publishes. Only coded facts, never identities (§9)."""
+"""What intake publishes (coded facts only, never identities — CONTRACT §9) and consumes."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake.models import Case
-from shared.events import INTAKE_TOPIC, make_event, publish
+from services.intake.models import Case, CaseAccess, ProtectionOrder
+from shared.events import INTAKE_TOPIC, Envelope, make_event, publish
 from shared.settings import Settings
 
 SOURCE = "mkr/intake"
 
 
-async def case_reported(session: AsyncSession, settings: Settings, case: Case) -> None:
-    data = {
-        "case_id": str(case.id),
-        "case_number": case.case_number,
-        "source": case.source,
-        "risk_level": case.risk_level,
-        "reported_at": case.reported_at.isoformat(),
-        **case.facts,
-    }
+async def _emit(session: AsyncSession, settings: Settings, case: Case, type_: str, data: dict[str, Any]) -> None:
     event = make_event(
-        type_="case.reported", source=SOURCE, subject=str(case.id), municipality=case.municipality, data=data
+        type_=type_,
+        source=SOURCE,
+        subject=str(case.id),
+        municipality=case.municipality,
+        data={"case_id": str(case.id), "case_number": case.case_number, **data},
     )
     await publish(session, settings, INTAKE_TOPIC, event, key=str(case.id))
+
+
+async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> None:
+    facts = case.facts
+    children = facts.get("children", [])
+    await _emit(
+        session,
+        settings,
+        case,
+        "case.reported",
+        {
+            "source": case.source,
+            "reported_at": case.reported_at.isoformat(),
+            "risk_level": case.risk_level,
+            "sex": facts.get("sex"),
+            "age_group": facts.get("age_group", "unknown"),
+            "ethnicity": facts.get("ethnicity"),
+            "disability": facts.get("disability"),
+            "violence_types": facts.get("violence_types", []),
+            "perpetrator_relationship": facts.get("perpetrator_relationship"),
+            "needs": facts.get("needs", []),
+            "children_count": len(children),
+            "children_ages": [child["age"] for child in children],
+            "consent_share_with": share_with,
+            "reported_by_role": case.reported_by_role,
+            "reported_by_member_id": case.reported_by_member_id,
+        },
+    )
+
+
+async def case_risk_assessed(
+    session: AsyncSession,
+    settings: Settings,
+    case: Case,
+    *,
+    previous: str,
+    yes_count: int,
+    red_flags: list[str],
+) -> None:
+    await _emit(
+        session,
+        settings,
+        case,
+        "case.risk_assessed",
+        {
+            "risk_level": case.risk_level,
+            "previous_risk_level": previous,
+            "yes_count": yes_count,
+            "red_flags": red_flags,
+        },
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+async def protection_order_recorded(
+    session: AsyncSession, settings: Settings, case: Case, order: ProtectionOrder
+) -> None:
+    await _emit(
+        session,
+        settings,
+        case,
+        "case.protection_order_recorded",
+        {
+            "order_id": str(order.id),
+            "kind": order.kind,
+            "status": order.status,
+            "issued_at": _iso(order.issued_at),
+            "expires_at": _iso(order.expires_at),
+            "court": order.court,
+        },
+    )
+
+
+async def consent_changed(
+    session: AsyncSession, settings: Settings, case: Case, *, share_with: list[str], withdrawn: list[str]
+) -> None:
+    await _emit(session, settings, case, "case.consent_changed", {"share_with": share_with, "withdrawn": withdrawn})
+
+
+async def case_closed(session: AsyncSession, settings: Settings, case: Case) -> None:
+    await _emit(session, settings, case, "case.closed", {"closed_at": _iso(case.closed_at)})
+
+
+async def case_reopened(session: AsyncSession, settings: Settings, case: Case) -> None:
+    await _emit(session, settings, case, "case.reopened", {})
+
+
+async def on_referral_event(session: AsyncSession, event: Envelope) -> None:
+    """`referral.created` → the receiving institution may read the case (idempotent by primary key)."""
+    if event.type != "referral.created":
+        return
+    data = event.data
+    try:
+        case_id = uuid.UUID(str(data["case_id"]))
+        member_id = str(data["to_member_id"])
+    except (KeyError, ValueError):
+        return
+    referral_id: uuid.UUID | None
+    try:
+        referral_id = uuid.UUID(str(data.get("referral_id")))
+    except ValueError:
+        referral_id = None
+    table = CaseAccess.__table__  # type: ignore[attr-defined]
+    await session.execute(
+        pg_insert(table)
+        .values(case_id=case_id, member_id=member_id, referral_id=referral_id, granted_at=datetime.now(UTC))
+        .on_conflict_do_nothing()
+    )

@@ -1,4 +1,9 @@
-"""Tables of the intake service (its own database)."""
+"""Tables of the intake service (its own database).
+
+Personal data (names, phone, address, date of birth, narrative, closing reason) is held only as
+AES-GCM ciphertext (`Case.personal`, `Case.close_reason`); coded facts live in `facts`. Name search
+uses `survivor_index`: keyed trigrams, never names.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,146 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+TZ = sa.DateTime(timezone=True)
 
-class Case(SQLModel, table=True):
+
+class IntakeTable(SQLModel, registry=registry()):
+    """Intake's own metadata: services run in one process in tests and share table names."""
+
+
+class Case(IntakeTable, table=True):
     __tablename__ = "cases"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     municipality: str = Field(index=True)
-    case_number: str = Field(unique=True)
+    case_number: str  # unique with municipality (see the migration)
     status: str = "open"
     risk_level: str = "low"
     source: str
+    # Coded facts only: sex, age, age_group, ethnicity, disability, children, incident codes, needs.
     facts: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(postgresql.JSONB, nullable=False))
-    reported_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    personal: str  # ciphertext of a JSON object (shared.crypto), bound to the case id
+    reported_at: datetime = Field(sa_type=TZ)
     reported_by_sub: str
     reported_by_role: str
     reported_by_member_id: str | None = None
+    closed_at: datetime | None = Field(default=None, sa_type=TZ)
+    close_reason: str | None = None  # ciphertext
+    created_at: datetime = Field(sa_type=TZ)
 
 
-class CaseCounter(SQLModel, table=True):
+class CaseCounter(IntakeTable, table=True):
     __tablename__ = "case_counters"
 
     municipality: str = Field(primary_key=True)
     year: int = Field(primary_key=True)
     last_seq: int
+
+
+class SurvivorIndex(IntakeTable, table=True):
+    """The searchable index of a case's survivor: HMAC-keyed name trigrams and the birth year."""
+
+    __tablename__ = "survivor_index"
+
+    case_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id")
+    municipality: str
+    name_keys: list[str] = Field(sa_column=sa.Column(postgresql.ARRAY(sa.Text), nullable=False))
+    birth_year: int | None = None
+    birth_date_key: str | None = None  # keyed hash of the exact date of birth, compared for equality only
+
+
+class RiskAssessment(IntakeTable, table=True):
+    __tablename__ = "risk_assessments"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    case_id: uuid.UUID = Field(foreign_key="cases.id", index=True)
+    answers: dict[str, bool] = Field(sa_column=sa.Column(postgresql.JSONB, nullable=False))
+    yes_count: int
+    red_flags: list[str] = Field(sa_column=sa.Column(postgresql.JSONB, nullable=False))
+    computed_level: str
+    professional_judgement: str | None = None
+    risk_level: str
+    assessed_at: datetime = Field(sa_type=TZ)
+    assessed_by_sub: str
+    assessed_by_role: str
+
+
+class ProtectionOrder(IntakeTable, table=True):
+    __tablename__ = "protection_orders"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    case_id: uuid.UUID = Field(foreign_key="cases.id", index=True)
+    kind: str
+    status: str
+    issued_at: datetime | None = Field(default=None, sa_type=TZ)
+    expires_at: datetime | None = Field(default=None, sa_type=TZ)
+    court: str | None = None
+    reference: str | None = None
+    recorded_at: datetime = Field(sa_type=TZ)
+    recorded_by_sub: str
+    recorded_by_role: str
+
+
+class ConsentRecord(IntakeTable, table=True):
+    """Append-only: each grant or withdrawal for one recipient kind; the latest per kind holds."""
+
+    __tablename__ = "consent_records"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    case_id: uuid.UUID = Field(foreign_key="cases.id", index=True)
+    kind: str
+    given: bool
+    at: datetime = Field(sa_type=TZ)
+    recorded_by_sub: str
+    recorded_by_role: str
+
+
+class CaseAccess(IntakeTable, table=True):
+    """Institutions with a referral for the case (from `referral.created`): they may read it."""
+
+    __tablename__ = "case_access"
+
+    case_id: uuid.UUID = Field(primary_key=True)
+    member_id: str = Field(primary_key=True)
+    referral_id: uuid.UUID | None = None
+    granted_at: datetime = Field(sa_type=TZ)
+
+
+class IdempotencyKey(IntakeTable, table=True):
+    __tablename__ = "idempotency_keys"
+
+    municipality: str = Field(primary_key=True)
+    caller: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    request_hash: str
+    status_code: int | None = None
+    response: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(postgresql.JSONB))
+    created_at: datetime = Field(sa_type=TZ)
+
+
+class RiskScreenConfig(IntakeTable, table=True):
+    __tablename__ = "risk_screen_configs"
+
+    municipality: str = Field(primary_key=True)
+    questions: list[dict[str, Any]] = Field(sa_column=sa.Column(postgresql.JSONB, nullable=False))
+    high_yes_count: int
+    medium_yes_count: int
+    updated_at: datetime = Field(sa_type=TZ)
+    updated_by_sub: str
+
+
+class AuditEntry(IntakeTable, table=True):
+    """Append-only (a trigger refuses UPDATE, DELETE and TRUNCATE)."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    at: datetime = Field(sa_type=TZ)
+    case_id: uuid.UUID = Field(index=True)
+    municipality: str
+    sub: str
+    role: str
+    action: str

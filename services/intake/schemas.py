@@ -1,17 +1,52 @@
-"""Request and response bodies of the intake API (the contract's field names)."""
+"""Request and response bodies of the intake API (the contract's field names, CONTRACT §4–§5)."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 
 class Sex(StrEnum):
     female = "female"
     male = "male"
+    other = "other"
+
+
+class Ethnicity(StrEnum):
+    albanian = "albanian"
+    roma = "roma"
+    egyptian = "egyptian"
+    ashkali = "ashkali"
+    serbian = "serbian"
+    montenegrin = "montenegrin"
+    bosniak = "bosniak"
+    greek = "greek"
+    macedonian = "macedonian"
+    other = "other"
+    undisclosed = "undisclosed"
+
+
+class ViolenceType(StrEnum):
+    physical = "physical"
+    psychological = "psychological"
+    sexual = "sexual"
+    economic = "economic"
+    stalking = "stalking"
+
+
+class Relationship(StrEnum):
+    spouse = "spouse"
+    ex_spouse = "ex_spouse"
+    partner = "partner"
+    ex_partner = "ex_partner"
+    parent = "parent"
+    child = "child"
+    sibling = "sibling"
+    other_family = "other_family"
     other = "other"
 
 
@@ -27,25 +62,312 @@ class Source(StrEnum):
     other = "other"
 
 
-class Survivor(BaseModel):
+class Need(StrEnum):
+    shelter = "shelter"
+    legal_aid = "legal_aid"
+    health = "health"
+    psychological = "psychological"
+    economic_aid = "economic_aid"
+    employment = "employment"
+    housing = "housing"
+    childcare = "childcare"
+    protection_order = "protection_order"
+
+
+class RiskLevel(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+class MemberKind(StrEnum):
+    police = "police"
+    social_services = "social_services"
+    child_protection = "child_protection"
+    health = "health"
+    education = "education"
+    employment = "employment"
+    legal_aid = "legal_aid"
+    ngo = "ngo"
+    shelter = "shelter"
+    housing = "housing"
+    prosecution = "prosecution"
+    court = "court"
+
+
+class CaseStatus(StrEnum):
+    open = "open"
+    closed = "closed"
+
+
+class OrderKind(StrEnum):
+    immediate = "immediate"
+    protection = "protection"
+
+
+class OrderStatus(StrEnum):
+    requested = "requested"
+    issued = "issued"
+    rejected = "rejected"
+    expired = "expired"
+
+
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Survivor(Strict):
     first_name: str = Field(min_length=1, max_length=100)
     last_name: str = Field(min_length=1, max_length=100)
     sex: Sex
+    date_of_birth: date | None = None
+    age: int | None = Field(default=None, ge=0, le=120)
+    ethnicity: Ethnicity | None = None
+    phone: str | None = Field(default=None, min_length=3, max_length=40)
+    address: str | None = Field(default=None, min_length=1, max_length=300)
+    disability: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_of_age_or_birth(self) -> Survivor:
+        if self.date_of_birth is not None and self.age is not None:
+            raise ValueError("give date_of_birth or age, not both")
+        if self.date_of_birth is not None and self.date_of_birth.year < 1900:
+            raise ValueError("date_of_birth is before 1900")
+        return self
 
 
-class CaseReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Child(Strict):
+    sex: Sex
+    age: int = Field(ge=0, le=17)
+
+
+class Incident(Strict):
+    occurred_at: AwareDatetime | None = None
+    violence_types: list[ViolenceType] = Field(default_factory=list, max_length=5)
+    perpetrator_relationship: Relationship | None = None
+    description: str | None = Field(default=None, max_length=10000)
+
+
+class Consent(Strict):
+    share_with: list[MemberKind] = Field(default_factory=list, max_length=12)
+    given_at: AwareDatetime | None = None
+
+
+class CaseReport(Strict):
     municipality: str = Field(pattern=r"^[a-z][a-z0-9-]{1,62}$")
     source: Source
     survivor: Survivor
+    children: list[Child] = Field(default_factory=list, max_length=30)
+    incident: Incident | None = None
+    needs: list[Need] = Field(default_factory=list, max_length=9)
+    risk_answers: dict[str, StrictBool] | None = Field(default=None, max_length=100)
+    consent: Consent | None = None
+    reported_at: AwareDatetime | None = None
+
+
+class PossibleDuplicate(BaseModel):
+    id: uuid.UUID
+    case_number: str
+    score: float
+
+
+class CaseCreated(BaseModel):
+    id: uuid.UUID
+    case_number: str
+    municipality: str
+    status: CaseStatus
+    risk_level: RiskLevel
+    source: Source
+    reported_at: datetime
+    possible_duplicates: list[PossibleDuplicate]
+
+
+class SurvivorOut(BaseModel):
+    first_name: str
+    last_name: str
+    sex: Sex
+    date_of_birth: date | None = None
+    age: int | None = None
+    age_group: str
+    ethnicity: Ethnicity | None = None
+    phone: str | None = None
+    address: str | None = None
+    disability: bool | None = None
+
+
+class IncidentOut(BaseModel):
+    occurred_at: datetime | None = None
+    violence_types: list[ViolenceType] = Field(default_factory=list)
+    perpetrator_relationship: Relationship | None = None
+    description: str | None = None
+
+
+class ConsentRecord(BaseModel):
+    kind: MemberKind
+    given: bool
+    at: datetime
+    recorded_by_sub: str
+    recorded_by_role: str
+
+
+class ConsentOut(BaseModel):
+    share_with: list[MemberKind]
+    withdrawn: list[MemberKind]
+    given_at: datetime | None = None
+    history: list[ConsentRecord]
+
+
+class RiskAssessmentOut(BaseModel):
+    id: uuid.UUID
+    risk_level: RiskLevel
+    computed_level: RiskLevel
+    professional_judgement: RiskLevel | None = None
+    yes_count: int
+    red_flags: list[str]
+    answers: dict[str, bool]
+    assessed_at: datetime
+    assessed_by_role: str
+
+
+class ProtectionOrderOut(BaseModel):
+    id: uuid.UUID
+    kind: OrderKind
+    status: OrderStatus
+    issued_at: datetime | None = None
+    expires_at: datetime | None = None
+    court: str | None = None
+    reference: str | None = None
+    recorded_at: datetime
 
 
 class CaseOut(BaseModel):
     id: uuid.UUID
     case_number: str
     municipality: str
-    status: str
-    risk_level: str
-    source: str
+    status: CaseStatus
+    risk_level: RiskLevel
+    source: Source
     reported_at: datetime
+    survivor: SurvivorOut
+    children: list[Child]
+    incident: IncidentOut
+    needs: list[Need]
+    consent: ConsentOut
+    protection_orders: list[ProtectionOrderOut]
+    risk_assessments: list[RiskAssessmentOut]
+    closed_at: datetime | None = None
+    close_reason: str | None = None
+
+
+class CaseSummary(BaseModel):
+    id: uuid.UUID
+    case_number: str
+    status: CaseStatus
+    risk_level: RiskLevel
+    source: Source
+    reported_at: datetime
+    first_name: str
+    last_name: str
+    age_group: str
+    score: float | None = None
+
+
+class CasePage(BaseModel):
+    items: list[CaseSummary]
+    next_cursor: str | None = None
+
+
+class RiskAssessmentIn(Strict):
+    risk_answers: dict[str, StrictBool] = Field(max_length=100)
+    professional_judgement: RiskLevel | None = None
+
+
+class RiskAssessmentResult(BaseModel):
+    id: uuid.UUID
+    risk_level: RiskLevel
+    previous_risk_level: RiskLevel
+    yes_count: int
+    red_flags: list[str]
+    assessed_at: datetime
+
+
+class ProtectionOrderIn(Strict):
+    kind: OrderKind
+    status: OrderStatus
+    issued_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    court: str | None = Field(default=None, min_length=1, max_length=200)
+    reference: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> ProtectionOrderIn:
+        if self.status is OrderStatus.issued and self.issued_at is None:
+            raise ValueError("an issued order needs issued_at")
+        if self.issued_at and self.expires_at and self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        return self
+
+
+class CloseIn(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ReopenIn(Strict):
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ConsentChange(Strict):
+    share_with: list[MemberKind] = Field(default_factory=list, max_length=12)
+    withdraw: list[MemberKind] = Field(default_factory=list, max_length=12)
+
+    @model_validator(mode="after")
+    def _something_and_disjoint(self) -> ConsentChange:
+        if not self.share_with and not self.withdraw:
+            raise ValueError("give share_with or withdraw")
+        if set(self.share_with) & set(self.withdraw):
+            raise ValueError("a kind cannot be shared with and withdrawn at once")
+        return self
+
+
+class StatusOut(BaseModel):
+    id: uuid.UUID
+    case_number: str
+    status: CaseStatus
+    closed_at: datetime | None = None
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    sub: str
+    role: str
+    action: str
+    case_id: uuid.UUID
+
+
+class RiskQuestion(Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]{1,62}$")
+    red_flag: bool = False
+
+
+class RiskScreenIn(Strict):
+    questions: list[RiskQuestion] = Field(min_length=1, max_length=100)
+    high_yes_count: int = Field(ge=1, le=100)
+    medium_yes_count: int = Field(ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RiskScreenIn:
+        ids = [q.id for q in self.questions]
+        if len(set(ids)) != len(ids):
+            raise ValueError("question ids must be unique")
+        if self.medium_yes_count >= self.high_yes_count:
+            raise ValueError("medium_yes_count must be below high_yes_count")
+        return self
+
+
+class RiskScreenOut(RiskScreenIn):
+    municipality: str
+    is_default: bool
+
+
+def jsonable(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")

@@ -1,0 +1,38 @@
+"""Settings of the intake service only (`MKR_INTAKE_*`)."""
+
+from __future__ import annotations
+
+import re
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IntakeConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MKR_INTAKE_", extra="ignore")
+
+    # Case-number prefix per municipality, e.g. MKR_INTAKE_CASE_PREFIXES='{"elbasan": "ELB"}';
+    # others use the first three letters of the slug, upper-case.
+    case_prefixes: dict[str, str] = Field(default_factory=dict)
+    # Name similarity (0..1, overlap of keyed trigrams) from which an earlier case is a possible duplicate.
+    duplicate_threshold: float = Field(default=0.45, gt=0, le=1)
+    # Share of the query's trigrams a name must hold to match `q` in the case search.
+    search_threshold: float = Field(default=0.5, gt=0, le=1)
+    max_duplicates: int = Field(default=5, ge=1, le=50)
+    # The local calendar for the case-number year and the age at the report date.
+    timezone: str = "Europe/Tirane"
+
+    @field_validator("case_prefixes")
+    @classmethod
+    def _prefixes_are_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        for municipality, prefix in value.items():
+            if not re.fullmatch(r"[A-Z0-9]{1,10}", prefix):
+                raise ValueError(f"prefix of {municipality} must be 1-10 upper-case letters or digits")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises for an unknown zone
+        return value

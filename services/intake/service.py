@@ -1,0 +1,323 @@
+"""Intake's persistence: case numbers, the search index, idempotency, audit, and reading a case back."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.intake import domain
+from services.intake.models import (
+    AuditEntry,
+    Case,
+    CaseAccess,
+    CaseCounter,
+    ConsentRecord,
+    IdempotencyKey,
+    ProtectionOrder,
+    RiskAssessment,
+    RiskScreenConfig,
+)
+from shared.auth import Principal
+from shared.errors import not_found
+
+
+async def next_case_number(session: AsyncSession, *, municipality: str, year: int, prefix: str) -> str:
+    """Gap-free per municipality and year: the counter row stays locked until the case commits."""
+    table = CaseCounter.__table__  # type: ignore[attr-defined]
+    seq = (
+        await session.execute(
+            pg_insert(table)
+            .values(municipality=municipality, year=year, last_seq=1)
+            .on_conflict_do_update(
+                index_elements=[table.c.municipality, table.c.year], set_={"last_seq": table.c.last_seq + 1}
+            )
+            .returning(table.c.last_seq)
+        )
+    ).scalar_one()
+    return domain.format_case_number(prefix, year, int(seq))
+
+
+async def load_screen(session: AsyncSession, municipality: str) -> domain.RiskScreen:
+    row = await session.get(RiskScreenConfig, municipality)
+    if row is None:
+        return domain.RiskScreen()
+    return domain.RiskScreen(
+        questions=tuple((str(q["id"]), bool(q.get("red_flag"))) for q in row.questions),
+        high_yes_count=row.high_yes_count,
+        medium_yes_count=row.medium_yes_count,
+    )
+
+
+async def record_audit(session: AsyncSession, principal: Principal, case: Case, action: str) -> None:
+    await record_audit_many(session, principal, [case], action)
+
+
+async def record_audit_many(session: AsyncSession, principal: Principal, cases: list[Case], action: str) -> None:
+    if not cases:
+        return
+    now = datetime.now(UTC)
+    table = AuditEntry.__table__  # type: ignore[attr-defined]
+    await session.execute(
+        table.insert(),
+        [
+            {
+                "at": now,
+                "case_id": case.id,
+                "municipality": case.municipality,
+                "sub": principal.sub,
+                "role": principal.role.value,
+                "action": action,
+            }
+            for case in cases
+        ],
+    )
+
+
+# --- duplicates and search: keyed trigrams compared in SQL (GIN index on name_keys, `&&` prefilter) ---
+
+_OVERLAP = "(SELECT count(*) FROM unnest(s.name_keys) AS k WHERE k = ANY(CAST(:keys AS text[])))"
+
+
+@dataclass(frozen=True)
+class Match:
+    id: uuid.UUID
+    case_number: str
+    score: float
+
+
+async def possible_duplicates(
+    session: AsyncSession,
+    *,
+    municipality: str,
+    keys: list[str],
+    birth_year: int | None,
+    birth_date_key: str | None,
+    exclude: uuid.UUID,
+    threshold: float,
+    limit: int,
+) -> list[Match]:
+    """Earlier cases whose survivor's name is similar (Jaccard of keyed trigrams) and birth year fits."""
+    if not keys:
+        return []
+    sql = sa.text(
+        f"""
+        SELECT id, case_number, LEAST(1.0, name_score + CASE WHEN same_birth THEN 0.1 ELSE 0 END) AS score
+        FROM (
+            SELECT c.id, c.case_number, c.reported_at,
+                   {_OVERLAP}::float
+                     / (cardinality(s.name_keys) + :n - {_OVERLAP}) AS name_score,
+                   (s.birth_date_key IS NOT NULL AND s.birth_date_key = :bdk) AS same_birth
+            FROM survivor_index s JOIN cases c ON c.id = s.case_id
+            WHERE s.municipality = :m
+              AND s.name_keys && CAST(:keys AS text[])
+              AND s.case_id <> :exclude
+              AND (CAST(:by AS int) IS NULL OR s.birth_year IS NULL OR abs(s.birth_year - CAST(:by AS int)) <= 1)
+        ) AS candidates
+        WHERE name_score >= :threshold
+        ORDER BY score DESC, reported_at DESC
+        LIMIT :limit
+        """
+    )
+    rows = (
+        await session.execute(
+            sql,
+            {
+                "keys": keys,
+                "n": len(keys),
+                "m": municipality,
+                "exclude": exclude,
+                "by": birth_year,
+                "bdk": birth_date_key,
+                "threshold": threshold,
+                "limit": limit,
+            },
+        )
+    ).all()
+    return [Match(row.id, row.case_number, round(float(row.score), 3)) for row in rows]
+
+
+def encode_cursor(reported_at: datetime, case_id: uuid.UUID) -> str:
+    raw = json.dumps([reported_at.isoformat(), str(case_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, case_id = json.loads(raw)
+        parsed = datetime.fromisoformat(at)
+        if parsed.tzinfo is None:
+            return None
+        return parsed, uuid.UUID(case_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        return None
+
+
+async def search_cases(
+    session: AsyncSession,
+    *,
+    municipality: str,
+    status: str | None,
+    risk_level: str | None,
+    q: str | None,
+    keys: list[str],
+    threshold: float,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[tuple[Case, float | None]]:
+    """Newest first, keyset-paginated; `q` matches names (keyed trigrams) or case numbers (pg_trgm/ILIKE)."""
+    score_sql = sa.literal(None, sa.Float).label("score")
+    stmt = sa.select(Case).where(Case.municipality == municipality)  # type: ignore[arg-type]
+    if status:
+        stmt = stmt.where(Case.status == status)  # type: ignore[arg-type]
+    if risk_level:
+        stmt = stmt.where(Case.risk_level == risk_level)  # type: ignore[arg-type]
+    if q:
+        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        by_number = Case.case_number.ilike(like)  # type: ignore[attr-defined]
+        if keys:
+            hits = (
+                sa.text(
+                    f"""SELECT s.case_id, {_OVERLAP}::float / :n AS score FROM survivor_index s
+                        WHERE s.municipality = :m AND s.name_keys && CAST(:keys AS text[])"""
+                )
+                .columns(sa.column("case_id", sa.Uuid), sa.column("score", sa.Float))
+                .subquery("hits")
+            )
+            stmt = stmt.outerjoin(hits, hits.c.case_id == Case.id).where(sa.or_(by_number, hits.c.score >= threshold))
+            score_sql = hits.c.score.label("score")
+        else:
+            stmt = stmt.where(by_number)
+    if after is not None:
+        stmt = stmt.where(sa.tuple_(Case.reported_at, Case.id) < sa.tuple_(after[0], after[1]))
+    stmt = stmt.add_columns(score_sql).order_by(Case.reported_at.desc(), Case.id.desc()).limit(limit)  # type: ignore[attr-defined]
+    params: dict[str, Any] = {"keys": keys, "n": max(len(keys), 1), "m": municipality}
+    rows: list[Any] = list((await session.execute(stmt, params)).all())
+    return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows]
+
+
+# --- idempotency ---
+
+
+async def claim_idempotency_key(
+    session: AsyncSession, *, municipality: str, caller: str, key: str, request_hash: str
+) -> bool:
+    """Insert the key; a concurrent holder's uncommitted insert makes this wait until it ends.
+
+    False when the key was already taken (then read the stored answer after this transaction).
+    """
+    table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+    inserted = await session.execute(
+        pg_insert(table)
+        .values(
+            municipality=municipality,
+            caller=caller,
+            key=key,
+            request_hash=request_hash,
+            created_at=datetime.now(UTC),
+        )
+        .on_conflict_do_nothing()
+        .returning(table.c.key)
+    )
+    return inserted.first() is not None
+
+
+async def store_idempotent_response(
+    session: AsyncSession, *, municipality: str, caller: str, key: str, status_code: int, response: dict[str, Any]
+) -> None:
+    table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+    await session.execute(
+        table.update()
+        .where(table.c.municipality == municipality, table.c.caller == caller, table.c.key == key)
+        .values(status_code=status_code, response=response)
+    )
+
+
+async def stored_idempotency(
+    session: AsyncSession, *, municipality: str, caller: str, key: str
+) -> IdempotencyKey | None:
+    return await session.get(IdempotencyKey, (municipality, caller, key), populate_existing=True)
+
+
+# --- reading a case ---
+
+
+async def get_visible_case(
+    session: AsyncSession, principal: Principal, case_id: uuid.UUID, *, for_update: bool = False
+) -> Case:
+    """The case if the caller may see it; 404 otherwise (another municipality, or not theirs)."""
+    stmt = sa.select(Case).where(Case.id == case_id)  # type: ignore[arg-type]
+    if for_update:
+        stmt = stmt.with_for_update()
+    case = (await session.execute(stmt)).scalar_one_or_none()
+    if case is None or case.municipality != principal.municipality:
+        raise not_found("case")
+    referred = False
+    if principal.is_institution and principal.member_id is not None:
+        referred = await session.get(CaseAccess, (case.id, principal.member_id)) is not None
+    if not domain.can_read_case(
+        principal,
+        reported_by_sub=case.reported_by_sub,
+        reported_by_member_id=case.reported_by_member_id,
+        referred=referred,
+    ):
+        raise not_found("case")
+    return case
+
+
+@dataclass
+class CaseRecords:
+    assessments: list[RiskAssessment]
+    orders: list[ProtectionOrder]
+    consents: list[ConsentRecord]
+
+
+async def case_records(session: AsyncSession, case_id: uuid.UUID) -> CaseRecords:
+    assessments = (
+        await session.execute(
+            sa.select(RiskAssessment)
+            .where(RiskAssessment.case_id == case_id)  # type: ignore[arg-type]
+            .order_by(RiskAssessment.assessed_at)  # type: ignore[arg-type]
+        )
+    ).scalars()
+    orders = (
+        await session.execute(
+            sa.select(ProtectionOrder)
+            .where(ProtectionOrder.case_id == case_id)  # type: ignore[arg-type]
+            .order_by(ProtectionOrder.recorded_at)  # type: ignore[arg-type]
+        )
+    ).scalars()
+    consents = (
+        await session.execute(
+            sa.select(ConsentRecord)
+            .where(ConsentRecord.case_id == case_id)  # type: ignore[arg-type]
+            .order_by(ConsentRecord.id)  # type: ignore[arg-type]
+        )
+    ).scalars()
+    return CaseRecords(list(assessments), list(orders), list(consents))
+
+
+def current_consent(records: list[ConsentRecord]) -> tuple[list[str], list[str]]:
+    """(kinds shared with, kinds withdrawn) from the latest record per kind."""
+    latest: dict[str, bool] = {}
+    for record in records:
+        latest[record.kind] = record.given
+    return sorted(k for k, v in latest.items() if v), sorted(k for k, v in latest.items() if not v)
+
+
+async def audit_trail(session: AsyncSession, case_id: uuid.UUID) -> list[AuditEntry]:
+    rows = await session.execute(
+        sa.select(AuditEntry)
+        .where(AuditEntry.case_id == case_id)  # type: ignore[arg-type]
+        .order_by(AuditEntry.id)  # type: ignore[arg-type]
+    )
+    return list(rows.scalars())
