@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.settings import Settings
 
 log = logging.getLogger("mkr.db")
+_MIGRATION_LOCK = threading.Lock()
 
 # Constraint names that Alembic and humans can predict.
 NAMING_CONVENTION = {
@@ -122,8 +124,13 @@ async def migrate(engine: AsyncEngine, migrations: Path) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(7310001)"))
         command.upgrade(_alembic_config(migrations, connection), "head")
 
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    # Alembic's `op`/`context` are process-wide: one migration at a time in this process.
+    await asyncio.to_thread(_MIGRATION_LOCK.acquire)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+    finally:
+        _MIGRATION_LOCK.release()
 
 
 def run_alembic_env(target_metadata: MetaData | None = None) -> None:

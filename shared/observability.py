@@ -74,7 +74,8 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access", "aiokafka", "kafka", "alembic"):
+    # httpx logs every URL it calls at INFO; query strings are not for logs.
+    for noisy in ("uvicorn.access", "aiokafka", "kafka", "alembic", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("uvicorn.error").handlers[:] = []
     logging.getLogger("uvicorn").handlers[:] = []
@@ -118,6 +119,17 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, _send)
         except Exception as exc:
+            if not response_started and is_unstorable_input(exc):
+                # The transaction was rolled back: nothing changed, and the fault is in the input.
+                self.log.info("unstorable input refused", extra={"error_class": type(exc).__name__})
+                response = problem_response(
+                    422,
+                    "The request holds a value that cannot be stored (a NUL character, an unpaired "
+                    "surrogate, or a number or text out of range).",
+                    errors=[{"loc": ["body"], "msg": "value cannot be stored"}],
+                )
+                await response(scope, receive, _send)
+                return
             self.log.error("unhandled error", extra={"error_class": type(exc).__name__})
             if not response_started:
                 response = problem_response(500, "The server could not complete the request; it has been logged.")
@@ -138,6 +150,21 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
             service_var.reset(service_token)
+
+
+def is_unstorable_input(exc: BaseException) -> bool:
+    """True when the database (or the driver) refused a value itself: bad input, not a fault of ours."""
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, UnicodeEncodeError | sa_exc.DataError | asyncpg.exceptions.DataError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 async def metrics_endpoint(_: Request) -> Response:

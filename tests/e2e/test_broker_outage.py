@@ -9,6 +9,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from shared import db
 from shared.embedded import free_port, start_broker, stop_process
 from shared.events import INTAKE_TOPIC, Envelope
 from shared.settings import Settings
@@ -39,8 +40,11 @@ async def test_reports_accepted_during_a_broker_outage_are_all_published_after(
 ) -> None:
     port = free_port()
     broker = start_broker(port, tmp_path / "tansu.log")
+    run = uuid.uuid4().hex[:6]
+    # Its own databases too: the session's relay must not publish these rows to the session's broker.
     private = settings.model_copy(
-        update={"kafka_bootstrap": f"127.0.0.1:{port}", "kafka_topic_prefix": f"b{uuid.uuid4().hex[:6]}."}
+        update={"kafka_bootstrap": f"127.0.0.1:{port}", "kafka_topic_prefix": f"b{run}.",
+                "database_prefix": f"{settings.database_prefix}b{run}_"}
     )
     municipality = new_municipality()
     try:
@@ -83,6 +87,7 @@ async def test_reports_accepted_during_a_broker_outage_are_all_published_after(
             await wait_for(ready, timeout=15, what="/readyz to recover")
     finally:
         stop_process(broker)
+        await db.drop_database(private, "intake")
 
 
 async def test_readyz_is_503_when_the_database_is_unreachable(settings: Settings) -> None:

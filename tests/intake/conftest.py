@@ -22,7 +22,10 @@ async def intake(settings: Settings) -> AsyncIterator[Stack]:
     publishes every row of the database it serves), and keeps these tests independent of the
     other services' state.
     """
-    own = settings.model_copy(update={"database_prefix": f"{settings.database_prefix}in{uuid.uuid4().hex[:4]}_"})
+    run = uuid.uuid4().hex[:4]
+    # Own topics too: in the session's consumer groups, the session stack's intake would take its events.
+    own = settings.model_copy(update={"database_prefix": f"{settings.database_prefix}in{run}_",
+                                      "kafka_topic_prefix": f"{settings.kafka_topic_prefix}in{run}."})
     try:
         async with running_stack(own, ("intake",)) as stack:
             yield stack
