@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shelter import domain, events
@@ -23,6 +24,7 @@ from services.shelter.schemas import (
     ShelterOut,
     Slug,
 )
+from shared import idempotency
 from shared.auth import ALL_ROLES, Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import Problem, conflict, forbidden, invalid, not_found
@@ -255,60 +257,92 @@ def placement_out(placement: Placement, case: CaseProjection | None) -> Placemen
 
 @router.post("/placements", status_code=201, response_model=PlacementOut)
 async def place(
-    body: PlacementCreate, principal: BedKeeper, session: SessionDep, request: Request, response: Response
-) -> PlacementOut:
-    """Take `adults + children` beds atomically; 409 when too few are free (never overbooks)."""
+    body: PlacementCreate,
+    principal: BedKeeper,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    idempotency_key: idempotency.IdempotencyKey = None,
+) -> PlacementOut | JSONResponse:
+    """Take `adults + children` beds atomically; 409 when too few are free (never overbooks).
+
+    With `Idempotency-Key`, a retry returns the first placement and takes no more beds.
+    """
     beds = body.adults + body.children
     if beds < 1:
         raise invalid(["body", "adults"], "a placement needs at least one bed")
     if body.planned_until < date.today():
         raise invalid(["body", "planned_until"], "planned_until may not be in the past")
-    settings = request.app.state.settings
+    body_hash = idempotency.request_hash(body)
+    scope = principal.municipality
+    replayed = False
     async with session.begin():
-        shelter = await load_shelter(session, body.shelter_id, principal)
-        session.expunge(shelter)  # a snapshot: the beds change only through the conditional UPDATE below
-        require_keeper_of(principal, shelter)
-        if body.children > 0 and not shelter.accepts_children:
-            raise conflict(
-                "This shelter does not accept children.",
-                type_="https://mkr.al/problems/children-not-accepted",
-            )
-        case = await known_case(session, body.case_id, shelter.municipality, config_of(request))
-        # One conditional UPDATE: the row lock serialises racing placements, the WHERE refuses overbooking.
-        now = _now()
-        taken = (
-            await session.execute(
-                sa.update(SHELTERS)
-                .where(SHELTERS.c.id == shelter.id, SHELTERS.c.free_beds >= beds)
-                .values(free_beds=SHELTERS.c.free_beds - beds, version=SHELTERS.c.version + 1, updated_at=now)
-                .returning(SHELTERS.c.free_beds, SHELTERS.c.version)
-            )
-        ).first()
-        if taken is None:
-            raise conflict(
-                f"Too few free beds: {beds} needed.",
-                type_="https://mkr.al/problems/no-free-bed",
-                beds_needed=beds,
-            )
-        shelter.free_beds, shelter.version, shelter.updated_at = taken.free_beds, taken.version, now
-        placement = Placement(
-            municipality=shelter.municipality,
-            shelter_id=shelter.id,
-            case_id=body.case_id,
-            adults=body.adults,
-            children=body.children,
-            planned_until=body.planned_until,
-            started_at=now,
-            created_by_sub=principal.sub,
+        if idempotency_key is not None and not await idempotency.claim(
+            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
+        ):
+            replayed = True
+        else:
+            placement, out = await _take_beds(session, body, principal, request, beds)
+            if idempotency_key is not None:
+                await idempotency.remember(
+                    session, scope=scope, caller=principal.sub, key=idempotency_key, status_code=201, answer=out
+                )
+    if replayed:
+        assert idempotency_key is not None
+        return await idempotency.replay(
+            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
         )
-        session.add(placement)
-        await session.flush()
-        case_number = case.case_number if case else None
-        await events.placement_started(session, settings, placement, case_number)
-        await events.availability_changed(session, settings, shelter, previous_free_beds=shelter.free_beds + beds)
     request.app.state.runtime.relay.wake()
     response.headers["Location"] = f"/v1/placements/{placement.id}"
-    return placement_out(placement, case)
+    return out
+
+
+async def _take_beds(
+    session: AsyncSession, body: PlacementCreate, principal: Principal, request: Request, beds: int
+) -> tuple[Placement, PlacementOut]:
+    settings = request.app.state.settings
+    shelter = await load_shelter(session, body.shelter_id, principal)
+    session.expunge(shelter)  # a snapshot: the beds change only through the conditional UPDATE below
+    require_keeper_of(principal, shelter)
+    if body.children > 0 and not shelter.accepts_children:
+        raise conflict(
+            "This shelter does not accept children.",
+            type_="https://mkr.al/problems/children-not-accepted",
+        )
+    case = await known_case(session, body.case_id, shelter.municipality, config_of(request))
+    # One conditional UPDATE: the row lock serialises racing placements, the WHERE refuses overbooking.
+    now = _now()
+    taken = (
+        await session.execute(
+            sa.update(SHELTERS)
+            .where(SHELTERS.c.id == shelter.id, SHELTERS.c.free_beds >= beds)
+            .values(free_beds=SHELTERS.c.free_beds - beds, version=SHELTERS.c.version + 1, updated_at=now)
+            .returning(SHELTERS.c.free_beds, SHELTERS.c.version)
+        )
+    ).first()
+    if taken is None:
+        raise conflict(
+            f"Too few free beds: {beds} needed.",
+            type_="https://mkr.al/problems/no-free-bed",
+            beds_needed=beds,
+        )
+    shelter.free_beds, shelter.version, shelter.updated_at = taken.free_beds, taken.version, now
+    placement = Placement(
+        municipality=shelter.municipality,
+        shelter_id=shelter.id,
+        case_id=body.case_id,
+        adults=body.adults,
+        children=body.children,
+        planned_until=body.planned_until,
+        started_at=now,
+        created_by_sub=principal.sub,
+    )
+    session.add(placement)
+    await session.flush()
+    case_number = case.case_number if case else None
+    await events.placement_started(session, settings, placement, case_number)
+    await events.availability_changed(session, settings, shelter, previous_free_beds=shelter.free_beds + beds)
+    return placement, placement_out(placement, case)
 
 
 async def load_placement(

@@ -1,0 +1,96 @@
+"""`Idempotency-Key` on creating calls: a retry with the same key and body gets the first answer.
+
+The key is claimed in the same transaction as the change it guards, so a racing retry waits on the
+first one's row and then reads its stored answer; a failed request leaves no claim behind, so its
+retry runs again. The same key with another body is 409.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import Header
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.errors import conflict
+
+metadata = sa.MetaData()
+
+
+def _columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("scope", sa.Text, primary_key=True),
+        sa.Column("caller", sa.Text, primary_key=True),
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("request_hash", sa.Text, nullable=False),
+        sa.Column("status_code", sa.Integer),
+        sa.Column("response", postgresql.JSONB),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    ]
+
+
+idempotency_keys = sa.Table("idempotency_keys", metadata, *_columns())
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=200,
+           description="Retries with the same key and body return the first answer and change nothing."),
+]
+
+
+def create_idempotency_table(op: Any) -> None:
+    """For a service's migration."""
+    op.create_table("idempotency_keys", *_columns())
+
+
+def request_hash(body: BaseModel) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def claim(session: AsyncSession, *, scope: str, caller: str, key: str, body_hash: str) -> bool:
+    """Take the key inside the caller's transaction; False when it was taken before (replay it)."""
+    inserted = await session.execute(
+        pg_insert(idempotency_keys)
+        .values(scope=scope, caller=caller, key=key, request_hash=body_hash)
+        .on_conflict_do_nothing()
+        .returning(idempotency_keys.c.key)
+    )
+    return inserted.first() is not None
+
+
+async def remember(
+    session: AsyncSession, *, scope: str, caller: str, key: str, status_code: int, answer: Any
+) -> None:
+    await session.execute(
+        idempotency_keys.update()
+        .where(idempotency_keys.c.scope == scope, idempotency_keys.c.caller == caller,
+               idempotency_keys.c.key == key)
+        .values(status_code=status_code, response=jsonable_encoder(answer))
+    )
+
+
+async def replay(session: AsyncSession, *, scope: str, caller: str, key: str, body_hash: str) -> JSONResponse:
+    """The first answer for this key, or 409 when the body differs or the first is still running."""
+    async with session.begin():
+        row = (
+            await session.execute(
+                sa.select(idempotency_keys).where(
+                    idempotency_keys.c.scope == scope, idempotency_keys.c.caller == caller,
+                    idempotency_keys.c.key == key,
+                )
+            )
+        ).first()
+    if row is None or row.status_code is None:
+        raise conflict("A request with this Idempotency-Key is still in progress; retry.")
+    if row.request_hash != body_hash:
+        raise conflict("This Idempotency-Key was used with another request body.")
+    return JSONResponse(row.response, status_code=row.status_code)
