@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.observability import EVENTS_CONSUMED, EVENTS_PUBLISHED
 from shared.settings import Settings
@@ -61,6 +62,16 @@ outbox_table = sa.Table(
 )
 sa.Index("ix_outbox_unpublished", outbox_table.c.id, postgresql_where=outbox_table.c.published_at.is_(None))
 
+# The next offset the broker acknowledged per partition: a broker that comes back with less has lost
+# events it had accepted (a memory broker restarted empty, a topic recreated), and the relay replays.
+outbox_offsets_table = sa.Table(
+    "outbox_offsets",
+    event_metadata,
+    sa.Column("topic", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+)
+
 processed_events_table = sa.Table(
     "processed_events",
     event_metadata,
@@ -101,6 +112,16 @@ def create_event_tables(op: Any) -> None:
         sa.Column("event_type", sa.Text, nullable=False),
         sa.Column("status", sa.Text, nullable=False, server_default="done"),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    )
+
+
+def create_outbox_offsets_table(op: Any) -> None:
+    """Called from a service's migration (added after the first one)."""
+    op.create_table(
+        "outbox_offsets",
+        sa.Column("topic", sa.Text, primary_key=True),
+        sa.Column("partition", sa.Integer, primary_key=True),
+        sa.Column("next_offset", sa.BigInteger, nullable=False),
     )
 
 
@@ -180,6 +201,7 @@ class OutboxRelay:
     """
 
     LOCK_KEY = 7310002
+    LOSS_CHECK_SECONDS = 10.0
 
     def __init__(self, settings: Settings, engine: AsyncEngine, listen_dsn: dict[str, object]) -> None:
         self.settings = settings
@@ -243,17 +265,69 @@ class OutboxRelay:
             try:
                 await asyncio.wait_for(producer.start(), timeout=15)
                 await ensure_topics(self.settings)
+                await self.replay_if_broker_lost_events()
             except BaseException:
                 await _stop(producer)
                 raise
             self.producer = producer
         return self.producer
 
+    async def replay_if_broker_lost_events(self) -> int:
+        """Check that the last record the broker acknowledged per partition is still there; replay if not.
+
+        Events published within `outbox_replay_seconds` go out again, in their order; consumers are
+        idempotent, so those the broker did keep change nothing. Returns the number of rows requeued.
+        """
+        async with self.engine.connect() as conn:
+            known = (await conn.execute(sa.select(outbox_offsets_table))).all()
+        if not known:
+            return 0
+        # Reading the record back, not asking for end offsets: Tansu answers those per batch, not per record.
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
+            auto_offset_reset="none", request_timeout_ms=self.settings.kafka_request_timeout_ms + 10000,
+        )
+        await asyncio.wait_for(probe.start(), timeout=15)
+        lost: set[str] = set()
+        try:
+            for row in known:
+                if row.topic in lost:
+                    continue
+                if not await _still_there(probe, row.topic, row.partition, row.next_offset - 1):
+                    lost.add(row.topic)
+        finally:
+            await _stop(probe)
+        if not lost:
+            return 0
+        async with self.engine.begin() as conn:
+            return await self._requeue(conn, sorted(lost))
+
+    async def _requeue(self, conn: AsyncConnection, topics: list[str]) -> int:
+        """Mark the topics' recently published rows unpublished, so they go out again in id order."""
+        requeued = await conn.execute(
+            outbox_table.update()
+            .where(
+                outbox_table.c.topic.in_(topics),
+                outbox_table.c.published_at.is_not(None),
+                outbox_table.c.published_at
+                > sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, self.settings.outbox_replay_seconds),
+            )
+            .values(published_at=None)
+        )
+        await conn.execute(outbox_offsets_table.delete().where(outbox_offsets_table.c.topic.in_(topics)))
+        log.warning("the broker lost acknowledged events; replaying", extra={"count": requeued.rowcount})
+        return int(requeued.rowcount or 0)
+
     async def _run(self) -> None:
         attempt = 0
+        checked_at = 0.0
         while not self._stopping.is_set():
             try:
                 sent = await self.publish_batch()
+                if sent == 0 and time.monotonic() - checked_at > self.LOSS_CHECK_SECONDS:
+                    # Also when idle: a broker restarted empty between two quiet moments lost events too.
+                    checked_at = time.monotonic()
+                    await self.replay_if_broker_lost_events()
                 attempt = 0
                 self.healthy = True
             except asyncio.CancelledError:
@@ -277,6 +351,9 @@ class OutboxRelay:
             locked = await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(self.LOCK_KEY)))
             if not locked:
                 return 0
+            # Before reading the batch: a fresh producer first requeues what a restarted broker lost,
+            # and those older events must go out ahead of this batch.
+            producer = await self._ensure_producer()
             rows = (
                 await conn.execute(
                     sa.select(outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.payload)
@@ -288,11 +365,24 @@ class OutboxRelay:
             self.pending = len(rows)
             if not rows:
                 return 0
-            producer = await self._ensure_producer()
             futures = [
                 await producer.send(row.topic, value=row.payload.encode(), key=row.key.encode()) for row in rows
             ]
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout_ms / 1000 + 5)
+            acknowledged = await asyncio.wait_for(
+                asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout_ms / 1000 + 5
+            )
+            ends: dict[tuple[str, int], int] = {}
+            firsts: dict[tuple[str, int], int] = {}
+            for meta in acknowledged:
+                tp = (meta.topic, meta.partition)
+                ends[tp] = max(ends.get(tp, 0), meta.offset + 1)
+                firsts[tp] = min(firsts.get(tp, meta.offset), meta.offset)
+            before = {
+                (row.topic, row.partition): row.next_offset
+                for row in (await conn.execute(sa.select(outbox_offsets_table))).all()
+            }
+            # Offsets only grow: an acknowledgement below what the broker confirmed before means it lost those.
+            lost = sorted({t for (t, p), first in firsts.items() if first < before.get((t, p), 0)})
             await conn.execute(
                 outbox_table.update()
                 .where(outbox_table.c.id.in_([row.id for row in rows]))
@@ -300,7 +390,34 @@ class OutboxRelay:
             )
             EVENTS_PUBLISHED.inc(len(rows))
             self.pending = 0
+            if lost:
+                await self._requeue(conn, lost)
+                ends = {tp: n for tp, n in ends.items() if tp[0] not in lost}
+            if ends:
+                upsert = pg_insert(outbox_offsets_table).values(
+                    [{"topic": t, "partition": p, "next_offset": n} for (t, p), n in ends.items()]
+                )
+                await conn.execute(
+                    upsert.on_conflict_do_update(
+                        index_elements=[outbox_offsets_table.c.topic, outbox_offsets_table.c.partition],
+                        set_={"next_offset": sa.func.greatest(outbox_offsets_table.c.next_offset,
+                                                              upsert.excluded.next_offset)},
+                    )
+                )
             return len(rows)
+
+
+async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offset: int) -> bool:
+    from aiokafka.errors import OffsetOutOfRangeError
+
+    tp = TopicPartition(topic, partition)
+    probe.assign([tp])
+    probe.seek(tp, offset)
+    try:
+        batch = await probe.getmany(tp, timeout_ms=3000, max_records=1)
+    except OffsetOutOfRangeError:
+        return False
+    return any(record.offset == offset for record in batch.get(tp, []))
 
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]

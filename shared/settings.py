@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     index_key: str | None = None
 
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    # How far back the relay re-sends when the broker comes back without events it had acknowledged.
+    outbox_replay_seconds: int = Field(default=3600, ge=0)
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
