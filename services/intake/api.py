@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from services.intake import casefile, domain, events, service
@@ -43,6 +42,7 @@ from services.intake.schemas import (
     StatusOut,
     jsonable,
 )
+from shared import idempotency
 from shared.auth import INSTITUTION_ROLES, Principal, Role, allow, require_own_municipality
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import SessionDep
@@ -85,7 +85,7 @@ async def report_case(
     principal: Reporter,
     session: SessionDep,
     request: Request,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    idempotency_key: idempotency.IdempotencyKey = None,
 ) -> JSONResponse:
     require_own_municipality(principal, body.municipality)
     now = datetime.now(UTC)
@@ -98,9 +98,7 @@ async def report_case(
     local_day = reported_at.astimezone(ZoneInfo(_config(request).timezone)).date()
     if body.survivor.date_of_birth is not None and body.survivor.date_of_birth > local_day:
         raise invalid(["body", "survivor", "date_of_birth"], "date_of_birth is after the report date")
-    request_hash = hashlib.sha256(
-        json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    body_hash = idempotency.request_hash(body)
     config = _config(request)
     replay = False
     async with session.begin():
@@ -112,12 +110,8 @@ async def report_case(
                 errors=[{"loc": ["body", "risk_answers", qid], "msg": "unknown risk question"} for qid in unknown],
             )
         if idempotency_key is not None:
-            replay = not await service.claim_idempotency_key(
-                session,
-                municipality=body.municipality,
-                caller=principal.sub,
-                key=idempotency_key,
-                request_hash=request_hash,
+            replay = not await idempotency.claim(
+                session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
             )
         if not replay:
             created = await casefile.create_case(
@@ -134,25 +128,15 @@ async def report_case(
             )
             answer = jsonable(created)
             if idempotency_key is not None:
-                await service.store_idempotent_response(
-                    session,
-                    municipality=body.municipality,
-                    caller=principal.sub,
-                    key=idempotency_key,
-                    status_code=201,
-                    response=answer,
+                await idempotency.remember(
+                    session, scope=body.municipality, caller=principal.sub, key=idempotency_key, status_code=201,
+                    answer=answer,
                 )
     if replay:
         assert idempotency_key is not None
-        async with session.begin():
-            stored = await service.stored_idempotency(
-                session, municipality=body.municipality, caller=principal.sub, key=idempotency_key
-            )
-        if stored is None or stored.response is None or stored.status_code is None:
-            raise conflict("A request with this Idempotency-Key is still in progress; retry.")
-        if stored.request_hash != request_hash:
-            raise conflict("This Idempotency-Key was used with another request body.")
-        return JSONResponse(stored.response, status_code=stored.status_code)
+        return await idempotency.replay(
+            session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
+        )
     request.app.state.runtime.relay.wake()
     return JSONResponse(answer, status_code=201)
 

@@ -121,18 +121,6 @@ class CaseAccess(IntakeTable, table=True):
     granted_at: datetime = Field(sa_type=TZ)
 
 
-class IdempotencyKey(IntakeTable, table=True):
-    __tablename__ = "idempotency_keys"
-
-    municipality: str = Field(primary_key=True)
-    caller: str = Field(primary_key=True)
-    key: str = Field(primary_key=True)
-    request_hash: str
-    status_code: int | None = None
-    response: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(postgresql.JSONB))
-    created_at: datetime = Field(sa_type=TZ)
-
-
 class RiskScreenConfig(IntakeTable, table=True):
     __tablename__ = "risk_screen_configs"
 

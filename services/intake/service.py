@@ -21,7 +21,6 @@ from services.intake.models import (
     CaseAccess,
     CaseCounter,
     ConsentRecord,
-    IdempotencyKey,
     ProtectionOrder,
     RiskAssessment,
     RiskScreenConfig,
@@ -203,49 +202,6 @@ async def search_cases(
     params: dict[str, Any] = {"keys": keys, "n": max(len(keys), 1), "m": municipality}
     rows: list[Any] = list((await session.execute(stmt, params)).all())
     return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows]
-
-
-# --- idempotency ---
-
-
-async def claim_idempotency_key(
-    session: AsyncSession, *, municipality: str, caller: str, key: str, request_hash: str
-) -> bool:
-    """Insert the key; a concurrent holder's uncommitted insert makes this wait until it ends.
-
-    False when the key was already taken (then read the stored answer after this transaction).
-    """
-    table = IdempotencyKey.__table__  # type: ignore[attr-defined]
-    inserted = await session.execute(
-        pg_insert(table)
-        .values(
-            municipality=municipality,
-            caller=caller,
-            key=key,
-            request_hash=request_hash,
-            created_at=datetime.now(UTC),
-        )
-        .on_conflict_do_nothing()
-        .returning(table.c.key)
-    )
-    return inserted.first() is not None
-
-
-async def store_idempotent_response(
-    session: AsyncSession, *, municipality: str, caller: str, key: str, status_code: int, response: dict[str, Any]
-) -> None:
-    table = IdempotencyKey.__table__  # type: ignore[attr-defined]
-    await session.execute(
-        table.update()
-        .where(table.c.municipality == municipality, table.c.caller == caller, table.c.key == key)
-        .values(status_code=status_code, response=response)
-    )
-
-
-async def stored_idempotency(
-    session: AsyncSession, *, municipality: str, caller: str, key: str
-) -> IdempotencyKey | None:
-    return await session.get(IdempotencyKey, (municipality, caller, key), populate_existing=True)
 
 
 # --- reading a case ---
