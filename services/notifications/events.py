@@ -7,8 +7,6 @@ deliveries carry unique keys, so a repeated event adds nothing. Delivery is left
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -42,6 +40,7 @@ from shared.events import (
     make_event,
     publish,
 )
+from shared.scheduler import claim_due, periodic
 from shared.settings import Settings
 
 log = logging.getLogger("mkr.notifications")
@@ -357,23 +356,16 @@ async def raise_expiring_protection_orders(runtime: ServiceRuntime, config: Noti
     """Publish `case.protection_order_expiring` once per issued order within the warning window."""
     horizon = datetime.now(UTC) + timedelta(days=config.protection_order_warning_days)
     async with runtime.sessions() as session, session.begin():
-        due = (
-            (
-                await session.execute(
-                    sa.select(ProtectionOrder)
-                    .where(
-                        col(ProtectionOrder.status) == "issued",
-                        col(ProtectionOrder.expiry_raised_at).is_(None),
-                        col(ProtectionOrder.expires_at).is_not(None),
-                        col(ProtectionOrder.expires_at) <= horizon,
-                    )
-                    .order_by(col(ProtectionOrder.expires_at))
-                    .limit(200)
-                    .with_for_update(skip_locked=True)
-                )
+        due = await claim_due(
+            session,
+            sa.select(ProtectionOrder)
+            .where(
+                col(ProtectionOrder.status) == "issued",
+                col(ProtectionOrder.expiry_raised_at).is_(None),
+                col(ProtectionOrder.expires_at).is_not(None),
+                col(ProtectionOrder.expires_at) <= horizon,
             )
-            .scalars()
-            .all()
+            .order_by(col(ProtectionOrder.expires_at)),
         )
         for order in due:
             order.expiry_raised_at = datetime.now(UTC)
@@ -399,10 +391,7 @@ async def raise_expiring_protection_orders(runtime: ServiceRuntime, config: Noti
 
 
 def protection_order_scheduler(config: NotificationsConfig) -> Any:
-    async def protection_order_scheduler(runtime: ServiceRuntime) -> None:
-        while not runtime.stopping.is_set():
-            await raise_expiring_protection_orders(runtime, config)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.stopping.wait(), timeout=config.scan_seconds)
+    async def scan(runtime: ServiceRuntime) -> int:
+        return await raise_expiring_protection_orders(runtime, config)
 
-    return protection_order_scheduler
+    return periodic("protection_order_scheduler", scan, lambda: config.scan_seconds)

@@ -6,8 +6,7 @@ outbox in one transaction: across restarts and between replicas every deadline i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -16,32 +15,25 @@ import sqlalchemy as sa
 from services.referral import events
 from services.referral.config import ReferralConfig
 from services.referral.models import PlanAction, Referral
+from shared.scheduler import claim_due, periodic
 
 if TYPE_CHECKING:
     from shared.app import ServiceRuntime
 
-BATCH = 200
 
 
 async def raise_missed_acknowledgements(runtime: ServiceRuntime) -> int:
     now = datetime.now(UTC)
     async with runtime.sessions() as session, session.begin():
-        rows = (
-            (
-                await session.execute(
-                    sa.select(Referral)
-                    .where(
-                        Referral.status == "pending",  # type: ignore[arg-type]
-                        Referral.sla_breached_at.is_(None),  # type: ignore[union-attr]
-                        Referral.ack_due_at < now,  # type: ignore[arg-type]
-                    )
-                    .order_by(Referral.ack_due_at)  # type: ignore[arg-type]
-                    .limit(BATCH)
-                    .with_for_update(skip_locked=True)
-                )
+        rows = await claim_due(
+            session,
+            sa.select(Referral)
+            .where(
+                Referral.status == "pending",  # type: ignore[arg-type]
+                Referral.sla_breached_at.is_(None),  # type: ignore[union-attr]
+                Referral.ack_due_at < now,  # type: ignore[arg-type]
             )
-            .scalars()
-            .all()
+            .order_by(Referral.ack_due_at),  # type: ignore[arg-type]
         )
         for referral in rows:
             referral.sla_breached_at = now
@@ -54,22 +46,15 @@ async def raise_overdue_plan_actions(runtime: ServiceRuntime) -> int:
     today = datetime.now(UTC).date()
     now = datetime.now(UTC)
     async with runtime.sessions() as session, session.begin():
-        rows = (
-            (
-                await session.execute(
-                    sa.select(PlanAction)
-                    .where(
-                        PlanAction.status == "open",  # type: ignore[arg-type]
-                        PlanAction.overdue_raised_at.is_(None),  # type: ignore[union-attr]
-                        PlanAction.due_date < today,  # type: ignore[arg-type]
-                    )
-                    .order_by(PlanAction.due_date)  # type: ignore[arg-type]
-                    .limit(BATCH)
-                    .with_for_update(skip_locked=True)
-                )
+        rows = await claim_due(
+            session,
+            sa.select(PlanAction)
+            .where(
+                PlanAction.status == "open",  # type: ignore[arg-type]
+                PlanAction.overdue_raised_at.is_(None),  # type: ignore[union-attr]
+                PlanAction.due_date < today,  # type: ignore[arg-type]
             )
-            .scalars()
-            .all()
+            .order_by(PlanAction.due_date),  # type: ignore[arg-type]
         )
         for action in rows:
             action.overdue_raised_at = now
@@ -78,15 +63,8 @@ async def raise_overdue_plan_actions(runtime: ServiceRuntime) -> int:
     return len(rows)
 
 
-def deadline_scheduler(config: ReferralConfig):  # type: ignore[no-untyped-def]
-    async def referral_deadlines(runtime: ServiceRuntime) -> None:
-        while not runtime.stopping.is_set():
-            raised = await raise_missed_acknowledgements(runtime)
-            raised += await raise_overdue_plan_actions(runtime)
-            if raised:
-                runtime.relay.wake()
-                continue  # more may be due: a full batch was taken
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.stopping.wait(), timeout=config.scan_seconds)
+def deadline_scheduler(config: ReferralConfig) -> Callable[[ServiceRuntime], Awaitable[None]]:
+    async def scan(runtime: ServiceRuntime) -> int:
+        return await raise_missed_acknowledgements(runtime) + await raise_overdue_plan_actions(runtime)
 
-    return referral_deadlines
+    return periodic("referral_deadlines", scan, lambda: config.scan_seconds)

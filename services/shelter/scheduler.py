@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -14,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.shelter import events
 from services.shelter.config import ShelterConfig
 from services.shelter.models import CaseProjection, RentBonusApplication, RentBonusPayment
+from shared.scheduler import claim_due, periodic
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
 
 APPS = RentBonusApplication.__table__  # type: ignore[attr-defined]
 PAYMENTS = RentBonusPayment.__table__  # type: ignore[attr-defined]
-BATCH = 200
 
 
 async def _case_number(session: AsyncSession, case_id: object) -> str | None:
@@ -46,23 +44,16 @@ async def raise_due(
     payment_scope = [PAYMENTS.c.municipality == municipality] if municipality else []
     app_scope = [APPS.c.municipality == municipality] if municipality else []
     async with sessions() as session, session.begin():
-        payments = (
-            (
-                await session.execute(
-                    sa.select(RentBonusPayment)
-                    .where(
-                        PAYMENTS.c.status == "due",
-                        PAYMENTS.c.due_raised_at.is_(None),
-                        PAYMENTS.c.month <= today,
-                        *payment_scope,
-                    )
-                    .order_by(PAYMENTS.c.month, PAYMENTS.c.id)
-                    .limit(BATCH)
-                    .with_for_update(skip_locked=True)
-                )
+        payments = await claim_due(
+            session,
+            sa.select(RentBonusPayment)
+            .where(
+                PAYMENTS.c.status == "due",
+                PAYMENTS.c.due_raised_at.is_(None),
+                PAYMENTS.c.month <= today,
+                *payment_scope,
             )
-            .scalars()
-            .all()
+            .order_by(PAYMENTS.c.month, PAYMENTS.c.id),
         )
         for payment in payments:
             payment.due_raised_at = now
@@ -78,23 +69,16 @@ async def raise_due(
             )
             raised += 1
         horizon = today + timedelta(days=config.ending_notice_days)
-        ending = (
-            (
-                await session.execute(
-                    sa.select(RentBonusApplication)
-                    .where(
-                        APPS.c.status == "approved",
-                        APPS.c.ending_raised_at.is_(None),
-                        APPS.c.last_month <= horizon,
-                        *app_scope,
-                    )
-                    .order_by(APPS.c.last_month, APPS.c.id)
-                    .limit(BATCH)
-                    .with_for_update(skip_locked=True)
-                )
+        ending = await claim_due(
+            session,
+            sa.select(RentBonusApplication)
+            .where(
+                APPS.c.status == "approved",
+                APPS.c.ending_raised_at.is_(None),
+                APPS.c.last_month <= horizon,
+                *app_scope,
             )
-            .scalars()
-            .all()
+            .order_by(APPS.c.last_month, APPS.c.id),
         )
         for app in ending:
             app.ending_raised_at = now
@@ -104,11 +88,7 @@ async def raise_due(
 
 
 def rent_bonus_scheduler(config: ShelterConfig) -> Callable[[ServiceRuntime], Awaitable[None]]:
-    async def rent_bonus_scheduler(runtime: ServiceRuntime) -> None:
-        while not runtime.stopping.is_set():
-            if await raise_due(runtime.sessions, runtime.settings, config):
-                runtime.relay.wake()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.stopping.wait(), timeout=config.scan_seconds)
+    async def scan(runtime: ServiceRuntime) -> int:
+        return await raise_due(runtime.sessions, runtime.settings, config)
 
-    return rent_bonus_scheduler
+    return periodic("rent_bonus_scheduler", scan, lambda: config.scan_seconds)
