@@ -64,9 +64,7 @@ async def closed_loop(
     return recorder, counter / seconds
 
 
-async def open_loop(
-    call: Callable[[int], Awaitable[float | None]], *, rate: float, seconds: float
-) -> Recorder:
+async def open_loop(call: Callable[[int], Awaitable[float | None]], *, rate: float, seconds: float) -> Recorder:
     """Start calls at a fixed rate regardless of how long they take; each returns its own latency."""
     recorder = Recorder()
     tasks: list[asyncio.Task[None]] = []
@@ -86,4 +84,22 @@ async def open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
+    return recorder
+
+
+def summarise(samples: list[float], errors: int = 0) -> dict[str, float]:
+    """The usual latency columns for a list of seconds (exact percentiles)."""
+    return Recorder(samples=list(samples), errors=errors).summary_ms()
+
+
+async def sequential(call: Callable[[int], Awaitable[bool]], *, count: int) -> Recorder:
+    """One client, `count` calls back to back: latency without queueing."""
+    recorder = Recorder()
+    for i in range(count):
+        began = time.perf_counter()
+        ok = await call(i)
+        if ok:
+            recorder.add(time.perf_counter() - began)
+        else:
+            recorder.errors += 1
     return recorder
