@@ -494,10 +494,11 @@ class EventConsumer:
                 self.healthy = True
                 while not self._stopping.is_set():
                     batches = await consumer.getmany(timeout_ms=500, max_records=200)
-                    for tp, records in batches.items():
-                        for record in records:
-                            await self._handle(record)
-                        await consumer.commit({tp: records[-1].offset + 1})
+                    if not batches:
+                        continue
+                    # Partitions side by side, each in order: a case's events share a key, so a partition.
+                    await asyncio.gather(*(self._handle_all(records) for records in batches.values()))
+                    await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -510,6 +511,10 @@ class EventConsumer:
             finally:
                 await _stop(consumer)
                 self.consumer = None
+
+    async def _handle_all(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            await self._handle(record)
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:

@@ -57,8 +57,9 @@ CASE_TOTALS = sa.text(
 )
 VIOLENCE_TYPES = sa.text(
     """
-    SELECT coalesce(vt, 'unknown') AS vt, count(DISTINCT c.case_id) AS n
-    FROM case_facts c LEFT JOIN LATERAL jsonb_array_elements_text(c.violence_types) AS vt ON true
+    SELECT coalesce(t.vt, 'unknown') AS vt, count(*) AS n
+    FROM case_facts c
+    LEFT JOIN LATERAL (SELECT DISTINCT e AS vt FROM jsonb_array_elements_text(c.violence_types) AS e) AS t ON true
     WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
     GROUP BY 1
     """
