@@ -67,13 +67,20 @@ async def member_saved(session: AsyncSession, settings: Settings, member: Member
     await _emit(session, settings, "member.saved", member.municipality, str(member.id), data)
 
 
-async def referral_created(session: AsyncSession, settings: Settings, referral: Referral) -> None:
-    data = {
+def _referral_fields(referral: Referral) -> dict[str, str]:
+    """What every referral event says about the referral it concerns."""
+    return {
         "referral_id": str(referral.id),
         "case_id": str(referral.case_id),
         "case_number": referral.case_number,
         "to_member_id": str(referral.to_member_id),
         "to_member_kind": referral.to_member_kind,
+    }
+
+
+async def referral_created(session: AsyncSession, settings: Settings, referral: Referral) -> None:
+    data = {
+        **_referral_fields(referral),
         "service": referral.service,
         "urgency": referral.urgency,
         "reason": referral.reason,
@@ -89,11 +96,7 @@ async def referral_status_changed(
     session: AsyncSession, settings: Settings, referral: Referral, previous: str, by_role: str, at: datetime
 ) -> None:
     data = {
-        "referral_id": str(referral.id),
-        "case_id": str(referral.case_id),
-        "case_number": referral.case_number,
-        "to_member_id": str(referral.to_member_id),
-        "to_member_kind": referral.to_member_kind,
+        **_referral_fields(referral),
         "previous_status": previous,
         "status": referral.status,
         "by_role": by_role,
@@ -104,11 +107,7 @@ async def referral_status_changed(
 
 async def sla_breached(session: AsyncSession, settings: Settings, referral: Referral) -> None:
     data = {
-        "referral_id": str(referral.id),
-        "case_id": str(referral.case_id),
-        "case_number": referral.case_number,
-        "to_member_id": str(referral.to_member_id),
-        "to_member_kind": referral.to_member_kind,
+        **_referral_fields(referral),
         "urgency": referral.urgency,
         "ack_due_at": referral.ack_due_at.isoformat(),
     }
