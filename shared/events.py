@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -587,10 +586,6 @@ async def broker_reachable(settings: Settings, timeout: float = 3.0) -> bool:
             await asyncio.wait_for(client.close(), timeout=timeout)
 
 
-def decode(record_value: bytes) -> dict[str, Any]:
-    return dict(json.loads(record_value))
-
-
 __all__ = [
     "ALL_TOPICS",
     "INTAKE_TOPIC",
@@ -600,7 +595,6 @@ __all__ = [
     "Envelope",
     "EventConsumer",
     "OutboxRelay",
-    "TopicPartition",
     "broker_reachable",
     "create_event_tables",
     "ensure_topics",

@@ -136,3 +136,33 @@ def contract_report(municipality: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, until: Callable[[list[bytes]], bool], timeout: float = 20
+) -> list[bytes]:
+    """The raw values on a contract topic, read from the start, until `until(values)` holds or time runs out."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=None,
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not until(values):
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                values.extend(record.value or b"" for record in records)
+    finally:
+        await asyncio.wait_for(consumer.stop(), timeout=10)
+    return values
+
+
+async def read_envelopes(settings: Settings, topic: str, want: int, timeout: float = 20) -> list[Any]:
+    """At least `want` envelopes from a topic (fewer if time runs out), in topic order per partition."""
+    from shared.events import Envelope
+
+    values = await read_topic(settings, topic, until=lambda v: len(v) >= want, timeout=timeout)
+    return [Envelope.model_validate_json(value) for value in values]

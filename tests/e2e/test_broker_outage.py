@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared import db
 from shared.embedded import free_port, start_broker, stop_process
-from shared.events import INTAKE_TOPIC, Envelope
+from shared.events import INTAKE_TOPIC
 from shared.settings import Settings
-from tests.support import contract_report, new_municipality, running_stack, wait_for
-
-
-async def _topic_events(settings: Settings, want: int, timeout: float = 30) -> list[Envelope]:
-    consumer = AIOKafkaConsumer(
-        settings.topic(INTAKE_TOPIC), bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
-    )
-    await consumer.start()
-    seen: list[Envelope] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(seen) < want:
-                for records in (await consumer.getmany(timeout_ms=300)).values():
-                    seen.extend(Envelope.model_validate_json(r.value or b"") for r in records)
-    except TimeoutError:
-        pass
-    finally:
-        await consumer.stop()
-    return seen
+from tests.support import contract_report, new_municipality, read_envelopes, running_stack, wait_for
 
 
 async def test_reports_accepted_during_a_broker_outage_are_all_published_after(
@@ -71,7 +50,7 @@ async def test_reports_accepted_during_a_broker_outage_are_all_published_after(
                 assert response.status_code in (200, 201), response.text
 
             broker = start_broker(port, tmp_path / "tansu.log")  # back, empty (memory only)
-            events = await _topic_events(private, want=40)
+            events = await read_envelopes(private, INTAKE_TOPIC, want=40, timeout=30)
             ids = {c["id"] for c in created}
             by_case: dict[str, list[str]] = {}
             for event in events:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-import uuid
 from typing import Any
-
-from aiokafka import AIOKafkaConsumer
 
 from shared.events import INTAKE_TOPIC
 from tests.intake.conftest import reported
-from tests.support import Stack, new_municipality
+from tests.support import Stack, new_municipality, read_topic
 
 PERSONAL = ("Ermira", "Hoxha", "+355690000000", "Rruga e Testit", "1991-04-02", "invented narrative", "moved away")
 CASE_REPORTED_FIELDS = {
@@ -39,29 +34,11 @@ CASE_REPORTED_FIELDS = {
 async def _read_topic(
     stack: Stack, subject: str, want: int, timeout: float = 20
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
-    consumer = AIOKafkaConsumer(
-        stack.settings.topic(INTAKE_TOPIC),
-        bootstrap_servers=stack.settings.kafka_bootstrap,
-        group_id=f"test-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    raw: list[bytes] = []
-    mine: list[dict[str, Any]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(mine) < want:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    raw.append(record.value or b"")
-                    event = json.loads(record.value or b"{}")
-                    if event.get("subject") == subject:
-                        mine.append(event)
-    finally:
-        await asyncio.wait_for(consumer.stop(), timeout=10)
-    return mine, raw
+    def mine(values: list[bytes]) -> list[dict[str, Any]]:
+        return [e for e in (json.loads(v or b"{}") for v in values) if e.get("subject") == subject]
+
+    raw = await read_topic(stack.settings, INTAKE_TOPIC, until=lambda v: len(mine(v)) >= want, timeout=timeout)
+    return mine(raw), raw
 
 
 async def test_events_carry_coded_facts_and_no_personal_data(intake: Stack) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import db
@@ -18,7 +18,7 @@ from shared.embedded import free_port, start_broker, stop_process
 from shared.events import Envelope, EventConsumer, OutboxRelay, ensure_topics, event_metadata, publish
 from shared.observability import EVENTS_CONSUMED
 from shared.settings import Settings
-from tests.support import wait_for
+from tests.support import read_envelopes, wait_for
 
 effects = sa.Table(
     "effects",
@@ -40,26 +40,6 @@ async def backbone_db(settings: Settings) -> AsyncIterator[AsyncEngine]:
     yield engine
     await engine.dispose()
     await db.drop_database(settings, name)
-
-
-async def _read_topic(settings: Settings, topic: str, want: int, timeout: float = 20) -> list[Envelope]:
-    consumer = AIOKafkaConsumer(
-        settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, group_id=None,
-    )
-    await consumer.start()
-    seen: list[Envelope] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(seen) < want:
-                batch = await consumer.getmany(timeout_ms=300)
-                for records in batch.values():
-                    seen.extend(Envelope.model_validate_json(r.value or b"") for r in records)
-    except TimeoutError:
-        pass
-    finally:
-        await consumer.stop()
-    return seen
 
 
 def _event(key: str, n: int) -> Envelope:
@@ -97,7 +77,7 @@ async def test_relay_survives_a_broker_outage_without_loss_or_reordering(
                 return await conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) == 0
 
         await wait_for(drained, timeout=30, what="the outbox to drain after the broker returned")
-        events = await _read_topic(settings, TOPIC, want=30)
+        events = await read_envelopes(settings, TOPIC, want=30)
         assert len(events) == 30
         for key in keys:
             steps = [e.data["n"] for e in events if e.subject == key]
@@ -196,14 +176,14 @@ async def test_relay_replays_events_a_restarted_empty_broker_lost(
         for n in range(5):
             await add(n)
         await wait_for(drained, timeout=20, what="the first events to be acknowledged")
-        assert len(await _read_topic(settings, TOPIC, want=5)) == 5
+        assert len(await read_envelopes(settings, TOPIC, want=5)) == 5
 
         stop_process(broker)  # acknowledged, and now gone with the memory broker
         broker = start_broker(port, tmp_path / "tansu.log")
         await add(5)
 
         async def complete() -> bool:
-            events = await _read_topic(settings, TOPIC, want=6, timeout=3)
+            events = await read_envelopes(settings, TOPIC, want=6, timeout=3)
             steps = [e.data["n"] for e in events]
             # The first event after the restart may arrive before the replay; the replay then re-sends
             # everything from the start in order (consumers drop the repeats by event id).
