@@ -20,6 +20,9 @@ class IntakeConfig(BaseSettings):
     # Share of the query's trigrams a name must hold to match `q` in the case search.
     search_threshold: float = Field(default=0.5, gt=0, le=1)
     max_duplicates: int = Field(default=5, ge=1, le=50)
+    # How often the key census behind the duplicate search is recounted (only municipalities with new
+    # survivors are). A stale census never hides a duplicate; it only makes the search probe wider.
+    key_census_seconds: float = Field(default=300, gt=0)
     # The local calendar for the case-number year and the age at the report date.
     timezone: str = "Europe/Tirane"
 

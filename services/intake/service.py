@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,9 +82,63 @@ async def record_audit_many(session: AsyncSession, principal: Principal, cases: 
     )
 
 
-# --- duplicates and search: keyed trigrams compared in SQL (GIN index on name_keys, `&&` prefilter) ---
+# --- duplicates and search: keyed trigrams compared in SQL -------------------------------------------------
+#
+# A name is a set of keyed trigrams (shared/crypto.py). Both searches ask for names holding at least
+# `need` of the query's n keys: the duplicate search because Jaccard(A, B) >= t implies |A ∩ B| >= t·|A ∪ B|
+# >= t·n, the case search because its score is |A ∩ B| / n. By pigeonhole, such a name holds at least one
+# of ANY n - need + 1 of the query's keys, so the GIN index is probed with only that many keys — the
+# rarest ones by the key census, looked up first — and no match is missed whatever the census says (a
+# stale census only makes the probe wider). The probe keys are a plain parameter, so the planner sees
+# them. Scores are then computed once per remaining row, and `cases` is joined only for the rows returned.
 
-_OVERLAP = "(SELECT count(*) FROM unnest(s.name_keys) AS k WHERE k = ANY(CAST(:keys AS text[])))"
+KEY_COUNTS_SQL = (
+    "SELECT key, survivors FROM survivor_key_counts WHERE municipality = :m AND key = ANY(CAST(:keys AS text[]))"
+)
+_SHARED = "(SELECT count(*) FROM unnest(s.name_keys) AS k WHERE k = ANY(CAST(:keys AS text[])))"
+
+
+def probe_size(n: int, share: float) -> int:
+    """How many of a query's n keys the index must be probed with so that no name sharing
+    at least ⌈share·n⌉ of them is missed (pigeonhole): n - ⌈share·n⌉ + 1."""
+    need = max(1, math.ceil(share * n - 1e-9))
+    return max(1, n - need + 1)
+
+
+def rarest(keys: list[str], counts: dict[str, int], share: float) -> list[str]:
+    """The keys to probe the index with: the `probe_size` rarest by the census (unknown keys count as rare)."""
+    return sorted(keys, key=lambda key: (counts.get(key, 0), key))[: probe_size(len(keys), share)]
+
+
+async def probe_keys(session: AsyncSession, municipality: str, keys: list[str], share: float) -> list[str]:
+    """The probe keys of a query, and plans made for them: a prepared statement's generic plan cannot see
+    which keys (or how rare) it will be probed with, and measured twice as slow (asyncpg prepares every
+    statement, and PostgreSQL switches to the generic plan after five executions)."""
+    await session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    rows = await session.execute(sa.text(KEY_COUNTS_SQL), {"m": municipality, "keys": keys})
+    return rarest(keys, {key: survivors for key, survivors in rows.all()}, share)
+
+
+DUPLICATES_SQL = f"""
+    WITH candidates AS (
+        SELECT s.case_id, s.birth_date_key, cardinality(s.name_keys) AS size, o.shared
+        FROM survivor_index s CROSS JOIN LATERAL {_SHARED} AS o(shared)
+        WHERE s.municipality = :m
+          AND s.name_keys && CAST(:probe AS text[])
+          AND s.case_id <> :exclude
+          AND (CAST(:by AS int) IS NULL OR s.birth_year IS NULL
+               OR s.birth_year BETWEEN CAST(:by AS int) - 1 AND CAST(:by AS int) + 1)
+    ), scored AS (
+        SELECT case_id, birth_date_key, shared::float / (size + :n - shared) AS name_score FROM candidates
+    ), top AS (
+        SELECT case_id,
+               LEAST(1.0, name_score + CASE WHEN birth_date_key = :bdk THEN 0.1 ELSE 0 END) AS score
+        FROM scored WHERE name_score >= :threshold
+    )
+    SELECT c.id, c.case_number, t.score FROM top t JOIN cases c ON c.id = t.case_id
+    ORDER BY t.score DESC, c.reported_at DESC, c.id
+    LIMIT :limit
+    """
 
 
 @dataclass(frozen=True)
@@ -107,41 +162,65 @@ async def possible_duplicates(
     """Earlier cases whose survivor's name is similar (Jaccard of keyed trigrams) and birth year fits."""
     if not keys:
         return []
-    sql = sa.text(
-        f"""
-        SELECT id, case_number, LEAST(1.0, name_score + CASE WHEN same_birth THEN 0.1 ELSE 0 END) AS score
-        FROM (
-            SELECT c.id, c.case_number, c.reported_at,
-                   {_OVERLAP}::float
-                     / (cardinality(s.name_keys) + :n - {_OVERLAP}) AS name_score,
-                   (s.birth_date_key IS NOT NULL AND s.birth_date_key = :bdk) AS same_birth
-            FROM survivor_index s JOIN cases c ON c.id = s.case_id
-            WHERE s.municipality = :m
-              AND s.name_keys && CAST(:keys AS text[])
-              AND s.case_id <> :exclude
-              AND (CAST(:by AS int) IS NULL OR s.birth_year IS NULL OR abs(s.birth_year - CAST(:by AS int)) <= 1)
-        ) AS candidates
-        WHERE name_score >= :threshold
-        ORDER BY score DESC, reported_at DESC
-        LIMIT :limit
-        """
-    )
-    rows = (
+    params = {
+        "keys": keys,
+        "n": len(keys),
+        "probe": await probe_keys(session, municipality, keys, threshold),
+        "m": municipality,
+        "exclude": exclude,
+        "by": birth_year,
+        "bdk": birth_date_key,
+        "threshold": threshold,
+        "limit": limit,
+    }
+    rows = (await session.execute(sa.text(DUPLICATES_SQL), params)).all()
+    return [Match(row.id, row.case_number, round(float(row.score), 3)) for row in rows]
+
+
+async def count_survivor_keys(session: AsyncSession) -> list[str]:
+    """Recount the key census of each municipality whose number of survivors changed since its last count.
+
+    One replica at a time (a transaction-scoped advisory lock; the others skip). Returns the
+    municipalities recounted."""
+    got = await session.scalar(sa.text("SELECT pg_try_advisory_xact_lock(hashtext('mkr.intake.key_census'))"))
+    if not got:
+        return []
+    stale = (
         await session.execute(
-            sql,
-            {
-                "keys": keys,
-                "n": len(keys),
-                "m": municipality,
-                "exclude": exclude,
-                "by": birth_year,
-                "bdk": birth_date_key,
-                "threshold": threshold,
-                "limit": limit,
-            },
+            sa.text(
+                """
+                SELECT s.municipality, count(*) AS survivors
+                FROM survivor_index s LEFT JOIN survivor_key_census c ON c.municipality = s.municipality
+                GROUP BY s.municipality, c.survivors
+                HAVING c.survivors IS DISTINCT FROM count(*)
+                """
+            )
         )
     ).all()
-    return [Match(row.id, row.case_number, round(float(row.score), 3)) for row in rows]
+    for municipality, _ in stale:
+        await session.execute(sa.text("DELETE FROM survivor_key_counts WHERE municipality = :m"), {"m": municipality})
+        await session.execute(
+            sa.text(
+                """
+                INSERT INTO survivor_key_counts (municipality, key, survivors)
+                SELECT :m, k, count(*) FROM survivor_index s, unnest(s.name_keys) AS k
+                WHERE s.municipality = :m GROUP BY k
+                """
+            ),
+            {"m": municipality},
+        )
+        await session.execute(
+            sa.text(
+                """
+                INSERT INTO survivor_key_census (municipality, survivors, counted_at)
+                SELECT :m, count(*), now() FROM survivor_index WHERE municipality = :m
+                ON CONFLICT (municipality) DO UPDATE
+                SET survivors = EXCLUDED.survivors, counted_at = EXCLUDED.counted_at
+                """
+            ),
+            {"m": municipality},
+        )
+    return [municipality for municipality, _ in stale]
 
 
 def encode_cursor(reported_at: datetime, case_id: uuid.UUID) -> str:
@@ -186,8 +265,8 @@ async def search_cases(
         if keys:
             hits = (
                 sa.text(
-                    f"""SELECT s.case_id, {_OVERLAP}::float / :n AS score FROM survivor_index s
-                        WHERE s.municipality = :m AND s.name_keys && CAST(:keys AS text[])"""
+                    f"""SELECT s.case_id, {_SHARED}::float / :n AS score FROM survivor_index s
+                        WHERE s.municipality = :m AND s.name_keys && CAST(:probe AS text[])"""
                 )
                 .columns(sa.column("case_id", sa.Uuid), sa.column("score", sa.Float))
                 .subquery("hits")
@@ -199,7 +278,12 @@ async def search_cases(
     if after is not None:
         stmt = stmt.where(sa.tuple_(Case.reported_at, Case.id) < sa.tuple_(after[0], after[1]))
     stmt = stmt.add_columns(score_sql).order_by(Case.reported_at.desc(), Case.id.desc()).limit(limit)  # type: ignore[attr-defined]
-    params: dict[str, Any] = {"keys": keys, "n": max(len(keys), 1), "m": municipality}
+    params: dict[str, Any] = {
+        "keys": keys,
+        "n": max(len(keys), 1),
+        "probe": await probe_keys(session, municipality, keys, threshold) if keys else [],
+        "m": municipality,
+    }
     rows: list[Any] = list((await session.execute(stmt, params)).all())
     return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from unittest import mock
 import asyncpg
 
 from services.intake import domain as intake_domain
+from services.intake import service as intake_service
 from services.intake.casefile import personal_context
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import asyncpg_dsn, service_url
@@ -144,23 +146,20 @@ async def pool(stack: LaunchedStack, service: str, size: int) -> asyncpg.Pool:
 
 # --- the intake ceiling: one report's transaction, issued directly --------------------------------------
 
-OVERLAP = "(SELECT count(*) FROM unnest(s.name_keys) AS k WHERE k = ANY($1::text[]))"
-DUPLICATES_SQL = f"""
-    SELECT id, case_number, LEAST(1.0, name_score + CASE WHEN same_birth THEN 0.1 ELSE 0 END) AS score
-    FROM (
-        SELECT c.id, c.case_number, c.reported_at,
-               {OVERLAP}::float / (cardinality(s.name_keys) + $2 - {OVERLAP}) AS name_score,
-               (s.birth_date_key IS NOT NULL AND s.birth_date_key = $6) AS same_birth
-        FROM survivor_index s JOIN cases c ON c.id = s.case_id
-        WHERE s.municipality = $3
-          AND s.name_keys && $1::text[]
-          AND s.case_id <> $4
-          AND ($5::int IS NULL OR s.birth_year IS NULL OR abs(s.birth_year - $5::int) <= 1)
-    ) AS candidates
-    WHERE name_score >= $7
-    ORDER BY score DESC, reported_at DESC
-    LIMIT $8
-"""
+DUPLICATE_PARAMS = ["keys", "n", "probe", "m", "exclude", "by", "bdk", "threshold", "limit"]
+
+
+def positional(sql: str, names: list[str]) -> str:
+    """A query of the service (`:name` parameters) in asyncpg's `$n` form, so the ceiling runs the same SQL."""
+    for number, name in enumerate(names, start=1):
+        sql = re.sub(rf"(?<!:):{name}\b", f"${number}", sql)
+    return sql
+
+
+# Intake's own duplicate search, positional: keys, n, probe keys, municipality, exclude, birth year, birth-date
+# key, threshold, limit.
+DUPLICATES_SQL = positional(intake_service.DUPLICATES_SQL, DUPLICATE_PARAMS)
+KEY_COUNTS_SQL = positional(intake_service.KEY_COUNTS_SQL, ["m", "keys"])
 SCREEN_SQL = (
     "SELECT municipality, questions, high_yes_count, medium_yes_count, updated_at, updated_by_sub "
     "FROM risk_screen_configs WHERE municipality = $1"
@@ -256,7 +255,12 @@ class CeilingReport:
             await conn.execute(INDEX_SQL, case_id, self.municipality, keys, dob.year, birth_key)
             await conn.execute(ASSESSMENT_SQL, uuid.uuid4(), case_id, json.dumps(RISK_ANSWERS), now, sub)
             await conn.fetch(CONSENT_SQL, case_id, *SHARE_WITH, datetime(2026, 11, 21, 8, tzinfo=UTC), sub)
-            await conn.fetch(DUPLICATES_SQL, keys, len(keys), self.municipality, case_id, dob.year, birth_key, 0.45, 5)
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            counts = {key: survivors for key, survivors in await conn.fetch(KEY_COUNTS_SQL, self.municipality, keys)}
+            probe = intake_service.rarest(keys, counts, 0.45)
+            await conn.fetch(
+                DUPLICATES_SQL, keys, len(keys), probe, self.municipality, case_id, dob.year, birth_key, 0.45, 5
+            )
             await conn.execute(AUDIT_SQL, now, case_id, self.municipality, sub)
             event = make_event(
                 type_="case.reported",

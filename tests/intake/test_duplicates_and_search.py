@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import sqlalchemy as sa
+
+from services.intake import service
 from tests.intake.conftest import reported
 from tests.support import Stack, contract_report, new_municipality
 
@@ -86,24 +90,169 @@ async def test_list_filters_and_pages_with_a_cursor(intake: Stack) -> None:
         assert response.status_code == 422, params
 
 
-async def test_duplicate_query_uses_the_gin_index(intake: Stack) -> None:
-    import sqlalchemy as sa
+async def test_duplicate_query_probes_the_gin_index_at_scale(intake: Stack) -> None:
+    """With enough survivors for the planner to care, the service's own query probes the keyed-trigram index."""
+    municipality = new_municipality()
+    sessions = intake.apps["intake"].state.runtime.sessions
+    async with sessions() as session, session.begin():
+        await session.execute(
+            sa.text(
+                """
+                INSERT INTO cases (id, municipality, case_number, status, risk_level, source, facts, personal,
+                                   reported_at, reported_by_sub, reported_by_role, created_at)
+                SELECT md5(:m || i)::uuid, :m, 'PLN-2025-' || i, 'open', 'low', 'police', '{}', 'k1:x',
+                       now(), 'loader', 'police', now()
+                FROM generate_series(1, 4000) AS i
+                """
+            ),
+            {"m": municipality},
+        )
+        await session.execute(
+            sa.text(
+                """
+                INSERT INTO survivor_index (case_id, municipality, name_keys, birth_year)
+                SELECT md5(:m || i)::uuid, :m,
+                       ARRAY(SELECT lpad(to_hex(i / 4 * 16 + j), 16, '0') FROM generate_series(1, 12) AS j),
+                       1950 + i / 4 % 59
+                FROM generate_series(1, 4000) AS i
+                """
+            ),
+            {"m": municipality},
+        )
+        await service.count_survivor_keys(session)
+    async with sessions() as session:
+        await session.execute(sa.text("ANALYZE survivor_index"))
+        # 4 000 rows is still small enough for a sequential scan to look cheap; the question is which index.
+        await session.execute(sa.text("SET enable_seqscan = off"))
+        # Groups of four survivors share a name; this one is group 100's (born 1991) with one key changed.
+        keys = [f"{100 * 16 + j:016x}" for j in range(1, 12)] + [f"{99999:016x}"]
+        params = {
+            "keys": keys,
+            "n": len(keys),
+            "probe": await service.probe_keys(session, municipality, keys, 0.45),
+            "m": municipality,
+            "exclude": uuid.uuid4(),
+            "by": 1990,
+            "bdk": None,
+            "threshold": 0.45,
+            "limit": 5,
+        }
 
-    from shared import db
+        async def plan(**changes: Any) -> str:
+            result = await session.execute(sa.text("EXPLAIN " + service.DUPLICATES_SQL), params | changes)
+            return "\n".join(row[0] for row in result)
 
-    engine = db.create_engine(intake.settings, "intake")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text("SET enable_seqscan = off"))
-            plan = "\n".join(
-                row[0]
-                for row in await conn.execute(
-                    sa.text(
-                        "EXPLAIN SELECT case_id FROM survivor_index WHERE municipality = 'x' "
-                        "AND name_keys && ARRAY['a','b']::text[]"
-                    )
-                )
+        # Birth year known: the planner may narrow by name keys, by birth year (its own index) or both.
+        with_year = await plan()
+        # Birth year unknown: only the keyed-trigram index narrows, and it must be used.
+        without_year = await plan(by=None)
+        found = await service.possible_duplicates(session, **params_for_call(params))
+    for text in (with_year, without_year):
+        assert "Seq Scan on survivor_index" not in text, text
+    assert "ix_survivor_index_name_keys" in without_year, without_year
+    assert "ix_survivor_index_name_keys" in with_year or "ix_survivor_index_birth_year" in with_year, with_year
+    assert found  # the data does hold similar names of that birth year, so the plan was asked real work
+
+
+def params_for_call(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "municipality": params["m"],
+        "keys": params["keys"],
+        "birth_year": params["by"],
+        "birth_date_key": params["bdk"],
+        "exclude": params["exclude"],
+        "threshold": params["threshold"],
+        "limit": params["limit"],
+    }
+
+
+def test_probe_size_is_the_pigeonhole_bound() -> None:
+    # n keys, a match must share ceil(share * n) of them: probing n - that + 1 keys cannot miss it.
+    table = [(13, 0.45, 8), (20, 0.45, 12), (10, 0.5, 6), (10, 1.0, 1), (1, 0.45, 1), (7, 0.01, 7)]
+    for n, share, probe in table:
+        assert service.probe_size(n, share) == probe, (n, share)
+
+
+async def test_rarest_key_probe_finds_exactly_what_comparing_every_name_finds(intake: Stack) -> None:
+    """The index is probed with only some of a name's keys; whatever the census says, nothing is missed."""
+    municipality = new_municipality()
+    app = intake.apps["intake"]
+    indexer = app.state.indexer
+    sessions = app.state.runtime.sessions
+    names = [
+        ("Ermira", "Hoxha"), ("Ermirë", "Hoxhë"), ("Ermina", "Hoxha"), ("Mira", "Hoxha"), ("Ermira", "Hoxhaj"),
+        ("Erjona", "Hoxha"), ("Ermira", "Kola"), ("Drita", "Hoxha"), ("Ermal", "Hoxholli"), ("Arta", "Kola"),
+        ("Drita", "Kolla"), ("Dritë", "Kola"), ("Ana", "Leka"), ("Anila", "Leka"), ("Ana", "Lekaj"),
+    ]
+    ids: dict[str, tuple[str, str]] = {}
+    for first, last in names:
+        case = await reported(intake, municipality, survivor=survivor(first, last, date_of_birth="1990-03-04"))
+        ids[case["id"]] = (first, last)
+    keyed = {case_id: set(indexer.keyed(f"{f} {la}", municipality)) for case_id, (f, la) in ids.items()}
+
+    async def found(query: set[str]) -> dict[str, float]:
+        async with sessions() as session, session.begin():
+            matches = await service.possible_duplicates(
+                session, municipality=municipality, keys=sorted(query), birth_year=1990, birth_date_key=None,
+                exclude=uuid.uuid4(), threshold=0.45, limit=100,
             )
-    finally:
-        await engine.dispose()
-    assert "ix_survivor_index_name_keys" in plan
+        return {str(m.id): m.score for m in matches}
+
+    def expected(query: set[str]) -> dict[str, float]:
+        jaccard = {case_id: len(query & keys) / len(query | keys) for case_id, keys in keyed.items()}
+        return {case_id: round(score, 3) for case_id, score in jaccard.items() if score >= 0.45}
+
+    async def census(sql: str) -> None:
+        async with sessions() as session, session.begin():
+            await session.execute(sa.text(sql), {"m": municipality})
+
+    queries = [set(indexer.keyed(f"{f} {la}", municipality)) for f, la in [*names[:8], ("Anë", "Leka")]]
+    # No census yet, then the true census, then a census that calls the rarest keys the most common.
+    for setting in (
+        "DELETE FROM survivor_key_counts WHERE municipality = :m",
+        None,
+        "UPDATE survivor_key_counts SET survivors = 1000000 - survivors WHERE municipality = :m",
+    ):
+        if setting is None:
+            async with sessions() as session, session.begin():
+                assert municipality in await service.count_survivor_keys(session)
+        else:
+            await census(setting)
+        for query in queries:
+            assert await found(query) == expected(query), setting
+    assert any(len(expected(q)) > 1 for q in queries)  # the names do overlap, so this compares something
+
+
+async def test_key_census_counts_each_key_once_per_survivor_and_only_recounts_what_changed(intake: Stack) -> None:
+    municipality = new_municipality()
+    app = intake.apps["intake"]
+    sessions = app.state.runtime.sessions
+    keys = app.state.indexer.keyed("Lule Gashi", municipality)
+    for _ in range(3):
+        await reported(intake, municipality, survivor=survivor("Lule", "Gashi"))
+    async with sessions() as session, session.begin():
+        assert municipality in await service.count_survivor_keys(session)
+    async with sessions() as session, session.begin():
+        assert municipality not in await service.count_survivor_keys(session)  # nothing new
+        counts = dict(
+            (
+                await session.execute(
+                    sa.text("SELECT key, survivors FROM survivor_key_counts WHERE municipality = :m"),
+                    {"m": municipality},
+                )
+            ).all()
+        )
+    assert counts == {key: 3 for key in keys}
+    await reported(intake, municipality, survivor=survivor("Lule", "Gashi"))
+    # Another replica counting holds the lock: this one skips rather than waits or counts twice.
+    async with sessions() as holder, holder.begin():
+        await holder.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('mkr.intake.key_census'))"))
+        async with sessions() as session, session.begin():
+            assert await service.count_survivor_keys(session) == []
+    async with sessions() as session, session.begin():
+        assert municipality in await service.count_survivor_keys(session)
+        recount = await session.scalar(
+            sa.text("SELECT survivors FROM survivor_key_counts WHERE municipality = :m AND key = :k"),
+            {"m": municipality, "k": keys[0]},
+        )
+    assert recount == 4
