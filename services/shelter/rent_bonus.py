@@ -9,6 +9,7 @@ from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +17,7 @@ from services.shelter import domain, events
 from services.shelter.api import config_of, known_case
 from services.shelter.models import CaseProjection, RentBonusApplication, RentBonusBudget, RentBonusPayment
 from services.shelter.schemas import ApplicationCreate, ApplicationOut, BudgetIn, BudgetOut, Decision, PaymentOut
+from shared import idempotency
 from shared.auth import Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import Problem, conflict, invalid, not_found
@@ -98,24 +100,52 @@ def _payment_out(payment: RentBonusPayment) -> PaymentOut:
 
 
 @router.post("/applications", status_code=201, response_model=ApplicationOut)
-async def apply(body: ApplicationCreate, principal: Applicant, session: SessionDep, request: Request) -> ApplicationOut:
+async def apply(
+    body: ApplicationCreate,
+    principal: Applicant,
+    session: SessionDep,
+    request: Request,
+    idempotency_key: idempotency.IdempotencyKey = None,
+) -> ApplicationOut | JSONResponse:
+    """Submit an application (pending). With `Idempotency-Key`, a retry returns the first application."""
     require_own_municipality(principal, body.municipality)
+    if idempotency_key is None:
+        async with session.begin():
+            return await _submit(session, body, principal, request)
+    # Its own scope: a key a caller also used for a placement is not mistaken for this request.
+    scope, body_hash = f"{body.municipality}:rent-bonus", idempotency.request_hash(body)
     async with session.begin():
-        await known_case(session, body.case_id, body.municipality, config_of(request))
-        app = RentBonusApplication(
-            municipality=body.municipality,
-            case_id=body.case_id,
-            monthly_rent=body.monthly_rent,
-            household_size=body.household_size,
-            requested_months=body.requested_months,
-            submitted_by_role=principal.role.value,
-            submitted_by_sub=principal.sub,
-            submitted_by_member_id=principal.member_id,
-            submitted_at=_now(),
-        )
-        session.add(app)
-        await session.flush()
-        return await _application_out(session, app)
+        if await idempotency.claim(
+            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
+        ):
+            out = await _submit(session, body, principal, request)
+            await idempotency.remember(
+                session, scope=scope, caller=principal.sub, key=idempotency_key, status_code=201, answer=out
+            )
+            return out
+    return await idempotency.replay(
+        session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
+    )
+
+
+async def _submit(
+    session: AsyncSession, body: ApplicationCreate, principal: Principal, request: Request
+) -> ApplicationOut:
+    await known_case(session, body.case_id, body.municipality, config_of(request))
+    app = RentBonusApplication(
+        municipality=body.municipality,
+        case_id=body.case_id,
+        monthly_rent=body.monthly_rent,
+        household_size=body.household_size,
+        requested_months=body.requested_months,
+        submitted_by_role=principal.role.value,
+        submitted_by_sub=principal.sub,
+        submitted_by_member_id=principal.member_id,
+        submitted_at=_now(),
+    )
+    session.add(app)
+    await session.flush()
+    return await _application_out(session, app)
 
 
 @router.get("/applications", response_model=list[ApplicationOut])

@@ -306,3 +306,25 @@ async def test_social_services_read_only_their_institutions_applications(stack: 
     assert (
         await stack.shelter.get(f"/v1/rent-bonus/applications/{ours.json()['id']}", headers=coordinator)
     ).status_code == 200
+
+
+async def test_a_retried_application_with_its_key_is_one_application(stack: Stack) -> None:
+    m = new_municipality()
+    headers = {**stack.auth("coordinator", m, member_id="x"), "Idempotency-Key": str(uuid.uuid4())}
+    body = application_body(m)
+    answers = await asyncio.gather(
+        *(stack.shelter.post("/v1/rent-bonus/applications", json=body, headers=headers) for _ in range(5))
+    )
+    assert {a.status_code for a in answers} == {201}, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    again = await stack.shelter.post("/v1/rent-bonus/applications", json=body, headers=headers)
+    assert again.status_code == 201 and again.json() == answers[0].json()
+    other = await stack.shelter.post(
+        "/v1/rent-bonus/applications", json=application_body(m, household_size=4), headers=headers
+    )
+    assert other.status_code == 409
+    assert other.headers["content-type"].startswith("application/problem+json")
+    listed = await stack.shelter.get(
+        "/v1/rent-bonus/applications", params={"case_id": body["case_id"]}, headers=officer(stack, m)
+    )
+    assert [a["id"] for a in listed.json()] == [answers[0].json()["id"]]
