@@ -228,12 +228,15 @@ async def update_availability(
 async def known_case(
     session: AsyncSession, case_id: uuid.UUID, municipality: str, config: ShelterConfig
 ) -> CaseProjection | None:
-    """The projected case, or None while intake's event has not arrived (allowed unless configured)."""
+    """The projected case for a new placement or application, or None while intake's event has not arrived
+    (allowed unless configured); 409 while the case is closed."""
     case = await session.get(CaseProjection, case_id)
     if case is not None and case.municipality != municipality:
         raise not_found("case")
     if case is None and config.require_known_case:
         raise Problem(404, "Unknown case: intake has not reported it (yet).", title="Unknown case")
+    if case is not None and case.closed_at is not None:
+        raise conflict("The case is closed; reopen it at intake first.")
     return case
 
 

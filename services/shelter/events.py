@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -147,7 +148,10 @@ async def rent_bonus_ending(
 
 def make_handler(settings: Settings) -> Callable[[AsyncSession, Envelope], Awaitable[None]]:
     async def handle(session: AsyncSession, event: Envelope) -> None:
-        """Keep {case_id, case_number, municipality, needs} of each reported case; ignore the rest."""
+        """Keep {case_id, case_number, municipality, needs} of each reported case and whether it is closed."""
+        if event.type in ("case.closed", "case.reopened"):
+            await _closed(session, event)
+            return
         if event.type != "case.reported":
             return
         data = event.data
@@ -179,3 +183,21 @@ def make_handler(settings: Settings) -> Callable[[AsyncSession, Envelope], Await
         )
 
     return handle
+
+
+async def _closed(session: AsyncSession, event: Envelope) -> None:
+    """`case.closed` sets, `case.reopened` clears `closed_at` (events of one case arrive in order)."""
+    try:
+        case_id = uuid.UUID(str(event.data.get("case_id", event.subject)))
+    except ValueError:
+        return
+    closed_at: datetime | None = None
+    if event.type == "case.closed":
+        try:
+            closed_at = datetime.fromisoformat(str(event.data.get("closed_at")))
+        except ValueError:
+            closed_at = event.time
+        if closed_at.tzinfo is None:
+            closed_at = event.time
+    table = CaseProjection.__table__  # type: ignore[attr-defined]
+    await session.execute(sa.update(table).where(table.c.case_id == case_id).values(closed_at=closed_at))

@@ -61,7 +61,7 @@ class Placement(ShelterTable, table=True):
 
 
 class CaseProjection(ShelterTable, table=True):
-    """What intake's `case.reported` tells us: no identities, only what placements show."""
+    """What intake's `case.reported`, `case.closed` and `case.reopened` tell us: no identities."""
 
     __tablename__ = "case_projection"
 
@@ -70,6 +70,7 @@ class CaseProjection(ShelterTable, table=True):
     municipality: str
     needs: list[str] = Field(default_factory=list, sa_column=sa.Column(postgresql.JSONB, nullable=False))
     children_count: int | None = None
+    closed_at: datetime | None = Field(default=None, sa_type=_tz())
 
 
 class RentBonusApplication(ShelterTable, table=True):

@@ -93,9 +93,14 @@ async def report_case(stack: Stack, municipality: str, **data: Any) -> dict[str,
         "reported_by_member_id": None,
     }
     body.update(data)
-    event = make_event(
-        type_="case.reported", source="mkr/intake", subject=case_id, municipality=municipality, data=body
-    )
+    await send_intake_event(stack, "case.reported", municipality, body)
+    return body
+
+
+async def send_intake_event(stack: Stack, type_: str, municipality: str, data: dict[str, Any]) -> None:
+    """Publish one of intake's case events to the real broker, keyed by case id as intake does."""
+    case_id = str(data["case_id"])
+    event = make_event(type_=type_, source="mkr/intake", subject=case_id, municipality=municipality, data=data)
     settings = stack.settings
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all")
     await producer.start()
@@ -105,7 +110,6 @@ async def report_case(stack: Stack, municipality: str, **data: Any) -> dict[str,
         )
     finally:
         await producer.stop()
-    return body
 
 
 async def wait_projected(stack: Stack, case_id: str, municipality: str, shelter_id: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from tests.shelter.helpers import (
     placement_body,
     register,
     report_case,
+    send_intake_event,
     staff,
     wait_projected,
 )
@@ -304,3 +305,45 @@ async def test_bad_placement_input_is_422(stack: Stack) -> None:
         response = await stack.shelter.post("/v1/placements", json=placement_body(sid, **bad), headers=headers)
         assert response.status_code == 422, bad
         assert response.json()["errors"]
+
+
+async def test_a_case_closed_at_intake_gets_no_new_placement_until_reopened(stack: Stack) -> None:
+    """intake's case.closed and case.reopened, through the broker, reach the shelter's projection."""
+    m = new_municipality()
+    sid = (await register(stack, m, capacity=4))["id"]
+    coordinator = stack.auth("coordinator", m)
+    case = await report_case(stack, m)
+    case_id = case["case_id"]
+    first = await stack.shelter.post("/v1/placements", json=placement_body(sid, case_id), headers=coordinator)
+    assert first.status_code == 201, first.text
+    await wait_projected(stack, case_id, m, sid)
+    about = {"case_id": case_id, "case_number": case["case_number"]}
+    await send_intake_event(stack, "case.closed", m, about | {"closed_at": "2026-11-22T10:00:00+00:00"})
+
+    async def refused() -> bool:
+        again = await stack.shelter.post("/v1/placements", json=placement_body(sid, case_id), headers=coordinator)
+        assert again.status_code in (201, 409), again.text
+        if again.status_code == 201:  # the closure had not arrived yet: undo, try again
+            undo = await stack.shelter.post(
+                f"/v1/placements/{again.json()['id']}/discharge", json={"reason": "moved_on"}, headers=coordinator
+            )
+            assert undo.status_code == 200, undo.text
+            return False
+        assert again.headers["content-type"].startswith("application/problem+json")
+        assert "closed" in again.json()["detail"]
+        return True
+
+    await wait_for(refused, timeout=20, what="the case's closure at the shelter")
+    assert await _free_beds(stack, m, sid) == 3  # the placement made before the closure stays
+    application = {"case_id": case_id, "municipality": m, "monthly_rent": "20000.00", "household_size": 1,
+                   "requested_months": 3}
+    refused_bonus = await stack.shelter.post("/v1/rent-bonus/applications", json=application, headers=coordinator)
+    assert refused_bonus.status_code == 409, refused_bonus.text
+    await send_intake_event(stack, "case.reopened", m, about)
+
+    async def accepted() -> bool:
+        again = await stack.shelter.post("/v1/placements", json=placement_body(sid, case_id), headers=coordinator)
+        assert again.status_code in (201, 409), again.text
+        return again.status_code == 201
+
+    await wait_for(accepted, timeout=20, what="the case's reopening at the shelter")
