@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import uuid
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiosmtplib
 import httpx
@@ -167,23 +169,28 @@ class DeliveryWorker:
             subscription = await session.get(Subscription, delivery.subscription_id)
         if subscription is None or subscription.deleted_at is not None:
             raise SendFailed("subscription deleted")
-        await check_destination(subscription.url, runtime.settings.environment, runtime.settings.webhook_allowed_hosts)
+        addresses = await check_destination(
+            subscription.url, runtime.settings.environment, runtime.settings.webhook_allowed_hosts
+        )
         body = delivery.payload.encode()
-        try:
-            response = await client.post(
-                subscription.url,
-                content=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "User-Agent": "mkr-notifications/1",
-                    "X-MKR-Event-Id": str(delivery.event_id),
-                    "X-MKR-Event-Type": delivery.event_type,
-                    "X-MKR-Delivery-Id": str(delivery.id),
-                    "X-MKR-Signature": domain.signature(subscription.secret, body),
-                },
-            )
-        except httpx.HTTPError as exc:
-            raise SendFailed(f"no answer ({type(exc).__name__})") from exc
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "mkr-notifications/1",
+            "X-MKR-Event-Id": str(delivery.event_id),
+            "X-MKR-Event-Type": delivery.event_type,
+            "X-MKR-Delivery-Id": str(delivery.id),
+            "X-MKR-Signature": domain.signature(subscription.secret, body),
+        }
+        for index, address in enumerate(addresses):  # in the resolver's order, as a client would
+            url, host, extensions = pinned(subscription.url, address)
+            try:
+                response = await client.post(url, content=body, extensions=extensions, headers={**host, **headers})
+                break
+            except httpx.ConnectError as exc:
+                if index == len(addresses) - 1:
+                    raise SendFailed(f"no answer ({type(exc).__name__})") from exc
+            except httpx.HTTPError as exc:
+                raise SendFailed(f"no answer ({type(exc).__name__})") from exc
         if not 200 <= response.status_code < 300:
             raise SendFailed(f"HTTP {response.status_code}", response.status_code)
         return response.status_code
@@ -273,8 +280,9 @@ class DeliveryWorker:
 Resolver = Callable[[str, int], Any]
 
 
-async def check_destination(url: str, environment: str, allowed_hosts: list[str]) -> None:
-    """The URL rules plus the address its host resolves to now (refused if internal in production)."""
+async def check_destination(url: str, environment: str, allowed_hosts: list[str]) -> list[str]:
+    """The URL rules plus the addresses its host resolves to now (refused if internal in production);
+    returns those addresses, to connect to, so that nothing resolves the name again after the check."""
     try:
         host = domain.check_url(url, allowed_hosts=allowed_hosts)
     except domain.UnsafeUrl as exc:
@@ -290,3 +298,25 @@ async def check_destination(url: str, environment: str, allowed_hosts: list[str]
             domain.check_address(str(info[4][0]), environment=environment, allow_listed=allow_listed)
     except domain.UnsafeUrl as exc:
         raise SendFailed(str(exc)) from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise SendFailed("host does not resolve")
+    return addresses
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The URL with its host replaced by the checked address, the Host header, and the TLS server name.
+
+    The connection goes to the address that was checked (no second lookup a DNS-rebinding attacker could
+    answer differently), while the receiver still sees its own name in `Host`, SNI and the certificate
+    check."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    literal = f"[{ip}]" if ip.version == 6 else str(ip)
+    netloc = f"{literal}:{parts.port}" if parts.port is not None else literal
+    host_header = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        host_header = f"{host_header}:{parts.port}"
+    extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return urlunsplit(parts._replace(netloc=netloc)), {"Host": host_header}, extensions

@@ -335,3 +335,32 @@ async def test_two_delivery_workers_send_each_event_exactly_once(
             await second
     ids = [r.headers["x-mkr-event-id"] for r in webhook_receiver.at(path)]
     assert sorted(ids) == sorted(e["id"] for e in events)
+
+
+def test_webhook_requests_go_to_the_checked_address_under_the_receivers_own_name() -> None:
+    from services.notifications.delivery import pinned
+
+    assert pinned("https://hooks.example.org:8443/in?x=1", "203.0.113.7") == (
+        "https://203.0.113.7:8443/in?x=1",
+        {"Host": "hooks.example.org:8443"},
+        {"sni_hostname": "hooks.example.org"},
+    )
+    assert pinned("http://hooks.example.org/in", "2001:db8::5") == (
+        "http://[2001:db8::5]/in",
+        {"Host": "hooks.example.org"},
+        {},
+    )
+
+
+async def test_webhook_to_a_host_name_is_delivered_with_that_name_in_host(
+    fast: FastStack, webhook_receiver: WebhookReceiver
+) -> None:
+    town = new_municipality()
+    coordinator = fast.stack.auth("coordinator", town)
+    url = f"http://localhost:{webhook_receiver.port}/named/{town}"
+    await subscribe(fast, coordinator, url, ["case.reported"])
+    await fast.produce("intake", "case.reported", town, case_data())
+    [received] = await wait_for(
+        lambda: _at(webhook_receiver, f"/named/{town}", 1), timeout=20, what="a webhook delivery to a host name"
+    )
+    assert received.headers["host"] == f"localhost:{webhook_receiver.port}"
