@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from services.intake import service
 from services.intake.api import router
@@ -13,9 +15,12 @@ from services.intake.config import IntakeConfig
 from services.intake.events import on_referral_event
 from shared.app import ConsumerSpec, ServiceRuntime, create_service_app
 from shared.crypto import FieldCipher, SearchIndexer
+from shared.errors import problem_response
 from shared.events import REFERRAL_TOPIC
 from shared.scheduler import periodic
 from shared.settings import Settings, get_settings
+
+log = logging.getLogger("mkr.intake")
 
 
 def key_census(config: IntakeConfig) -> Callable[[ServiceRuntime], Awaitable[None]]:
@@ -27,6 +32,18 @@ def key_census(config: IntakeConfig) -> Callable[[ServiceRuntime], Awaitable[Non
         return 0  # never "more to do at once": under steady reporting a municipality is always a little stale
 
     return periodic("key_census", scan, lambda: config.key_census_seconds)
+
+
+async def _audited_denial(request: Request, exc: service.CaseHidden) -> JSONResponse:
+    """The 404 of a hidden case, after writing the attempt to the case's audit trail (its own transaction:
+    the request's was rolled back by the error)."""
+    runtime: ServiceRuntime = request.app.state.runtime
+    try:
+        async with runtime.sessions() as session, session.begin():
+            await service.record_denied(session, exc)
+    except Exception:  # the answer is still the 404; the failure is logged without the person or case
+        log.exception("could not audit a denied case access")
+    return problem_response(exc.status, exc.detail, title=exc.title, type_=exc.type, instance=request.url.path)
 
 
 def create_app(settings: Settings | None = None, config: IntakeConfig | None = None) -> FastAPI:
@@ -42,6 +59,7 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
         title="MKR intake",
     )
     app.state.intake_config = config
+    app.add_exception_handler(service.CaseHidden, _audited_denial)  # type: ignore[arg-type]
     app.state.cipher = FieldCipher.from_settings(settings)
     app.state.indexer = SearchIndexer.from_settings(settings)
     return app

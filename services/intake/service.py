@@ -27,7 +27,7 @@ from services.intake.models import (
     RiskScreenConfig,
 )
 from shared.auth import Principal
-from shared.errors import not_found
+from shared.errors import Problem, not_found
 
 
 async def next_case_number(session: AsyncSession, *, municipality: str, year: int, prefix: str) -> str:
@@ -299,8 +299,10 @@ async def get_visible_case(
     if for_update:
         stmt = stmt.with_for_update()
     case = (await session.execute(stmt)).scalar_one_or_none()
-    if case is None or case.municipality != principal.municipality:
+    if case is None:
         raise not_found("case")
+    if case.municipality != principal.municipality:
+        raise CaseHidden(case, principal)
     referred = False
     if principal.is_institution and principal.member_id is not None:
         referred = await session.get(CaseAccess, (case.id, principal.member_id)) is not None
@@ -310,8 +312,33 @@ async def get_visible_case(
         reported_by_member_id=case.reported_by_member_id,
         referred=referred,
     ):
-        raise not_found("case")
+        raise CaseHidden(case, principal)
     return case
+
+
+class CaseHidden(Problem):
+    """404 for a case that exists but is not the caller's to see, like one that does not exist. The app's
+    handler records the attempt in the case's audit trail once the request's transaction is over."""
+
+    def __init__(self, case: Case, principal: Principal) -> None:
+        super().__init__(404, "No such case.")
+        self.case_id = case.id
+        self.case_municipality = case.municipality
+        self.principal = principal
+
+
+async def record_denied(session: AsyncSession, denied: CaseHidden) -> None:
+    table = AuditEntry.__table__  # type: ignore[attr-defined]
+    await session.execute(
+        table.insert().values(
+            at=datetime.now(UTC),
+            case_id=denied.case_id,
+            municipality=denied.case_municipality,
+            sub=denied.principal.sub,
+            role=denied.principal.role.value,
+            action="case.access_denied",
+        )
+    )
 
 
 @dataclass

@@ -210,3 +210,23 @@ async def test_a_read_whose_audit_row_fails_is_refused(intake: Stack) -> None:
         async with engine.begin() as conn:
             await conn.execute(sa.text("DROP TRIGGER IF EXISTS test_refuse_audit ON audit_log"))
         await engine.dispose()
+
+
+async def test_refused_attempts_on_a_case_are_in_its_audit_trail_and_look_like_a_missing_case(intake: Stack) -> None:
+    municipality = new_municipality()
+    case = await reported(intake, municipality)
+    url = f"/v1/cases/{case['id']}"
+    elsewhere = intake.auth("coordinator", new_municipality(), sub="snoop-1")
+    not_referred = intake.auth("health", municipality, sub="snoop-2", member_id="m-health")
+    missing = await intake.intake.get(f"/v1/cases/{uuid.uuid4()}", headers=elsewhere)
+    for headers in (elsewhere, not_referred):
+        read = await intake.intake.get(url, headers=headers)
+        assert read.status_code == 404 and read.json()["detail"] == missing.json()["detail"]
+    write = await intake.intake.post(f"{url}/close", json={"reason": "x"}, headers=elsewhere)
+    assert write.status_code == 404
+    coordinator = intake.auth("coordinator", municipality)
+    trail = await intake.intake.get("/v1/audit", params={"case_id": case["id"]}, headers=coordinator)
+    denied = [(e["sub"], e["role"]) for e in trail.json() if e["action"] == "case.access_denied"]
+    assert denied == [("snoop-1", "coordinator"), ("snoop-2", "health"), ("snoop-1", "coordinator")]
+    shown = await intake.intake.get(url, headers=coordinator)
+    assert shown.json()["status"] == "open"  # the refused close changed nothing
