@@ -60,6 +60,8 @@ outbox_table = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True)),
 )
 sa.Index("ix_outbox_unpublished", outbox_table.c.id, postgresql_where=outbox_table.c.published_at.is_(None))
+# Statements built once, so compiled once: their rows go as parameters (several rows: one multi-row INSERT).
+_OUTBOX_INSERT = outbox_table.insert()
 
 # The next offset the broker acknowledged per partition: a broker that comes back with less has lost
 # events it had accepted (a memory broker restarted empty, a topic recreated), and the relay replays.
@@ -69,6 +71,11 @@ outbox_offsets_table = sa.Table(
     sa.Column("topic", sa.Text, primary_key=True),
     sa.Column("partition", sa.Integer, primary_key=True),
     sa.Column("next_offset", sa.BigInteger, nullable=False),
+)
+_offsets_insert = pg_insert(outbox_offsets_table)
+_OFFSETS_UPSERT = _offsets_insert.on_conflict_do_update(
+    index_elements=[outbox_offsets_table.c.topic, outbox_offsets_table.c.partition],
+    set_={"next_offset": sa.func.greatest(outbox_offsets_table.c.next_offset, _offsets_insert.excluded.next_offset)},
 )
 
 processed_events_table = sa.Table(
@@ -80,6 +87,15 @@ processed_events_table = sa.Table(
     sa.Column("status", sa.Text, nullable=False, server_default="done"),
     sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
+# The inbox rows of a batch in one statement of fixed text (one prepared statement whatever the batch size).
+_INBOX_INSERT = sa.text(
+    "INSERT INTO processed_events (consumer, event_id, event_type) "
+    "SELECT :consumer, e.event_id, e.event_type FROM unnest(:ids, :types) AS e(event_id, event_type) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+).bindparams(
+    sa.bindparam("ids", type_=sa.ARRAY(sa.Uuid())),
+    sa.bindparam("types", type_=sa.ARRAY(sa.Text())),
+).columns(event_id=sa.Uuid())
 
 
 def create_event_tables(op: Any) -> None:
@@ -130,13 +146,21 @@ async def publish(session: AsyncSession, settings: Settings, topic: str, event: 
     Call it after the change it announces (and after any row lock on the case), so that
     two transactions about one case get outbox ids in commit order.
     """
+    await publish_many(session, settings, topic, [(event, key)])
+
+
+async def publish_many(
+    session: AsyncSession, settings: Settings, topic: str, events: Sequence[tuple[Envelope, str]]
+) -> None:
+    """`publish` for several events in one statement; they get outbox ids (so go out) in the given order."""
+    if not events:
+        return
     await session.execute(
-        outbox_table.insert().values(
-            event_id=event.id,
-            topic=settings.topic(topic),
-            key=key,
-            payload=event.model_dump_json(),
-        )
+        _OUTBOX_INSERT,
+        [
+            {"event_id": event.id, "topic": settings.topic(topic), "key": key, "payload": event.model_dump_json()}
+            for event, key in events
+        ],
     )
 
 
@@ -393,15 +417,8 @@ class OutboxRelay:
                 await self._requeue(conn, lost)
                 ends = {tp: n for tp, n in ends.items() if tp[0] not in lost}
             if ends:
-                upsert = pg_insert(outbox_offsets_table).values(
-                    [{"topic": t, "partition": p, "next_offset": n} for (t, p), n in ends.items()]
-                )
                 await conn.execute(
-                    upsert.on_conflict_do_update(
-                        index_elements=[outbox_offsets_table.c.topic, outbox_offsets_table.c.partition],
-                        set_={"next_offset": sa.func.greatest(outbox_offsets_table.c.next_offset,
-                                                              upsert.excluded.next_offset)},
-                    )
+                    _OFFSETS_UPSERT, [{"topic": t, "partition": p, "next_offset": n} for (t, p), n in ends.items()]
                 )
             return len(rows)
 
@@ -425,10 +442,18 @@ Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 class EventConsumer:
     """An idempotent consumer: the event id is stored with the effect in one transaction.
 
-    Offsets are committed explicitly after the effect; a failing consumer is stopped and a
-    new one created. An event whose handler keeps failing is recorded as `failed` in
+    The records a fetch brings for one partition are applied in order in ONE transaction: the event
+    ids go into processed_events in one statement, ids already there (or repeated in the batch) are
+    skipped, and one commit covers them all. If that transaction fails, it is rolled back and the
+    events are applied again one by one, each in its own transaction, so one bad event cannot hold
+    back the others. Offsets are committed explicitly after the effect; a failing consumer is
+    stopped and a new one created. An event whose handler keeps failing is recorded as `failed` in
     processed_events (for operators) after `max_attempts`, so one bad event cannot stall a topic.
     """
+
+    # Events per transaction: bounds how long a batch holds its locks, and how long before its commit
+    # the first event's effects were computed.
+    MAX_BATCH = 50
 
     def __init__(
         self,
@@ -478,6 +503,7 @@ class EventConsumer:
             session_timeout_ms=10000,
             heartbeat_interval_ms=3000,
             metadata_max_age_ms=5000,
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
             client_id=f"mkr-{self.name}",
         )
 
@@ -511,17 +537,39 @@ class EventConsumer:
                 await _stop(consumer)
                 self.consumer = None
 
-    async def _handle_all(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        for record in records:
-            await self._handle(record)
-
-    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Envelope | None:
         try:
-            event = Envelope.model_validate_json(record.value or b"")
+            return Envelope.model_validate_json(record.value or b"")
         except ValidationError:
             EVENTS_CONSUMED.labels(self.name, "malformed").inc()
             log.warning("malformed event skipped", extra={"consumer": self.name, "offset": record.offset})
-            return
+            return None
+
+    async def _handle_all(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """One partition's records, in order: a transaction per chunk, one by one if a chunk fails."""
+        events = [event for event in map(self._parse, records) if event is not None]
+        for at in range(0, len(events), self.MAX_BATCH):
+            chunk = events[at : at + self.MAX_BATCH]
+            if len(chunk) > 1:
+                try:
+                    done = await self.apply_batch(chunk)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if _is_outage(exc):
+                        raise  # the database is away: recreate the consumer, the events come again
+                    log.warning(
+                        "event batch failed; applying its events one by one",
+                        extra={"consumer": self.name, "count": len(chunk), "error_class": type(exc).__name__},
+                    )
+                else:
+                    for applied in done:
+                        EVENTS_CONSUMED.labels(self.name, "applied" if applied else "duplicate").inc()
+                    continue
+            for event in chunk:
+                await self._handle(event)
+
+    async def _handle(self, event: Envelope) -> None:
         for attempt in range(1, self.max_attempts + 1):
             try:
                 done = await self.apply(event)
@@ -544,17 +592,38 @@ class EventConsumer:
 
     async def apply(self, event: Envelope) -> bool:
         """Apply one event once; returns False when it was already applied."""
+        return (await self.apply_batch([event]))[0]
+
+    async def apply_batch(self, events: Sequence[Envelope]) -> list[bool]:
+        """Apply events in order in one transaction, each once; per event, False when it was already applied.
+
+        All or nothing: if any handler fails, nothing of the batch stays (the caller may retry one by one).
+        """
         async with self.sessions() as session, session.begin():
-            inserted = await session.execute(
-                pg_insert(processed_events_table)
-                .values(consumer=self.name, event_id=event.id, event_type=event.type)
-                .on_conflict_do_nothing()
-                .returning(processed_events_table.c.event_id)
+            fresh = set(
+                (
+                    await session.execute(
+                        _INBOX_INSERT,
+                        {
+                            "consumer": self.name,
+                            "ids": [event.id for event in events],
+                            "types": [event.type for event in events],
+                        },
+                    )
+                ).scalars()
             )
-            if inserted.first() is None:
-                return False
-            await self.handler(session, event)
-            return True
+            done: list[bool] = []
+            for event in events:
+                applied = event.id in fresh
+                fresh.discard(event.id)  # the same event twice in one batch: the repeat is a duplicate
+                if applied:
+                    await self.handler(session, event)
+                    if len(events) > 1:
+                        # The next event starts from the database, as in a transaction of its own.
+                        await session.flush()
+                        session.expunge_all()
+                done.append(applied)
+            return done
 
     async def _record(self, event: Envelope, *, status: str) -> None:
         async with self.sessions() as session, session.begin():
@@ -600,4 +669,5 @@ __all__ = [
     "ensure_topics",
     "make_event",
     "publish",
+    "publish_many",
 ]

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(default=3, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_request_timeout_ms: int = Field(default=5000, ge=500)
+    # How long the broker may hold a consumer's fetch when there is nothing new. Apache Kafka answers as
+    # soon as a record arrives, so this only sets the idle polling rate; Tansu often holds the fetch for
+    # the whole wait even when records arrive meanwhile, so it is also the delivery latency there.
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10000)
 
     jwt_public_key: str | None = None  # PEM text, or a path to a PEM file
     jwt_jwks_url: str | None = None

@@ -33,7 +33,7 @@ from services.referral.models import (
     RoutingRuleSet,
     ShelterMember,
 )
-from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish
+from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish, publish_many
 from shared.settings import Settings
 
 SOURCE = "mkr/referral"
@@ -78,7 +78,7 @@ def _referral_fields(referral: Referral) -> dict[str, str]:
     }
 
 
-async def referral_created(session: AsyncSession, settings: Settings, referral: Referral) -> None:
+def _referral_created_event(referral: Referral) -> Envelope:
     data = {
         **_referral_fields(referral),
         "service": referral.service,
@@ -89,7 +89,14 @@ async def referral_created(session: AsyncSession, settings: Settings, referral: 
         "consent_override": referral.consent_override_reason is not None,
         "legal_exception": referral.legal_exception,
     }
-    await _emit(session, settings, "referral.created", referral.municipality, str(referral.case_id), data)
+    key = str(referral.case_id)
+    return make_event(
+        type_="referral.created", source=SOURCE, subject=key, municipality=referral.municipality, data=data
+    )
+
+
+async def referral_created(session: AsyncSession, settings: Settings, referral: Referral) -> None:
+    await publish(session, settings, REFERRAL_TOPIC, _referral_created_event(referral), key=str(referral.case_id))
 
 
 async def referral_status_changed(
@@ -180,103 +187,177 @@ def facts_of(case: CaseFact) -> domain.CaseFacts:
     )
 
 
+Directory = tuple[list[domain.RoutingRule], list[domain.MemberRef]]
+
+
+async def directory(session: AsyncSession, municipality: str) -> Directory:
+    """The municipality's routing rules (the defaults when it has not set its own) and active members, in
+    directory order: one query, kept for the rest of the session's transaction (the consumer's batch).
+
+    Members and rules change only through the API, never inside a consumer's transaction.
+    """
+    cache: dict[str, Directory] = session.info.setdefault("routing_directory", {})
+    if municipality in cache:
+        return cache[municipality]
+    rules = (
+        sa.select(col(RoutingRuleSet.rules))
+        .where(col(RoutingRuleSet.municipality) == municipality)
+        .scalar_subquery()
+    )
+    members = (
+        sa.select(col(Member.id), col(Member.kind), col(Member.created_at))
+        .where(col(Member.municipality) == municipality, col(Member.active).is_(True))
+        .subquery()
+    )
+    # One row even without members: the rules ride on every row.
+    rows = (
+        await session.execute(
+            sa.select(rules.label("rules"), members.c.id, members.c.kind)
+            .select_from(sa.select(sa.literal(1).label("one")).subquery().outerjoin(members, sa.true()))
+            .order_by(members.c.created_at, members.c.id)
+        )
+    ).all()
+    own = rows[0].rules
+    found = (
+        [domain.RoutingRule.model_validate(r) for r in own] if own is not None else list(domain.DEFAULT_RULES),
+        [domain.MemberRef(row.id, row.kind) for row in rows if row.id is not None],
+    )
+    cache[municipality] = found
+    return found
+
+
 async def route(
     session: AsyncSession, settings: Settings, config: ReferralConfig, case: CaseFact, event: Envelope
 ) -> None:
-    """Apply the routing rules to a case and store every decision, made or not."""
-    rules, _ = await rules_for(session, case.municipality)
-    members = (
-        await session.execute(
-            sa.select(col(Member.id), col(Member.kind))
-            .where(col(Member.municipality) == case.municipality, col(Member.active).is_(True))
-            .order_by(Member.created_at, Member.id)  # type: ignore[arg-type]
-        )
-    ).all()
-    decisions = domain.route_case(facts_of(case), rules, [domain.MemberRef(m.id, m.kind) for m in members])
-    now = _now()
-    for decision in decisions:
-        outcome: str = decision.outcome
-        referral_id: uuid.UUID | None = None
-        if decision.outcome == "refer" and decision.member_id is not None:
-            outcome, referral_id = await _refer(session, settings, config, case, decision, now)
-        elif decision.outcome == "no_member":
-            announced = await session.scalar(
-                sa.select(sa.func.count())
-                .select_from(RoutingDecision)
-                .where(
-                    RoutingDecision.case_id == case.case_id,  # type: ignore[arg-type]
-                    RoutingDecision.kind == decision.kind,  # type: ignore[arg-type]
-                    RoutingDecision.outcome == "no_member",  # type: ignore[arg-type]
-                )
-            )
-            if not announced:
-                await _emit(
-                    session,
-                    settings,
-                    "mechanism.gap",
-                    case.municipality,
-                    str(case.case_id),
-                    {
-                        "case_id": str(case.case_id),
-                        "case_number": case.case_number,
-                        "missing_kind": decision.kind,
-                        "rule": decision.reason,
-                    },
-                )
-        session.add(
-            RoutingDecision(
-                case_id=case.case_id,
-                municipality=case.municipality,
-                trigger=event.type,
-                event_id=event.id,
-                risk_level=case.risk_level,
-                kind=decision.kind,
-                rules=decision.rules,
-                urgency=decision.urgency,
-                outcome=outcome,
-                member_id=decision.member_id,
-                referral_id=referral_id,
-                legal_exception=decision.legal_exception,
-                at=now,
-            )
-        )
-    await session.flush()
+    """Apply the routing rules to a case and store every decision, made or not.
 
-
-async def _refer(
-    session: AsyncSession,
-    settings: Settings,
-    config: ReferralConfig,
-    case: CaseFact,
-    decision: domain.Decision,
-    now: datetime,
-) -> tuple[str, uuid.UUID | None]:
-    """One automatic referral, unless the member already has an active one for the case.
-
-    An active one still pending whose urgency the risk rise has raised is escalated instead: its
-    urgency goes up and its acknowledgement deadline is brought forward (never pushed back).
+    A fixed number of statements whatever the decisions: the directory (once per transaction and
+    municipality), the case's active referrals (locked), the new referrals, their events, the decisions.
     """
-    assert decision.member_id is not None
-    active = (
-        await session.execute(
-            sa.select(Referral)
-            .where(
-                Referral.case_id == case.case_id,  # type: ignore[arg-type]
-                Referral.to_member_id == decision.member_id,  # type: ignore[arg-type]
-                Referral.status.in_(domain.ACTIVE_STATUSES),  # type: ignore[attr-defined]
+    rules, members = await directory(session, case.municipality)
+    decisions = domain.route_case(facts_of(case), rules, members)
+    now = _now()
+    to_refer = [d for d in decisions if d.outcome == "refer" and d.member_id is not None]
+    active: dict[uuid.UUID, Referral] = {}
+    if to_refer:
+        for referral in (
+            await session.execute(
+                sa.select(Referral)
+                .where(
+                    col(Referral.case_id) == case.case_id,
+                    col(Referral.to_member_id).in_([d.member_id for d in to_refer]),
+                    col(Referral.status).in_(domain.ACTIVE_STATUSES),
+                )
+                .order_by(col(Referral.created_at), col(Referral.id))
+                .with_for_update()
             )
-            .with_for_update()
+        ).scalars():
+            active.setdefault(referral.to_member_id, referral)
+    gaps = [d.kind for d in decisions if d.outcome == "no_member"]
+    announced: set[str] = set()
+    if gaps:
+        announced = set(
+            (
+                await session.execute(
+                    sa.select(col(RoutingDecision.kind))
+                    .where(
+                        col(RoutingDecision.case_id) == case.case_id,
+                        col(RoutingDecision.kind).in_(gaps),
+                        col(RoutingDecision.outcome) == "no_member",
+                    )
+                    .distinct()
+                )
+            ).scalars()
         )
-    ).scalar_one_or_none()
-    if active is not None:
-        if active.status == "pending" and domain.URGENCY_ORDER[decision.urgency] > domain.URGENCY_ORDER[active.urgency]:
-            active.urgency = decision.urgency
-            active.ack_due_at = min(active.ack_due_at, domain.ack_due_at(now, decision.urgency, config.ack_seconds()))
-            active.updated_at = now
-            await session.flush()
-            return "escalated", active.id
-        return "already_referred", active.id
-    referral = Referral(
+
+    outcomes: list[tuple[str, uuid.UUID | None]] = []
+    new: dict[int, Referral] = {}  # decision index → the referral to insert
+    for i, decision in enumerate(decisions):
+        if decision.outcome != "refer" or decision.member_id is None:
+            outcomes.append((decision.outcome, None))
+            continue
+        existing = active.get(decision.member_id)
+        if existing is None:
+            new[i] = _auto_referral(config, case, decision, now)
+            outcomes.append(("referred", new[i].id))
+        elif existing.status == "pending" and (
+            domain.URGENCY_ORDER[decision.urgency] > domain.URGENCY_ORDER[existing.urgency]
+        ):
+            # A risk rise: the still-pending referral is escalated (deadline brought forward, never pushed back).
+            due = domain.ack_due_at(now, decision.urgency, config.ack_seconds())
+            existing.urgency = decision.urgency
+            existing.ack_due_at = min(existing.ack_due_at, due)
+            existing.updated_at = now
+            outcomes.append(("escalated", existing.id))
+        else:
+            outcomes.append(("already_referred", existing.id))
+    inserted: set[uuid.UUID] = set()
+    if new:
+        inserted = set(
+            (await session.execute(_AUTO_REFERRAL_INSERT, [r.model_dump() for r in new.values()])).scalars()
+        )
+        for i, referral in new.items():
+            if referral.id not in inserted:  # the same automatic referral exists already (not active any more)
+                outcomes[i] = ("already_referred", None)
+
+    announcements: list[tuple[Envelope, str]] = []
+    for i, decision in enumerate(decisions):
+        if i in new and new[i].id in inserted:
+            announcements.append((_referral_created_event(new[i]), str(case.case_id)))
+        elif decision.outcome == "no_member" and decision.kind not in announced:
+            data = {
+                "case_id": str(case.case_id),
+                "case_number": case.case_number,
+                "missing_kind": decision.kind,
+                "rule": decision.reason,
+            }
+            gap = make_event(
+                type_="mechanism.gap", source=SOURCE, subject=str(case.case_id), municipality=case.municipality,
+                data=data,
+            )
+            announcements.append((gap, str(case.case_id)))
+    await publish_many(session, settings, REFERRAL_TOPIC, announcements)
+    if decisions:
+        await session.execute(
+            _DECISION_INSERT,
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "case_id": case.case_id,
+                    "municipality": case.municipality,
+                    "trigger": event.type,
+                    "event_id": event.id,
+                    "risk_level": case.risk_level,
+                    "kind": decision.kind,
+                    "rules": decision.rules,
+                    "urgency": decision.urgency,
+                    "outcome": outcome,
+                    "member_id": decision.member_id,
+                    "referral_id": referral_id,
+                    "legal_exception": decision.legal_exception,
+                    "at": now,
+                }
+                for decision, (outcome, referral_id) in zip(decisions, outcomes, strict=True)
+            ],
+        )
+    await session.flush()  # escalations
+
+
+# Statements built once (compiled once); the rows go as parameters, in one multi-row INSERT each.
+_referrals = Referral.__table__  # type: ignore[attr-defined]
+_AUTO_REFERRAL_INSERT = (
+    pg_insert(_referrals)
+    .on_conflict_do_nothing(
+        index_elements=["case_id", "to_member_id", "reason"], index_where=sa.text("origin = 'auto'")
+    )
+    .returning(_referrals.c.id)
+)
+_DECISION_INSERT = sa.insert(RoutingDecision.__table__)  # type: ignore[attr-defined]
+
+
+def _auto_referral(config: ReferralConfig, case: CaseFact, decision: domain.Decision, now: datetime) -> Referral:
+    assert decision.member_id is not None
+    return Referral(
         case_id=case.case_id,
         case_number=case.case_number,
         municipality=case.municipality,
@@ -294,18 +375,6 @@ async def _refer(
         ack_due_at=domain.ack_due_at(now, decision.urgency, config.ack_seconds()),
         history=[{"status": "pending", "at": now.isoformat(), "by": SYSTEM}],
     )
-    inserted = await session.execute(
-        pg_insert(Referral)
-        .values(**referral.model_dump())
-        .on_conflict_do_nothing(
-            index_elements=["case_id", "to_member_id", "reason"], index_where=sa.text("origin = 'auto'")
-        )
-        .returning(col(Referral.id))
-    )
-    if inserted.first() is None:
-        return "already_referred", None
-    await referral_created(session, settings, referral)
-    return "referred", referral.id
 
 
 # --- the projection of other services' events -------------------------------------------------------
@@ -330,6 +399,17 @@ def _uuid(value: Any) -> uuid.UUID | None:
 
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+
+# A report (or a repeated one) sets every projected fact but `closed_at`; built once, compiled once.
+_case_insert = pg_insert(CaseFact)
+_CASE_UPSERT = _case_insert.on_conflict_do_update(
+    index_elements=["case_id"],
+    set_={
+        name: _case_insert.excluded[name]
+        for name in CaseFact.model_fields
+        if name not in ("case_id", "closed_at")
+    },
+).returning(CaseFact)
 
 
 def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
@@ -357,11 +437,10 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
             "reported_by_role": d.get("reported_by_role"),
             "reported_by_member_id": d.get("reported_by_member_id"),
         }
-        await session.execute(
-            pg_insert(CaseFact).values(**values).on_conflict_do_update(index_elements=["case_id"], set_=values)
-        )
-        case = await session.get(CaseFact, values["case_id"], populate_existing=True)
-        assert case is not None
+        # The projection row as stored, without reading it back.
+        case = (
+            await session.execute(_CASE_UPSERT, values, execution_options={"populate_existing": True})
+        ).scalar_one()
         await route(session, settings, config, case, event)
 
     async def on_risk_assessed(session: AsyncSession, event: Envelope) -> None:

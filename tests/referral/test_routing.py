@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import event as sa_event
 
+from services.referral.config import ReferralConfig
+from services.referral.events import make_handler
+from shared import db
+from shared.events import Envelope, EventConsumer, make_event
 from tests.referral.helpers import add_member, produce, published, referrals_of, reported, routing_of
 from tests.support import Stack, new_municipality
 
@@ -207,3 +213,55 @@ async def test_case_routing_of_another_municipality_is_404(stack: Stack, produce
     await routing_of(stack, m, data["case_id"])
     other = stack.auth("coordinator", new_municipality())
     assert (await stack.referral.get(f"/v1/cases/{data['case_id']}/routing", headers=other)).status_code == 404
+
+
+async def test_a_batch_of_events_is_routed_in_one_transaction_with_a_fixed_number_of_statements(
+    stack: Stack,
+) -> None:
+    """What the consumer does with the records a fetch brings for one partition: one transaction, the
+    directory read once, and per case.reported the same few statements whatever the decisions."""
+    m = new_municipality()
+    members = {kind: await add_member(stack, m, kind) for kind in ("social_services", "police", "child_protection",
+                                                                    "shelter")}  # fmt: skip
+    engine = db.create_engine(stack.settings, "referral")
+    statements: list[str] = []
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    consumer = EventConsumer(
+        name=f"referral.batch-{m}", settings=stack.settings, topics=[], sessions=db.session_factory(engine),
+        handler=make_handler(stack.settings, ReferralConfig()),
+    )  # fmt: skip
+
+    def case_event(type_: str, data: dict[str, Any]) -> Envelope:
+        return make_event(type_=type_, source="mkr/intake", subject=data["case_id"], municipality=m, data=data)
+
+    facts = {"source": "ngo", "needs": ["shelter"], "children_count": 1, "children_ages": [7],
+             "consent_share_with": ["social_services", "shelter"]}  # fmt: skip
+    alone, a, b = reported(m, **facts), reported(m, **facts), reported(m, **facts)
+    rise = {"case_id": a["case_id"], "case_number": a["case_number"], "risk_level": "high",
+            "previous_risk_level": "low", "yes_count": 3, "red_flags": ["threats_to_kill"]}  # fmt: skip
+    try:
+        assert await consumer.apply(case_event("case.reported", alone)) is True
+        single = len(statements)
+        statements.clear()
+        batch = [case_event("case.reported", a), case_event("case.reported", b), case_event("case.risk_assessed", rise)]
+        assert await consumer.apply_batch(batch) == [True, True, True]
+        batched = len(statements)
+    finally:
+        await engine.dispose()
+    # Inbox row, projection upsert, directory, active referrals, new referrals, their events, decisions:
+    # 7 for three referrals and a no-consent decision (17 when each decision had its own statements).
+    assert single <= 7, statements
+    # One inbox statement and one directory read for the batch; the risk rise reads and updates the case.
+    assert batched <= 1 + 6 + 5 + 8, statements
+
+    for case, count in ((alone, 3), (b, 3)):
+        found = await referrals_of(stack, m, case["case_id"], count)
+        assert sorted(r["to_member_kind"] for r in found) == ["child_protection", "shelter", "social_services"]
+    found = await referrals_of(stack, m, a["case_id"], 4)
+    by_kind = {r["to_member_kind"]: r for r in found}
+    assert {kind: r["to_member_id"] for kind, r in by_kind.items()} == {k: v["id"] for k, v in members.items()}
+    # The rise applied after the report in the same transaction: three pending referrals escalated, police added.
+    assert {r["urgency"] for r in found} == {"emergency"}
+    routing = await routing_of(stack, m, a["case_id"])
+    assert sorted(d["outcome"] for d in routing["decisions"]) == ["escalated"] * 3 + ["referred"] * 4
+    assert len(await published(stack, "referral.created", case_id=a["case_id"])) == 4

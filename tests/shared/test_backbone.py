@@ -144,6 +144,74 @@ async def test_failed_effect_leaves_no_trace_and_is_retried(settings: Settings, 
         assert await conn.scalar(sa.select(sa.func.count()).select_from(effects)) == 1
 
 
+async def test_a_batch_applies_each_event_once_and_in_order(settings: Settings, backbone_db: AsyncEngine) -> None:
+    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+
+    async def record_effect(session: AsyncSession, event: Envelope) -> None:
+        await session.execute(effects.insert().values(event_id=event.id))
+
+    consumer = EventConsumer(name="batch", settings=settings, topics=[TOPIC], sessions=sessions, handler=record_effect)
+    first, second, third = _event("k", 1), _event("k", 2), _event("k", 3)
+    assert await consumer.apply(second) is True
+    # A repeat inside the batch and an event applied before are both duplicates; the rest is applied in order.
+    assert await consumer.apply_batch([first, first, second, third]) == [True, False, False, True]
+    assert await consumer.apply_batch([third, first]) == [False, False]
+    async with backbone_db.connect() as conn:
+        rows = (await conn.execute(sa.select(effects.c.event_id).order_by(effects.c.id))).scalars().all()
+        inbox = await conn.scalar(sa.text("SELECT count(*) FROM processed_events WHERE consumer = 'batch'"))
+    assert list(rows) == [second.id, first.id, third.id]
+    assert inbox == 3
+
+
+async def test_a_failing_event_in_a_batch_holds_back_nothing(settings: Settings, backbone_db: AsyncEngine) -> None:
+    """The batch's transaction fails as a whole; its events are then applied one by one: each good one once,
+    in order, the bad one recorded as failed."""
+    settings = settings.model_copy(update={"kafka_topic_prefix": f"b{uuid.uuid4().hex[:6]}."})
+    await ensure_topics(settings)
+    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+    good = [_event("case-b", n) for n in range(3)]
+    poison = _event("case-b", 99)
+    calls: dict[uuid.UUID, int] = {}
+
+    async def handler(session: AsyncSession, event: Envelope) -> None:
+        calls[event.id] = calls.get(event.id, 0) + 1
+        await session.execute(effects.insert().values(event_id=event.id))
+        if event.id == poison.id:
+            raise ValueError("this event cannot be applied")
+
+    name = f"poison-{uuid.uuid4().hex[:6]}"
+    consumer = EventConsumer(
+        name=name, settings=settings, topics=[TOPIC], sessions=sessions, handler=handler, max_attempts=2
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        # On the topic before the consumer starts: its first fetch brings all four, one partition, one batch.
+        for event in (good[0], poison, good[1], good[2]):
+            await producer.send_and_wait(settings.topic(TOPIC), event.model_dump_json().encode(), key=b"case-b")
+        await consumer.start()
+
+        async def settled() -> list[str]:
+            async with backbone_db.connect() as conn:
+                rows = (
+                    await conn.execute(sa.text("SELECT status FROM processed_events WHERE consumer = :c"), {"c": name})
+                ).scalars().all()
+                return list(rows) if len(rows) == 4 else []
+
+        statuses = await wait_for(settled, timeout=30, what="all four events to be settled")
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    assert sorted(statuses) == ["done", "done", "done", "failed"]
+    async with backbone_db.connect() as conn:
+        rows = (await conn.execute(sa.select(effects.c.event_id).order_by(effects.c.id))).scalars().all()
+    assert [r for r in rows if r in {e.id for e in good} | {poison.id}] == [e.id for e in good]
+    # The first good event ran in the failed batch and again on its own; the bad one once there, twice alone.
+    assert calls[good[0].id] == 2
+    assert calls[poison.id] == 3
+    assert EVENTS_CONSUMED.labels(name, "failed")._value.get() == 1
+
+
 async def test_event_rows_never_hold_personal_fields() -> None:
     envelope = Envelope(type="t", source="s", subject="x", municipality="m")
     assert set(json.loads(envelope.model_dump_json())) == {
