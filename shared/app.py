@@ -31,6 +31,9 @@ class ConsumerSpec:
     name: str
     topics: Sequence[str]
     handler: Handler
+    # Events applied per transaction (None: EventConsumer.MAX_BATCH). 1 for a handler whose events take
+    # shared locks in differing orders, where batches of two partitions could deadlock.
+    max_batch: int | None = None
 
 
 BackgroundJob = Callable[["ServiceRuntime"], Awaitable[None]]
@@ -84,6 +87,7 @@ def create_service_app(
                 topics=spec.topics,
                 sessions=runtime.sessions,
                 handler=spec.handler,
+                max_batch=spec.max_batch,
             )
             runtime.consumers.append(consumer)
             await consumer.start()

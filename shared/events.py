@@ -464,8 +464,10 @@ class EventConsumer:
         sessions: async_sessionmaker[AsyncSession],
         handler: Handler,
         max_attempts: int = 5,
+        max_batch: int | None = None,
     ) -> None:
         self.name = name
+        self.max_batch = max_batch or self.MAX_BATCH
         self.settings = settings
         self.topics = [settings.topic(t) for t in topics]
         self.sessions = sessions
@@ -548,8 +550,8 @@ class EventConsumer:
     async def _handle_all(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """One partition's records, in order: a transaction per chunk, one by one if a chunk fails."""
         events = [event for event in map(self._parse, records) if event is not None]
-        for at in range(0, len(events), self.MAX_BATCH):
-            chunk = events[at : at + self.MAX_BATCH]
+        for at in range(0, len(events), self.max_batch):
+            chunk = events[at : at + self.max_batch]
             if len(chunk) > 1:
                 try:
                     done = await self.apply_batch(chunk)

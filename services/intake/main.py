@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 
 from services.intake import service
 from services.intake.api import router
@@ -35,15 +36,21 @@ def key_census(config: IntakeConfig) -> Callable[[ServiceRuntime], Awaitable[Non
 
 
 async def _audited_denial(request: Request, exc: service.CaseHidden) -> JSONResponse:
-    """The 404 of a hidden case, after writing the attempt to the case's audit trail (its own transaction:
-    the request's was rolled back by the error)."""
+    """The 404 of a hidden case, then the attempt written to the case's audit trail: after the answer is
+    sent (so its timing does not tell a hidden case from a missing one), in a transaction of its own (the
+    request's was rolled back by the error)."""
     runtime: ServiceRuntime = request.app.state.runtime
-    try:
-        async with runtime.sessions() as session, session.begin():
-            await service.record_denied(session, exc)
-    except Exception:  # the answer is still the 404; the failure is logged without the person or case
-        log.exception("could not audit a denied case access")
-    return problem_response(exc.status, exc.detail, title=exc.title, type_=exc.type, instance=request.url.path)
+
+    async def record() -> None:
+        try:
+            async with runtime.sessions() as session, session.begin():
+                await service.record_denied(session, exc)
+        except Exception as error:  # logged by class only: the message could name the caller or the case
+            log.error("could not audit a denied case access", extra={"error_class": type(error).__name__})
+
+    response = problem_response(exc.status, exc.detail, title=exc.title, type_=exc.type, instance=request.url.path)
+    response.background = BackgroundTask(record)
+    return response
 
 
 def create_app(settings: Settings | None = None, config: IntakeConfig | None = None) -> FastAPI:

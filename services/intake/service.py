@@ -265,8 +265,10 @@ async def search_cases(
         if keys:
             hits = (
                 sa.text(
-                    f"""SELECT s.case_id, {_SHARED}::float / :n AS score FROM survivor_index s
-                        WHERE s.municipality = :m AND s.name_keys && CAST(:probe AS text[])"""
+                    f"""SELECT case_id, score FROM (
+                            SELECT s.case_id, {_SHARED}::float / :n AS score FROM survivor_index s
+                            WHERE s.municipality = :m AND s.name_keys && CAST(:probe AS text[])
+                        ) AS named WHERE score >= :threshold"""
                 )
                 .columns(sa.column("case_id", sa.Uuid), sa.column("score", sa.Float))
                 .subquery("hits")
@@ -283,6 +285,7 @@ async def search_cases(
         "n": max(len(keys), 1),
         "probe": await probe_keys(session, municipality, keys, threshold) if keys else [],
         "m": municipality,
+        "threshold": threshold,
     }
     rows: list[Any] = list((await session.execute(stmt, params)).all())
     return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows]

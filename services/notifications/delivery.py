@@ -120,8 +120,13 @@ class DeliveryWorker:
         self.notifier = notifier
 
     async def run(self, runtime: ServiceRuntime) -> None:
+        # No kept-alive connections: requests go to an address (see `pinned`), and a pool keyed by address
+        # would reuse a TLS connection verified for one host name for another host on the same address.
         async with httpx.AsyncClient(
-            timeout=self.config.webhook_timeout_seconds, follow_redirects=False, trust_env=False
+            timeout=self.config.webhook_timeout_seconds,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         ) as client:
             while not runtime.stopping.is_set():
                 self.notifier.deliveries_due.clear()
@@ -181,13 +186,14 @@ class DeliveryWorker:
             "X-MKR-Delivery-Id": str(delivery.id),
             "X-MKR-Signature": domain.signature(subscription.secret, body),
         }
-        for index, address in enumerate(addresses):  # in the resolver's order, as a client would
+        tried = interleaved(addresses)[:MAX_ADDRESSES]  # bounded: each may take the whole connect timeout
+        for index, address in enumerate(tried):
             url, host, extensions = pinned(subscription.url, address)
             try:
                 response = await client.post(url, content=body, extensions=extensions, headers={**host, **headers})
                 break
-            except httpx.ConnectError as exc:
-                if index == len(addresses) - 1:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # not reached: the next address
+                if index == len(tried) - 1:
                     raise SendFailed(f"no answer ({type(exc).__name__})") from exc
             except httpx.HTTPError as exc:
                 raise SendFailed(f"no answer ({type(exc).__name__})") from exc
@@ -302,6 +308,21 @@ async def check_destination(url: str, environment: str, allowed_hosts: list[str]
     if not addresses:
         raise SendFailed("host does not resolve")
     return addresses
+
+
+MAX_ADDRESSES = 3
+
+
+def interleaved(addresses: list[str]) -> list[str]:
+    """The resolver's order, alternating IPv6 and IPv4 (as happy eyeballs would), so one family that
+    silently drops traffic does not use up every attempt."""
+    v6 = [a for a in addresses if ":" in a]
+    v4 = [a for a in addresses if ":" not in a]
+    first, second = (v6, v4) if addresses and ":" in addresses[0] else (v4, v6)
+    out: list[str] = []
+    for i in range(max(len(first), len(second))):
+        out += first[i : i + 1] + second[i : i + 1]
+    return out
 
 
 def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:

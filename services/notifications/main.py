@@ -25,7 +25,9 @@ def create_app(settings: Settings | None = None, config: NotificationsConfig | N
         settings=settings,
         routers=[router],
         migrations=Path(__file__).parent / "migrations",
-        consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config))],
+        # One event per transaction: alert inserts take a global lock and bed events a row lock, in an order
+        # that differs between events, so batches of two partitions could deadlock each other.
+        consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config), max_batch=1)],
         background=[notifier.run, worker.run, protection_order_scheduler(config)],
         title="MKR notifications",
     )

@@ -221,6 +221,9 @@ async def decide(
             raise conflict(f"The application is already {app.status}.")
         now = _now()
         if body.approved:
+            case = await session.get(CaseProjection, app.case_id)
+            if case is not None and case.closed_at is not None:
+                raise conflict("The case is closed; reopen it at intake first, or reject the application.")
             assert body.monthly_amount is not None and body.start_month is not None and body.months is not None
             start = domain.parse_month(body.start_month)
             # Budget rows locked in year order: concurrent decisions queue here and never deadlock.

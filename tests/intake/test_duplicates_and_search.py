@@ -168,7 +168,8 @@ def params_for_call(params: dict[str, Any]) -> dict[str, Any]:
 
 def test_probe_size_is_the_pigeonhole_bound() -> None:
     # n keys, a match must share ceil(share * n) of them: probing n - that + 1 keys cannot miss it.
-    table = [(13, 0.45, 8), (20, 0.45, 12), (10, 0.5, 6), (10, 1.0, 1), (1, 0.45, 1), (7, 0.01, 7)]
+    # 0.56 * 275 is 154.00000000000003 in floating point: the bound must still read it as 154.
+    table = [(13, 0.45, 8), (20, 0.45, 12), (10, 0.5, 6), (10, 1.0, 1), (1, 0.45, 1), (7, 0.01, 7), (275, 0.56, 122)]
     for n, share, probe in table:
         assert service.probe_size(n, share) == probe, (n, share)
 

@@ -221,7 +221,13 @@ async def test_refused_attempts_on_a_case_are_in_its_audit_trail_and_look_like_a
     missing = await intake.intake.get(f"/v1/cases/{uuid.uuid4()}", headers=elsewhere)
     for headers in (elsewhere, not_referred):
         read = await intake.intake.get(url, headers=headers)
-        assert read.status_code == 404 and read.json()["detail"] == missing.json()["detail"]
+        assert read.status_code == 404
+        # The same answer as for a case that does not exist, but for the path it names.
+        assert {k: v for k, v in read.json().items() if k != "instance"} == {
+            k: v for k, v in missing.json().items() if k != "instance"
+        }
+        same_headers = {"content-type", "content-length"}
+        assert {k: read.headers.get(k) for k in same_headers} == {k: missing.headers.get(k) for k in same_headers}
     write = await intake.intake.post(f"{url}/close", json={"reason": "x"}, headers=elsewhere)
     assert write.status_code == 404
     coordinator = intake.auth("coordinator", municipality)

@@ -318,6 +318,10 @@ async def test_a_case_closed_at_intake_gets_no_new_placement_until_reopened(stac
     assert first.status_code == 201, first.text
     await wait_projected(stack, case_id, m, sid)
     about = {"case_id": case_id, "case_number": case["case_number"]}
+    application = {"case_id": case_id, "municipality": m, "monthly_rent": "20000.00", "household_size": 1,
+                   "requested_months": 3}
+    pending = await stack.shelter.post("/v1/rent-bonus/applications", json=application, headers=coordinator)
+    assert pending.status_code == 201, pending.text
     await send_intake_event(stack, "case.closed", m, about | {"closed_at": "2026-11-22T10:00:00+00:00"})
 
     async def refused() -> bool:
@@ -335,10 +339,14 @@ async def test_a_case_closed_at_intake_gets_no_new_placement_until_reopened(stac
 
     await wait_for(refused, timeout=20, what="the case's closure at the shelter")
     assert await _free_beds(stack, m, sid) == 3  # the placement made before the closure stays
-    application = {"case_id": case_id, "municipality": m, "monthly_rent": "20000.00", "household_size": 1,
-                   "requested_months": 3}
     refused_bonus = await stack.shelter.post("/v1/rent-bonus/applications", json=application, headers=coordinator)
     assert refused_bonus.status_code == 409, refused_bonus.text
+    officer = stack.auth("housing_officer", m)
+    approval = {"approved": True, "monthly_amount": "20000.00", "start_month": "2026-01", "months": 1, "reason": "ok"}
+    refused_approval = await stack.shelter.post(
+        f"/v1/rent-bonus/applications/{pending.json()['id']}/decision", json=approval, headers=officer
+    )
+    assert refused_approval.status_code == 409 and "closed" in refused_approval.json()["detail"]
     await send_intake_event(stack, "case.reopened", m, about)
 
     async def accepted() -> bool:
