@@ -9,7 +9,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -80,6 +80,9 @@ async def record_audit_many(session: AsyncSession, principal: Principal, cases: 
             for case in cases
         ],
     )
+
+
+T = TypeVar("T", RiskAssessment, ProtectionOrder, ConsentRecord)
 
 
 # --- duplicates and search: keyed trigrams compared in SQL -------------------------------------------------
@@ -352,28 +355,17 @@ class CaseRecords:
 
 
 async def case_records(session: AsyncSession, case_id: uuid.UUID) -> CaseRecords:
-    assessments = (
-        await session.execute(
-            sa.select(RiskAssessment)
-            .where(RiskAssessment.case_id == case_id)  # type: ignore[arg-type]
-            .order_by(RiskAssessment.assessed_at)  # type: ignore[arg-type]
-        )
-    ).scalars()
-    orders = (
-        await session.execute(
-            sa.select(ProtectionOrder)
-            .where(ProtectionOrder.case_id == case_id)  # type: ignore[arg-type]
-            .order_by(ProtectionOrder.recorded_at)  # type: ignore[arg-type]
-        )
-    ).scalars()
-    consents = (
-        await session.execute(
-            sa.select(ConsentRecord)
-            .where(ConsentRecord.case_id == case_id)  # type: ignore[arg-type]
-            .order_by(ConsentRecord.id)  # type: ignore[arg-type]
-        )
-    ).scalars()
-    return CaseRecords(list(assessments), list(orders), list(consents))
+    return CaseRecords(
+        await _records(session, RiskAssessment, case_id, RiskAssessment.assessed_at),
+        await _records(session, ProtectionOrder, case_id, ProtectionOrder.recorded_at),
+        await _records(session, ConsentRecord, case_id, ConsentRecord.id),
+    )
+
+
+async def _records(session: AsyncSession, model: type[T], case_id: uuid.UUID, order: Any) -> list[T]:
+    """A case's rows of one record table, in `order`."""
+    stmt = sa.select(model).where(model.case_id == case_id).order_by(order)  # type: ignore[arg-type]
+    return list((await session.execute(stmt)).scalars())
 
 
 def current_consent(records: list[ConsentRecord]) -> tuple[list[str], list[str]]:
