@@ -21,6 +21,7 @@ from shared.errors import Problem, forbidden, unauthorized
 from shared.settings import Settings
 
 ALGORITHMS = ["RS256", "ES256"]  # pinned: never HS*, never none
+FUTURE_IAT_SECONDS = 60  # an `iat` further ahead than this is refused (CONTRACT §2)
 MUNICIPALITY_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 
 
@@ -144,7 +145,21 @@ class TokenVerifier:
             )
         except JOSEError as exc:
             raise unauthorized("The token is invalid or expired.") from exc
+        check_lifetime(claims, self.settings.jwt_max_lifetime_seconds)
         return principal_from_claims(claims)
+
+
+def check_lifetime(claims: dict[str, Any], max_lifetime: int, now: float | None = None) -> None:
+    """CONTRACT §2: `exp - iat` at most `max_lifetime` seconds, `iat` at most 60 s in the future (401)."""
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if isinstance(exp, bool) or isinstance(iat, bool) or not isinstance(exp, int | float) or not isinstance(
+        iat, int | float
+    ):
+        raise unauthorized("The token's exp and iat must be numbers.")
+    if exp - iat > max_lifetime:
+        raise unauthorized("The token lives longer than this service accepts.")
+    if iat > (time.time() if now is None else now) + FUTURE_IAT_SECONDS:
+        raise unauthorized("The token was issued in the future.")
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

@@ -23,8 +23,9 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if not (MUNICIPALITY_RE.match(args.municipality) or (args.municipality == "*" and role is Role.auditor)):
         print("municipality must be a slug such as 'elbasan' ('*' only for auditor)", file=sys.stderr)
         return 2
-    if args.ttl <= 0 or args.ttl > 7 * 24 * 3600:
-        print("--ttl must be between 1 and 604800 seconds", file=sys.stderr)
+    if args.ttl <= 0 or args.ttl > settings.jwt_max_lifetime_seconds:
+        # The services refuse a token living longer than MKR_JWT_MAX_LIFETIME_SECONDS (shared/auth.py).
+        print(f"--ttl must be between 1 and {settings.jwt_max_lifetime_seconds} seconds", file=sys.stderr)
         return 2
     ensure_local_keypair(settings)
     print(
@@ -59,6 +60,30 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     asyncio.run(_run())
     return 0
+
+
+def _cmd_audit_verify(_: argparse.Namespace) -> int:
+    """Recompute intake's audit hash chain; name the first broken link (exit 1), else print the head."""
+    from services.intake.audit import verify
+    from shared.db import create_engine
+
+    settings = Settings()
+
+    async def _run() -> int:
+        engine = create_engine(settings, "intake")
+        try:
+            async with engine.connect() as conn:
+                verdict = await verify(conn)
+        finally:
+            await engine.dispose()
+        if verdict.broken is not None:
+            link = verdict.broken
+            print(f"audit chain broken at seq {link.seq} (row id {link.id}): {link.reason}", file=sys.stderr)
+            return 1
+        print(f"audit chain intact: {verdict.rows} rows, head {verdict.head}")
+        return 0
+
+    return asyncio.run(_run())
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -103,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     mig = sub.add_parser("migrate", help="create the services' databases and run their migrations")
     mig.add_argument("--service", choices=SERVICES)
     mig.set_defaults(func=_cmd_migrate)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check intake's audit hash chain; exit 1 at its first broken link")
+    verify.set_defaults(func=_cmd_audit_verify)
 
     serve = sub.add_parser("serve", help="run one service (uvicorn)")
     serve.add_argument("--service", required=True, choices=SERVICES)

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     jwt_issuer: str = "mkr-local"
     jwt_audience: str = "mkr"
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    # A token living longer than this (exp - iat, seconds) is refused (401), however it was signed.
+    jwt_max_lifetime_seconds: int = Field(default=86400, ge=60)
 
     host: str = "127.0.0.1"
     intake_port: int = 8001

@@ -235,11 +235,25 @@ async def assess_risk(
         assessment = casefile.new_assessment(case.id, body.risk_answers, result, judgement, principal, now)
         session.add(assessment)
         previous = case.risk_level
-        case.risk_level = result.risk_level
+        # CONTRACT §2: only the coordinator lowers a level; anyone else's lower result is kept in the
+        # history (the assessment row), the level stays, and the coordinator is asked to review it.
+        review = principal.role is not Role.coordinator and domain.LEVELS.index(
+            result.risk_level
+        ) < domain.LEVELS.index(previous)
+        if not review:
+            case.risk_level = result.risk_level
         session.add(case)
         await session.flush()
         await service.record_audit(session, principal, case, "case.risk_assessed")
-        if previous != result.risk_level:
+        if review:
+            await events.risk_review_requested(
+                session,
+                request.app.state.settings,
+                case,
+                proposed=result.risk_level,
+                assessed_by_role=principal.role.value,
+            )
+        elif previous != result.risk_level:
             await events.case_risk_assessed(
                 session,
                 request.app.state.settings,
@@ -251,11 +265,13 @@ async def assess_risk(
     request.app.state.runtime.relay.wake()
     return RiskAssessmentResult(
         id=assessment.id,
-        risk_level=RiskLevel(result.risk_level),
+        risk_level=RiskLevel(case.risk_level),
         previous_risk_level=RiskLevel(previous),
         yes_count=result.yes_count,
         red_flags=result.red_flags,
         assessed_at=now,
+        review_requested=review,
+        proposed_risk_level=RiskLevel(result.risk_level) if review else None,
     )
 
 
@@ -300,6 +316,11 @@ async def change_consent(
 ) -> ConsentOut:
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        # CONTRACT §2: consent binds: only the coordinator and the reporting institution change it.
+        if principal.role is not Role.coordinator and not domain.is_reporter(
+            principal, case.reported_by_sub, case.reported_by_member_id
+        ):
+            raise forbidden("Only the coordinator and the institution that reported the case may change consent.")
         now = datetime.now(UTC)
         for kinds, given in ((body.share_with, True), (body.withdraw, False)):
             for kind in sorted(set(kinds)):
@@ -376,7 +397,7 @@ async def get_audit(case_id: uuid.UUID, principal: AuditReader, session: Session
         if case is None or not principal.sees_municipality(case.municipality):
             raise not_found("case")
         rows = await service.audit_trail(session, case.id)
-    return [AuditEntry(at=r.at, sub=r.sub, role=r.role, action=r.action, case_id=r.case_id) for r in rows]
+    return [AuditEntry(at=r.at, sub=r.sub, role=r.role, action=r.action, case_id=case.id) for r in rows]
 
 
 def _screen_out(municipality: str, screen: domain.RiskScreen, is_default: bool) -> RiskScreenOut:

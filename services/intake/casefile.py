@@ -130,6 +130,7 @@ async def create_case(
     await session.flush()
     duplicates = await service.possible_duplicates(
         session,
+        viewer=principal,
         municipality=body.municipality,
         keys=keys,
         birth_year=birth_year,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake.models import Case, CaseAccess, ProtectionOrder
+from services.intake.models import Case, ProtectionOrder, ReferralAccess
 from shared.events import INTAKE_TOPIC, Envelope, make_event, publish
 from shared.settings import Settings
 
@@ -115,24 +115,56 @@ async def case_reopened(session: AsyncSession, settings: Settings, case: Case) -
     await _emit(session, settings, case, "case.reopened", {})
 
 
+async def risk_review_requested(
+    session: AsyncSession, settings: Settings, case: Case, *, proposed: str, assessed_by_role: str
+) -> None:
+    """A reassessment by someone other than the coordinator would have lowered the level: kept, not
+    applied, and the coordinator asked to review it (CONTRACT §2)."""
+    await _emit(
+        session,
+        settings,
+        case,
+        "case.risk_review_requested",
+        {"risk_level": case.risk_level, "proposed_risk_level": proposed, "assessed_by_role": assessed_by_role},
+    )
+
+
+# The referral life cycle as stages: a status only ever moves to a later stage, so applying the latest
+# stage seen is order-safe (a late `created` never undoes a `cancelled`). The last stage is final.
+REFERRAL_STAGES = {"pending": 0, "acknowledged": 1, "accepted": 2, "completed": 3, "declined": 3, "cancelled": 3}
+
+
 async def on_referral_event(session: AsyncSession, event: Envelope) -> None:
-    """`referral.created` → the receiving institution may read the case (idempotent by primary key)."""
-    if event.type != "referral.created":
+    """`referral.created` and `referral.status_changed` → what each referral lets its institution read.
+
+    Idempotent (an upsert) and order-safe: a referral's row only moves to a later stage of its life cycle."""
+    if event.type not in ("referral.created", "referral.status_changed"):
         return
     data = event.data
+    status = str(data.get("status") or ("pending" if event.type == "referral.created" else ""))
+    if status not in REFERRAL_STAGES:
+        return
     try:
+        referral_id = uuid.UUID(str(data["referral_id"]))
         case_id = uuid.UUID(str(data["case_id"]))
         member_id = str(data["to_member_id"])
     except (KeyError, ValueError):
         return
-    referral_id: uuid.UUID | None
-    try:
-        referral_id = uuid.UUID(str(data.get("referral_id")))
-    except ValueError:
-        referral_id = None
-    table = CaseAccess.__table__  # type: ignore[attr-defined]
+    table = ReferralAccess.__table__  # type: ignore[attr-defined]
+    stage = REFERRAL_STAGES[status]
+    insert = pg_insert(table).values(
+        referral_id=referral_id,
+        case_id=case_id,
+        member_id=member_id,
+        status=status,
+        stage=stage,
+        updated_at=datetime.now(UTC),
+    )
     await session.execute(
-        pg_insert(table)
-        .values(case_id=case_id, member_id=member_id, referral_id=referral_id, granted_at=datetime.now(UTC))
-        .on_conflict_do_nothing()
+        insert.on_conflict_do_update(
+            index_elements=[table.c.referral_id],
+            set_={"status": insert.excluded.status, "stage": insert.excluded.stage,
+                  "updated_at": insert.excluded.updated_at},
+            where=table.c.stage < insert.excluded.stage,
+        )
     )

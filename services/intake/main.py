@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from services.intake import service
@@ -15,8 +17,9 @@ from services.intake.api import router
 from services.intake.config import IntakeConfig
 from services.intake.events import on_referral_event
 from shared.app import ConsumerSpec, ServiceRuntime, create_service_app
+from shared.auth import Principal
 from shared.crypto import FieldCipher, SearchIndexer
-from shared.errors import problem_response
+from shared.errors import Problem, problem_response
 from shared.events import REFERRAL_TOPIC
 from shared.scheduler import periodic
 from shared.settings import Settings, get_settings
@@ -53,6 +56,34 @@ async def _audited_denial(request: Request, exc: service.CaseHidden) -> JSONResp
     return response
 
 
+def _audited_refusal(default: Any) -> Callable[..., Any]:
+    """The app's own problem answer; a 403 to an authenticated caller is also written to the audit trail
+    (of the case the path names, if any), after the answer and in a transaction of its own."""
+
+    async def handler(request: Request, exc: Problem) -> Response:
+        response = await default(request, exc)
+        principal = getattr(request.state, "principal", None)
+        if exc.status != 403 or not isinstance(principal, Principal):
+            return response
+        try:
+            case_id: uuid.UUID | None = uuid.UUID(str(request.path_params["case_id"]))
+        except (KeyError, ValueError):
+            case_id = None
+        runtime: ServiceRuntime = request.app.state.runtime
+
+        async def record() -> None:
+            try:
+                async with runtime.sessions() as session, session.begin():
+                    await service.record_forbidden(session, principal, case_id)
+            except Exception as error:  # logged by class only: the message could name the caller or the case
+                log.error("could not audit a refused request", extra={"error_class": type(error).__name__})
+
+        response.background = BackgroundTask(record)
+        return response
+
+    return handler
+
+
 def create_app(settings: Settings | None = None, config: IntakeConfig | None = None) -> FastAPI:
     settings = settings or get_settings()
     config = config or IntakeConfig()
@@ -67,6 +98,7 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
     )
     app.state.intake_config = config
     app.add_exception_handler(service.CaseHidden, _audited_denial)  # type: ignore[arg-type]
+    app.add_exception_handler(Problem, _audited_refusal(app.exception_handlers[Problem]))
     app.state.cipher = FieldCipher.from_settings(settings)
     app.state.indexer = SearchIndexer.from_settings(settings)
     return app

@@ -110,15 +110,19 @@ class ConsentRecord(IntakeTable, table=True):
     recorded_by_role: str
 
 
-class CaseAccess(IntakeTable, table=True):
-    """Institutions with a referral for the case (from `referral.created`): they may read it."""
+class ReferralAccess(IntakeTable, table=True):
+    """A referral of a case to an institution, with its latest status (from `referral.created` and
+    `referral.status_changed`): the institution may read the case while one of its referrals is
+    pending, acknowledged, accepted or completed (CONTRACT §2). `stage` only moves forward."""
 
-    __tablename__ = "case_access"
+    __tablename__ = "referral_access"
 
-    case_id: uuid.UUID = Field(primary_key=True)
-    member_id: str = Field(primary_key=True)
-    referral_id: uuid.UUID | None = None
-    granted_at: datetime = Field(sa_type=TZ)
+    referral_id: uuid.UUID = Field(primary_key=True)
+    case_id: uuid.UUID
+    member_id: str
+    status: str
+    stage: int
+    updated_at: datetime = Field(sa_type=TZ)
 
 
 class RiskScreenConfig(IntakeTable, table=True):
@@ -133,14 +137,17 @@ class RiskScreenConfig(IntakeTable, table=True):
 
 
 class AuditEntry(IntakeTable, table=True):
-    """Append-only (a trigger refuses UPDATE, DELETE and TRUNCATE)."""
+    """Append-only (a trigger refuses UPDATE, DELETE and TRUNCATE) and hash-chained: a BEFORE INSERT
+    trigger sets `seq` and `hash` (migration 0005access; `services/intake/audit.py` verifies)."""
 
     __tablename__ = "audit_log"
 
     id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
     at: datetime = Field(sa_type=TZ)
-    case_id: uuid.UUID = Field(index=True)
+    case_id: uuid.UUID | None = Field(default=None, index=True)  # empty for a 403 that names no case
     municipality: str
     sub: str
     role: str
     action: str
+    seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    hash: str | None = None

@@ -289,6 +289,10 @@ class RiskAssessmentResult(BaseModel):
     yes_count: int
     red_flags: list[str]
     assessed_at: datetime
+    # Beyond the contract: a reassessment by anyone but the coordinator never lowers the level; it is
+    # kept (as `proposed_risk_level`) and the coordinator is asked to review it.
+    review_requested: bool = False
+    proposed_risk_level: RiskLevel | None = None
 
 
 class ProtectionOrderIn(Strict):

@@ -19,14 +19,14 @@ from services.intake import domain
 from services.intake.models import (
     AuditEntry,
     Case,
-    CaseAccess,
     CaseCounter,
     ConsentRecord,
     ProtectionOrder,
+    ReferralAccess,
     RiskAssessment,
     RiskScreenConfig,
 )
-from shared.auth import Principal
+from shared.auth import Principal, Role
 from shared.errors import Problem, not_found
 
 
@@ -139,6 +139,13 @@ DUPLICATES_SQL = f"""
         FROM scored WHERE name_score >= :threshold
     )
     SELECT c.id, c.case_number, t.score FROM top t JOIN cases c ON c.id = t.case_id
+    WHERE CAST(:everything AS boolean)
+       OR c.reported_by_sub = :viewer_sub
+       OR (CAST(:viewer_member AS text) IS NOT NULL AND (
+            c.reported_by_member_id = CAST(:viewer_member AS text)
+            OR EXISTS (SELECT 1 FROM referral_access a
+                       WHERE a.case_id = c.id AND a.member_id = CAST(:viewer_member AS text)
+                         AND a.status IN ('pending', 'acknowledged', 'accepted', 'completed'))))
     ORDER BY t.score DESC, c.reported_at DESC, c.id
     LIMIT :limit
     """
@@ -154,6 +161,7 @@ class Match:
 async def possible_duplicates(
     session: AsyncSession,
     *,
+    viewer: Principal,
     municipality: str,
     keys: list[str],
     birth_year: int | None,
@@ -162,7 +170,8 @@ async def possible_duplicates(
     threshold: float,
     limit: int,
 ) -> list[Match]:
-    """Earlier cases whose survivor's name is similar (Jaccard of keyed trigrams) and birth year fits."""
+    """Earlier cases whose survivor's name is similar (Jaccard of keyed trigrams) and birth year fits,
+    among those `viewer` may read (CONTRACT §2: no oracle of who has a case elsewhere)."""
     if not keys:
         return []
     params = {
@@ -175,6 +184,9 @@ async def possible_duplicates(
         "bdk": birth_date_key,
         "threshold": threshold,
         "limit": limit,
+        "everything": viewer.role is Role.coordinator,
+        "viewer_sub": viewer.sub,
+        "viewer_member": viewer.member_id if viewer.is_institution else None,
     }
     rows = (await session.execute(sa.text(DUPLICATES_SQL), params)).all()
     return [Match(row.id, row.case_number, round(float(row.score), 3)) for row in rows]
@@ -311,7 +323,7 @@ async def get_visible_case(
         raise CaseHidden(case, principal)
     referred = False
     if principal.is_institution and principal.member_id is not None:
-        referred = await session.get(CaseAccess, (case.id, principal.member_id)) is not None
+        referred = await is_referred(session, case.id, principal.member_id)
     if not domain.can_read_case(
         principal,
         reported_by_sub=case.reported_by_sub,
@@ -320,6 +332,26 @@ async def get_visible_case(
     ):
         raise CaseHidden(case, principal)
     return case
+
+
+READABLE_STATUSES = ("pending", "acknowledged", "accepted", "completed")  # CONTRACT §2
+
+
+def readable_referral(case_id: Any, member_id: Any) -> sa.ColumnElement[bool]:
+    """A referral of the case to the institution that lets it read the case (declined/cancelled do not)."""
+    return (
+        sa.select(sa.literal(1))
+        .where(
+            ReferralAccess.case_id == case_id,  # type: ignore[arg-type]
+            ReferralAccess.member_id == member_id,  # type: ignore[arg-type]
+            ReferralAccess.status.in_(READABLE_STATUSES),  # type: ignore[attr-defined]
+        )
+        .exists()
+    )
+
+
+async def is_referred(session: AsyncSession, case_id: uuid.UUID, member_id: str) -> bool:
+    return bool(await session.scalar(sa.select(readable_referral(case_id, member_id))))
 
 
 class CaseHidden(Problem):
@@ -343,6 +375,22 @@ async def record_denied(session: AsyncSession, denied: CaseHidden) -> None:
             sub=denied.principal.sub,
             role=denied.principal.role.value,
             action="case.access_denied",
+        )
+    )
+
+
+async def record_forbidden(session: AsyncSession, principal: Principal, case_id: uuid.UUID | None) -> None:
+    """A 403: in the trail of the case the path names when there is one (and it exists), else of no case."""
+    case = await session.get(Case, case_id) if case_id is not None else None
+    table = AuditEntry.__table__  # type: ignore[attr-defined]
+    await session.execute(
+        table.insert().values(
+            at=datetime.now(UTC),
+            case_id=case.id if case else None,
+            municipality=case.municipality if case else principal.municipality,
+            sub=principal.sub,
+            role=principal.role.value,
+            action="access.forbidden",
         )
     )
 

@@ -30,6 +30,7 @@ SUBSCRIBABLE_EVENT_TYPES = frozenset(
     {
         "case.reported",
         "case.risk_assessed",
+        "case.risk_review_requested",
         "case.protection_order_recorded",
         "case.consent_changed",
         "case.closed",
@@ -60,6 +61,8 @@ PARAMETER_FIELDS = (
     "case_number",
     "risk_level",
     "previous_risk_level",
+    "proposed_risk_level",
+    "assessed_by_role",
     "urgency",
     "service",
     "to_member_kind",
@@ -131,6 +134,8 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         condition={**HIGH, "previous_risk_level": {"not_in": ["high"]}},
         priority=10,
     ),
+    # A reassessment that would have lowered the level (by anyone but the coordinator): review it.
+    AlertRule("case.risk_review_requested", "case.risk_review", "role", "coordinator", "warning", priority=10),
     AlertRule(
         "referral.created", "referral.new", "member", "to_member_id", "critical", ("inbox", "email"), EMERGENCY, 10
     ),
@@ -239,6 +244,18 @@ TEMPLATES: dict[str, dict[Language, tuple[str, str]]] = {
             "Rasti {case_number} është me rrezik të lartë. Kërkohet veprim i menjëhershëm.",
         ),
         "en": ("High-risk case {case_number}", "Case {case_number} is high risk. Act at once."),
+    },
+    "case.risk_review": {
+        "sq": (
+            "Rivlerësim për t'u shqyrtuar: {case_number}",
+            "Një rivlerësim i rastit {case_number} ({assessed_by_role}) do ta ulte rrezikun në "
+            "{proposed_risk_level}. Niveli mbetet {risk_level} derisa ta shqyrtoni.",
+        ),
+        "en": (
+            "Reassessment to review: {case_number}",
+            "A reassessment of case {case_number} ({assessed_by_role}) would lower the risk to "
+            "{proposed_risk_level}. The level stays {risk_level} until you review it.",
+        ),
     },
     "referral.new": {
         "sq": (

@@ -100,7 +100,13 @@ async def referral_created(session: AsyncSession, settings: Settings, referral: 
 
 
 async def referral_status_changed(
-    session: AsyncSession, settings: Settings, referral: Referral, previous: str, by_role: str, at: datetime
+    session: AsyncSession,
+    settings: Settings,
+    referral: Referral,
+    previous: str,
+    by_role: str,
+    at: datetime,
+    reason: str | None = None,
 ) -> None:
     data = {
         **_referral_fields(referral),
@@ -109,6 +115,8 @@ async def referral_status_changed(
         "by_role": by_role,
         "at": at.isoformat(),
     }
+    if reason is not None:  # a coded reason (e.g. `consent_withdrawn`), never free text
+        data["reason"] = reason
     await _emit(session, settings, "referral.status_changed", referral.municipality, str(referral.case_id), data)
 
 
@@ -377,6 +385,54 @@ def _auto_referral(config: ReferralConfig, case: CaseFact, decision: domain.Deci
     )
 
 
+CONSENT_SYSTEM = "system:consent"
+
+
+async def end_withdrawn_referrals(
+    session: AsyncSession, settings: Settings, case: CaseFact, withdrawn: set[str]
+) -> None:
+    """A withdrawal of consent for a kind cancels the case's open referrals to that kind (reason
+    `consent_withdrawn`, in the history), which ends that institution's access to the case. A referral a
+    legal exception allows without consent (DOMAIN.md: child protection for a child at risk, police for a
+    threat to life) stays open and its history says why. Idempotent: only open referrals are touched, and
+    a kept one is noted once per withdrawal."""
+    facts = facts_of(case)
+    open_referrals = (
+        await session.execute(
+            sa.select(Referral)
+            .where(
+                col(Referral.case_id) == case.case_id,
+                col(Referral.to_member_kind).in_(sorted(withdrawn)),
+                col(Referral.status).in_(domain.ACTIVE_STATUSES),
+            )
+            .order_by(col(Referral.created_at), col(Referral.id))
+            .with_for_update()
+        )
+    ).scalars()
+    now = _now()
+    for referral in open_referrals:
+        exception = domain.legal_exception(referral.to_member_kind, facts)
+        if exception is not None:
+            kept = f"consent_withdrawn: kept by the legal exception {exception}"
+            if not any(entry.get("reason") == kept for entry in referral.history[-1:]):
+                referral.history = [
+                    *referral.history,
+                    {"status": referral.status, "at": now.isoformat(), "by": CONSENT_SYSTEM, "reason": kept},
+                ]
+                referral.legal_exception = referral.legal_exception or exception
+                referral.updated_at = now
+            continue
+        previous = referral.status
+        referral.status = "cancelled"
+        referral.history = [
+            *referral.history,
+            {"status": "cancelled", "at": now.isoformat(), "by": CONSENT_SYSTEM, "reason": "consent_withdrawn"},
+        ]
+        referral.updated_at = now
+        await referral_status_changed(session, settings, referral, previous, "system", now, reason="consent_withdrawn")
+    await session.flush()
+
+
 # --- the projection of other services' events -------------------------------------------------------
 
 
@@ -466,6 +522,10 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
             case.closed_at = None
         elif event.type == "case.consent_changed":
             case.consent_share_with = list(event.data.get("share_with") or [])
+            withdrawn = set(event.data.get("withdrawn") or []) - set(case.consent_share_with)
+            if withdrawn:
+                await session.flush()
+                await end_withdrawn_referrals(session, settings, case, withdrawn)
         await session.flush()
 
     async def on_protection_order(session: AsyncSession, event: Envelope) -> None:

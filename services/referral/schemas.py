@@ -103,6 +103,7 @@ class HistoryEntry(BaseModel):
     status: str
     at: datetime
     by: str
+    reason: str | None = None  # why the system changed (or kept) it, e.g. `consent_withdrawn`
 
 
 class ReferralOut(BaseModel):

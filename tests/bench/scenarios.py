@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from services.intake import service as intake_service
 from services.referral import reports as referral_reports
+from shared.auth import Principal, Role
 from shared.crypto import SearchIndexer
 from shared.db import service_url
 from tests.bench import database
@@ -678,6 +679,7 @@ async def duplicate_search(stack: LaunchedStack, quick: bool) -> Outcome:
             async with sessions() as session, session.begin():
                 found = await intake_service.possible_duplicates(
                     session,
+                    viewer=Principal(sub="bench", role=Role.coordinator, municipality=municipality),
                     municipality=municipality,
                     keys=keys,
                     birth_year=1990,

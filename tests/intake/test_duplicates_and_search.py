@@ -8,8 +8,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.intake import service
+from shared.auth import Principal, Role
 from tests.intake.conftest import reported
 from tests.support import Stack, contract_report, new_municipality
+
+COORDINATOR = Principal(sub="coordinator-1", role=Role.coordinator, municipality="x")
 
 
 def survivor(first: str, last: str, **extra: Any) -> dict[str, Any]:
@@ -136,6 +139,9 @@ async def test_duplicate_query_probes_the_gin_index_at_scale(intake: Stack) -> N
             "bdk": None,
             "threshold": 0.45,
             "limit": 5,
+            "everything": True,
+            "viewer_sub": "coordinator-1",
+            "viewer_member": None,
         }
 
         async def plan(**changes: Any) -> str:
@@ -156,6 +162,7 @@ async def test_duplicate_query_probes_the_gin_index_at_scale(intake: Stack) -> N
 
 def params_for_call(params: dict[str, Any]) -> dict[str, Any]:
     return {
+        "viewer": COORDINATOR,
         "municipality": params["m"],
         "keys": params["keys"],
         "birth_year": params["by"],
@@ -194,8 +201,8 @@ async def test_rarest_key_probe_finds_exactly_what_comparing_every_name_finds(in
     async def found(query: set[str]) -> dict[str, float]:
         async with sessions() as session, session.begin():
             matches = await service.possible_duplicates(
-                session, municipality=municipality, keys=sorted(query), birth_year=1990, birth_date_key=None,
-                exclude=uuid.uuid4(), threshold=0.45, limit=100,
+                session, viewer=COORDINATOR, municipality=municipality, keys=sorted(query), birth_year=1990,
+                birth_date_key=None, exclude=uuid.uuid4(), threshold=0.45, limit=100,
             )
         return {str(m.id): m.score for m in matches}
 

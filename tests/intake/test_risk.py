@@ -93,9 +93,11 @@ async def test_reassessments_are_kept_as_history_and_set_the_case_level(intake: 
     municipality = new_municipality()
     case = await reported(intake, municipality, risk_answers={"strangulation": False})
     headers = intake.auth("police", municipality, member_id="m-police")
-    for answers in (yes(5), {"threats_to_kill": True}, {}):
+    # Rises by the reporter; the lowering by the coordinator (only the coordinator lowers, CONTRACT §2).
+    coordinator = intake.auth("coordinator", municipality)
+    for answers, by in ((yes(5), headers), ({"threats_to_kill": True}, headers), ({}, coordinator)):
         response = await intake.intake.post(
-            f"/v1/cases/{case['id']}/risk-assessments", json={"risk_answers": answers}, headers=headers
+            f"/v1/cases/{case['id']}/risk-assessments", json={"risk_answers": answers}, headers=by
         )
         assert response.status_code == 201
     body = (await intake.intake.get(f"/v1/cases/{case['id']}", headers=headers)).json()

@@ -12,13 +12,23 @@ from services.notifications import domain
 MIGRATION = Path(__file__).parents[2] / "services/notifications/migrations/versions/20261121_0001_initial.py"
 
 
+def _migration_rules() -> list[tuple[object, ...]]:
+    """The initial migration's SEED_RULES and every later migration's ADDED_RULES."""
+    found: list[tuple[object, ...]] = []
+    for path in sorted(MIGRATION.parent.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found.extend(getattr(module, "SEED_RULES", []))
+        found.extend(getattr(module, "ADDED_RULES", []))
+    return found
+
+
 def test_seeded_rule_table_equals_the_code_defaults() -> None:
-    spec = importlib.util.spec_from_file_location("initial", MIGRATION)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     seeded = {
-        (e, a, k, r, s, tuple(c), repr(sorted(cond.items())), p) for e, a, k, r, s, c, cond, p in module.SEED_RULES
+        (e, a, k, r, s, tuple(c), repr(sorted(cond.items())), p)  # type: ignore[attr-defined]
+        for e, a, k, r, s, c, cond, p in _migration_rules()
     }
     defaults = {
         (

@@ -140,3 +140,30 @@ async def test_role_not_allowed_is_403(stack: Stack) -> None:
     )
     assert response.status_code == 403
     assert response.json()["status"] == 403
+
+
+async def test_token_living_longer_than_the_maximum_is_401(stack: Stack) -> None:
+    """A stolen long-lived token (a year, say) is refused however well it is signed."""
+    now = int(time.time())
+    limit = stack.settings.jwt_max_lifetime_seconds
+    status, body = await _get(stack, _sign(stack.settings, _claims(stack.settings, iat=now, exp=now + limit + 1)))
+    assert status == 401, body
+    assert body["status"] == 401 and "longer" in str(body["detail"])
+    status, body = await _get(stack, _sign(stack.settings, _claims(stack.settings, iat=now, exp=now + limit)))
+    assert status == 404, body  # exactly the maximum is still accepted
+
+
+async def test_token_issued_in_the_future_is_401(stack: Stack) -> None:
+    """A token minted ahead of time (to outlive a revocation or a key change) is refused."""
+    now = int(time.time())
+    status, body = await _get(stack, _sign(stack.settings, _claims(stack.settings, iat=now + 3600, exp=now + 4000)))
+    assert status == 401, body
+    assert "future" in str(body["detail"])
+    status, body = await _get(stack, _sign(stack.settings, _claims(stack.settings, iat=now + 30, exp=now + 600)))
+    assert status == 404, body  # within the 60 s of clock skew
+
+
+@pytest.mark.parametrize("value", ["1700000000", True])
+async def test_token_with_a_non_numeric_iat_is_401(stack: Stack, value: object) -> None:
+    status, body = await _get(stack, _sign(stack.settings, _claims(stack.settings, iat=value)))
+    assert status == 401, body

@@ -38,3 +38,15 @@ def test_mkr_token_refuses_bad_arguments(
 ) -> None:
     monkeypatch.setenv("MKR_STATE_DIR", str(tmp_path))
     assert main(["token", *args]) == 2
+
+
+def test_mkr_token_refuses_a_ttl_the_services_would_refuse(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MKR_STATE_DIR", str(tmp_path))
+    base = ["token", "--role", "police", "--municipality", "elbasan", "--ttl"]
+    assert main([*base, "86401"]) == 2
+    assert "86400" in capsys.readouterr().err
+    monkeypatch.setenv("MKR_JWT_MAX_LIFETIME_SECONDS", "600")
+    assert main([*base, "601"]) == 2
+    assert main([*base, "600"]) == 0
