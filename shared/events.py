@@ -582,6 +582,8 @@ class EventConsumer:
         self._checked_at = 0.0
         self._suspect = False
         self._failing_since = 0.0
+        self._started_at = time.monotonic()
+        self._broker_down_at = 0.0
 
     @property
     def group_id(self) -> str:
@@ -636,12 +638,17 @@ class EventConsumer:
                 await asyncio.wait_for(ensure_topics(self.settings), timeout=20)
                 await asyncio.wait_for(consumer.start(), timeout=30)
                 self.healthy = True
+                self._started_at = time.monotonic()
                 while not self._stopping.is_set():
-                    batches = await consumer.getmany(timeout_ms=500, max_records=200)
+                    try:
+                        # Bounded: during a rebalance getmany waits for the assignment however long it takes.
+                        batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500, max_records=200), 2.0)
+                    except TimeoutError:
+                        batches = {}
                     if batches:
-                        if self._suspect:
-                            # The broker was away: make sure it still has the group's offsets first.
-                            await self._watch(consumer, force=True)
+                        # The broker was away: make sure it still has the group's offsets first.
+                        if self._suspect and await self._watch(consumer, force=True):
+                            continue
                         # Partitions side by side, each in order: a case's events share a key, so a partition.
                         await asyncio.gather(*(self._handle_all(records) for records in batches.values()))
                         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
@@ -675,12 +682,15 @@ class EventConsumer:
     def _call_timeout(self) -> float:
         return max(self.settings.kafka_request_timeout_ms / 1000, 5.0) + 5.0
 
-    async def _watch(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
+    async def _watch(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> bool:
         """The watchdog: raise ConsumerStalled when this consumer should be recreated.
 
-        Stuck states it notices: no assignment (a group join that never completes, a coordinator marked
-        dead for good), no fetch progress while the partitions' end offsets are ahead, and a broker that
-        came back without the group's committed offsets (it restarted empty: read again from the start).
+        Stuck states it notices, each only while the broker answers (a new consumer cannot reach a dead
+        broker either, and a member left behind on it slows the next join): no assignment (a group join
+        that never completes), no fetch progress while the partitions' end offsets are ahead, offset
+        requests unanswered. A broker that came back without the group's committed offsets (restarted
+        empty) has its partitions read again from the start; returns True then, and the records in hand
+        are dropped (they come again, the consumer is idempotent).
         """
         now = time.monotonic()
         stall = self.settings.kafka_consumer_stall_seconds
@@ -689,26 +699,28 @@ class EventConsumer:
             if self.unassigned_since is None:
                 self.unassigned_since = now
             CONSUMER_LAG.labels(self.name).set(0)
-            if now - self.unassigned_since > stall:
-                raise ConsumerStalled("no_assignment", f"had no partition assignment for {stall:g} s")
-            return
+            # Measured from this consumer's start and from the broker's last silence too.
+            if now - max(self.unassigned_since, self._started_at, self._broker_down_at) > stall:
+                if await broker_reachable(self.settings):
+                    raise ConsumerStalled("no_assignment", f"had no partition assignment for {stall:g} s")
+                self._broker_down_at = time.monotonic()
+            return False
         if self.unassigned_since is not None:
             self.unassigned_since = None
             self._progress_at = now
         if not force and now - self._checked_at < min(2.0, stall / 3):
-            return
+            return False
         self._checked_at = now
         partitions = sorted(assignment)
+        timeout = min(self._call_timeout, 5.0)
         try:
-            ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout=self._call_timeout)
+            ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout=timeout)
             committed = {
-                tp: await asyncio.wait_for(consumer.committed(tp), timeout=self._call_timeout)
+                tp: await asyncio.wait_for(consumer.committed(tp), timeout=timeout)
                 for tp in partitions
                 if tp in self._committed
             }
-            positions = {
-                tp: await asyncio.wait_for(consumer.position(tp), timeout=self._call_timeout) for tp in partitions
-            }
+            positions = {tp: await asyncio.wait_for(consumer.position(tp), timeout=timeout) for tp in partitions}
         except (asyncio.CancelledError, ConsumerStalled):
             raise
         except Exception as exc:
@@ -717,18 +729,26 @@ class EventConsumer:
                 self._suspect = True
                 self._failing_since = now
             if force:
-                raise ConsumerStalled("broker_unreachable", "could not check the broker's offsets") from exc
-            if now - self._failing_since > 2 * stall:
-                reason = f"got no offsets from the broker for {2 * stall:g} s"
-                raise ConsumerStalled("broker_unreachable", reason) from exc
-            return
+                raise ConsumerStalled("offsets_unanswered", "could not check the broker's offsets") from exc
+            if now - max(self._failing_since, self._broker_down_at) > stall:
+                if await broker_reachable(self.settings):
+                    reason = f"got no offsets for {stall:g} s from a broker that answers"
+                    raise ConsumerStalled("offsets_unanswered", reason) from exc
+                self._broker_down_at = time.monotonic()
+            return False
         self._suspect = False
-        for tp, ours in self._committed.items():
-            theirs = committed.get(tp)
-            if tp in committed and (theirs is None or theirs < ours):
-                raise ConsumerStalled("offsets_lost", "found the broker without the group's committed offsets")
-        # Tansu answers end offsets per batch (the last batch's base offset + 1): the fetched high water
-        # mark, when larger, is nearer the truth.
+        lost = [tp for tp in committed if committed[tp] is None or committed[tp] < self._committed[tp]]
+        if lost:
+            log.warning(
+                "consumer found the broker without the group's committed offsets (restarted empty?); "
+                "reading its partitions from the start",
+                extra={"consumer": self.name, "count": len(lost)},
+            )
+            await consumer.seek_to_beginning(*lost)
+            for tp in lost:
+                del self._committed[tp]
+            self._progress_at = now
+            return True
         lag = sum(max(0, max(ends.get(tp, 0), consumer.highwater(tp) or 0) - positions[tp]) for tp in partitions)
         CONSUMER_LAG.labels(self.name).set(lag)
         if positions != self._positions:
@@ -736,6 +756,7 @@ class EventConsumer:
             self._progress_at = now
         elif lag > 0 and now - self._progress_at > stall:
             raise ConsumerStalled("no_progress", f"fetched nothing for {stall:g} s while {lag} records wait")
+        return False
 
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Envelope | None:
         try:
