@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -652,7 +653,14 @@ class EventConsumer:
                         # Partitions side by side, each in order: a case's events share a key, so a partition.
                         await asyncio.gather(*(self._handle_all(records) for records in batches.values()))
                         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-                        await asyncio.wait_for(consumer.commit(offsets), timeout=self._call_timeout)
+                        try:
+                            await asyncio.wait_for(consumer.commit(offsets), timeout=self._call_timeout)
+                        except CommitFailedError:
+                            # A rebalance (or a broker back empty, that knows no member): aiokafka rejoins
+                            # by itself, and these events come again (applied once). A new consumer here
+                            # would leave this member behind in the group and slow the join.
+                            log.info("offset commit refused by a rebalance; rejoining", extra={"consumer": self.name})
+                            continue
                         self._committed.update(offsets)
                         self._progress_at = time.monotonic()
                         attempt = 0

@@ -4,8 +4,8 @@ One run: a memory-only Tansu broker started here (not by the launcher), `mkr run
 `MKR_KAFKA_BOOTSTRAP` (`MKR_KAFKA_ENABLE_IDEMPOTENCE=false`), ten reports, the broker killed with SIGKILL
 at a random moment 0-10 s after the services answered ready (so during the first group join, a
 rebalance, a fetch or a commit), twenty reports while it is down, the broker started again (empty).
-Counted: accepted, routed, duplicated, lost, and the seconds from the broker's return to the first case
-routed after it.
+Counted: accepted, routed, duplicated, lost (accepted, never routed), unalerted (no new-case alert in the
+coordinator's inbox), and the seconds from the broker's return to the first case routed after it.
 """
 
 from __future__ import annotations
@@ -156,12 +156,16 @@ async def broker_kill_run(workdir: Path, rng: random.Random, *, database_url: st
             routed: set[str] = set()
             duplicated = 0
             deadline = returned_at + SETTLE_SECONDS
+            alerted_after: float | None = None
             while time.monotonic() < deadline:
                 routed, duplicated = await _routed(client, stack, coordinator, cases)
                 if first_routed_after is None and routed - routed_before:
                     first_routed_after = time.monotonic() - returned_at
                 if len(routed) == len(cases):
-                    break
+                    # The notifications service consumes the same events: every case alerted too.
+                    if set(cases) <= set(await _alerts(client, stack, coordinator)):
+                        alerted_after = time.monotonic() - returned_at
+                        break
                 await asyncio.sleep(0.5)
             await asyncio.sleep(3)  # a late duplicate would show now
             routed, duplicated = await _routed(client, stack, coordinator, cases)
@@ -170,7 +174,9 @@ async def broker_kill_run(workdir: Path, rng: random.Random, *, database_url: st
         return {
             "kill_after": round(kill_after, 2), "down": round(returned_at - killed_at, 1),
             "accepted": len(cases), "refused": refused, "routed": len(routed), "duplicated": duplicated,
-            "lost": len(set(cases) - routed), "alerted": len(alerts),
+            "lost": len(set(cases) - routed), "alerted": len(set(cases) & set(alerts)),
+            "unalerted": len(set(cases) - set(alerts)),
+            "all_alerted_after": None if alerted_after is None else round(alerted_after, 1),
             "recovery": None if first_routed_after is None else round(first_routed_after, 2),
             "routed_before_return": len(routed_before),
         }
@@ -194,8 +200,9 @@ async def _drop(database_url: str, prefix: str, workdir: Path) -> None:
 
 
 def verdict(counts: dict[str, Any]) -> bool:
-    """A run passes when nothing accepted was lost or doubled, and routing resumed after the return."""
-    return counts["lost"] == 0 and counts["duplicated"] == 0 and counts["recovery"] is not None
+    """A run passes when nothing accepted was lost, doubled or left without its alert, and routing resumed."""
+    return (counts["lost"] == 0 and counts["duplicated"] == 0 and counts["unalerted"] == 0
+            and counts["recovery"] is not None)
 
 
 def percentile(values: list[float], q: float) -> float:
