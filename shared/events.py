@@ -757,6 +757,8 @@ class EventConsumer:
                 del self._committed[tp]
             self._progress_at = now
             return True
+        # Tansu answers end offsets per batch (the last batch's base offset + 1): the fetched high-water
+        # mark, when larger, is nearer the truth.
         lag = sum(max(0, max(ends.get(tp, 0), consumer.highwater(tp) or 0) - positions[tp]) for tp in partitions)
         CONSUMER_LAG.labels(self.name).set(lag)
         if positions != self._positions:
