@@ -71,7 +71,7 @@ def create_service_app(
         await db.ensure_database(settings, name)
         engine = db.create_engine(settings, name)
         await db.migrate(engine, migrations)
-        relay = OutboxRelay(settings, engine, db.asyncpg_dsn(db.service_url(settings, name)))
+        relay = OutboxRelay(settings, engine, db.asyncpg_dsn(db.service_url(settings, name)), name=name)
         runtime = ServiceRuntime(
             name=name, settings=settings, engine=engine, sessions=db.session_factory(engine), relay=relay
         )
@@ -117,23 +117,60 @@ def create_service_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["probes"], summary="200 only when the database and the broker answer")
+    @app.get(
+        "/readyz",
+        tags=["probes"],
+        summary="200 only when the database and the broker answer, consumers hold partitions, the relay publishes",
+    )
     async def readyz() -> JSONResponse:
         runtime: ServiceRuntime = app.state.runtime
         database_ok, broker_ok = await asyncio.gather(
             db.ping(runtime.engine), broker_reachable(settings)
         )
         OUTBOX_PENDING.set(runtime.relay.pending)
-        body = {
-            "status": "ready" if database_ok and broker_ok else "unready",
-            "checks": {"database": database_ok, "broker": broker_ok},
+        problems = _worker_problems(runtime)
+        checks = {
+            "database": database_ok,
+            "broker": broker_ok,
+            "consumers": not any(p["component"] == "consumer" for p in problems),
+            "relay": not any(p["component"] == "relay" for p in problems),
         }
-        return JSONResponse(body, status_code=200 if database_ok and broker_ok else 503)
+        ok = all(checks.values())
+        body: dict[str, object] = {"status": "ready" if ok else "unready", "checks": checks}
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for router in routers:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     return app
+
+
+def _worker_problems(runtime: ServiceRuntime) -> list[dict[str, object]]:
+    """What keeps the consumers or the relay from working for longer than MKR_READY_STALL_SECONDS."""
+    limit = runtime.settings.ready_stall_seconds
+    problems: list[dict[str, object]] = []
+    relay = runtime.relay
+    if relay.idempotence_unsupported:
+        # At once, not after the delay: it will not fix itself.
+        problems.append({
+            "component": "relay", "problem": "idempotence_unsupported",
+            "detail": "the broker has no idempotent producer; set MKR_KAFKA_ENABLE_IDEMPOTENCE=false "
+                      "or use a broker that has one",
+        })
+    elif relay.failing_for() > limit:
+        problems.append({
+            "component": "relay", "problem": "failing", "seconds": round(relay.failing_for()),
+            "last_error": relay.last_error,
+        })
+    for consumer in runtime.consumers:
+        if consumer.unassigned_for() > limit:
+            problems.append({
+                "component": "consumer", "consumer": consumer.name, "problem": "no_assignment",
+                "seconds": round(consumer.unassigned_for()), "last_recreated": consumer.last_recreated_reason,
+            })
+    return problems
 
 
 async def _guarded(job: BackgroundJob, runtime: ServiceRuntime) -> None:

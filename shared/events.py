@@ -15,11 +15,18 @@ from typing import Any
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared.observability import EVENTS_CONSUMED, EVENTS_PUBLISHED
+from shared.observability import (
+    CONSUMER_LAG,
+    CONSUMER_RECREATED,
+    EVENTS_CONSUMED,
+    EVENTS_PUBLISHED,
+    OUTBOX_OLDEST_UNPUBLISHED,
+)
 from shared.settings import Settings
 
 log = logging.getLogger("mkr.events")
@@ -226,10 +233,13 @@ class OutboxRelay:
     LOCK_KEY = 7310002
     LOSS_CHECK_SECONDS = 10.0
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, listen_dsn: dict[str, object]) -> None:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, listen_dsn: dict[str, object], name: str = "service"
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.listen_dsn = listen_dsn
+        self.name = name
         self.producer: AIOKafkaProducer | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -237,6 +247,15 @@ class OutboxRelay:
         self._listen_task: asyncio.Task[None] | None = None
         self.healthy = False
         self.pending = 0
+        # Since when every attempt has failed (None: the last one succeeded), and the last failure's cause.
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        # Set when the broker refused InitProducerId while MKR_KAFKA_ENABLE_IDEMPOTENCE is on.
+        self.idempotence_unsupported = False
+
+    def failing_for(self) -> float:
+        """Seconds during which every attempt of the relay has failed (0 when the last one succeeded)."""
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
     def wake(self) -> None:
         self._wake.set()
@@ -286,9 +305,16 @@ class OutboxRelay:
         if self.producer is None:
             producer = producer_for(self.settings)
             try:
-                await asyncio.wait_for(producer.start(), timeout=15)
-                await ensure_topics(self.settings)
-                await self.replay_if_broker_lost_events()
+                try:
+                    await asyncio.wait_for(producer.start(), timeout=15)
+                except Exception as exc:
+                    if _refused_idempotence(self.settings, exc):
+                        raise IdempotenceUnsupported() from exc
+                    raise
+                self.idempotence_unsupported = False
+                # Also after every failure: a broker that came back empty has lost the topics.
+                await asyncio.wait_for(ensure_topics(self.settings), timeout=20)
+                await asyncio.wait_for(self.replay_if_broker_lost_events(), timeout=60)
             except BaseException:
                 await _stop(producer)
                 raise
@@ -350,7 +376,7 @@ class OutboxRelay:
                 if sent == 0 and time.monotonic() - checked_at > self.LOSS_CHECK_SECONDS:
                     # Also when idle: a broker restarted empty between two quiet moments lost events too.
                     checked_at = time.monotonic()
-                    await self.replay_if_broker_lost_events()
+                    await asyncio.wait_for(self.replay_if_broker_lost_events(), timeout=60)
                 attempt = 0
                 self.healthy = True
             except asyncio.CancelledError:
@@ -358,16 +384,52 @@ class OutboxRelay:
             except Exception as exc:
                 self.healthy = False
                 attempt += 1
-                log.warning("outbox relay failed, will retry", extra={"error_class": type(exc).__name__})
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                if isinstance(exc, IdempotenceUnsupported):
+                    self.idempotence_unsupported = True
+                    self.last_error = "idempotence_unsupported"
+                    log.error(
+                        "the broker refused InitProducerId: it has no idempotent producer. Set "
+                        "MKR_KAFKA_ENABLE_IDEMPOTENCE=false for this broker (Tansu), or use one that has it; "
+                        "nothing is published until then",
+                        extra={"service": self.name, "error_class": type(exc.__cause__).__name__,
+                               "attempt": attempt},
+                    )
+                else:
+                    self.last_error = type(exc).__name__
+                    log.warning("outbox relay failed, will retry", extra={"error_class": type(exc).__name__})
                 # A fresh producer after a failure: the old one may hold a dead broker's metadata.
+                if self.producer is not None:
+                    CONSUMER_RECREATED.labels(f"{self.name}.relay", "error").inc()
                 await _stop(self.producer, timeout=5)
                 self.producer = None
-                await asyncio.sleep(_backoff(attempt))
+                await self._measure_oldest()
+                await asyncio.sleep(_backoff(attempt, 0.2, 30.0 if self.idempotence_unsupported else 5.0))
                 continue
+            self.failing_since = None
+            self.last_error = None
             if sent == 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_poll_seconds)
+
+    @property
+    def _oldest_gauge(self) -> Any:
+        return OUTBOX_OLDEST_UNPUBLISHED.labels(self.name)
+
+    async def _measure_oldest(self) -> None:
+        """While publishing fails: the age of the oldest unpublished row, for the metric."""
+        with contextlib.suppress(Exception):
+            async with self.engine.connect() as conn:
+                oldest = await asyncio.wait_for(
+                    conn.scalar(
+                        sa.select(sa.func.extract("epoch", sa.func.now() - sa.func.min(outbox_table.c.created_at)))
+                        .where(outbox_table.c.published_at.is_(None))
+                    ),
+                    timeout=5,
+                )
+            self._oldest_gauge.set(float(oldest or 0))
 
     async def publish_batch(self, limit: int = 500) -> int:
         async with self.engine.connect() as conn, conn.begin():
@@ -379,15 +441,21 @@ class OutboxRelay:
             producer = await self._ensure_producer()
             rows = (
                 await conn.execute(
-                    sa.select(outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.payload)
+                    sa.select(
+                        outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.payload,
+                        outbox_table.c.created_at,
+                    )
                     .where(outbox_table.c.published_at.is_(None))
                     .order_by(outbox_table.c.id)
                     .limit(limit)
                 )
             ).all()
             self.pending = len(rows)
+            oldest = self._oldest_gauge
             if not rows:
+                oldest.set(0)
                 return 0
+            oldest.set(max(0.0, (datetime.now(UTC) - rows[0].created_at).total_seconds()))
             futures = [
                 await producer.send(row.topic, value=row.payload.encode(), key=row.key.encode()) for row in rows
             ]
@@ -413,6 +481,8 @@ class OutboxRelay:
             )
             EVENTS_PUBLISHED.inc(len(rows))
             self.pending = 0
+            if len(rows) < limit:
+                oldest.set(0)
             if lost:
                 await self._requeue(conn, lost)
                 ends = {tp: n for tp, n in ends.items() if tp[0] not in lost}
@@ -421,6 +491,23 @@ class OutboxRelay:
                     _OFFSETS_UPSERT, [{"topic": t, "partition": p, "next_offset": n} for (t, p), n in ends.items()]
                 )
             return len(rows)
+
+
+class IdempotenceUnsupported(Exception):
+    """The broker refused InitProducerId while MKR_KAFKA_ENABLE_IDEMPOTENCE is on (Tansu has no idempotent producer)."""
+
+
+def _refused_idempotence(settings: Settings, exc: BaseException) -> bool:
+    """True when starting an idempotent producer failed with the broker's answer, not with the network."""
+    from aiokafka import errors
+
+    if not settings.kafka_enable_idempotence or isinstance(exc, TimeoutError | OSError):
+        return False
+    transient = (
+        errors.KafkaConnectionError, errors.NodeNotReadyError, errors.RequestTimedOutError,
+        errors.KafkaTimeoutError, errors.CoordinatorNotAvailableError, errors.NotCoordinatorError,
+    )
+    return isinstance(exc, errors.KafkaError) and not isinstance(exc, transient)
 
 
 async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offset: int) -> bool:
@@ -437,6 +524,15 @@ async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offs
 
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+
+
+class ConsumerStalled(Exception):
+    """Raised by a consumer's watchdog: the consumer is stuck and is to be recreated."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class EventConsumer:
@@ -477,12 +573,30 @@ class EventConsumer:
         self._task: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.healthy = False
+        # The watchdog's state: since when the consumer holds no partition (None: it holds some), and
+        # why it was last recreated.
+        self.unassigned_since: float | None = time.monotonic()
+        self.last_recreated_reason: str | None = None
+        self._committed: dict[TopicPartition, int] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._progress_at = time.monotonic()
+        self._checked_at = 0.0
+        self._suspect = False
+        self._failing_since = 0.0
+        self._started_at = time.monotonic()
+        self._broker_down_at = 0.0
 
     @property
     def group_id(self) -> str:
         return f"{self.settings.kafka_topic_prefix}mkr-{self.name}"
 
+    def unassigned_for(self) -> float:
+        """Seconds this consumer has held no partition (0 while it holds some)."""
+        return 0.0 if self.unassigned_since is None else time.monotonic() - self.unassigned_since
+
     async def start(self) -> None:
+        self._stopping.clear()
+        self.unassigned_since = time.monotonic()
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
 
     async def stop(self) -> None:
@@ -493,6 +607,7 @@ class EventConsumer:
                 await asyncio.wait_for(self._task, timeout=15)
         await _stop(self.consumer)
         self.consumer = None
+        self.unassigned_since = time.monotonic()
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -514,30 +629,144 @@ class EventConsumer:
         while not self._stopping.is_set():
             consumer = self._new_consumer()
             self.consumer = consumer
+            self._committed = {}
+            self._positions = {}
+            self._progress_at = time.monotonic()
+            self._checked_at = 0.0
+            self._suspect = False
             try:
-                await ensure_topics(self.settings)
+                # Also after every recreation: a broker that came back empty has lost the topics.
+                await asyncio.wait_for(ensure_topics(self.settings), timeout=20)
                 await asyncio.wait_for(consumer.start(), timeout=30)
-                attempt = 0
                 self.healthy = True
+                self._started_at = time.monotonic()
                 while not self._stopping.is_set():
-                    batches = await consumer.getmany(timeout_ms=500, max_records=200)
-                    if not batches:
-                        continue
-                    # Partitions side by side, each in order: a case's events share a key, so a partition.
-                    await asyncio.gather(*(self._handle_all(records) for records in batches.values()))
-                    await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+                    try:
+                        # Bounded: during a rebalance getmany waits for the assignment however long it takes.
+                        batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500, max_records=200), 2.0)
+                    except TimeoutError:
+                        batches = {}
+                    if batches:
+                        # The broker was away: make sure it still has the group's offsets first.
+                        if self._suspect and await self._watch(consumer, force=True):
+                            continue
+                        # Partitions side by side, each in order: a case's events share a key, so a partition.
+                        await asyncio.gather(*(self._handle_all(records) for records in batches.values()))
+                        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                        try:
+                            await asyncio.wait_for(consumer.commit(offsets), timeout=self._call_timeout)
+                        except CommitFailedError:
+                            # A rebalance (or a broker back empty, that knows no member): aiokafka rejoins
+                            # by itself, and these events come again (applied once). A new consumer here
+                            # would leave this member behind in the group and slow the join.
+                            log.info("offset commit refused by a rebalance; rejoining", extra={"consumer": self.name})
+                            continue
+                        self._committed.update(offsets)
+                        self._progress_at = time.monotonic()
+                        attempt = 0
+                    await self._watch(consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.healthy = False
                 attempt += 1
+                reason = exc.reason if isinstance(exc, ConsumerStalled) else f"failed ({type(exc).__name__})"
+                self.last_recreated_reason = reason
+                CONSUMER_RECREATED.labels(
+                    self.name, exc.code if isinstance(exc, ConsumerStalled) else "error"
+                ).inc()
                 log.warning(
-                    "consumer failed; recreating", extra={"consumer": self.name, "error_class": type(exc).__name__}
+                    f"consumer {reason}; recreating it",
+                    extra={"consumer": self.name, "error_class": type(exc).__name__, "attempt": attempt},
                 )
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(_backoff(attempt, 0.5, 5.0))
             finally:
                 await _stop(consumer)
                 self.consumer = None
+                if self.unassigned_since is None:
+                    self.unassigned_since = time.monotonic()
+
+    @property
+    def _call_timeout(self) -> float:
+        return max(self.settings.kafka_request_timeout_ms / 1000, 5.0) + 5.0
+
+    async def _watch(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> bool:
+        """The watchdog: raise ConsumerStalled when this consumer should be recreated.
+
+        Stuck states it notices, each only while the broker answers (a new consumer cannot reach a dead
+        broker either, and a member left behind on it slows the next join): no assignment (a group join
+        that never completes), no fetch progress while the partitions' end offsets are ahead, offset
+        requests unanswered. A broker that came back without the group's committed offsets (restarted
+        empty) has its partitions read again from the start; returns True then, and the records in hand
+        are dropped (they come again, the consumer is idempotent).
+        """
+        now = time.monotonic()
+        stall = self.settings.kafka_consumer_stall_seconds
+        assignment = consumer.assignment()
+        if not assignment:
+            if self.unassigned_since is None:
+                self.unassigned_since = now
+            CONSUMER_LAG.labels(self.name).set(0)
+            # Measured from this consumer's start and from the broker's last silence too.
+            if now - max(self.unassigned_since, self._started_at, self._broker_down_at) > stall:
+                if await broker_reachable(self.settings):
+                    raise ConsumerStalled("no_assignment", f"had no partition assignment for {stall:g} s")
+                self._broker_down_at = time.monotonic()
+            return False
+        if self.unassigned_since is not None:
+            self.unassigned_since = None
+            self._progress_at = now
+        if not force and now - self._checked_at < min(2.0, stall / 3):
+            return False
+        self._checked_at = now
+        partitions = sorted(assignment)
+        timeout = min(self._call_timeout, 5.0)
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout=timeout)
+            committed = {
+                tp: await asyncio.wait_for(consumer.committed(tp), timeout=timeout)
+                for tp in partitions
+                if tp in self._committed
+            }
+            positions = {tp: await asyncio.wait_for(consumer.position(tp), timeout=timeout) for tp in partitions}
+        except (asyncio.CancelledError, ConsumerStalled):
+            raise
+        except Exception as exc:
+            # The broker is away (or busy); when it answers again, check its offsets before going on.
+            if not self._suspect:
+                self._suspect = True
+                self._failing_since = now
+            if force:
+                raise ConsumerStalled("offsets_unanswered", "could not check the broker's offsets") from exc
+            if now - max(self._failing_since, self._broker_down_at) > stall:
+                if await broker_reachable(self.settings):
+                    reason = f"got no offsets for {stall:g} s from a broker that answers"
+                    raise ConsumerStalled("offsets_unanswered", reason) from exc
+                self._broker_down_at = time.monotonic()
+            return False
+        self._suspect = False
+        lost = [tp for tp in committed if committed[tp] is None or committed[tp] < self._committed[tp]]
+        if lost:
+            log.warning(
+                "consumer found the broker without the group's committed offsets (restarted empty?); "
+                "reading its partitions from the start",
+                extra={"consumer": self.name, "count": len(lost)},
+            )
+            await consumer.seek_to_beginning(*lost)
+            for tp in lost:
+                del self._committed[tp]
+            self._progress_at = now
+            return True
+        # Tansu answers end offsets per batch (the last batch's base offset + 1): the fetched high-water
+        # mark, when larger, is nearer the truth.
+        lag = sum(max(0, max(ends.get(tp, 0), consumer.highwater(tp) or 0) - positions[tp]) for tp in partitions)
+        CONSUMER_LAG.labels(self.name).set(lag)
+        if positions != self._positions:
+            self._positions = positions
+            self._progress_at = now
+        elif lag > 0 and now - self._progress_at > stall:
+            raise ConsumerStalled("no_progress", f"fetched nothing for {stall:g} s while {lag} records wait")
+        return False
 
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Envelope | None:
         try:

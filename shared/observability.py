@@ -32,6 +32,16 @@ HTTP_LATENCY = Histogram(
 EVENTS_PUBLISHED = Counter("mkr_events_published_total", "Events the outbox relay published")
 EVENTS_CONSUMED = Counter("mkr_events_consumed_total", "Events consumed", ["consumer", "result"])
 OUTBOX_PENDING = Gauge("mkr_outbox_pending", "Outbox rows seen unpublished in the last relay pass")
+# The watchdog's view (labels are code-defined names: a consumer, a service, a fixed reason).
+CONSUMER_LAG = Gauge(
+    "mkr_consumer_lag", "Records between a consumer's position and its partitions' end offsets", ["consumer"]
+)
+OUTBOX_OLDEST_UNPUBLISHED = Gauge(
+    "mkr_outbox_oldest_unpublished_seconds", "Age of the oldest outbox row not yet published", ["service"]
+)
+CONSUMER_RECREATED = Counter(
+    "mkr_consumer_recreated_total", "Kafka clients the watchdog recreated", ["consumer", "reason"]
+)
 
 # Extra fields a log line may carry; anything else passed in `extra` is dropped, so a
 # careless call cannot put a name or a phone number into the logs.

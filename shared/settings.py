@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # soon as a record arrives, so this only sets the idle polling rate; Tansu often holds the fetch for
     # the whole wait even when records arrive meanwhile, so it is also the delivery latency there.
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10000)
+    # A consumer without partitions, or behind without fetching anything, this long is recreated (watchdog).
+    kafka_consumer_stall_seconds: float = Field(default=15.0, gt=0, le=600)
+    # /readyz answers 503 once a consumer has had no assignment, or the relay failed every attempt, this long.
+    ready_stall_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     jwt_public_key: str | None = None  # PEM text, or a path to a PEM file
     jwt_jwks_url: str | None = None

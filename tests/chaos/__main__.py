@@ -6,13 +6,20 @@ Three runs, each on a fresh `mkr run` (loopback only, bounded in time):
 3. PostgreSQL restarted: services go unready and come back without a restart.
 For each: accepted (201 at intake), routed (cases with their social-services referral), duplicated
 (a member referred twice for one case, or a second new-case alert), lost (accepted but never routed).
+Then `broker_kill` (tests/chaos/broker_kill.py) BROKER_KILL_RUNS times: the stack on an external Tansu
+broker SIGKILLed at a random moment 0-10 s after ready, started again empty; with the recovery time from
+the broker's return to the first routed case (p50, max).
 Exit status 1 when anything is lost or duplicated.
+
+`python -m tests.chaos --only broker_kill --runs 20 --seed 7` runs just that scenario.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -27,6 +34,7 @@ import httpx
 import psutil
 
 from shared.embedded import ensure_postgres, stop_postgres
+from tests.chaos.broker_kill import broker_kill_run, percentile, verdict
 from tests.processes import LaunchedStack
 from tests.support import contract_report
 
@@ -188,9 +196,46 @@ async def postgres_restart(stack: LaunchedStack) -> dict[str, int]:
     return counts
 
 
-async def main_async() -> int:
+BROKER_KILL_RUNS = 20
+
+
+async def broker_kill_runs(runs: int, seed: int) -> int:
+    """The broker-kill scenario `runs` times; returns the number of failed runs."""
+    rng = random.Random(seed)
+    failures = 0
+    recoveries: list[float] = []
+    database_url = os.environ.get("MKR_CHAOS_DATABASE_URL")  # a server of one's own: faster than embedded
+    for n in range(1, runs + 1):
+        with tempfile.TemporaryDirectory(prefix="mkr-chaos-") as tmp:
+            try:
+                counts = await broker_kill_run(Path(tmp), rng, database_url=database_url)
+            except Exception as exc:
+                counts = {"error": type(exc).__name__, "lost": -1, "duplicated": -1, "recovery": None}
+                print(f"  run {n}: {exc!r}", flush=True)
+        ok = "error" not in counts and verdict(counts)
+        failures += not ok
+        if counts.get("recovery") is not None:
+            recoveries.append(float(counts["recovery"]))
+        print(f"broker_kill {n:>2}/{runs} " + " ".join(f"{k}={v}" for k, v in counts.items())
+              + f"  {'ok' if ok else 'FAILED'}", flush=True)
+    if recoveries:
+        print(f"broker_kill recovery from the broker's return to the first routed case: "
+              f"p50={percentile(recoveries, 0.5):.1f}s max={max(recoveries):.1f}s over {len(recoveries)} runs; "
+              f"{runs - failures}/{runs} runs ok", flush=True)
+    return failures
+
+
+async def main_async(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos")
+    parser.add_argument("--only", choices=("broker_outage", "service_killed", "postgres_restart", "broker_kill"))
+    parser.add_argument("--runs", type=int, default=BROKER_KILL_RUNS, help="broker_kill runs")
+    parser.add_argument("--seed", type=int, default=None, help="broker_kill kill moments (default: random)")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     failures = 0
     for run in (broker_outage, service_killed, postgres_restart):
+        if args.only and args.only != run.__name__:
+            continue
         with tempfile.TemporaryDirectory(prefix="mkr-chaos-") as tmp:
             stack = LaunchedStack(state=Path(tmp) / "state")
             log = open(Path(tmp) / "stack.log", "wb")
@@ -200,10 +245,13 @@ async def main_async() -> int:
             finally:
                 stack.stop()
                 log.close()
-        verdict = "ok" if counts["lost"] == 0 and counts["duplicated"] == 0 else "FAILED"
-        failures += verdict != "ok"
-        print(f"{run.__name__:<18} " + " ".join(f"{k}={v}" for k, v in counts.items()) + f"  {verdict}",
+        verdict_ = "ok" if counts["lost"] == 0 and counts["duplicated"] == 0 else "FAILED"
+        failures += verdict_ != "ok"
+        print(f"{run.__name__:<18} " + " ".join(f"{k}={v}" for k, v in counts.items()) + f"  {verdict_}",
               flush=True)
+    if not args.only or args.only == "broker_kill":
+        print(f"broker_kill seed={seed}", flush=True)
+        failures += await broker_kill_runs(args.runs, seed)
     return 1 if failures else 0
 
 

@@ -15,7 +15,7 @@ async def test_health_ready_and_metrics(stack: Stack, service: str) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": True, "broker": True}
+    assert ready.json()["checks"] == {"database": True, "broker": True, "consumers": True, "relay": True}
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
     assert "mkr_http_requests_total" in metrics.text
