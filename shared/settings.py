@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["intake", "referral", "shelter", "notifications"]
@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     # soon as a record arrives, so this only sets the idle polling rate; Tansu often holds the fetch for
     # the whole wait even when records arrive meanwhile, so it is also the delivery latency there.
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10000)
+    # How every Kafka client authenticates and encrypts (shared/kafka.py): PLAINTEXT (the embedded broker),
+    # SASL_PLAINTEXT, SASL_SSL or SSL; the SASL mechanism, user and password for the SASL protocols.
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None  # never shown in a repr or a log
+    # The CA bundle (PEM file) that signs the broker's certificate, for SSL/SASL_SSL; unset: the system's CAs.
+    kafka_ssl_cafile: Path | None = None
 
     jwt_public_key: str | None = None  # PEM text, or a path to a PEM file
     jwt_jwks_url: str | None = None
@@ -83,6 +91,19 @@ class Settings(BaseSettings):
                 missing.append("MKR_JWT_PUBLIC_KEY or MKR_JWT_JWKS_URL")
             if missing:
                 raise ValueError("production needs " + ", ".join(missing))
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_credentials_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"MKR_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "MKR_KAFKA_SASL_USERNAME and MKR_KAFKA_SASL_PASSWORD"
+            )
+        if self.kafka_ssl_cafile is not None and not self.kafka_ssl_cafile.is_file():
+            raise ValueError("MKR_KAFKA_SSL_CAFILE is not a readable file")
         return self
 
     def port_of(self, service: ServiceName) -> int:
