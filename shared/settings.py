@@ -66,7 +66,7 @@ class Settings(BaseSettings):
 
     # Application-level encryption of personal data (base64 of 32 bytes) and the
     # key of the non-reversible search index. Development falls back to keys kept
-    # under state_dir; production refuses to start without them.
+    # under state_dir; a production service that uses one refuses to start without it.
     encryption_key: str | None = None
     index_key: str | None = None
 
@@ -82,8 +82,8 @@ class Settings(BaseSettings):
                 name
                 for name, value in (
                     ("MKR_DATABASE_URL", self.database_url),
-                    ("MKR_ENCRYPTION_KEY", self.encryption_key),
-                    ("MKR_INDEX_KEY", self.index_key),
+                    # MKR_ENCRYPTION_KEY and MKR_INDEX_KEY: required by the services that use them, when
+                    # they build their cipher or index (shared/crypto.py), so the others never hold them.
                 )
                 if not value
             ]
