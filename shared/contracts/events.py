@@ -105,7 +105,7 @@ class MemberSaved(EventData):
 
 class ReferralEventData(CaseEventData):
     referral_id: uuid.UUID
-    to_member_id: uuid.UUID
+    to_member_id: Text  # compared with the `member_id` claim of tokens, which is the identity provider's text
     to_member_kind: Text
 
 
