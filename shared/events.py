@@ -697,7 +697,7 @@ def _claimed_type(record: ConsumerRecord[bytes, bytes]) -> str | None:
 
     try:
         value = json.loads(record.value or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond the parser's depth
         return None
     claimed = value.get("type") if isinstance(value, dict) else None
     return claimed if isinstance(claimed, str) else None

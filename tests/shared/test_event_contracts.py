@@ -78,6 +78,7 @@ def _bad_records(m: str, topic: str, key: str) -> list[tuple[bytes, str, str | N
     del no_member["data"]["to_member_id"]
     return [
         (b"[1, 2, 3]", "malformed", None),
+        (b"[" * 100_000, "malformed", None),  # deeper than any parser's recursion limit
         (json.dumps(forged_grant).encode(), "forged_source", key),
         (json.dumps(no_member).encode(), "invalid_data", key),
     ]
