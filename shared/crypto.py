@@ -61,6 +61,9 @@ def parse_keyring(raw: str) -> list[tuple[str, bytes]]:
 
 def _local_key(settings: Settings, filename: str) -> str:
     """Development/test only: a random key kept under state_dir (production refuses to start without one)."""
+    if settings.environment == "production":
+        # Only the services that use a key are given it (deploy/); one that needs it and lacks it stops here.
+        raise RuntimeError(f"production needs MKR_{filename.removesuffix('.key').upper()}_KEY for this service")
     path = Path(settings.state_dir) / filename
     if path.exists():
         return path.read_text().strip()

@@ -68,11 +68,31 @@ def asyncpg_dsn(url: URL) -> dict[str, object]:
     return kwargs
 
 
+class DatabaseMissing(RuntimeError):
+    """The service's database does not exist and its role may not create it."""
+
+
 async def ensure_database(settings: Settings, service: str) -> None:
-    """Create the service's database on the server if it does not exist yet."""
+    """Create the service's database on the server if it does not exist yet.
+
+    In production each service logs in as a role that owns only its own database and may neither
+    create databases nor connect to any other (deploy/): then the database already exists, and
+    connecting to it is the whole check. Only a missing database needs the maintenance database
+    and CREATEDB (the embedded server, tests, a single-role development setup).
+    """
     name = database_name(settings, service)
+    try:
+        conn = await asyncpg.connect(**asyncpg_dsn(service_url(settings, service)), timeout=10)  # type: ignore[arg-type]
+    except asyncpg.InvalidCatalogNameError:
+        pass  # not there yet
+    else:
+        await conn.close()
+        return
     maintenance = server_url(settings).set(database="postgres")
-    conn = await asyncpg.connect(**asyncpg_dsn(maintenance), timeout=10)  # type: ignore[arg-type]
+    try:
+        conn = await asyncpg.connect(**asyncpg_dsn(maintenance), timeout=10)  # type: ignore[arg-type]
+    except asyncpg.InsufficientPrivilegeError:
+        raise DatabaseMissing(f"database {name} does not exist; create it for the service's role") from None
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
@@ -80,6 +100,10 @@ async def ensure_database(settings: Settings, service: str) -> None:
                 await conn.execute(f'CREATE DATABASE "{name}"')
             except asyncpg.DuplicateDatabaseError:
                 pass  # another replica won the race
+            except asyncpg.InsufficientPrivilegeError:
+                raise DatabaseMissing(
+                    f"database {name} does not exist and the role may not create it; create it for the role"
+                ) from None
     finally:
         await conn.close()
 

@@ -16,10 +16,13 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError
+from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared.contracts import EVENT_TYPES, EventContracts, EventRejected, contracts_for
+from shared.kafka import client_options
 from shared.observability import (
     CONSUMER_LAG,
     CONSUMER_RECREATED,
@@ -37,6 +40,12 @@ SHELTER_TOPIC = "mkr.shelter.events"
 NOTIFICATIONS_TOPIC = "mkr.notifications.events"
 ALL_TOPICS = (INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, NOTIFICATIONS_TOPIC)
 SCHEMA_VERSION = 1
+# Events a consumer refused to apply (shared/contracts): `reason` is one of contracts.REJECTION_REASONS.
+EVENTS_REJECTED = Counter("mkr_events_rejected_total", "Events rejected unapplied by a consumer", ["reason"])
+# Rejected records are kept in processed_events under an id derived from their position, never under the
+# event id they claim (a forged event must not take the place of the real one).
+_KNOWN_TYPES = frozenset(EVENT_TYPES)
+_REJECTED_NAMESPACE = uuid.UUID("5b0c8a52-6f3e-4c1e-9d55-2f1d0e7a9c31")
 
 
 class Envelope(BaseModel):
@@ -185,13 +194,15 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
         request_timeout_ms=settings.kafka_request_timeout_ms,
         linger_ms=0,
         client_id="mkr",
+        **client_options(settings),
     )
 
 
 async def ensure_topics(settings: Settings, topics: Sequence[str] = ALL_TOPICS) -> None:
     """Create the contract's topics; existing ones are left as they are."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=settings.kafka_request_timeout_ms
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=settings.kafka_request_timeout_ms,
+        **client_options(settings),
     )
     await asyncio.wait_for(admin.start(), timeout=10)
     try:
@@ -335,6 +346,7 @@ class OutboxRelay:
         probe = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
             auto_offset_reset="none", request_timeout_ms=self.settings.kafka_request_timeout_ms + 10000,
+            **client_options(self.settings),
         )
         await asyncio.wait_for(probe.start(), timeout=15)
         lost: set[str] = set()
@@ -561,8 +573,12 @@ class EventConsumer:
         handler: Handler,
         max_attempts: int = 5,
         max_batch: int | None = None,
+        validate: bool = True,
     ) -> None:
         self.name = name
+        # Every envelope is checked against the event contract before it is applied (off only in tests
+        # of the backbone itself, whose events are no service's).
+        self.contracts: EventContracts | None = contracts_for(settings.kafka_topic_prefix) if validate else None
         self.max_batch = max_batch or self.MAX_BATCH
         self.settings = settings
         self.topics = [settings.topic(t) for t in topics]
@@ -622,6 +638,7 @@ class EventConsumer:
             metadata_max_age_ms=5000,
             fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
             client_id=f"mkr-{self.name}",
+            **client_options(self.settings),
         )
 
     async def _run(self) -> None:
@@ -768,17 +785,55 @@ class EventConsumer:
             raise ConsumerStalled("no_progress", f"fetched nothing for {stall:g} s while {lag} records wait")
         return False
 
-    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Envelope | None:
+    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Envelope | EventRejected:
+        """The record's envelope if it may be applied, else why not (nothing of its payload is kept)."""
         try:
-            return Envelope.model_validate_json(record.value or b"")
+            event = Envelope.model_validate_json(record.value or b"")
         except ValidationError:
-            EVENTS_CONSUMED.labels(self.name, "malformed").inc()
-            log.warning("malformed event skipped", extra={"consumer": self.name, "offset": record.offset})
-            return None
+            return EventRejected("malformed")
+        if self.contracts is not None:
+            try:
+                self.contracts.check(record.topic, event)
+            except EventRejected as rejected:
+                return rejected
+        return event
+
+    async def _reject(self, rejected: list[tuple[ConsumerRecord[bytes, bytes], EventRejected]]) -> None:
+        """Record rejected records as `rejected:<reason>` in processed_events: counted, logged, never applied."""
+        rows = []
+        for record, why in rejected:
+            claimed = _claimed_type(record)
+            rows.append({
+                "consumer": self.name,
+                "event_id": uuid.uuid5(_REJECTED_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}"),
+                "event_type": claimed if claimed in _KNOWN_TYPES else "?",
+                "status": f"rejected:{why.reason}",
+            })
+        async with self.sessions() as session, session.begin():
+            inserted = (
+                await session.execute(
+                    pg_insert(processed_events_table).values(rows).on_conflict_do_nothing()
+                    .returning(processed_events_table.c.event_id)
+                )
+            ).scalars().all()
+        fresh = set(inserted)
+        for (record, why), row in zip(rejected, rows, strict=True):
+            if row["event_id"] not in fresh:
+                continue  # the same record again (a redelivery): counted once
+            EVENTS_REJECTED.labels(why.reason).inc()
+            EVENTS_CONSUMED.labels(self.name, "rejected").inc()
+            log.warning(
+                f"event rejected: {why.reason}",
+                extra={"consumer": self.name, "offset": record.offset, "event_type": row["event_type"]},
+            )
 
     async def _handle_all(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """One partition's records, in order: a transaction per chunk, one by one if a chunk fails."""
-        events = [event for event in map(self._parse, records) if event is not None]
+        parsed = [(record, self._parse(record)) for record in records]
+        rejected = [(record, why) for record, why in parsed if isinstance(why, EventRejected)]
+        if rejected:
+            await self._reject(rejected)
+        events = [event for _, event in parsed if isinstance(event, Envelope)]
         for at in range(0, len(events), self.max_batch):
             chunk = events[at : at + self.max_batch]
             if len(chunk) > 1:
@@ -865,6 +920,18 @@ class EventConsumer:
             )
 
 
+def _claimed_type(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    """The `type` a rejected record claims, if it is readable at all (only ever logged if it is a known one)."""
+    import json
+
+    try:
+        value = json.loads(record.value or b"")
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond the parser's depth
+        return None
+    claimed = value.get("type") if isinstance(value, dict) else None
+    return claimed if isinstance(claimed, str) else None
+
+
 def _is_outage(exc: BaseException) -> bool:
     if isinstance(exc, OSError | TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError):
         return True
@@ -875,7 +942,9 @@ async def broker_reachable(settings: Settings, timeout: float = 3.0) -> bool:
     """True when the broker answers a metadata request."""
     from aiokafka.client import AIOKafkaClient
 
-    client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
+    client = AIOKafkaClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000), **client_options(settings)
+    )
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=timeout)
         return True

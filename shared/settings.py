@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["intake", "referral", "shelter", "notifications"]
@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     kafka_consumer_stall_seconds: float = Field(default=15.0, gt=0, le=600)
     # /readyz answers 503 once a consumer has had no assignment, or the relay failed every attempt, this long.
     ready_stall_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # How every Kafka client authenticates and encrypts (shared/kafka.py): PLAINTEXT (the embedded broker),
+    # SASL_PLAINTEXT, SASL_SSL or SSL; the SASL mechanism, user and password for the SASL protocols.
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None  # never shown in a repr or a log
+    # The CA bundle (PEM file) that signs the broker's certificate, for SSL/SASL_SSL; unset: the system's CAs.
+    kafka_ssl_cafile: Path | None = None
 
     jwt_public_key: str | None = None  # PEM text, or a path to a PEM file
     jwt_jwks_url: str | None = None
@@ -64,7 +72,7 @@ class Settings(BaseSettings):
 
     # Application-level encryption of personal data (base64 of 32 bytes) and the
     # key of the non-reversible search index. Development falls back to keys kept
-    # under state_dir; production refuses to start without them.
+    # under state_dir; a production service that uses one refuses to start without it.
     encryption_key: str | None = None
     index_key: str | None = None
 
@@ -80,8 +88,8 @@ class Settings(BaseSettings):
                 name
                 for name, value in (
                     ("MKR_DATABASE_URL", self.database_url),
-                    ("MKR_ENCRYPTION_KEY", self.encryption_key),
-                    ("MKR_INDEX_KEY", self.index_key),
+                    # MKR_ENCRYPTION_KEY and MKR_INDEX_KEY: required by the services that use them, when
+                    # they build their cipher or index (shared/crypto.py), so the others never hold them.
                 )
                 if not value
             ]
@@ -89,6 +97,19 @@ class Settings(BaseSettings):
                 missing.append("MKR_JWT_PUBLIC_KEY or MKR_JWT_JWKS_URL")
             if missing:
                 raise ValueError("production needs " + ", ".join(missing))
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_credentials_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"MKR_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "MKR_KAFKA_SASL_USERNAME and MKR_KAFKA_SASL_PASSWORD"
+            )
+        if self.kafka_ssl_cafile is not None and not self.kafka_ssl_cafile.is_file():
+            raise ValueError("MKR_KAFKA_SSL_CAFILE is not a readable file")
         return self
 
     def port_of(self, service: ServiceName) -> int:

@@ -27,12 +27,31 @@ README = ROOT / "deploy" / "README.md"
 
 # Read by the image's CMD to choose the service, not by Settings.
 IMAGE_ONLY_VARIABLES = {"MKR_SERVICE"}
-SECRET_VARIABLES = {"MKR_DATABASE_URL", "MKR_ENCRYPTION_KEY", "MKR_INDEX_KEY", "MKR_JWT_PUBLIC_KEY", "MKR_JWT_JWKS_URL"}
-SECRET_NAME = "mkr-secrets"
+KEY_VARIABLES = {"MKR_ENCRYPTION_KEY", "MKR_INDEX_KEY"}
+# What every service's own Secret holds (its database role, its Kafka user, the token key); keys come on top.
+SERVICE_SECRETS = {"MKR_DATABASE_URL", "MKR_KAFKA_SASL_USERNAME", "MKR_KAFKA_SASL_PASSWORD"}
+SECRET_VARIABLES = SERVICE_SECRETS | KEY_VARIABLES | {"MKR_JWT_PUBLIC_KEY", "MKR_JWT_JWKS_URL"}
 # Any variable whose name says it holds a credential must come from the Secret.
 SECRET_LOOKING = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|_USERNAME$|DATABASE_URL")
 MKR_NAME = re.compile(r"\bMKR_[A-Z0-9_]+\b")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?([^}]*)\}")
+
+
+def secret_name(service: str) -> str:
+    """Each service has a Secret of its own: a breach of one pod's secrets is not a breach of all."""
+    return f"mkr-{service}-secrets"
+
+
+@cache
+def keys_used_by(service: str) -> frozenset[str]:
+    """The keys a service's code uses (its cipher, its search index): the only keys it may be given."""
+    code = " ".join(path.read_text() for path in (ROOT / "services" / service).rglob("*.py"))
+    used = set()
+    if re.search(r"\bFieldCipher\b", code):
+        used.add("MKR_ENCRYPTION_KEY")
+    if re.search(r"\bSearchIndexer\b", code):
+        used.add("MKR_INDEX_KEY")
+    return frozenset(used)
 
 
 def default_port(service: str) -> int:
@@ -178,10 +197,21 @@ def test_compose_service_runs_the_image_in_production_mode(service: str) -> None
     assert env["MKR_HOST"] == "0.0.0.0"
     assert env["MKR_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["MKR_KAFKA_ENABLE_IDEMPOTENCE"] == "true"
-    assert re.fullmatch(r"postgresql://mkr:\$\{[A-Z_]+:\?[^}]+\}@postgres:5432/postgres", env["MKR_DATABASE_URL"])
+    # Its own role on its own database, with a password of its own (never the administrator's).
+    url = re.fullmatch(
+        rf"postgresql://mkr_{service}:\$\{{([A-Z_]+):\?[^}}]+\}}@postgres:5432/mkr_{service}", env["MKR_DATABASE_URL"]
+    )
+    assert url, env["MKR_DATABASE_URL"]
+    assert url.group(1) == f"DB_PASSWORD_{service.upper()}"
+    assert env["MKR_KAFKA_SECURITY_PROTOCOL"].startswith("SASL_")
+    assert env["MKR_KAFKA_SASL_USERNAME"] == f"mkr-{service}"
+    kafka_password = INTERPOLATION.fullmatch(env["MKR_KAFKA_SASL_PASSWORD"])
+    assert kafka_password and kafka_password.group(1) == f"KAFKA_PASSWORD_{service.upper()}"
+    assert kafka_password.group(2) == ":?"
     assert {"MKR_JWT_PUBLIC_KEY", "MKR_JWT_JWKS_URL", "MKR_JWT_ISSUER", "MKR_JWT_AUDIENCE"} <= set(env)
     for dependency in ("postgres", "kafka"):
         assert spec["depends_on"][dependency]["condition"] == "service_healthy"
+    assert spec["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -204,7 +234,7 @@ def test_compose_publishes_nothing_beyond_loopback() -> None:
 def test_compose_required_secrets_come_from_the_environment_or_refuse_to_start() -> None:
     for service in SERVICES:
         env = compose_env(service)
-        for key in ("MKR_ENCRYPTION_KEY", "MKR_INDEX_KEY"):
+        for key in keys_used_by(service):
             match = INTERPOLATION.fullmatch(env[key])
             assert match and match.group(2) == ":?", f"{service}.{key} must be ${{VAR:?message}}, got {env[key]!r}"
         for key in ("MKR_JWT_PUBLIC_KEY", "MKR_JWT_JWKS_URL"):
@@ -301,14 +331,16 @@ def test_deployment_takes_secrets_only_by_secret_key_ref(service: str) -> None:
     (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
     container = container_of(deployment)
     env = {e["name"]: e for e in container["env"]}
-    assert SECRET_VARIABLES <= set(env)
+    expected = (SECRET_VARIABLES - KEY_VARIABLES) | keys_used_by(service)
+    assert expected <= set(env)
+    assert not (KEY_VARIABLES - keys_used_by(service)) & set(env), f"{service} is given a key it does not use"
     for name, entry in env.items():
         if name in SECRET_VARIABLES or SECRET_LOOKING.search(name):
             assert "value" not in entry, f"{name} must not be a literal"
             ref = entry["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == SECRET_NAME and ref["key"] == name
-    required = {name for name in SECRET_VARIABLES if not env[name]["valueFrom"]["secretKeyRef"].get("optional")}
-    assert required == {"MKR_DATABASE_URL", "MKR_ENCRYPTION_KEY", "MKR_INDEX_KEY"}
+            assert ref["name"] == secret_name(service) and ref["key"] == name, f"{name} from {ref['name']}"
+    required = {name for name in expected if not env[name]["valueFrom"]["secretKeyRef"].get("optional")}
+    assert required == SERVICE_SECRETS | keys_used_by(service)
     config_maps = {ref["configMapRef"]["name"] for ref in container["envFrom"]}
     assert config_maps <= set(by_name("ConfigMap"))
 
@@ -363,3 +395,137 @@ def test_every_object_lives_in_the_mkr_namespace() -> None:
     for obj in k8s_objects():
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace") == "mkr", obj["metadata"]["name"]
+
+
+# --- a breach of one service is not a breach of all (SECURITY.md) --------------------------------------
+
+POSTGRES_INIT = ROOT / "deploy" / "compose" / "postgres-init.sh"
+KAFKA_INIT = ROOT / "deploy" / "compose" / "kafka-init.sh"
+
+
+def consumed_topics(service: str) -> set[str]:
+    """The contract topics a service's consumers read, from its code."""
+    if service == "intake":
+        text = (ROOT / "services" / "intake" / "main.py").read_text()
+        names = set(re.findall(r"ConsumerSpec\([^)]*\[([A-Z_, ]+)\]", text)[0].replace(" ", "").split(","))
+    else:
+        module = importlib.import_module(f"services.{service}.events")
+        return set(module.CONSUMED_TOPICS)
+    events = importlib.import_module("shared.events")
+    return {getattr(events, name) for name in names if name}
+
+
+def test_keys_in_the_code_match_the_services_that_use_them() -> None:
+    """The check below would prove nothing if no service used a key."""
+    assert keys_used_by("intake") == KEY_VARIABLES
+    assert "MKR_ENCRYPTION_KEY" in keys_used_by("shelter")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_compose_gives_keys_only_to_the_services_that_use_them(service: str) -> None:
+    env = compose_env(service)
+    assert KEY_VARIABLES & set(env) == keys_used_by(service)
+    assert not KEY_VARIABLES & set(compose()["x-mkr-env"]), "keys in the shared block reach every service"
+
+
+def test_compose_postgres_creates_one_role_per_service_with_its_own_password() -> None:
+    postgres = compose()["services"]["postgres"]
+    env = compose_env("postgres")
+    assert "./deploy/compose/postgres-init.sh:/docker-entrypoint-initdb.d/10-mkr-roles.sh:ro" in postgres["volumes"]
+    passwords = {}
+    for service in SERVICES:
+        match = INTERPOLATION.fullmatch(env[f"DB_PASSWORD_{service.upper()}"])
+        assert match and match.group(2) == ":?", service
+        passwords[service] = match.group(1)
+    assert len(set(passwords.values())) == len(SERVICES), "each role has a password of its own"
+    admin = INTERPOLATION.fullmatch(env["POSTGRES_PASSWORD"])
+    assert admin and admin.group(1) not in passwords.values()
+    for service in SERVICES:
+        assert "POSTGRES_PASSWORD" not in compose_env(service)["MKR_DATABASE_URL"]
+    script = POSTGRES_INIT.read_text()
+    for clause in ("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "NOBYPASSRLS", "REVOKE ALL ON DATABASE"):
+        assert clause in script, clause
+
+
+def test_compose_kafka_authenticates_every_listener_and_denies_what_no_acl_allows() -> None:
+    env = compose_env("kafka")
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = {item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")}
+    assert listeners == set(protocols), "every listener has a protocol"
+    assert all(p.startswith("SASL_") for p in protocols.values()), protocols
+    client = next(item for item in env["KAFKA_ADVERTISED_LISTENERS"].split(",") if item.endswith(":9092"))
+    assert env["KAFKA_LISTENER_NAME_" + client.split("://")[0] + "_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:admin"
+    assert "${KAFKA_ADMIN_PASSWORD:?" in env["KAFKA_LISTENER_NAME_BROKER_PLAIN_SASL_JAAS_CONFIG"]
+    init = compose()["services"]["kafka-init"]
+    assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert "./deploy/compose/kafka-init.sh:/mkr/kafka-init.sh:ro" in init["volumes"]
+    init_env = compose_env("kafka-init")
+    for service in SERVICES:
+        match = INTERPOLATION.fullmatch(init_env[f"KAFKA_PASSWORD_{service.upper()}"])
+        assert match and match.group(1) == f"KAFKA_PASSWORD_{service.upper()}" and match.group(2) == ":?"
+
+
+def test_kafka_init_lets_each_service_write_only_its_own_topic_and_read_what_it_consumes() -> None:
+    script = KAFKA_INIT.read_text()
+    writes = [line for line in script.splitlines() if "--operation Write" in line]
+    assert len(writes) == 1 and '--topic "mkr.${service}.events"' in writes[0], writes
+    assert "--operation All" not in script and "--operation Create" not in script
+    assert 'SCRAM-SHA-512=[iterations=8192,password=${password}]' in script
+    consumes = dict(re.findall(r"\[(\w+)\]=\"([a-z ]*)\"", script.split("declare -A consumes=(")[1].split(")")[0]))
+    assert set(consumes) == set(SERVICES)
+    for service in SERVICES:
+        granted = {f"mkr.{name}.events" for name in consumes[service].split()} | {f"mkr.{service}.events"}
+        assert consumed_topics(service) <= granted, f"{service} consumes more than kafka-init lets it read"
+    # Consumer groups: only the service's own (EventConsumer: mkr-<service>.<consumer>).
+    assert '--group "mkr-${service}." --resource-pattern-type prefixed' in script
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_deployment_gets_no_key_it_does_not_use_and_its_kafka_user(service: str) -> None:
+    (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
+    env = {e["name"]: e for e in container_of(deployment)["env"]}
+    assert KEY_VARIABLES & set(env) == keys_used_by(service)
+    (config,) = of_kind("ConfigMap")
+    assert config["data"]["MKR_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert not KEY_VARIABLES & set(config["data"])
+
+
+def _policies_for(labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        p for p in of_kind("NetworkPolicy") if p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()
+    ]
+
+
+def test_network_policies_deny_by_default() -> None:
+    (deny,) = [p for p in of_kind("NetworkPolicy") if p["metadata"]["name"] == "mkr-default-deny"]
+    assert deny["spec"]["podSelector"] == {}
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_network_policy_lets_a_service_reach_only_its_database_kafka_and_public_https(service: str) -> None:
+    (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    policies = _policies_for(labels)
+    own = [p for p in policies if p["spec"]["podSelector"]]
+    assert len(own) == 1, f"{service}: exactly one policy of its own"
+    ingress_ports = {port["port"] for rule in own[0]["spec"]["ingress"] for port in rule["ports"]}
+    assert ingress_ports == {default_port(service)}
+    egress_ports: set[int] = set()
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            ports = {port["port"] for port in rule["ports"]}
+            egress_ports |= ports
+            for peer in rule["to"]:
+                # No rule reaches another MKR pod: the services do not call each other.
+                assert "podSelector" not in peer or "namespaceSelector" in peer, peer
+                if "ipBlock" in peer and peer["ipBlock"]["cidr"] == "0.0.0.0/0":
+                    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+                        peer["ipBlock"]["except"]
+                    ), "public addresses only (no cluster, no cloud metadata)"
+    allowed = {53, 5432, 9092, 9093, 443} | ({80, 25, 465, 587} if service == "notifications" else set())
+    assert egress_ports == allowed, f"{service}: {sorted(egress_ports)}"

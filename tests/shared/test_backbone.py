@@ -95,7 +95,9 @@ async def test_same_event_twice_has_one_effect(settings: Settings, backbone_db: 
         await session.execute(effects.insert().values(event_id=event.id))
 
     name = f"dup-{uuid.uuid4().hex[:6]}"
-    consumer = EventConsumer(name=name, settings=settings, topics=[TOPIC], sessions=sessions, handler=record_effect)
+    consumer = EventConsumer(
+        name=name, settings=settings, topics=[TOPIC], sessions=sessions, handler=record_effect, validate=False
+    )
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False)
     await producer.start()
     await consumer.start()
@@ -181,7 +183,8 @@ async def test_a_failing_event_in_a_batch_holds_back_nothing(settings: Settings,
 
     name = f"poison-{uuid.uuid4().hex[:6]}"
     consumer = EventConsumer(
-        name=name, settings=settings, topics=[TOPIC], sessions=sessions, handler=handler, max_attempts=2
+        name=name, settings=settings, topics=[TOPIC], sessions=sessions, handler=handler, max_attempts=2,
+        validate=False,
     )
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False)
     await producer.start()
