@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,13 @@ class NotificationsConfig(BaseSettings):
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
     # Open streams per token subject (`sub`) in one process; one more is 429.
     max_streams: int = Field(default=5, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> NotificationsConfig:
+        # A lease shorter than an attempt's deadline would let another replica send the same row meanwhile.
+        if self.delivery_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError("delivery_lease_seconds must exceed webhook_timeout_seconds")
+        return self
 
     @property
     def email_enabled(self) -> bool:

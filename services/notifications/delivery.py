@@ -423,15 +423,19 @@ class DeliveryWorker:
         message["X-MKR-Event-Id"] = str(delivery.event_id)
         message.set_content(f"{body_sq}\n\n--\n{title_en}\n{body_en}\n")
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=self.config.smtp_host,
-                port=self.config.smtp_port,
-                start_tls=self.config.smtp_starttls,
-                username=self.config.smtp_username,
-                password=self.config.smtp_password,
-                timeout=self.config.smtp_timeout_seconds,
-            )
+            # A whole conversation's deadline: aiosmtplib's timeout is per step, which a trickling server evades.
+            async with asyncio.timeout(self.config.smtp_timeout_seconds * 3):
+                await aiosmtplib.send(
+                    message,
+                    hostname=self.config.smtp_host,
+                    port=self.config.smtp_port,
+                    start_tls=self.config.smtp_starttls,
+                    username=self.config.smtp_username,
+                    password=self.config.smtp_password,
+                    timeout=self.config.smtp_timeout_seconds,
+                )
+        except TimeoutError as exc:
+            raise SendFailed("smtp: no answer in time") from exc
         except aiosmtplib.SMTPException as exc:
             raise SendFailed(f"smtp: {type(exc).__name__}") from exc
 
