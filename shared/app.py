@@ -13,10 +13,11 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import db
 from shared.auth import TokenVerifier
-from shared.errors import PROBLEM_RESPONSES, install_error_handlers
+from shared.errors import PROBLEM_RESPONSES, install_error_handlers, problem_response
 from shared.events import EventConsumer, Handler, OutboxRelay, broker_reachable, ensure_topics
 from shared.observability import OUTBOX_PENDING, RequestContextMiddleware, metrics_endpoint
 from shared.settings import ServiceName, Settings
@@ -111,6 +112,7 @@ def create_service_app(
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # inside: 413s are logged
     app.add_middleware(RequestContextMiddleware, service=name)
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")
@@ -186,3 +188,55 @@ async def _guarded(job: BackgroundJob, runtime: ServiceRuntime) -> None:
             attempt += 1
             log.warning("background job failed", extra={"error_class": type(exc).__name__})
             await asyncio.sleep(min(30, 0.5 * 2 ** min(attempt, 6)))
+
+
+class BodyLimitMiddleware:
+    """413 for a request body above `max_bytes`, before any route, authentication or parsing runs.
+
+    A declared `Content-Length` above the limit is refused unread. Otherwise (chunked bodies have no
+    length) the body is received and counted here, and refused as soon as the count passes the limit;
+    a body within it is handed on whole, so nothing behind this middleware sees a partial body.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = [value for name, value in scope.get("headers") or [] if name == b"content-length"]
+        if any(not value.strip().isdigit() or int(value) > self.max_bytes for value in declared):
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            if pending:
+                return pending.pop()
+            return await receive()  # after the body: wait for the disconnect, as a server would
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            413,
+            f"The request body is larger than {self.max_bytes} bytes.",
+            headers={"Connection": "close"},  # the rest of the body is not read
+        )
+        await response(scope, receive, send)

@@ -102,6 +102,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=10,
         proxy_headers=False,
+        loop="uvloop",  # libuv event loop and the httptools parser
+        http="httptools",
     )
     return 0
 

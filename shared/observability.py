@@ -55,6 +55,18 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+# Metric labels are bounded: any other method a client invents is counted as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's template (`/v1/cases/{case_id}`), never the raw path; "unmatched" otherwise."""
+    template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) and template else "unmatched"
 
 
 class JsonFormatter(logging.Formatter):
@@ -145,10 +157,9 @@ class RequestContextMiddleware:
                 response = problem_response(500, "The server could not complete the request; it has been logged.")
                 await response(scope, receive, _send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_label(scope)
             elapsed = time.perf_counter() - started
-            method = scope.get("method", "")
+            method = method_label(str(scope.get("method", "")))
             HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
             HTTP_LATENCY.labels(self.service, method, template).observe(elapsed)
             # The route template, never the raw path or query: a query may hold a name.

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     # How far back the relay re-sends when the broker comes back without events it had acknowledged.
     outbox_replay_seconds: int = Field(default=3600, ge=0)
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    # A request body above this is refused with 413 before authentication and before parsing.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
@@ -13,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import col
 
 from services.notifications import domain, inbox
-from services.notifications.delivery import SendFailed, check_destination
+from services.notifications.delivery import SendFailed, TooManyStreams, check_destination, seal_secret
 from services.notifications.models import Alert, Delivery, Subscription
 from services.notifications.schemas import (
     AlertOut,
@@ -25,7 +24,7 @@ from services.notifications.schemas import (
 )
 from shared.auth import INSTITUTION_ROLES, AnyRole, Principal, Role, allow
 from shared.db import SessionDep
-from shared.errors import Problem, forbidden, not_found
+from shared.errors import Problem, forbidden, not_found, problem_response
 
 router = APIRouter(prefix="/v1")
 
@@ -96,17 +95,22 @@ async def mark_read(
     tags=["inbox"],
     summary="The caller's alerts as Server-Sent Events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "`id:` seq, `event: alert`, data JSON"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`id:` seq, `event: alert`, data JSON"},
+        429: {"description": "Too many open streams for this user"},
+    },
 )
 async def stream_inbox(
     principal: AnyRole,
     request: Request,
     accept_language: AcceptLanguage = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
-) -> StreamingResponse:
+) -> Response:
     """New alerts live (any replica's inserts, via PostgreSQL NOTIFY); a comment heartbeat every 15 s.
 
-    Reconnect with `Last-Event-ID` to get first every alert after that id, then the live ones.
+    Reconnect with `Last-Event-ID` to get first every alert after that id, then the live ones. At most
+    `MKR_NOTIFICATIONS_MAX_STREAMS` streams per user (`sub`) are open at once (429 beyond), and a stream
+    ends when its token expires: reconnect with a fresh token.
     """
     resume: int | None = None
     if last_event_id not in (None, ""):
@@ -118,16 +122,36 @@ async def stream_inbox(
             )
         resume = int(last_event_id)
     app = request.app
+    config = app.state.notifications_config
+    broadcaster = app.state.broadcaster
+    try:
+        listener = broadcaster.open(
+            municipality=principal.municipality,
+            role=principal.role.value,
+            member_id=principal.member_id,
+            shelter_id=principal.shelter_id,
+            sub=principal.sub,
+            max_per_sub=config.max_streams,
+        )
+    except TooManyStreams:
+        return problem_response(
+            429,
+            f"At most {config.max_streams} streams may be open at once for one user; close one first.",
+            headers={"Retry-After": "5"},
+        )
     events = inbox.stream(
         app.state.runtime,
-        app.state.broadcaster,
+        broadcaster,
+        listener,
         principal,
         language=domain.language_of(accept_language),
         last_event_id=resume,
-        heartbeat_seconds=app.state.notifications_config.sse_heartbeat_seconds,
+        heartbeat_seconds=config.sse_heartbeat_seconds,
+        ends_at=inbox.token_expiry(request),
     )
-    return StreamingResponse(
+    return inbox.ClosingStream(
         events,
+        on_close=lambda: broadcaster.close(listener),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Vary": "Accept-Language"},
     )
@@ -173,19 +197,23 @@ async def create_subscription(
 ) -> SubscriptionCreated:
     """Events of `event_types` in the caller's municipality are POSTed to `url`, signed with `secret`.
 
+    Without a `secret`, a `whsec_` one is generated (Standard Webhooks). Secrets are encrypted at rest.
+    An owner holds at most `MKR_NOTIFICATIONS_MAX_SUBSCRIPTIONS` subscriptions (409 beyond).
+
     An institution's subscription receives only events that name its member (`to_member_id`,
     `responsible_member_id`, `member_id`, `member_ids[]`, `actions[].responsible_member_id`); the
     coordinator's receives every event of the municipality. The secret is shown only here.
     """
     member_id = None if principal.role is Role.coordinator else _member_of(principal)
     settings = request.app.state.settings
+    config = request.app.state.notifications_config
     try:
         await check_destination(body.url, settings.environment, settings.webhook_allowed_hosts)
     except SendFailed as exc:
         raise Problem(
             422, f"The webhook URL is refused: {exc}", errors=[{"loc": ["body", "url"], "msg": str(exc)}]
         ) from exc
-    secret = body.secret or secrets.token_urlsafe(32)
+    secret = body.secret or domain.generated_secret()
     row = Subscription(
         municipality=principal.municipality,
         owner_role=principal.role.value,
@@ -193,19 +221,38 @@ async def create_subscription(
         owner_sub=principal.sub,
         url=body.url,
         event_types=body.event_types,
-        secret=secret,
+        secret="",
+        secret_sealed=True,
     )
+    row.secret = seal_secret(settings, row.id, secret)
     async with session.begin():
+        # One owner's creations one at a time, so that the cap holds under concurrent requests.
+        owner_key = f"subscriptions:{principal.municipality}:{member_id or ''}"
+        await session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(owner_key))))
+        held = await session.scalar(sa.select(sa.func.count()).select_from(Subscription).where(_owned_by(principal)))
+        if int(held or 0) >= config.max_subscriptions:
+            raise Problem(
+                409,
+                f"An owner may hold at most {config.max_subscriptions} webhook subscriptions; delete one first.",
+            )
         session.add(row)
     return SubscriptionCreated(**_subscription_out(row).model_dump(), secret=secret)
 
 
 @router.get("/subscriptions", response_model=list[SubscriptionOut], tags=["webhooks"], summary="The caller's webhooks")
-async def list_subscriptions(principal: SubscriberRole, session: SessionDep) -> list[SubscriptionOut]:
+async def list_subscriptions(
+    principal: SubscriberRole,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[SubscriptionOut]:
+    """Oldest first, at most `limit` (an owner holds at most `MKR_NOTIFICATIONS_MAX_SUBSCRIPTIONS`)."""
     rows = (
         (
             await session.execute(
-                sa.select(Subscription).where(_owned_by(principal)).order_by(col(Subscription.created_at))
+                sa.select(Subscription)
+                .where(_owned_by(principal))
+                .order_by(col(Subscription.created_at), col(Subscription.id))
+                .limit(limit)
             )
         )
         .scalars()

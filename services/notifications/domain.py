@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
 import random
+import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -414,6 +417,39 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+WHSEC_PREFIX = "whsec_"
+
+
+def standard_webhook_key(secret: str) -> bytes:
+    """The Standard Webhooks signing key: a `whsec_<base64>` secret decoded as that library does; any other
+    secret's UTF-8 bytes (a receiver passes them to the library as bytes)."""
+    if secret.startswith(WHSEC_PREFIX):
+        try:
+            key = base64.b64decode(secret[len(WHSEC_PREFIX) :] + "==")  # exactly the library's decoding
+        except (binascii.Error, ValueError):
+            key = b""
+        if key:
+            return key
+        # Not base64 after all (the library would refuse it): the text is the key, as for any other secret.
+    return secret.encode()
+
+
+def standard_webhook_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """`webhook-id`, `webhook-timestamp`, `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`)."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(standard_webhook_key(secret), signed, hashlib.sha256).digest()
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
+
+
+def generated_secret() -> str:
+    """A fresh `whsec_` secret: 32 random bytes, base64."""
+    return WHSEC_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     """Exponential back-off with jitter after `attempts` failures (1, 2, …): 0.5–1 × base·2^(n-1)."""
     return min(cap, base * 2 ** min(attempts - 1, 30)) * (0.5 + random.random() / 2)
@@ -466,18 +502,71 @@ def check_url(url: str, *, allowed_hosts: list[str]) -> str:
     return parts.hostname
 
 
-def check_address(address: str, *, environment: str, allow_listed: bool) -> None:
-    """Refuse internal addresses: private, loopback, link-local… in production; link-local everywhere.
+# Cloud instance-metadata and platform endpoints: refused in every environment, allow-listed or not.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle, Hetzner…
+        "169.254.170.2",  # AWS ECS task metadata
+        "169.254.0.23",  # Tencent Cloud
+        "100.100.100.200",  # Alibaba Cloud
+        "168.63.129.16",  # Azure wire server
+        "192.0.0.192",  # Oracle Cloud (classic)
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "fd00:ec2::23",  # AWS DNS over IPv6
+        "fd00:ec2::123",  # AWS time over IPv6
+    )
+)
+METADATA_NETWORKS = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fd00:ec2::/32"))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
-    An allow-listed host may resolve anywhere. Development and test may call loopback and private
-    addresses (local receivers), never link-local (cloud metadata endpoints).
-    """
-    if allow_listed:
-        return
+# One answer for every refused address, whatever the reason: the API tells no one which internal names
+# exist or resolve, or to what.
+REFUSED_ADDRESS = "The URL's host is not a public address this service may call."
+
+
+def carried_addresses(address: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The address and every IPv4 address it carries: IPv4-mapped (::ffff:0:0/96), 6to4 (2002::/16),
+    Teredo (2001::/32, server and client), NAT64 (64:ff9b::/96) and IPv4-compatible (::/96)."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
-        raise UnsafeUrl("The URL points to a link-local, multicast or unspecified address.")
-    if environment == "production" and (ip.is_private or ip.is_loopback or ip.is_reserved or not ip.is_global):
-        raise UnsafeUrl("The URL points to an internal address.")
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return [ip.ipv4_mapped]  # only another spelling of the IPv4 address: judged as that
+        if ip in NAT64:
+            return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+        if ip.sixtofour:
+            found.append(ip.sixtofour)
+        if ip.teredo:
+            found.extend(ip.teredo)
+        if ip in IPV4_COMPATIBLE and int(ip) > 1:
+            found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
+def is_metadata_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return ip in METADATA_ADDRESSES or any(ip in net for net in METADATA_NETWORKS if ip.version == net.version)
+
+
+def check_address(address: str, *, environment: str, allow_listed: bool) -> None:
+    """Refuse internal addresses, looking through IPv6 addresses that carry an IPv4 one.
+
+    Everywhere: cloud metadata endpoints (even for an allow-listed host), and unless allow-listed
+    link-local, multicast and unspecified addresses. Production also refuses private, loopback,
+    reserved and every other non-global address; development and test may call loopback and private
+    addresses (local receivers). Every refusal says the same (`REFUSED_ADDRESS`).
+    """
+    try:
+        candidates = carried_addresses(address)
+    except ValueError as exc:
+        raise UnsafeUrl(REFUSED_ADDRESS) from exc
+    for ip in candidates:
+        if is_metadata_address(ip):
+            raise UnsafeUrl(REFUSED_ADDRESS)
+        if allow_listed:
+            continue
+        if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+            raise UnsafeUrl(REFUSED_ADDRESS)
+        if environment == "production" and (ip.is_private or ip.is_loopback or ip.is_reserved or not ip.is_global):
+            raise UnsafeUrl(REFUSED_ADDRESS)

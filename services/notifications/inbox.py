@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import sqlalchemy as sa
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from jose import jwt
+from jose.exceptions import JOSEError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
+from starlette.types import Receive, Scope, Send
 
 from services.notifications import domain
-from services.notifications.delivery import Broadcaster
+from services.notifications.delivery import Broadcaster, Listener
 from services.notifications.models import Alert
 from services.notifications.schemas import AlertOut
 from shared.app import ServiceRuntime
@@ -97,17 +104,54 @@ def sse_frame(alert: AlertOut) -> str:
     return f"id: {alert.seq}\nevent: alert\ndata: {json.dumps(alert.model_dump(mode='json'), ensure_ascii=False)}\n\n"
 
 
+def token_expiry(request: Request) -> float | None:
+    """The `exp` of the request's bearer token (already verified by the route's dependency)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    try:
+        exp = jwt.get_unverified_claims(credentials.strip()).get("exp")
+    except JOSEError:
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+class ClosingStream(StreamingResponse):
+    """A streaming response that runs `on_close` however it ends (even if its body never starts)."""
+
+    def __init__(self, content: AsyncIterator[str], *, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+
 async def stream(
     runtime: ServiceRuntime,
     broadcaster: Broadcaster,
+    listener: Listener,
     principal: Principal,
     *,
     language: domain.Language,
     last_event_id: int | None,
     heartbeat_seconds: float,
+    ends_at: float | None = None,
 ) -> AsyncIterator[str]:
-    """The caller's alerts as SSE: first those after Last-Event-ID, then each new one as it lands."""
-    wake = broadcaster.subscribe()
+    """The caller's alerts as SSE: first those after Last-Event-ID, then each new one as it lands.
+
+    `listener` (opened by the route, closed here or by the response) is woken only by alerts that
+    concern the caller; the stream ends at `ends_at` (the token's `exp`, epoch seconds).
+    """
+    wake = listener.wake
     try:
         if last_event_id is None:
             async with runtime.sessions() as session:
@@ -117,6 +161,10 @@ async def stream(
         yield "retry: 2000\n: connected\n\n"
         while not runtime.stopping.is_set():
             wake.clear()
+            left = heartbeat_seconds if ends_at is None else ends_at - time.time()
+            if left <= 0:
+                yield "event: expired\ndata: {}\n\n"
+                return
             async with runtime.sessions() as session:
                 fresh = await since(session, principal, last)
             for alert in fresh:
@@ -126,8 +174,9 @@ async def stream(
             if fresh:
                 continue
             try:
-                await asyncio.wait_for(wake.wait(), timeout=heartbeat_seconds)
+                await asyncio.wait_for(wake.wait(), timeout=min(heartbeat_seconds, max(left, 0.01)))
             except TimeoutError:
-                yield ": heartbeat\n\n"
+                if ends_at is None or time.time() < ends_at:
+                    yield ": heartbeat\n\n"
     finally:
-        broadcaster.unsubscribe(wake)
+        broadcaster.close(listener)

@@ -121,7 +121,9 @@ class Subscription(SQLModel, table=True):
     owner_sub: str
     url: str
     event_types: list[str] = Field(sa_type=ARRAY(sa.Text))  # type: ignore[call-overload]
+    # Sealed with the service's encryption key (AES-GCM, bound to the row); False only for rows of before.
     secret: str
+    secret_sealed: bool = False
     created_at: datetime = _tz(default_factory=_now)
     deleted_at: datetime | None = _tz(default=None)
 

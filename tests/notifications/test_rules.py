@@ -113,7 +113,11 @@ def test_internal_addresses_are_refused_in_production(address: str, environment:
             domain.check_address(address, environment=environment, allow_listed=False)
     else:
         domain.check_address(address, environment=environment, allow_listed=False)
-    domain.check_address(address, environment=environment, allow_listed=True)
+    if address == "169.254.169.254":  # cloud metadata: refused even for an allow-listed host (issue #11)
+        with pytest.raises(domain.UnsafeUrl):
+            domain.check_address(address, environment=environment, allow_listed=True)
+    else:
+        domain.check_address(address, environment=environment, allow_listed=True)
 
 
 def test_allow_list_limits_webhook_hosts() -> None:
