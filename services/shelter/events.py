@@ -70,8 +70,9 @@ async def placement_started(
 
 
 async def placement_ended(
-    session: AsyncSession, settings: Settings, placement: Placement, case_number: str | None
+    session: AsyncSession, settings: Settings, placement: Placement, case_number: str | None, reason: str
 ) -> None:
+    """`reason` is the discharge text as given (stored sealed); the event carries only its code."""
     assert placement.ended_at is not None
     data = {
         "placement_id": str(placement.id),
@@ -81,7 +82,7 @@ async def placement_ended(
         "adults": placement.adults,
         "children": placement.children,
         "ended_at": placement.ended_at.isoformat(),
-        "reason": domain.event_reason(placement.end_reason or ""),
+        "reason": domain.event_reason(reason),
     }
     key = str(placement.case_id)
     await _emit(session, settings, "placement.ended", key=key, municipality=placement.municipality, data=data)

@@ -205,7 +205,7 @@ async def test_institution_subscription_receives_only_events_naming_its_member(
             "case_number": "ELB-2026-00079",
             "to_member_id": to,
             "to_member_kind": "police",
-            "service": "protection",
+            "service": "police",
             "urgency": "normal",
             "reason": "routing",
             "status": "pending",
