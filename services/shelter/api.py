@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.shelter import domain, events
 from services.shelter.config import ShelterConfig
 from services.shelter.contact import ContactSealer
-from services.shelter.models import CaseProjection, Placement, Shelter
+from services.shelter.models import CaseProjection, DirectoryMember, Placement, Shelter
 from services.shelter.schemas import (
     AvailabilityUpdate,
     Discharge,
@@ -117,6 +117,16 @@ def require_keeper_of(principal: Principal, shelter: Shelter) -> None:
 # --- the registry -------------------------------------------------------------------------------
 
 
+async def _require_shelter_member(session: AsyncSession, member_id: str, municipality: str) -> None:
+    """A shelter may claim only a directory member that exists, is active, is of kind `shelter` and of
+    its own municipality (from referral's `member.saved`); otherwise staff could borrow the identity of
+    the police or of another town's shelter and read the referrals addressed to it."""
+    async with session.begin():
+        member = await session.get(DirectoryMember, member_id)
+    if member is None or member.municipality != municipality or member.kind != "shelter" or not member.active:
+        raise invalid(["body", "member_id"], "not an active directory member of kind shelter in this municipality")
+
+
 @router.post("/shelters", status_code=201, response_model=ShelterOut, response_model_exclude_unset=True)
 async def register_shelter(
     body: ShelterCreate, principal: Registrar, session: SessionDep, request: Request, response: Response
@@ -125,6 +135,8 @@ async def register_shelter(
     free = body.capacity if body.free_beds is None else body.free_beds
     if free > body.capacity:
         raise invalid(["body", "free_beds"], "free_beds may not exceed capacity")
+    if body.member_id is not None:
+        await _require_shelter_member(session, body.member_id, body.municipality)
     now = _now()
     sealer = sealer_of(request)
     shelter_id = uuid.uuid4()

@@ -10,8 +10,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from shared.sealed import seal_stored
-from tests.shelter.helpers import outbox_events, placement_body, register
-from tests.support import Stack, dump_database, new_municipality
+from tests.shelter.helpers import outbox_events, placement_body, register, shelter_body
+from tests.support import Stack, dump_database, new_municipality, wait_for
 
 MIGRATION = Path(__file__).parents[2] / "services/shelter/migrations/versions/20261202_0005_sealed_text.py"
 
@@ -136,3 +136,55 @@ async def test_unslugged_municipality_in_budget_path_is_422(stack: Stack) -> Non
         assert put.status_code == 422, (bad, put.status_code)
     shelters = await stack.shelter.get("/v1/shelters", params={"municipality": "Bad Name"}, headers=officer)
     assert shelters.status_code == 422
+
+
+async def test_shelter_cannot_borrow_another_members_identity(stack: Stack) -> None:
+    """A shelter's `member_id` decides which referrals its staff read: only a real, active directory
+    member of kind shelter of the same municipality may be named (422 otherwise)."""
+    m, elsewhere = new_municipality(), new_municipality()
+
+    async def member(municipality: str, kind: str, active: bool = True) -> str:
+        created = await stack.referral.post(
+            "/v1/members",
+            json={"name": f"{kind} office", "kind": kind, "municipality": municipality, "active": active},
+            headers=stack.auth("coordinator", municipality),
+        )
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
+    police = await member(m, "police")
+    foreign_shelter = await member(elsewhere, "shelter")
+    inactive_shelter = await member(m, "shelter", active=False)
+    own_shelter = await member(m, "shelter")
+    coordinator = stack.auth("coordinator", m)
+
+    async def projected() -> bool:
+        engine = stack.apps["shelter"].state.runtime.engine
+        async with engine.connect() as conn:
+            known = await conn.scalar(
+                sa.text("SELECT count(*) FROM directory_members WHERE member_id = ANY(:ids)"),
+                {"ids": [police, foreign_shelter, inactive_shelter, own_shelter]},
+            )
+        return known == 4
+
+    await wait_for(projected, timeout=30, what="shelter's projection of member.saved")
+    for borrowed in (police, foreign_shelter, inactive_shelter, str(uuid.uuid4()), "not-a-member"):
+        body = shelter_body(m, member_id=borrowed)
+        refused = await stack.shelter.post("/v1/shelters", json=body, headers=coordinator)
+        assert refused.status_code == 422, (borrowed, refused.text)
+        assert refused.json()["errors"][0]["loc"] == ["body", "member_id"]
+    listed = await stack.shelter.get("/v1/shelters", headers=coordinator)
+    assert listed.json() == []
+    created = await stack.shelter.post("/v1/shelters", json=shelter_body(m, member_id=own_shelter), headers=coordinator)
+    assert created.status_code == 201, created.text
+    assert created.json()["member_id"] == own_shelter
+    # A member later deactivated can no longer be claimed by a new shelter.
+    off = await stack.referral.patch(f"/v1/members/{own_shelter}", json={"active": False}, headers=coordinator)
+    assert off.status_code == 200
+
+    async def deactivated() -> bool:
+        body = shelter_body(m, member_id=own_shelter)
+        again = await stack.shelter.post("/v1/shelters", json=body, headers=coordinator)
+        return again.status_code == 422
+
+    await wait_for(deactivated, timeout=30, what="the deactivation to reach the shelter service")
