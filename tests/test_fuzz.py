@@ -95,11 +95,20 @@ def _remember(service: str, case: Any, response: Any) -> None:
             collection.append(answer["id"])
 
 
+_CLIENT: list[httpx.Client] = []
+
+
+def _client() -> httpx.Client:
+    """One client for the follow-up requests (a new client per request loads the CA bundle each time)."""
+    if not _CLIENT:
+        _CLIENT.append(httpx.Client(timeout=30))
+    return _CLIENT[0]
+
+
 def _lists_still_answer(service: str, base_url: str, headers: dict[str, str], after: str) -> None:
-    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
-        for path in _lists(service):
-            answer = client.get(path)
-            assert answer.status_code < 500, f"GET {path} answers {answer.status_code} after {after}: {answer.text}"
+    for path in _lists(service):
+        answer = _client().get(base_url + path, headers=headers)
+        assert answer.status_code < 500, f"GET {path} answers {answer.status_code} after {after}: {answer.text}"
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +170,7 @@ def _fuzz(service: str) -> Callable[..., Any]:
         if case.method == "PATCH" and isinstance(case.body, dict) and case.body:
             nulls = {name: None for name in case.body}
             url = served[service] + case.formatted_path
-            answer = httpx.patch(url, json=nulls, headers=headers, timeout=30)
+            answer = _client().patch(url, json=nulls, headers=headers)
             assert answer.status_code < 500, f"{what} with {nulls} answers {answer.status_code}: {answer.text}"
         if case.method in WRITES and response.status_code < 300:
             _lists_still_answer(service, served[service], headers, what)
