@@ -8,7 +8,9 @@ import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
 
+from shared.events import REFERRAL_TOPIC, make_event
 from shared.sealed import seal_stored
 from tests.shelter.helpers import outbox_events, placement_body, register, shelter_body
 from tests.support import Stack, dump_database, new_municipality, wait_for
@@ -138,19 +140,32 @@ async def test_unslugged_municipality_in_budget_path_is_422(stack: Stack) -> Non
     assert shelters.status_code == 422
 
 
+async def _member_saved(stack: Stack, municipality: str, member_id: str, kind: str, active: bool) -> None:
+    """Publish referral's `member.saved` to the real broker, as the referral service does."""
+    event = make_event(
+        type_="member.saved", source="mkr/referral", subject=member_id, municipality=municipality,
+        data={"member_id": member_id, "name": f"{kind} office", "kind": kind, "services": [], "email": None,
+              "active": active},
+    )  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            stack.settings.topic(REFERRAL_TOPIC), value=event.model_dump_json().encode(), key=member_id.encode()
+        )
+    finally:
+        await producer.stop()
+
+
 async def test_shelter_cannot_borrow_another_members_identity(stack: Stack) -> None:
     """A shelter's `member_id` decides which referrals its staff read: only a real, active directory
     member of kind shelter of the same municipality may be named (422 otherwise)."""
     m, elsewhere = new_municipality(), new_municipality()
 
     async def member(municipality: str, kind: str, active: bool = True) -> str:
-        created = await stack.referral.post(
-            "/v1/members",
-            json={"name": f"{kind} office", "kind": kind, "municipality": municipality, "active": active},
-            headers=stack.auth("coordinator", municipality),
-        )
-        assert created.status_code == 201, created.text
-        return str(created.json()["id"])
+        member_id = str(uuid.uuid4())
+        await _member_saved(stack, municipality, member_id, kind, active)
+        return member_id
 
     police = await member(m, "police")
     foreign_shelter = await member(elsewhere, "shelter")
@@ -179,8 +194,7 @@ async def test_shelter_cannot_borrow_another_members_identity(stack: Stack) -> N
     assert created.status_code == 201, created.text
     assert created.json()["member_id"] == own_shelter
     # A member later deactivated can no longer be claimed by a new shelter.
-    off = await stack.referral.patch(f"/v1/members/{own_shelter}", json={"active": False}, headers=coordinator)
-    assert off.status_code == 200
+    await _member_saved(stack, m, own_shelter, "shelter", False)
 
     async def deactivated() -> bool:
         body = shelter_body(m, member_id=own_shelter)
