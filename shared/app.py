@@ -71,7 +71,7 @@ def create_service_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.ensure_database(settings, name)
         engine = db.create_engine(settings, name)
-        await db.migrate(engine, migrations)
+        await db.migrate(engine, migrations, settings)
         relay = OutboxRelay(settings, engine, db.asyncpg_dsn(db.service_url(settings, name)), name=name)
         runtime = ServiceRuntime(
             name=name, settings=settings, engine=engine, sessions=db.session_factory(engine), relay=relay

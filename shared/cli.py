@@ -53,7 +53,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             await ensure_database(settings, name)
             engine = create_engine(settings, name)
             try:
-                await migrate(engine, Path(__file__).parent.parent / "services" / name / "migrations")
+                await migrate(engine, Path(__file__).parent.parent / "services" / name / "migrations", settings)
             finally:
                 await engine.dispose()
             print(f"{name}: migrated")

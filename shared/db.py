@@ -133,20 +133,27 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def _alembic_config(migrations: Path, connection: Connection) -> Config:
+def _alembic_config(migrations: Path, connection: Connection, settings: Settings | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations))
     cfg.attributes["connection"] = connection
+    cfg.attributes["settings"] = settings  # data migrations that seal stored text need the keys
     return cfg
 
 
-async def migrate(engine: AsyncEngine, migrations: Path) -> None:
+def migration_settings() -> Settings:
+    """Inside a migration: the settings the service runs with (the environment's when none were given)."""
+    settings = context.config.attributes.get("settings")
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+async def migrate(engine: AsyncEngine, migrations: Path, settings: Settings | None = None) -> None:
     """Bring the service's database to the head of its own Alembic history."""
 
     def _upgrade(connection: Connection) -> None:
         # One migrator at a time when several replicas start together.
         connection.execute(text("SELECT pg_advisory_xact_lock(7310001)"))
-        command.upgrade(_alembic_config(migrations, connection), "head")
+        command.upgrade(_alembic_config(migrations, connection, settings), "head")
 
     # Alembic's `op`/`context` are process-wide: one migration at a time in this process.
     await asyncio.to_thread(_MIGRATION_LOCK.acquire)

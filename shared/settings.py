@@ -13,6 +13,9 @@ ServiceName = Literal["intake", "referral", "shelter", "notifications"]
 SERVICES: tuple[ServiceName, ...] = ("intake", "referral", "shelter", "notifications")
 
 
+MIN_INDEX_KEY_BYTES = 32  # production refuses a shorter MKR_INDEX_KEY
+
+
 class Settings(BaseSettings):
     """One settings object for all services; each reads the parts it needs."""
 
@@ -99,6 +102,9 @@ class Settings(BaseSettings):
                 missing.append("MKR_JWT_PUBLIC_KEY or MKR_JWT_JWKS_URL")
             if missing:
                 raise ValueError("production needs " + ", ".join(missing))
+            # A short index key makes the keyed name trigrams guessable offline (MKR_INDEX_KEY, bytes).
+            if len((self.index_key or "").encode()) < MIN_INDEX_KEY_BYTES:
+                raise ValueError(f"production needs an MKR_INDEX_KEY of at least {MIN_INDEX_KEY_BYTES} bytes")
         return self
 
     @model_validator(mode="after")

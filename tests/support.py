@@ -166,3 +166,19 @@ async def read_envelopes(settings: Settings, topic: str, want: int, timeout: flo
 
     values = await read_topic(settings, topic, until=lambda v: len(v) >= want, timeout=timeout)
     return [Envelope.model_validate_json(value) for value in values]
+
+
+async def dump_database(stack: Stack, service: str) -> str:
+    """Every row of every table of a service's database as JSON text (what a stolen dump would show)."""
+    import sqlalchemy as sa
+
+    engine = stack.apps[service].state.runtime.engine
+    async with engine.connect() as conn:
+        tables = (
+            await conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"))
+        ).scalars().all()
+        rows: list[str] = []
+        for table in tables:
+            result = await conn.execute(sa.text(f'SELECT row_to_json(t)::text FROM "{table}" t'))
+            rows.extend(f"{table}: {row}" for row in result.scalars().all())
+    return "\n".join(rows)

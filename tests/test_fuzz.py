@@ -4,6 +4,13 @@ Each service runs under a real uvicorn server on 127.0.0.1 (own databases and to
 operation a bounded number of generated requests (valid and invalid) must: never produce a 5xx,
 answer with a documented status and content type, match the documented response schema, and refuse
 the request when the token is left out (`ignored_auth`).
+
+Stateful: a request checked alone cannot show a write that poisons later reads (the directory of
+issue #11 answered 500 to every list after one odd contact was stored). Generated bodies named a
+random municipality, so the coordinator's writes were refused (403) and never landed, and path ids
+were random, so a PATCH never reached a real row (404 before the handler ran). So here each body
+writes to the fuzz municipality, path ids are ids the service returned earlier, every accepted
+write is followed by every list of the service, and each PATCH is sent again with its fields null.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import zlib
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,8 +45,70 @@ from tests.support import create_app, token
 MAX_EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           ignored_auth]
-SCHEMAS = {name: schemathesis.openapi.from_dict(create_app(name, Settings()).openapi()) for name in SERVICES}
+OPENAPI = {name: create_app(name, Settings()).openapi() for name in SERVICES}
+SCHEMAS = {name: schemathesis.openapi.from_dict(OPENAPI[name]) for name in SERVICES}
 MUNICIPALITY = "fuzzland"
+WRITES = {"POST", "PUT", "PATCH"}
+# Ids each service answered with, by collection (`/v1/members`), for later path parameters.
+CREATED: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+
+
+def _lists(service: str) -> list[str]:
+    """The service's list endpoints: GET without path or required query parameters (streams aside)."""
+    paths = []
+    for path, operations in OPENAPI[service]["paths"].items():
+        get = operations.get("get")
+        if not path.startswith("/v1/") or "{" in path or path.endswith("/stream") or get is None:
+            continue
+        if not any(p.get("required") for p in get.get("parameters", [])):
+            paths.append(path)
+    return paths
+
+
+def _collection(path: str) -> str:
+    return path.split("{", 1)[0].rstrip("/")
+
+
+def _aim(service: str, case: Any) -> None:
+    """Point a generated request at data that exists: the fuzz municipality, ids returned earlier."""
+    if isinstance(case.body, dict) and "municipality" in case.body:
+        case.body["municipality"] = MUNICIPALITY
+    if case.path_parameters and "municipality" in case.path_parameters:
+        case.path_parameters["municipality"] = MUNICIPALITY
+    known = CREATED[service].get(_collection(case.operation.path))
+    if known and case.path_parameters:
+        for name, value in case.path_parameters.items():
+            if name.endswith("_id"):
+                case.path_parameters[name] = known[zlib.crc32(str(value).encode()) % len(known)]
+
+
+def _remember(service: str, case: Any, response: Any) -> None:
+    if case.method != "POST" or response.status_code not in (200, 201):
+        return
+    try:
+        answer = response.json()
+    except ValueError:
+        return
+    if isinstance(answer, dict) and isinstance(answer.get("id"), str):
+        collection = CREATED[service][_collection(case.operation.path)]
+        if answer["id"] not in collection:
+            collection.append(answer["id"])
+
+
+_CLIENT: list[httpx.Client] = []
+
+
+def _client() -> httpx.Client:
+    """One client for the follow-up requests (a new client per request loads the CA bundle each time)."""
+    if not _CLIENT:
+        _CLIENT.append(httpx.Client(timeout=30))
+    return _CLIENT[0]
+
+
+def _lists_still_answer(service: str, base_url: str, headers: dict[str, str], after: str) -> None:
+    for path in _lists(service):
+        answer = _client().get(base_url + path, headers=headers)
+        assert answer.status_code < 500, f"GET {path} answers {answer.status_code} after {after}: {answer.text}"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +163,17 @@ def _fuzz(service: str) -> Callable[..., Any]:
                          suppress_health_check=list(HealthCheck))
     def test(case: Any, served: dict[str, str], settings: Settings) -> None:
         headers = {"Authorization": f"Bearer {token(settings, 'coordinator', MUNICIPALITY)}"}
-        case.call_and_validate(base_url=served[service], headers=headers, checks=CHECKS, timeout=30)
+        _aim(service, case)
+        response = case.call_and_validate(base_url=served[service], headers=headers, checks=CHECKS, timeout=30)
+        _remember(service, case, response)
+        what = f"{case.method} {case.path}"
+        if case.method == "PATCH" and isinstance(case.body, dict) and case.body:
+            nulls = {name: None for name in case.body}
+            url = served[service] + case.formatted_path
+            answer = _client().patch(url, json=nulls, headers=headers)
+            assert answer.status_code < 500, f"{what} with {nulls} answers {answer.status_code}: {answer.text}"
+        if case.method in WRITES and response.status_code < 300:
+            _lists_still_answer(service, served[service], headers, what)
 
     return test
 

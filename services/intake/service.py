@@ -192,6 +192,16 @@ async def possible_duplicates(
     return [Match(row.id, row.case_number, round(float(row.score), 3)) for row in rows]
 
 
+# The census keeps no exact count per key at rest: each is rounded up to a power of two (1, 2, 4, 8, …),
+# enough to tell rare keys from common ones. Rounding up is monotonic, so the probe stays correct.
+CENSUS_BUCKET = "CAST(power(2, ceil(log(2.0, GREATEST({count}, 1)::numeric))) AS int)"
+
+
+def census_bucket(count: int) -> int:
+    """What the census stores for `count` survivors holding a key: the power of two at or above it."""
+    return 1 << max(0, count - 1).bit_length()
+
+
 async def count_survivor_keys(session: AsyncSession) -> list[str]:
     """Recount the key census of each municipality whose number of survivors changed since its last count.
 
@@ -216,9 +226,9 @@ async def count_survivor_keys(session: AsyncSession) -> list[str]:
         await session.execute(sa.text("DELETE FROM survivor_key_counts WHERE municipality = :m"), {"m": municipality})
         await session.execute(
             sa.text(
-                """
+                f"""
                 INSERT INTO survivor_key_counts (municipality, key, survivors)
-                SELECT :m, k, count(*) FROM survivor_index s, unnest(s.name_keys) AS k
+                SELECT :m, k, {CENSUS_BUCKET.format(count="count(*)")} FROM survivor_index s, unnest(s.name_keys) AS k
                 WHERE s.municipality = :m GROUP BY k
                 """
             ),

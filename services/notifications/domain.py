@@ -156,7 +156,10 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         priority=10,
     ),
     AlertRule(PROTECTION_ORDER_EXPIRING, "protection_order.expiring", "role", "coordinator", "warning", priority=10),
-    AlertRule(PROTECTION_ORDER_EXPIRING, "protection_order.expiring", "role", "police", "warning", priority=10),
+    # The police member involved in the case (referred to, else the reporter), not every police user.
+    AlertRule(
+        PROTECTION_ORDER_EXPIRING, "protection_order.expiring", "member", "police_member_id", "warning", priority=10
+    ),
     AlertRule("plan.action_overdue", "plan.action_overdue", "role", "coordinator", "warning", priority=10),
     AlertRule(
         "plan.action_overdue",

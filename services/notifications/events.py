@@ -23,6 +23,7 @@ from services.notifications.config import NotificationsConfig
 from services.notifications.models import (
     Alert,
     AlertRuleRow,
+    CasePolice,
     Delivery,
     MemberContact,
     MunicipalityBeds,
@@ -97,6 +98,8 @@ class EventHandler:
             await self._save_protection_order(session, event)
         elif event.type in ("shelter.availability_changed", "shelter.full"):
             await self._save_beds(session, event)
+        elif event.type in ("case.reported", "referral.created"):
+            await _save_case_police(session, event)
         await self._raise_alerts(session, event, data)
         await self._queue_webhooks(session, event)
 
@@ -349,6 +352,35 @@ async def notification_failed(session: AsyncSession, settings: Settings, deliver
     await publish(session, settings, NOTIFICATIONS_TOPIC, event, key=str(delivery.subscription_id or delivery.id))
 
 
+# --- the police member of a case -------------------------------------------------------------------
+
+
+async def _save_case_police(session: AsyncSession, event: Envelope) -> None:
+    data = event.data
+    case_id = data.get("case_id")
+    if event.type == "referral.created" and data.get("to_member_kind") == "police":
+        column, member_id = "referred_member_id", data.get("to_member_id")
+    elif event.type == "case.reported" and data.get("reported_by_role") == "police":
+        column, member_id = "reporting_member_id", data.get("reported_by_member_id")
+    else:
+        return
+    if not case_id or not member_id:
+        return
+    table = CasePolice.__table__  # type: ignore[attr-defined]
+    stmt = pg_insert(table).values(
+        {"case_id": str(case_id), "municipality": event.municipality, column: str(member_id)}
+    )
+    await session.execute(stmt.on_conflict_do_update(index_elements=["case_id"], set_={column: stmt.excluded[column]}))
+
+
+async def police_member_of(session: AsyncSession, case_id: str) -> str | None:
+    """The police member an expiring order of this case alerts: the one referred to, else the reporter."""
+    row = await session.get(CasePolice, case_id)
+    if row is None:
+        return None
+    return row.referred_member_id or row.reporting_member_id
+
+
 # --- the protection-order scheduler ---------------------------------------------------------------
 
 
@@ -381,6 +413,7 @@ async def raise_expiring_protection_orders(runtime: ServiceRuntime, config: Noti
                     "order_id": order.order_id,
                     "kind": order.kind,
                     "expires_at": order.expires_at.isoformat(),
+                    "police_member_id": await police_member_of(session, order.case_id),
                 },
             )
             event.id = domain.derived_event_id("po-expiring", order.order_id, order.expires_at.isoformat())

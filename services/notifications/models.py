@@ -109,6 +109,18 @@ class ProtectionOrder(SQLModel, table=True):
     expiry_raised_at: datetime | None = _tz(default=None)
 
 
+class CasePolice(SQLModel, table=True):
+    """The police members involved in a case: the latest one referred to (`referral.created`), the one
+    that reported it (`case.reported`). An expiring protection order alerts that member, not all police."""
+
+    __tablename__ = "case_police"
+
+    case_id: str = Field(primary_key=True)
+    municipality: str
+    referred_member_id: str | None = None
+    reporting_member_id: str | None = None
+
+
 class Subscription(SQLModel, table=True):
     """A webhook: events of `event_types` of the owner's municipality (and member) are POSTed to `url`."""
 

@@ -48,6 +48,8 @@ from services.referral.schemas import (
 from shared.auth import ALL_ROLES, INSTITUTION_ROLES, Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import conflict, forbidden, invalid, not_found
+from shared.sealed import TextSealer
+from shared.text import SLUG_PATTERN
 
 router = APIRouter(prefix="/v1")
 
@@ -67,6 +69,11 @@ def _config(request: Request) -> ReferralConfig:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _sealer(request: Request) -> TextSealer:
+    sealer: TextSealer = request.app.state.sealer
+    return sealer
 
 
 def _wake(request: Request) -> None:
@@ -142,7 +149,8 @@ async def list_members(
     session: SessionDep,
     kind: domain.MemberKind | None = None,
     active: bool | None = None,
-    municipality: Annotated[str | None, Query(max_length=64)] = None,
+    municipality: Annotated[str | None, Query(pattern=SLUG_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[MemberOut]:
     """The directory of the caller's municipality (an auditor may name one), in directory order."""
     query = sa.select(Member).order_by(Member.created_at, Member.id)  # type: ignore[arg-type]
@@ -154,7 +162,7 @@ async def list_members(
         query = query.where(Member.kind == kind)  # type: ignore[arg-type]
     if active is not None:
         query = query.where(Member.active.is_(active))  # type: ignore[attr-defined]
-    rows = (await session.execute(query.limit(1000))).scalars().all()
+    rows = (await session.execute(query.limit(limit))).scalars().all()
     return [member_out(m) for m in rows]
 
 
@@ -265,7 +273,10 @@ async def case_routing(case_id: uuid.UUID, principal: Coordinator, session: Sess
 # --- referrals -------------------------------------------------------------------------------------
 
 
-def referral_out(referral: Referral) -> ReferralOut:
+def referral_out(referral: Referral, sealer: TextSealer) -> ReferralOut:
+    def opened(field: str) -> str | None:
+        return sealer.open("referrals", referral.id, field, getattr(referral, field))
+
     return ReferralOut(
         id=referral.id,
         case_id=referral.case_id,
@@ -282,10 +293,10 @@ def referral_out(referral: Referral) -> ReferralOut:
         history=referral.history,  # type: ignore[arg-type]
         legal_exception=referral.legal_exception,
         consent_override=referral.consent_override_reason is not None,
-        consent_override_reason=referral.consent_override_reason,
-        note=referral.note,
-        decline_reason=referral.decline_reason,
-        outcome=referral.outcome,
+        consent_override_reason=opened("consent_override_reason"),
+        note=opened("note"),
+        decline_reason=opened("decline_reason"),
+        outcome=opened("outcome"),
         acknowledged_at=referral.acknowledged_at,
         sla_breached_at=referral.sla_breached_at,
     )
@@ -312,10 +323,11 @@ async def _visibility(session: AsyncSession, principal: Principal) -> sa.ColumnE
 async def list_referrals(
     principal: ReferralReader,
     session: SessionDep,
+    request: Request,
     case_id: uuid.UUID | None = None,
     to_member_id: uuid.UUID | None = None,
     status: ReferralStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[ReferralOut]:
     """Coordinator: all of the municipality; institutions: addressed to or sent by their member;
     shelter staff: addressed to their shelter's member. Oldest first."""
@@ -328,16 +340,18 @@ async def list_referrals(
         query = query.where(Referral.status == status)  # type: ignore[arg-type]
     query = query.order_by(Referral.created_at, Referral.id).limit(limit)  # type: ignore[arg-type]
     rows = (await session.execute(query)).scalars().all()
-    return [referral_out(r) for r in rows]
+    return [referral_out(r, _sealer(request)) for r in rows]
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, tags=["referrals"])
-async def get_referral(referral_id: uuid.UUID, principal: ReferralReader, session: SessionDep) -> ReferralOut:
+async def get_referral(
+    referral_id: uuid.UUID, principal: ReferralReader, session: SessionDep, request: Request
+) -> ReferralOut:
     query = sa.select(Referral).where(Referral.id == referral_id, await _visibility(session, principal))  # type: ignore[arg-type]
     referral = (await session.execute(query)).scalar_one_or_none()
     if referral is None:
         raise not_found("referral")
-    return referral_out(referral)
+    return referral_out(referral, _sealer(request))
 
 
 async def _case_known_to(
@@ -399,7 +413,10 @@ async def create_referral(
         override = (
             body.consent_override_reason if member.kind not in case.consent_share_with and not exception else None
         )
+        referral_id = uuid.uuid4()
+        sealer = _sealer(request)
         referral = Referral(
+            id=referral_id,
             case_id=case.case_id,
             case_number=case.case_number,
             municipality=case.municipality,
@@ -409,8 +426,8 @@ async def create_referral(
             urgency=body.urgency,
             reason="manual",
             origin="manual",
-            note=body.note,
-            consent_override_reason=override,
+            note=sealer.seal("referrals", referral_id, "note", body.note),
+            consent_override_reason=sealer.seal("referrals", referral_id, "consent_override_reason", override),
             legal_exception=exception,
             sender_member_id=principal.member_id,
             sender_role=principal.role.value,
@@ -424,7 +441,7 @@ async def create_referral(
         await session.flush()
         await events.referral_created(session, request.app.state.settings, referral)
     _wake(request)
-    return referral_out(referral)
+    return referral_out(referral, _sealer(request))
 
 
 @router.post("/referrals/{referral_id}/{action}", response_model=ReferralOut, tags=["referrals"])
@@ -471,9 +488,9 @@ async def act_on_referral(
         if action == "acknowledge":
             referral.acknowledged_at = now
         if action == "decline":
-            referral.decline_reason = body.reason
+            referral.decline_reason = _sealer(request).seal("referrals", referral.id, "decline_reason", body.reason)
         if action == "complete":
-            referral.outcome = body.outcome
+            referral.outcome = _sealer(request).seal("referrals", referral.id, "outcome", body.outcome)
         referral.history = [*referral.history, {"status": referral.status, "at": now.isoformat(), "by": principal.sub}]
         referral.updated_at = now
         await session.flush()
@@ -481,7 +498,7 @@ async def act_on_referral(
             session, request.app.state.settings, referral, previous, principal.role.value, now
         )
     _wake(request)
-    return referral_out(referral)
+    return referral_out(referral, _sealer(request))
 
 
 # --- ETN and Steering Committee meetings, case plans -----------------------------------------------
@@ -546,6 +563,7 @@ async def list_meetings(
     from_: Annotated[date | None, Query(alias="from")] = None,
     to: date | None = None,
     kind: Literal["etn", "steering_committee"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[MeetingOut]:
     """Meetings of the municipality by date (`from`/`to` inclusive, UTC dates)."""
     query = sa.select(EtnMeeting).where(EtnMeeting.municipality == principal.municipality)  # type: ignore[arg-type]
@@ -556,7 +574,7 @@ async def list_meetings(
         query = query.where(day <= to)
     if kind is not None:
         query = query.where(EtnMeeting.kind == kind)  # type: ignore[arg-type]
-    rows = (await session.execute(query.order_by(EtnMeeting.scheduled_for).limit(1000))).scalars().all()  # type: ignore[arg-type]
+    rows = (await session.execute(query.order_by(EtnMeeting.scheduled_for, EtnMeeting.id).limit(limit))).scalars().all()  # type: ignore[arg-type]
     return [meeting_out(m) for m in rows]
 
 
@@ -568,8 +586,9 @@ async def get_meeting(meeting_id: uuid.UUID, principal: Coordinator, session: Se
     return meeting_out(meeting)
 
 
-def action_out(action: PlanAction) -> PlanActionOut:
+def action_out(action: PlanAction, sealer: TextSealer) -> PlanActionOut:
     out = PlanActionOut.model_validate(action)
+    out.action = sealer.open("plan_actions", action.id, "action", action.action) or ""
     out.overdue = action.status == "open" and action.due_date < _now().date()
     return out
 
@@ -608,18 +627,21 @@ async def record_minutes(
             .all()
         )
         now = _now()
+        sealer = _sealer(request)
+        action_ids = [uuid.uuid4() for _ in body.decisions]
         actions = [
             PlanAction(
+                id=action_id,
                 meeting_id=meeting.id,
                 case_id=d.case_id,
                 case_number=numbers[d.case_id],
                 municipality=meeting.municipality,
-                action=d.action,
+                action=sealer.seal("plan_actions", action_id, "action", d.action) or "",
                 responsible_member_id=d.responsible_member_id,
                 due_date=d.due_date,
                 created_at=now,
             )
-            for d in body.decisions
+            for action_id, d in zip(action_ids, body.decisions, strict=True)
         ]
         session.add_all(actions)
         meeting.attended_member_ids = [str(m) for m in body.attended_member_ids]
@@ -628,14 +650,14 @@ async def record_minutes(
         await session.flush()
         await events.minutes_recorded(session, request.app.state.settings, meeting, actions)
     _wake(request)
-    return MinutesOut(meeting=meeting_out(meeting), actions=[action_out(a) for a in actions])
+    return MinutesOut(meeting=meeting_out(meeting), actions=[action_out(a, sealer) for a in actions])
 
 
 PlanReader = Annotated[Principal, Depends(allow(Role.coordinator, INSTITUTION_ROLES, Role.shelter_staff))]
 
 
 @router.get("/cases/{case_id}/plan", response_model=CasePlanOut, tags=["meetings"])
-async def case_plan(case_id: uuid.UUID, principal: PlanReader, session: SessionDep) -> CasePlanOut:
+async def case_plan(case_id: uuid.UUID, principal: PlanReader, session: SessionDep, request: Request) -> CasePlanOut:
     """The case's individual plan: all actions for the coordinator; an institution sees its own actions."""
     case = await _case(session, principal, case_id)
     query = sa.select(PlanAction).where(PlanAction.case_id == case_id)  # type: ignore[arg-type]
@@ -645,11 +667,15 @@ async def case_plan(case_id: uuid.UUID, principal: PlanReader, session: SessionD
     rows = (await session.execute(query.order_by(PlanAction.due_date, PlanAction.id))).scalars().all()  # type: ignore[arg-type]
     if not rows and principal.role is not Role.coordinator:
         raise not_found("case")
-    return CasePlanOut(case_id=case.case_id, case_number=case.case_number, actions=[action_out(a) for a in rows])
+    sealer = _sealer(request)
+    actions = [action_out(a, sealer) for a in rows]
+    return CasePlanOut(case_id=case.case_id, case_number=case.case_number, actions=actions)
 
 
 @router.post("/plan-actions/{action_id}/complete", response_model=PlanActionOut, tags=["meetings"])
-async def complete_plan_action(action_id: uuid.UUID, principal: PlanReader, session: SessionDep) -> PlanActionOut:
+async def complete_plan_action(
+    action_id: uuid.UUID, principal: PlanReader, session: SessionDep, request: Request
+) -> PlanActionOut:
     """Mark a plan action done: the responsible institution or the coordinator. Twice is 409."""
     async with session.begin():
         action = await session.get(PlanAction, action_id, with_for_update=True)
@@ -664,7 +690,7 @@ async def complete_plan_action(action_id: uuid.UUID, principal: PlanReader, sess
         action.completed_at = _now()
         action.completed_by = principal.sub
         await session.flush()
-    return action_out(action)
+    return action_out(action, _sealer(request))
 
 
 # --- dashboard and reports --------------------------------------------------------------------------
@@ -687,7 +713,7 @@ def _report_scope(principal: Principal, municipality: str | None) -> str:
     return principal.municipality
 
 
-Municipality = Annotated[str | None, Query(max_length=64)]
+Municipality = Annotated[str | None, Query(pattern=SLUG_PATTERN)]
 From = Annotated[date, Query(alias="from")]
 
 

@@ -11,6 +11,7 @@ from services.referral.config import ReferralConfig
 from services.referral.events import CONSUMED_TOPICS, make_handler
 from services.referral.scheduler import deadline_scheduler
 from shared.app import ConsumerSpec, create_service_app
+from shared.sealed import TextSealer
 from shared.settings import Settings, get_settings
 
 
@@ -27,4 +28,5 @@ def create_app(settings: Settings | None = None, config: ReferralConfig | None =
         title="MKR referral",
     )
     app.state.referral_config = config
+    app.state.sealer = TextSealer.from_settings(settings, "referral")
     return app

@@ -6,11 +6,22 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from services.referral.domain import MemberKind, RoutingRule, Urgency
+from shared.text import Email, FreeText, Line, Phone, Slug
 
-ServiceName = Annotated[str, Field(min_length=1, max_length=120)]
+ServiceName = Annotated[Line, Field(min_length=1, max_length=120)]
+Name = Annotated[Line, Field(min_length=1, max_length=200)]
+# The length limit inside the type: on `list | None` pydantic applies it to a null too (a TypeError, a 500).
+ServiceList = Annotated[list[ServiceName], Field(max_length=50)]
+# What a referral asks for: one of the case's `needs` codes or a member kind (CONTRACT §6).
+ReferralService = Literal[
+    "shelter", "legal_aid", "health", "psychological", "economic_aid", "employment", "housing", "childcare",
+    "protection_order", "police", "social_services", "child_protection", "education", "ngo", "prosecution",
+    "court",
+]
 
 
 class Strict(BaseModel):
@@ -20,33 +31,43 @@ class Strict(BaseModel):
 class Contact(Strict):
     """The institution's contact (an office address or switchboard, not a person's)."""
 
-    email: str | None = Field(default=None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()\- ]{3,40}$")
+    email: Email | None = None
+    phone: Phone | None = None
 
 
 class MemberIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     kind: MemberKind
-    municipality: str = Field(min_length=1, max_length=64)
+    municipality: Slug
     services: list[ServiceName] = Field(default_factory=list, max_length=50)
     contact: Contact = Field(default_factory=Contact)
     active: bool = True
 
 
 class MemberPatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    kind: MemberKind | None = None
-    services: list[ServiceName] | None = Field(default=None, max_length=50)
-    contact: Contact | None = None
-    active: bool | None = None
+    """Only the fields given change; none of them may be null (a null name or kind is 422, not a 500)."""
+
+    # SkipJsonSchema: the schema says what is accepted (no null); the validator refuses an explicit null.
+    name: Name | SkipJsonSchema[None] = None
+    kind: MemberKind | SkipJsonSchema[None] = None
+    services: ServiceList | SkipJsonSchema[None] = None
+    contact: Contact | SkipJsonSchema[None] = None
+    active: bool | SkipJsonSchema[None] = None
+
+    @field_validator("name", "kind", "services", "contact", "active")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may not be null; leave the field out to keep it")
+        return value
 
 
 class MemberOut(BaseModel):
     id: uuid.UUID
-    name: str
+    name: Name
     kind: str
     municipality: str
-    services: list[str]
+    services: list[ServiceName]
     contact: Contact
     active: bool
 
@@ -87,16 +108,16 @@ class ReferralIn(Strict):
     case_id: uuid.UUID
     to_member_id: uuid.UUID
     urgency: Urgency
-    service: str | None = Field(default=None, max_length=120)
-    note: str | None = Field(default=None, max_length=4000)
-    consent_override_reason: str | None = Field(default=None, min_length=3, max_length=2000)
+    service: ReferralService | None = None
+    note: FreeText | None = Field(default=None, max_length=4000)
+    consent_override_reason: FreeText | None = Field(default=None, min_length=3, max_length=2000)
 
 
 class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, min_length=1, max_length=2000)
-    outcome: str | None = Field(default=None, min_length=1, max_length=2000)
+    reason: FreeText | None = Field(default=None, min_length=1, max_length=2000)
+    outcome: FreeText | None = Field(default=None, min_length=1, max_length=2000)
 
 
 class HistoryEntry(BaseModel):
@@ -132,7 +153,7 @@ class ReferralOut(BaseModel):
 
 
 class MeetingIn(Strict):
-    municipality: str = Field(min_length=1, max_length=64)
+    municipality: Slug
     kind: Literal["etn", "steering_committee"] = "etn"
     scheduled_for: datetime
     case_ids: list[uuid.UUID] = Field(default_factory=list, max_length=200)
@@ -153,7 +174,7 @@ class MeetingOut(BaseModel):
 
 class DecisionIn(Strict):
     case_id: uuid.UUID
-    action: str = Field(min_length=1, max_length=2000)
+    action: FreeText = Field(min_length=1, max_length=2000)
     responsible_member_id: uuid.UUID
     due_date: date
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.shelter import domain, events
 from services.shelter.config import ShelterConfig
 from services.shelter.contact import ContactSealer
-from services.shelter.models import CaseProjection, Placement, Shelter
+from services.shelter.models import CaseProjection, DirectoryMember, Placement, Shelter
 from services.shelter.schemas import (
     AvailabilityUpdate,
     Discharge,
@@ -28,6 +28,7 @@ from shared import idempotency
 from shared.auth import ALL_ROLES, Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import Problem, conflict, forbidden, invalid, not_found
+from shared.sealed import TextSealer
 
 router = APIRouter(prefix="/v1", tags=["shelters"])
 
@@ -63,6 +64,12 @@ def works_at(principal: Principal, shelter_id: uuid.UUID) -> bool:
 
 def sealer_of(request: Request) -> ContactSealer:
     sealer: ContactSealer = request.app.state.shelter_sealer
+    return sealer
+
+
+def text_sealer_of(request: Request) -> TextSealer:
+    """Free text at rest (discharge and decision reasons): sealed like names (shared/sealed.py)."""
+    sealer: TextSealer = request.app.state.text_sealer
     return sealer
 
 
@@ -110,6 +117,16 @@ def require_keeper_of(principal: Principal, shelter: Shelter) -> None:
 # --- the registry -------------------------------------------------------------------------------
 
 
+async def _require_shelter_member(session: AsyncSession, member_id: str, municipality: str) -> None:
+    """A shelter may claim only a directory member that exists, is active, is of kind `shelter` and of
+    its own municipality (from referral's `member.saved`); otherwise staff could borrow the identity of
+    the police or of another town's shelter and read the referrals addressed to it."""
+    async with session.begin():
+        member = await session.get(DirectoryMember, member_id)
+    if member is None or member.municipality != municipality or member.kind != "shelter" or not member.active:
+        raise invalid(["body", "member_id"], "not an active directory member of kind shelter in this municipality")
+
+
 @router.post("/shelters", status_code=201, response_model=ShelterOut, response_model_exclude_unset=True)
 async def register_shelter(
     body: ShelterCreate, principal: Registrar, session: SessionDep, request: Request, response: Response
@@ -118,6 +135,8 @@ async def register_shelter(
     free = body.capacity if body.free_beds is None else body.free_beds
     if free > body.capacity:
         raise invalid(["body", "free_beds"], "free_beds may not exceed capacity")
+    if body.member_id is not None:
+        await _require_shelter_member(session, body.member_id, body.municipality)
     now = _now()
     sealer = sealer_of(request)
     shelter_id = uuid.uuid4()
@@ -155,6 +174,7 @@ async def list_shelters(
     municipality: Slug | None = None,
     min_free_beds: Annotated[int | None, Query(ge=0, le=10_000)] = None,
     accepts_children: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[ShelterOut]:
     """Shelters of the caller's municipality with their free beds; e.g. `min_free_beds=3&accepts_children=true`."""
     if municipality is not None and not principal.sees_municipality(municipality):
@@ -169,7 +189,7 @@ async def list_shelters(
     if accepts_children is not None:
         stmt = stmt.where(SHELTERS.c.accepts_children == accepts_children)
     async with session.begin():
-        shelters = (await session.execute(stmt)).scalars().all()
+        shelters = (await session.execute(stmt.limit(limit))).scalars().all()
     sealer = sealer_of(request)
     return [shelter_out(s, principal, sealer) for s in shelters]
 
@@ -240,7 +260,7 @@ async def known_case(
     return case
 
 
-def placement_out(placement: Placement, case: CaseProjection | None) -> PlacementOut:
+def placement_out(placement: Placement, case: CaseProjection | None, sealer: TextSealer) -> PlacementOut:
     return PlacementOut(
         id=placement.id,
         case_id=placement.case_id,
@@ -253,7 +273,7 @@ def placement_out(placement: Placement, case: CaseProjection | None) -> Placemen
         planned_until=placement.planned_until,
         started_at=placement.started_at,
         ended_at=placement.ended_at,
-        end_reason=placement.end_reason,
+        end_reason=sealer.open("placements", placement.id, "end_reason", placement.end_reason),
         active=placement.ended_at is None,
     )
 
@@ -345,7 +365,7 @@ async def _take_beds(
     case_number = case.case_number if case else None
     await events.placement_started(session, settings, placement, case_number)
     await events.availability_changed(session, settings, shelter, previous_free_beds=shelter.free_beds + beds)
-    return placement, placement_out(placement, case)
+    return placement, placement_out(placement, case, text_sealer_of(request))
 
 
 async def load_placement(
@@ -390,26 +410,27 @@ async def discharge(
             )
         )
         placement.ended_at = now
-        placement.end_reason = body.reason
+        placement.end_reason = text_sealer_of(request).seal("placements", placement.id, "end_reason", body.reason)
         await session.flush()
         case = await session.get(CaseProjection, placement.case_id)
-        await events.placement_ended(session, settings, placement, case.case_number if case else None)
+        await events.placement_ended(session, settings, placement, case.case_number if case else None, body.reason)
         shelter = await session.get(Shelter, placement.shelter_id, populate_existing=True)
         assert shelter is not None
         if before != shelter.free_beds:
             await events.availability_changed(session, settings, shelter, previous_free_beds=before)
     request.app.state.runtime.relay.wake()
-    return placement_out(placement, case)
+    return placement_out(placement, case, text_sealer_of(request))
 
 
 @router.get("/placements", response_model=list[PlacementOut])
 async def list_placements(
     principal: BedKeeper,
     session: SessionDep,
+    request: Request,
     shelter_id: uuid.UUID | None = None,
     case_id: uuid.UUID | None = None,
     active: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[PlacementOut]:
     """Placements of the municipality (shelter staff: of their own shelter only), newest first."""
     stmt = (
@@ -434,15 +455,18 @@ async def list_placements(
         stmt = stmt.where(PLACEMENTS.c.ended_at.is_not(None))
     async with session.begin():
         rows = (await session.execute(stmt)).all()
-    return [placement_out(p, c) for p, c in rows]
+    sealer = text_sealer_of(request)
+    return [placement_out(p, c, sealer) for p, c in rows]
 
 
 @router.get("/placements/{placement_id}", response_model=PlacementOut)
-async def get_placement(placement_id: uuid.UUID, principal: BedKeeper, session: SessionDep) -> PlacementOut:
+async def get_placement(
+    placement_id: uuid.UUID, principal: BedKeeper, session: SessionDep, request: Request
+) -> PlacementOut:
     async with session.begin():
         placement = await load_placement(session, placement_id, principal)
         case = await session.get(CaseProjection, placement.case_id)
-    return placement_out(placement, case)
+    return placement_out(placement, case, text_sealer_of(request))
 
 
 def _uuid_or_none(value: str | None) -> uuid.UUID | None:

@@ -13,12 +13,20 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shelter import domain
-from services.shelter.models import CaseProjection, Placement, RentBonusApplication, RentBonusPayment, Shelter
-from shared.events import INTAKE_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish
+from services.shelter.models import (
+    CaseProjection,
+    DirectoryMember,
+    Placement,
+    RentBonusApplication,
+    RentBonusPayment,
+    Shelter,
+)
+from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish
 from shared.settings import Settings
 
 SOURCE = "mkr/shelter"
-CONSUMED_TOPICS = (INTAKE_TOPIC,)
+# Intake's cases; referral's directory (`member.saved`), to check a shelter's `member_id`.
+CONSUMED_TOPICS = (INTAKE_TOPIC, REFERRAL_TOPIC)
 
 
 async def _emit(
@@ -70,8 +78,9 @@ async def placement_started(
 
 
 async def placement_ended(
-    session: AsyncSession, settings: Settings, placement: Placement, case_number: str | None
+    session: AsyncSession, settings: Settings, placement: Placement, case_number: str | None, reason: str
 ) -> None:
+    """`reason` is the discharge text as given (stored sealed); the event carries only its code."""
     assert placement.ended_at is not None
     data = {
         "placement_id": str(placement.id),
@@ -81,7 +90,7 @@ async def placement_ended(
         "adults": placement.adults,
         "children": placement.children,
         "ended_at": placement.ended_at.isoformat(),
-        "reason": domain.event_reason(placement.end_reason or ""),
+        "reason": domain.event_reason(reason),
     }
     key = str(placement.case_id)
     await _emit(session, settings, "placement.ended", key=key, municipality=placement.municipality, data=data)
@@ -149,6 +158,9 @@ async def rent_bonus_ending(
 def make_handler(settings: Settings) -> Callable[[AsyncSession, Envelope], Awaitable[None]]:
     async def handle(session: AsyncSession, event: Envelope) -> None:
         """Keep {case_id, case_number, municipality, needs} of each reported case and whether it is closed."""
+        if event.type == "member.saved":
+            await _member_saved(session, event)
+            return
         if event.type in ("case.closed", "case.reopened"):
             await _closed(session, event)
             return
@@ -183,6 +195,25 @@ def make_handler(settings: Settings) -> Callable[[AsyncSession, Envelope], Await
         )
 
     return handle
+
+
+async def _member_saved(session: AsyncSession, event: Envelope) -> None:
+    """Keep each directory member's kind, municipality and whether it is active (the newest event wins)."""
+    data = event.data
+    member_id, kind, active = data.get("member_id"), data.get("kind"), data.get("active")
+    if not isinstance(member_id, str) or not isinstance(kind, str) or not isinstance(active, bool):
+        return
+    table = DirectoryMember.__table__  # type: ignore[attr-defined]
+    stmt = pg_insert(table).values(
+        member_id=member_id, municipality=event.municipality, kind=kind, active=active, saved_at=event.time
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[table.c.member_id],
+            set_={name: stmt.excluded[name] for name in ("municipality", "kind", "active", "saved_at")},
+            where=table.c.saved_at <= stmt.excluded.saved_at,
+        )
+    )
 
 
 async def _closed(session: AsyncSession, event: Envelope) -> None:

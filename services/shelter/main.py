@@ -13,6 +13,7 @@ from services.shelter.events import CONSUMED_TOPICS, make_handler
 from services.shelter.scheduler import rent_bonus_scheduler
 from shared.app import ConsumerSpec, create_service_app
 from shared.crypto import FieldCipher
+from shared.sealed import TextSealer
 from shared.settings import Settings, get_settings
 
 
@@ -29,5 +30,7 @@ def create_app(settings: Settings | None = None, config: ShelterConfig | None = 
         title="MKR shelter",
     )
     app.state.shelter_config = config
-    app.state.shelter_sealer = ContactSealer(FieldCipher.from_settings(settings))
+    cipher = FieldCipher.from_settings(settings)
+    app.state.shelter_sealer = ContactSealer(cipher)
+    app.state.text_sealer = TextSealer(cipher, "shelter")
     return app

@@ -73,6 +73,19 @@ class CaseProjection(ShelterTable, table=True):
     closed_at: datetime | None = Field(default=None, sa_type=_tz())
 
 
+class DirectoryMember(ShelterTable, table=True):
+    """Projection of referral's `member.saved`: which directory members exist, of which kind and where,
+    so a shelter can name only a real, active shelter member of its own municipality."""
+
+    __tablename__ = "directory_members"
+
+    member_id: str = Field(primary_key=True)
+    municipality: str
+    kind: str
+    active: bool
+    saved_at: datetime = Field(sa_type=_tz())
+
+
 class RentBonusApplication(ShelterTable, table=True):
     __tablename__ = "rent_bonus_applications"
 

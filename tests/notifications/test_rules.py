@@ -13,8 +13,9 @@ MIGRATION = Path(__file__).parents[2] / "services/notifications/migrations/versi
 
 
 def _migration_rules() -> list[tuple[object, ...]]:
-    """The initial migration's SEED_RULES and every later migration's ADDED_RULES."""
+    """The rule table after every migration: the initial SEED_RULES, later ADDED_RULES, readdressed by RULE_CHANGES."""
     found: list[tuple[object, ...]] = []
+    changes: dict[tuple[object, object], object] = {}
     for path in sorted(MIGRATION.parent.glob("*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
         assert spec and spec.loader
@@ -22,7 +23,12 @@ def _migration_rules() -> list[tuple[object, ...]]:
         spec.loader.exec_module(module)
         found.extend(getattr(module, "SEED_RULES", []))
         found.extend(getattr(module, "ADDED_RULES", []))
-    return found
+        changes.update({(event, before): after for event, before, after in getattr(module, "RULE_CHANGES", [])})
+    readdressed = []
+    for e, a, k, r, s, c, cond, p in found:  # type: ignore[misc]
+        k, r = changes.get((e, (k, r)), (k, r))  # type: ignore[misc]
+        readdressed.append((e, a, k, r, s, c, cond, p))
+    return readdressed
 
 
 def test_seeded_rule_table_equals_the_code_defaults() -> None:

@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
 
 from tests.notifications.conftest import MAX_ATTEMPTS, FastStack, Mailbox, WebhookReceiver
@@ -205,7 +206,7 @@ async def test_institution_subscription_receives_only_events_naming_its_member(
             "case_number": "ELB-2026-00079",
             "to_member_id": to,
             "to_member_kind": "police",
-            "service": "protection",
+            "service": "police",
             "urgency": "normal",
             "reason": "routing",
             "status": "pending",
@@ -263,9 +264,30 @@ async def test_email_alert_reaches_the_members_address_over_smtp(fast: FastStack
 async def test_protection_order_expiring_within_fourteen_days_alerts_coordinator_and_police_once(
     fast: FastStack,
 ) -> None:
+    """The coordinator and the police member involved in the case (referred to it) are alerted once;
+    other police users are not (an expiring order names a survivor's case to whoever is told)."""
     stack, town = fast.stack, new_municipality()
     now = datetime.now(UTC)
     soon, later, requested = (case_data() for _ in range(3))
+    police_member, other_police = str(uuid.uuid4()), str(uuid.uuid4())
+    await fast.produce(
+        "referral",
+        "referral.created",
+        town,
+        {"referral_id": str(uuid.uuid4()), "case_id": soon["case_id"], "case_number": soon["case_number"],
+         "to_member_id": police_member, "to_member_kind": "police", "urgency": "normal", "reason": "routing",
+         "status": "pending", "ack_due_at": now.isoformat()},
+    )  # fmt: skip
+
+    async def involved() -> bool:
+        engine = stack.apps["notifications"].state.runtime.engine
+        async with engine.connect() as conn:
+            found = await conn.scalar(
+                sa.text("SELECT referred_member_id FROM case_police WHERE case_id = :c"), {"c": soon["case_id"]}
+            )
+        return found == police_member
+
+    await wait_for(involved, timeout=15, what="the case's police member")
 
     def order(case: dict[str, Any], status: str, expires: datetime) -> dict[str, Any]:
         return {
@@ -286,7 +308,7 @@ async def test_protection_order_expiring_within_fourteen_days_alerts_coordinator
         "intake", "case.protection_order_recorded", town, order(later, "issued", now + timedelta(days=60))
     )
     await fast.produce("intake", "case.protection_order_recorded", town, order(requested, "requested", now))
-    for headers in (stack.auth("coordinator", town), stack.auth("police", town, member_id=str(uuid.uuid4()))):
+    for headers in (stack.auth("coordinator", town), stack.auth("police", town, member_id=police_member)):
 
         async def alerts(headers: dict[str, str] = headers) -> list[dict[str, Any]]:
             response = await stack.notifications.get("/v1/inbox", headers=headers)
@@ -295,9 +317,12 @@ async def test_protection_order_expiring_within_fourteen_days_alerts_coordinator
         [alert] = await wait_for(alerts, timeout=15, what="the protection-order expiry alert")
         assert alert["case_id"] == soon["case_id"] and soon["case_number"] in alert["body"]
     await asyncio.sleep(1.5)  # several scans later: still one alert each
-    for headers in (stack.auth("coordinator", town), stack.auth("police", town)):
+    for headers in (stack.auth("coordinator", town), stack.auth("police", town, member_id=police_member)):
         response = await stack.notifications.get("/v1/inbox", headers=headers)
         assert len([a for a in response.json() if a["type"] == "protection_order.expiring"]) == 1
+    for headers in (stack.auth("police", town), stack.auth("police", town, member_id=other_police)):
+        response = await stack.notifications.get("/v1/inbox", headers=headers)
+        assert [a for a in response.json() if a["type"] == "protection_order.expiring"] == []
 
 
 async def test_two_delivery_workers_send_each_event_exactly_once(

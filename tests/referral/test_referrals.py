@@ -24,7 +24,7 @@ async def test_referral_outside_consent_needs_override_reason(stack: Stack, prod
     legal = await add_member(stack, m, "legal_aid")
     case = await routed_case(stack, producer, m, consent_share_with=["social_services"])
     coordinator = stack.auth("coordinator", m)
-    body = {"case_id": case["case_id"], "to_member_id": legal["id"], "urgency": "high", "service": "representation",
+    body = {"case_id": case["case_id"], "to_member_id": legal["id"], "urgency": "high", "service": "legal_aid",
             "note": "court date next week"}  # fmt: skip
     refused = await stack.referral.post("/v1/referrals", json=body, headers=coordinator)
     assert refused.status_code == 409
@@ -35,7 +35,7 @@ async def test_referral_outside_consent_needs_override_reason(stack: Stack, prod
     referral = created.json()
     assert referral["reason"] == "manual" and referral["consent_override"] is True
     assert referral["note"] == "court date next week"
-    assert referral["to_member_kind"] == "legal_aid" and referral["service"] == "representation"
+    assert referral["to_member_kind"] == "legal_aid" and referral["service"] == "legal_aid"
     event = (await published(stack, "referral.created", referral_id=referral["id"]))[0]
     assert event["data"]["consent_override"] is True
     assert "note" not in event["data"] and "court date" not in str(event)
@@ -47,7 +47,7 @@ async def test_manual_referral_under_legal_exception_needs_no_override(
     m = new_municipality()
     case = await routed_case(stack, producer, m, consent_share_with=[], children_count=1)
     child = await add_member(stack, m, "child_protection")
-    body = {"case_id": case["case_id"], "to_member_id": child["id"], "urgency": "high", "service": "assessment"}
+    body = {"case_id": case["case_id"], "to_member_id": child["id"], "urgency": "high", "service": "child_protection"}
     created = await stack.referral.post("/v1/referrals", json=body, headers=stack.auth("coordinator", m))
     assert created.status_code == 201, created.text
     assert created.json()["legal_exception"] == "child_at_risk"
@@ -106,7 +106,7 @@ async def test_decline_needs_reason_and_sender_may_cancel(stack: Stack, producer
     case = await routed_case(stack, producer, m, consent_share_with=["social_services", "ngo"],
                              reported_by_member_id=police_member["id"])  # fmt: skip
     police = stack.auth("police", m, member_id=police_member["id"])
-    body = {"case_id": case["case_id"], "to_member_id": ngo["id"], "urgency": "normal", "service": "counselling"}
+    body = {"case_id": case["case_id"], "to_member_id": ngo["id"], "urgency": "normal", "service": "psychological"}
     created = await stack.referral.post("/v1/referrals", json=body, headers=police)
     assert created.status_code == 201, created.text
     again = await stack.referral.post("/v1/referrals", json=body, headers=police)

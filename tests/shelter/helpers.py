@@ -26,7 +26,6 @@ def shelter_body(municipality: str, **overrides: Any) -> dict[str, Any]:
         "accepts_children": True,
         "address": "Rruga e Fshehtë 7",
         "phone": "+355690000001",
-        "member_id": str(uuid.uuid4()),
     }
     body.update(overrides)
     return body

@@ -1,7 +1,7 @@
 """alert rule: a reassessment that would have lowered a case's level alerts the coordinator to review it
 
 Revision ID: 0003access
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-02
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 revision: str = "0003access"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
