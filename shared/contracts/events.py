@@ -72,6 +72,12 @@ class CaseRiskAssessed(CaseEventData):
     previous_risk_level: RiskLevel | None = None
 
 
+class RiskReviewRequested(CaseEventData):
+    risk_level: RiskLevel
+    proposed_risk_level: RiskLevel
+    assessed_by_role: Text
+
+
 class ProtectionOrderRecorded(CaseEventData):
     order_id: uuid.UUID
     kind: Text
@@ -222,6 +228,7 @@ class NotificationFailed(EventData):
 EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.reported": ("mkr.intake.events", CaseReported),
     "case.risk_assessed": ("mkr.intake.events", CaseRiskAssessed),
+    "case.risk_review_requested": ("mkr.intake.events", RiskReviewRequested),
     "case.protection_order_recorded": ("mkr.intake.events", ProtectionOrderRecorded),
     "case.consent_changed": ("mkr.intake.events", ConsentChanged),
     "case.closed": ("mkr.intake.events", CaseClosed),

@@ -27,7 +27,7 @@ from tests.support import Stack, new_municipality, wait_for
 CONSUMERS = {
     "intake": ("intake.case-access", (REFERRAL_TOPIC,)),
     "referral": ("referral.routing", (INTAKE_TOPIC,)),
-    "shelter": ("shelter.cases", (INTAKE_TOPIC,)),
+    "shelter": ("shelter.cases", (INTAKE_TOPIC, REFERRAL_TOPIC)),
     "notifications": ("notifications.alerts", (INTAKE_TOPIC, REFERRAL_TOPIC)),
 }
 
@@ -147,7 +147,7 @@ async def test_malformed_and_forged_events_are_rejected_the_same_way_by_every_co
         for service, table in (("referral", "case_facts"), ("shelter", "case_projection")):
             sql = f"SELECT count(*) FROM {table} WHERE case_id = CAST(:c AS uuid)"
             assert await _count(stack, service, sql, c=case_id) == 0, (service, case_id)
-    sql = "SELECT count(*) FROM case_access WHERE case_id = CAST(:c AS uuid)"
+    sql = "SELECT count(*) FROM referral_access WHERE case_id = CAST(:c AS uuid)"
     assert await _count(stack, "intake", sql, c=key) == 0, "a forged referral.created granted access"
     # Not retried: each record is recorded once, and counted once per consumer that read it.
     expected_counts: dict[str, int] = dict.fromkeys(REJECTION_REASONS, 0)
