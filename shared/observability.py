@@ -32,6 +32,9 @@ HTTP_LATENCY = Histogram(
 EVENTS_PUBLISHED = Counter("mkr_events_published_total", "Events the outbox relay published")
 EVENTS_CONSUMED = Counter("mkr_events_consumed_total", "Events consumed", ["consumer", "result"])
 OUTBOX_PENDING = Gauge("mkr_outbox_pending", "Outbox rows seen unpublished in the last relay pass")
+SLA_BREACHES = Counter(
+    "mkr_referral_sla_breaches_total", "Referrals whose acknowledgement deadline passed (raised once each)"
+)
 
 # Extra fields a log line may carry; anything else passed in `extra` is dropped, so a
 # careless call cannot put a name or a phone number into the logs.
