@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared import observability
 from shared.observability import EVENTS_CONSUMED, EVENTS_PUBLISHED
 from shared.settings import Settings
 
@@ -43,6 +44,8 @@ class Envelope(BaseModel):
     municipality: str
     schema_version: int = SCHEMA_VERSION
     data: dict[str, Any] = Field(default_factory=dict)
+    # CloudEvents distributed-tracing extension: the W3C trace context of the change (only with tracing on).
+    traceparent: str | None = Field(default=None, max_length=128, exclude_if=lambda value: value is None)
 
 
 # Tables every service carries in its own database (created by its first migration).
@@ -155,6 +158,9 @@ async def publish_many(
     """`publish` for several events in one statement; they get outbox ids (so go out) in the given order."""
     if not events:
         return
+    if (traceparent := observability.current_traceparent()) is not None:
+        for event, _ in events:
+            event.traceparent = event.traceparent or traceparent
     await session.execute(
         _OUTBOX_INSERT,
         [
@@ -389,7 +395,10 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = [
-                await producer.send(row.topic, value=row.payload.encode(), key=row.key.encode()) for row in rows
+                await producer.send(
+                    row.topic, value=row.payload.encode(), key=row.key.encode(), headers=_trace_headers(row)
+                )
+                for row in rows
             ]
             acknowledged = await asyncio.wait_for(
                 asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout_ms / 1000 + 5
@@ -421,6 +430,16 @@ class OutboxRelay:
                     _OFFSETS_UPSERT, [{"topic": t, "partition": p, "next_offset": n} for (t, p), n in ends.items()]
                 )
             return len(rows)
+
+
+def _trace_headers(row: Any) -> list[tuple[str, bytes]] | None:
+    """The Kafka `traceparent` header: a producer span, child of the context stored in the outbox row."""
+    if (parent := observability.traceparent_in(row.payload)) is None:
+        return None
+    with observability.span(f"{row.topic} publish", kind="PRODUCER", parent=parent,
+                            **{"messaging.system": "kafka", "messaging.destination.name": row.topic}):
+        traceparent = observability.current_traceparent()
+    return [("traceparent", traceparent.encode())] if traceparent else None
 
 
 async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offset: int) -> bool:
@@ -541,7 +560,12 @@ class EventConsumer:
 
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Envelope | None:
         try:
-            return Envelope.model_validate_json(record.value or b"")
+            event = Envelope.model_validate_json(record.value or b"")
+            if observability.tracing_enabled():  # the message's context (the relay's span) over the envelope's
+                for name, value in record.headers or ():
+                    if name == "traceparent" and len(value) <= 128:
+                        event.traceparent = value.decode("latin-1")
+            return event
         except ValidationError:
             EVENTS_CONSUMED.labels(self.name, "malformed").inc()
             log.warning("malformed event skipped", extra={"consumer": self.name, "offset": record.offset})
@@ -619,7 +643,12 @@ class EventConsumer:
                 applied = event.id in fresh
                 fresh.discard(event.id)  # the same event twice in one batch: the repeat is a duplicate
                 if applied:
-                    await self.handler(session, event)
+                    with observability.span(
+                        f"{self.name} process", kind="CONSUMER", parent=event.traceparent,
+                        **{"messaging.system": "kafka", "messaging.consumer.group.name": self.group_id,
+                           "mkr.event.type": event.type, "mkr.event.id": str(event.id)},
+                    ):
+                        await self.handler(session, event)
                     if len(events) > 1:
                         # The next event starts from the database, as in a transaction of its own.
                         await session.flush()

@@ -34,6 +34,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 from pydantic import ValidationError
 
+from shared.settings import ServiceName
+
 # The plain template's columns (CONTRACT §12), in their order.
 TEMPLATE_COLUMNS = (
     "reported_at", "source", "first_name", "last_name", "sex", "date_of_birth", "age", "ethnicity",
@@ -187,10 +189,10 @@ def _csv_grid(content: bytes) -> list[list[Cell]]:
         start = reader.line_num + 1
     # Pad so that grid index + 1 == line number of the record (records spanning lines keep their first line).
     padded: list[list[Cell]] = []
-    for line, record in zip(lines, grid, strict=True):
+    for line, cells in zip(lines, grid, strict=True):
         while len(padded) < line - 1:
             padded.append([])
-        padded.append(record)
+        padded.append(cells)
     return padded
 
 
@@ -574,9 +576,8 @@ def print_errors(errors: list[RowError], file: Any = None) -> None:
 
 
 def _progress(total: int) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.progress import Task as RichTask
-    from rich.progress import TimeRemainingColumn
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
@@ -640,7 +641,7 @@ async def import_file(
 # --- the commands ---
 
 
-def _default_url(service: str) -> str:
+def _default_url(service: ServiceName) -> str:
     from shared.settings import Settings
 
     settings = Settings()
