@@ -560,12 +560,7 @@ class EventConsumer:
 
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Envelope | None:
         try:
-            event = Envelope.model_validate_json(record.value or b"")
-            if observability.tracing_enabled():  # the message's context (the relay's span) over the envelope's
-                for name, value in record.headers or ():
-                    if name == "traceparent" and len(value) <= 128:
-                        event.traceparent = value.decode("latin-1")
-            return event
+            return Envelope.model_validate_json(record.value or b"")
         except ValidationError:
             EVENTS_CONSUMED.labels(self.name, "malformed").inc()
             log.warning("malformed event skipped", extra={"consumer": self.name, "offset": record.offset})
