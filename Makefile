@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench chaos clean
+.PHONY: install run test lint bench chaos clean promtool
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check shared services deploy tests
 	$(BIN)/mypy shared services deploy
 
-test: lint
+# promtool (Debian's prometheus package) checks /metrics and deploy/monitoring in the tests: installed
+# when missing, and a loud failure when it cannot be.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "promtool missing: installing Debian's prometheus package"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus; \
+	} && command -v promtool >/dev/null 2>&1 || { \
+	  echo "ERROR: make test needs promtool and could not install it (apt-get install prometheus)" >&2; exit 1; }
+
+test: lint promtool
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -19,7 +19,14 @@ from shared import db
 from shared.auth import TokenVerifier
 from shared.errors import PROBLEM_RESPONSES, install_error_handlers, problem_response
 from shared.events import EventConsumer, Handler, OutboxRelay, broker_reachable, ensure_topics
-from shared.observability import OUTBOX_PENDING, RequestContextMiddleware, metrics_endpoint
+from shared.observability import (
+    OUTBOX_PENDING,
+    RequestContextMiddleware,
+    TracingMiddleware,
+    configure_tracing,
+    metrics_endpoint,
+    tracing_enabled,
+)
 from shared.settings import ServiceName, Settings
 
 log = logging.getLogger("mkr.app")
@@ -114,6 +121,9 @@ def create_service_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # inside: 413s are logged
     app.add_middleware(RequestContextMiddleware, service=name)
+    configure_tracing(name)  # OTEL_* variables; off by default
+    if tracing_enabled():
+        app.add_middleware(TracingMiddleware, service=name)
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="the embedded default: PostgreSQL, broker and the four services")
     run.set_defaults(func=_cmd_run)
 
+    from shared.importer import register_commands as register_import_commands
+
+    register_import_commands(sub)
+
     args = parser.parse_args(argv)
     return int(args.func(args))
 

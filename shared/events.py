@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared import observability
 from shared.contracts import EVENT_TYPES, EventContracts, EventRejected, contracts_for
 from shared.kafka import client_options
 from shared.observability import (
@@ -59,6 +60,8 @@ class Envelope(BaseModel):
     municipality: str
     schema_version: int = SCHEMA_VERSION
     data: dict[str, Any] = Field(default_factory=dict)
+    # CloudEvents distributed-tracing extension: the W3C trace context of the change (only with tracing on).
+    traceparent: str | None = Field(default=None, max_length=128, exclude_if=lambda value: value is None)
 
 
 # Tables every service carries in its own database (created by its first migration).
@@ -171,6 +174,9 @@ async def publish_many(
     """`publish` for several events in one statement; they get outbox ids (so go out) in the given order."""
     if not events:
         return
+    if (traceparent := observability.current_traceparent()) is not None:
+        for event, _ in events:
+            event.traceparent = event.traceparent or traceparent
     await session.execute(
         _OUTBOX_INSERT,
         [
@@ -469,7 +475,10 @@ class OutboxRelay:
                 return 0
             oldest.set(max(0.0, (datetime.now(UTC) - rows[0].created_at).total_seconds()))
             futures = [
-                await producer.send(row.topic, value=row.payload.encode(), key=row.key.encode()) for row in rows
+                await producer.send(
+                    row.topic, value=row.payload.encode(), key=row.key.encode(), headers=_trace_headers(row)
+                )
+                for row in rows
             ]
             acknowledged = await asyncio.wait_for(
                 asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout_ms / 1000 + 5
@@ -520,6 +529,16 @@ def _refused_idempotence(settings: Settings, exc: BaseException) -> bool:
         errors.KafkaTimeoutError, errors.CoordinatorNotAvailableError, errors.NotCoordinatorError,
     )
     return isinstance(exc, errors.KafkaError) and not isinstance(exc, transient)
+
+
+def _trace_headers(row: Any) -> list[tuple[str, bytes]] | None:
+    """The Kafka `traceparent` header: a producer span, child of the context stored in the outbox row."""
+    if (parent := observability.traceparent_in(row.payload)) is None:
+        return None
+    with observability.span(f"{row.topic} publish", kind="PRODUCER", parent=parent,
+                            **{"messaging.system": "kafka", "messaging.destination.name": row.topic}):
+        traceparent = observability.current_traceparent()
+    return [("traceparent", traceparent.encode())] if traceparent else None
 
 
 async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offset: int) -> bool:
@@ -903,7 +922,12 @@ class EventConsumer:
                 applied = event.id in fresh
                 fresh.discard(event.id)  # the same event twice in one batch: the repeat is a duplicate
                 if applied:
-                    await self.handler(session, event)
+                    with observability.span(
+                        f"{self.name} process", kind="CONSUMER", parent=event.traceparent,
+                        **{"messaging.system": "kafka", "messaging.consumer.group.name": self.group_id,
+                           "mkr.event.type": event.type, "mkr.event.id": str(event.id)},
+                    ):
+                        await self.handler(session, event)
                     if len(events) > 1:
                         # The next event starts from the database, as in a transaction of its own.
                         await session.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -41,6 +42,9 @@ OUTBOX_OLDEST_UNPUBLISHED = Gauge(
 )
 CONSUMER_RECREATED = Counter(
     "mkr_consumer_recreated_total", "Kafka clients the watchdog recreated", ["consumer", "reason"]
+)
+SLA_BREACHES = Counter(
+    "mkr_referral_sla_breaches_total", "Referrals whose acknowledgement deadline passed (raised once each)"
 )
 
 # Extra fields a log line may carry; anything else passed in `extra` is dropped, so a
@@ -190,3 +194,200 @@ def is_unstorable_input(exc: BaseException) -> bool:
 
 async def metrics_endpoint(_: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- traces (OpenTelemetry) ---
+#
+# Off unless the standard OTEL_* variables ask for an exporter (OTEL_TRACES_EXPORTER=otlp|console, or an
+# OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; OTEL_SDK_DISABLED=true wins): then no middleware is installed and
+# the helpers below return at once. One trace per report: the HTTP request, the outbox row (the W3C
+# `traceparent` in the envelope: CloudEvents' distributed-tracing extension), the Kafka message (a
+# `traceparent` header), each consumer, and the webhook and e-mail deliveries. Spans carry route
+# templates, ids, event types and status codes only: never a body, a query string, a name, nor an
+# exception's message (messages can quote values).
+
+_tracer: Any = None  # an opentelemetry Tracer when tracing is on
+
+
+def tracing_requested(environ: dict[str, str] | None = None) -> bool:
+    import os
+
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter:
+        return exporter != "none"
+    return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def configure_tracing(service: str) -> None:
+    """Install a tracer provider from OTEL_* variables, once per process; nothing when not requested."""
+    global _tracer
+    if _tracer is not None or not tracing_requested():
+        return
+    import os
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read by Resource.create; the sampler by the provider.
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or f"mkr-{service}"})
+    provider = TracerProvider(resource=resource)
+    exporters: list[SpanExporter] = []
+    for name in (os.environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(","):
+        name = name.strip().lower()
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporters.append(OTLPSpanExporter())  # OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout)
+        elif name == "console":
+            exporters.append(ConsoleSpanExporter())
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))  # OTEL_BSP_*
+    trace.set_tracer_provider(provider)
+    use_tracer_provider(provider)
+
+
+def use_tracer_provider(provider: Any | None) -> None:
+    """Trace with this provider (None: tracing off). For configure_tracing and for tests."""
+    global _tracer
+    _tracer = provider.get_tracer("mkr") if provider is not None else None
+
+
+def tracing_enabled() -> bool:
+    return _tracer is not None
+
+
+def _propagator() -> Any:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span (None when tracing is off or no span is current)."""
+    if _tracer is None:
+        return None
+    carrier: dict[str, str] = {}
+    _propagator().inject(carrier)
+    return carrier.get("traceparent")
+
+
+def _context_of(traceparent: str | None) -> Any:
+    return _propagator().extract({"traceparent": traceparent}) if traceparent else None
+
+
+def traceparent_in(payload: str) -> str | None:
+    """The `traceparent` attribute of a stored envelope (JSON), when tracing is on."""
+    if _tracer is None or '"traceparent"' not in payload:
+        return None
+    try:
+        value = json.loads(payload).get("traceparent")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+class _NoSpan:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+class _Span:
+    """A span made current for a block; an exception sets an error status with its class name only."""
+
+    def __init__(self, name: str, kind: str, parent: str | None, attributes: dict[str, Any]) -> None:
+        from opentelemetry import trace
+
+        self._cm = _tracer.start_as_current_span(
+            name, context=_context_of(parent), kind=getattr(trace.SpanKind, kind), attributes=attributes,
+            record_exception=False, set_status_on_exception=False,
+        )
+        self.span: Any = None
+
+    def __enter__(self) -> Any:
+        self.span = self._cm.__enter__()
+        return self.span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is not None and not issubclass(exc_type, asyncio.CancelledError):
+            from opentelemetry.trace import Status, StatusCode
+
+            self.span.set_attribute("error.type", exc_type.__name__)
+            self.span.set_status(Status(StatusCode.ERROR))
+        self._cm.__exit__(None, None, None)
+
+
+def span(name: str, *, kind: str = "INTERNAL", parent: str | None = None, **attributes: Any) -> Any:
+    """A context manager: a span (child of `parent`, a traceparent, else of the current span), or nothing."""
+    if _tracer is None:
+        return _NO_SPAN
+    return _Span(name, kind, parent, {k: v for k, v in attributes.items() if v is not None})
+
+
+class TracingMiddleware:
+    """A server span per request: `METHOD /route/{template}`, the status code; no path, query or body."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Probes and scrapes are noise in a trace backend: not traced.
+        if scope["type"] != "http" or _tracer is None or scope.get("path") in _PROBES:
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope.get("headers") or []:
+            if name == b"traceparent":
+                incoming = value.decode("latin-1")
+        method = scope.get("method", "")
+        status = 500
+
+        async def _send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with span(method, kind="SERVER", parent=incoming, **{"mkr.service": self.service,
+                                                              "http.request.method": method}) as current:
+            try:
+                await self.app(scope, receive, _send)
+            finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                current.update_name(f"{method} {route}")
+                current.set_attribute("http.route", route)
+                current.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    from opentelemetry.trace import Status, StatusCode
+
+                    current.set_status(Status(StatusCode.ERROR))
+
+
+def trace_payload() -> str:
+    """A stored row's trace context as JSON (`{"traceparent": ...}`), or "" when tracing is off."""
+    traceparent = current_traceparent()
+    return json.dumps({"traceparent": traceparent}) if traceparent else ""
+
+
+def span_outcome(current: Any, *, ok: bool, status_code: int | None = None) -> None:
+    """Mark a delivery span (no-op when tracing is off): its status code and success."""
+    if current is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    if status_code is not None:
+        current.set_attribute("http.response.status_code", status_code)
+    current.set_attribute("mkr.delivery.outcome", "succeeded" if ok else "failed")
+    if not ok:
+        current.set_status(Status(StatusCode.ERROR))

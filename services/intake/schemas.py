@@ -137,7 +137,7 @@ class Survivor(Strict):
 
 
 class Child(Strict):
-    sex: Sex
+    sex: Sex | None = None  # None: not known (records imported from paper, CONTRACT §12)
     age: int = Field(ge=0, le=17)
 
 

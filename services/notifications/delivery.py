@@ -34,7 +34,7 @@ from services.notifications import domain
 from services.notifications.config import NotificationsConfig
 from services.notifications.events import notification_failed
 from services.notifications.models import Alert, Delivery, Subscription
-from shared import db
+from shared import db, observability
 from shared.app import ServiceRuntime
 from shared.crypto import FieldCipher
 from shared.settings import Settings
@@ -345,15 +345,21 @@ class DeliveryWorker:
     async def attempt(self, runtime: ServiceRuntime, client: httpx.AsyncClient, delivery: Delivery) -> None:
         status_code: int | None = None
         error: str | None = None
-        try:
-            if delivery.channel == "webhook":
-                status_code = await self.send_webhook(runtime, client, delivery)
-            else:
-                await self.send_email(runtime, delivery)
-        except SendFailed as exc:
-            error, status_code = str(exc), exc.status_code
-        except Exception as exc:  # the network, a resolver, a malformed address…
-            error = type(exc).__name__
+        with observability.span(
+            f"{delivery.channel} deliver", kind="CLIENT", parent=observability.traceparent_in(delivery.payload),
+            **{"mkr.delivery.id": str(delivery.id), "mkr.delivery.channel": delivery.channel,
+               "mkr.event.type": delivery.event_type, "mkr.delivery.attempt": delivery.attempts + 1},
+        ) as current:
+            try:
+                if delivery.channel == "webhook":
+                    status_code = await self.send_webhook(runtime, client, delivery)
+                else:
+                    await self.send_email(runtime, delivery)
+            except SendFailed as exc:
+                error, status_code = str(exc), exc.status_code
+            except Exception as exc:  # the network, a resolver, a malformed address…
+                error = type(exc).__name__
+            observability.span_outcome(current, ok=error is None, status_code=status_code)
         await self.record(runtime, delivery.id, ok=error is None, status_code=status_code, error=error)
 
     async def send_webhook(self, runtime: ServiceRuntime, client: httpx.AsyncClient, delivery: Delivery) -> int:
@@ -379,6 +385,8 @@ class DeliveryWorker:
                     "X-MKR-Signature": domain.signature(secret, body),
                     **domain.standard_webhook_headers(secret, str(delivery.event_id), int(time.time()), body),
                 }
+                if traceparent := observability.current_traceparent():
+                    headers["traceparent"] = traceparent  # the subscriber may continue the trace
                 tried = interleaved(addresses)[:MAX_ADDRESSES]  # bounded: each may take the whole connect timeout
                 for index, address in enumerate(tried):
                     url, host, extensions = pinned(subscription.url, address)

@@ -31,6 +31,7 @@ from services.notifications.models import (
     ShelterBeds,
     Subscription,
 )
+from shared import observability
 from shared.app import ServiceRuntime
 from shared.events import (
     INTAKE_TOPIC,
@@ -288,7 +289,7 @@ class EventHandler:
                 event_id=event.id,
                 event_type=event.type,
                 municipality=event.municipality,
-                payload="",
+                payload=observability.trace_payload(),  # the message is rendered from the alert when sent
                 next_attempt_at=datetime.now(UTC),
             )
             .on_conflict_do_nothing()

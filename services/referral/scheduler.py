@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from services.referral import events
 from services.referral.config import ReferralConfig
 from services.referral.models import PlanAction, Referral
+from shared.observability import SLA_BREACHES
 from shared.scheduler import claim_due, periodic
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ async def raise_missed_acknowledgements(runtime: ServiceRuntime) -> int:
             referral.sla_breached_at = now
             await session.flush()
             await events.sla_breached(session, runtime.settings, referral)
+    SLA_BREACHES.inc(len(rows))
     return len(rows)
 
 

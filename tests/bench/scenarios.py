@@ -863,6 +863,51 @@ async def summary_report(stack: LaunchedStack, quick: bool) -> Outcome:
 # --- memory ----------------------------------------------------------------------------------------------------
 
 
+async def import_rate(stack: LaunchedStack, quick: bool) -> Outcome:
+    """`mkr import cases`: rows per second through the API, as an operator runs it against a remote deployment."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tests.importer.records import write_file
+
+    rows_in_file = 200 if quick else 1000
+    municipality = new_municipality("imp")
+    token = stack.token("coordinator", municipality, "--sub", "bench-import")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mkr-bench-import-") as tmp:
+        path = Path(tmp) / "records.csv"
+        faults = write_file(path, rows=rows_in_file)
+        good = rows_in_file - len(faults)
+        for label in ("first run (creates)", "re-run (replays, creates nothing)"):
+            began = time.perf_counter()
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "shared.cli", "import", "cases", str(path), "--quiet",
+                 "--base-url", stack.url("intake"), "--token", token],
+                capture_output=True, timeout=1800,
+            )
+            seconds = time.perf_counter() - began
+            assert done.returncode == 1, done.stderr.decode()[-500:]  # 1: the planted bad rows were refused
+            rows.append({
+                "run": label, "rows": rows_in_file, "imported": good, "refused": len(faults),
+                "seconds": round(seconds, 1), "rows/s": round(rows_in_file / seconds, 1),
+            })
+    first = rows[0]["rows/s"]
+    return (
+        "Import: `mkr import cases` rows per second against the API",
+        rows,
+        f"A CSV of {rows_in_file} rows in the plain template ({rows_in_file - good} planted bad rows, refused "
+        "locally by the dry-run validation), imported by the real command in a child process over loopback "
+        "HTTP: 4 requests in flight, each row a POST /v1/cases with its Idempotency-Key (the full intake path: "
+        "validation, encryption, blind index, duplicate search, audit, outbox). The wall time includes the "
+        f"command's start and the file's validation. The re-run replays every row's first answer. {first} rows/s "
+        "means a register of 10 000 records imports in about "
+        f"{round(10000 / first / 60, 1) if first else 'n/a'} minutes.",
+    )
+
+
 async def memory(stack: LaunchedStack, quick: bool) -> Outcome:
     """Resident memory of each service after the load above."""
     assert stack.proc is not None
@@ -894,6 +939,7 @@ ALL: list[Callable[[LaunchedStack, bool], Awaitable[Outcome]]] = [
     placements_under_contention,  # type: ignore[list-item]
     duplicate_search,  # type: ignore[list-item]
     summary_report,  # type: ignore[list-item]
+    import_rate,  # type: ignore[list-item]
     memory,  # type: ignore[list-item]
 ]
 __all__ = ["ALL", "Recorder"]
