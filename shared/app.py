@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import db
 from shared.auth import TokenVerifier
+from shared.docs import install_offline_docs
 from shared.errors import PROBLEM_RESPONSES, install_error_handlers
 from shared.events import EventConsumer, Handler, OutboxRelay, broker_reachable, ensure_topics
 from shared.observability import OUTBOX_PENDING, RequestContextMiddleware, metrics_endpoint
@@ -107,7 +108,7 @@ def create_service_app(
             await relay.stop()
             await engine.dispose()
 
-    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app = FastAPI(title=title, version=version, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
     install_error_handlers(app)
@@ -131,6 +132,7 @@ def create_service_app(
         return JSONResponse(body, status_code=200 if database_ok and broker_ok else 503)
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    install_offline_docs(app)  # /docs and /redoc from local assets (no CDN)
     for router in routers:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     return app
