@@ -226,7 +226,7 @@ async def _dashboard(request: Request, session: Session) -> Response:
     return render(request, "dashboard.html", data=data)
 
 
-async def _referral_queue(request: Request, session: Session, **extra: Any) -> Response:
+async def _referral_queue(request: Request, session: Session, status: int = 200, **extra: Any) -> Response:
     assert session.token
     params = {"to_member_id": session.member_id} if session.member_id else {}
     referrals = items_of(await upstream(request).get("referral", "/v1/referrals", session.token,
@@ -234,7 +234,7 @@ async def _referral_queue(request: Request, session: Session, **extra: Any) -> R
     actions: list[dict[str, Any]] = []
     referrals.sort(key=lambda r: (r.get("status") not in ("pending", "acknowledged", "accepted"),
                                   str(r.get("ack_due_at") or "")))
-    return render(request, "referrals.html", referrals=referrals, actions=actions, **extra)
+    return render(request, "referrals.html", status=status, referrals=referrals, actions=actions, **extra)
 
 
 REFERRAL_ACTIONS = ("acknowledge", "accept", "decline", "complete", "cancel")
@@ -263,7 +263,8 @@ async def referral_action(request: Request, referral_id: str, action: str) -> Re
         if back != "/" or session.role not in INSTITUTION_ROLES:
             return render(request, "message.html", status=error.status if error.status < 500 else 502,
                           message=api_message(t, error), details=api_details(error), back=back)
-        return await _referral_queue(request, session, error=api_message(t, error), details=api_details(error))
+        return await _referral_queue(request, session, status=error.status if error.status < 500 else 502,
+                                     error=api_message(t, error), details=api_details(error))
     return redirect(back)
 
 
@@ -443,7 +444,11 @@ async def _case_search(request: Request, session: Session, criteria: dict[str, s
 
 
 @router.get("/cases/{case_id}", response_class=HTMLResponse)
-async def case_page(request: Request, case_id: str, **extra: Any) -> Response:
+async def case_page(request: Request, case_id: str) -> Response:
+    return await _case_page(request, case_id)
+
+
+async def _case_page(request: Request, case_id: str, **extra: Any) -> Response:
     session = signed_in(request)
     assert session.token
     api = upstream(request)
@@ -507,7 +512,7 @@ async def manual_referral(request: Request, case_id: str) -> Response:
         await upstream(request).post("referral", "/v1/referrals", session.token, language=language(request),
                                      json={k: v for k, v in body.items() if v is not None})
     except ApiError as error:
-        return await case_page(request, case_id, referral_error=api_message(t, error),
+        return await _case_page(request, case_id, referral_error=api_message(t, error),
                                referral_details=api_details(error))
     return redirect(f"/cases/{cid}")
 
@@ -731,7 +736,11 @@ async def reports_csv(request: Request) -> Response:
 
 
 @router.get("/meetings", response_class=HTMLResponse)
-async def meetings_page(request: Request, **extra: Any) -> Response:
+async def meetings_page(request: Request) -> Response:
+    return await _meetings_page(request)
+
+
+async def _meetings_page(request: Request, **extra: Any) -> Response:
     session = signed_in(request)
     if session.role != "coordinator":
         raise Forbidden
@@ -768,7 +777,7 @@ async def schedule_meeting(request: Request) -> Response:
         await upstream(request).post("referral", "/v1/etn-meetings", session.token, language=language(request),
                                      json=body)
     except ApiError as error:
-        return await meetings_page(request, error=api_message(t, error), details=api_details(error))
+        return await _meetings_page(request, error=api_message(t, error), details=api_details(error))
     return redirect("/meetings")
 
 
@@ -792,7 +801,7 @@ async def meeting_minutes(request: Request, meeting_id: str) -> Response:
         await upstream(request).post("referral", f"/v1/etn-meetings/{_uuid(meeting_id)}/minutes", session.token,
                                      language=language(request), json=body)
     except ApiError as error:
-        return await meetings_page(request, error=api_message(t, error), details=api_details(error))
+        return await _meetings_page(request, error=api_message(t, error), details=api_details(error))
     return redirect("/meetings")
 
 
