@@ -667,7 +667,7 @@ async def live_events(request: Request) -> Response:
                     # Tell the page to stop retrying too fast; it retries after `retry`.
                     yield b"retry: 30000\nevent: unavailable\ndata: {}\n\n"
                     return
-                yield b"retry: 3000\n\n"
+                yield b"retry: 3000\nevent: ready\ndata: {}\n\n"
                 async for chunk in response.aiter_raw():
                     yield chunk
         except httpx.HTTPError:

@@ -7,6 +7,7 @@
   if (!list) { return; }
   var linkText = document.body.dataset.caseLink || "";
   var source = new EventSource("/events");
+  source.addEventListener("ready", function () { document.body.dataset.live = "ready"; });
   source.addEventListener("alert", function (event) {
     var alert;
     try { alert = JSON.parse(event.data); } catch (e) { return; }
