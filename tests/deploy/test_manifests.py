@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from shared.settings import SERVICES, Settings
+from shared.settings import APPS, SERVICES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -241,7 +241,7 @@ def test_dockerfile_serves_the_service_named_by_mkr_service() -> None:
     assert "mkr serve --service" in instructions["CMD"] and "MKR_SERVICE" in instructions["CMD"]
     assert "/healthz" in instructions["HEALTHCHECK"] and "curl" not in instructions["HEALTHCHECK"]
     exposed = {int(port.split("/")[0]) for port in instructions["EXPOSE"].split()}
-    assert exposed == {default_port(service) for service in SERVICES}
+    assert exposed == {default_port(service) for service in APPS}
     assert "MKR_HOST" not in instructions.get("ENV", ""), "MKR_HOST belongs to compose/k8s, not the image"
 
 
@@ -258,12 +258,12 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def test_one_deployment_per_service_with_two_replicas() -> None:
     deployments = of_kind("Deployment")
-    assert sorted(deployment_service(d) for d in deployments) == sorted(SERVICES)
+    assert sorted(deployment_service(d) for d in deployments) == sorted(APPS)
     for deployment in deployments:
         assert deployment["spec"]["replicas"] == 2
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", APPS)
 def test_deployment_probes_hit_the_service_port(service: str) -> None:
     (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
     container = container_of(deployment)
@@ -277,7 +277,7 @@ def test_deployment_probes_hit_the_service_port(service: str) -> None:
         assert port == default_port(service), probe
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", APPS)
 def test_deployment_runs_non_root_read_only_with_resources(service: str) -> None:
     (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
     pod = deployment["spec"]["template"]["spec"]
@@ -331,7 +331,7 @@ def test_k8s_names_only_real_settings() -> None:
     assert named - known_variables() == set(), "not settings in shared/settings.py or services/*/config.py"
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", APPS)
 def test_each_deployment_has_a_matching_service_hpa_and_pdb(service: str) -> None:
     (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
     name = deployment["metadata"]["name"]
@@ -363,3 +363,35 @@ def test_every_object_lives_in_the_mkr_namespace() -> None:
     for obj in k8s_objects():
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace") == "mkr", obj["metadata"]["name"]
+
+
+# --- the console (services/console): no database, its own session key --------------------------------
+
+
+def test_compose_runs_the_console_on_loopback_with_a_required_session_key() -> None:
+    spec = compose()["services"]["console"]
+    env = compose_env("console")
+    assert spec["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert env["MKR_SERVICE"] == "console" and env["MKR_ENVIRONMENT"] == "production"
+    assert env["MKR_HOST"] == "0.0.0.0"
+    port = default_port("console")
+    assert spec["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"127.0.0.1:{port}/" in " ".join(spec["healthcheck"]["test"])
+    match = INTERPOLATION.fullmatch(env["MKR_CONSOLE_SESSION_KEY"])
+    assert match and match.group(2) == ":?"
+    assert "MKR_DATABASE_URL" not in env and "MKR_ENCRYPTION_KEY" not in env, "the console keeps no case data"
+    for service in SERVICES:
+        assert env[f"MKR_CONSOLE_{service.upper()}_URL"] == f"http://{service}:{default_port(service)}"
+    secret = INTERPOLATION.fullmatch(env["MKR_CONSOLE_OIDC_CLIENT_SECRET"])
+    assert secret and not secret.group(3), "no client secret may be baked in"
+
+
+def test_k8s_console_takes_its_secrets_by_secret_key_ref_and_no_database() -> None:
+    (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == "console"]
+    env = {e["name"]: e for e in container_of(deployment)["env"]}
+    assert "MKR_DATABASE_URL" not in env and "MKR_ENCRYPTION_KEY" not in env
+    for name, entry in env.items():
+        if SECRET_LOOKING.search(name) or name in SECRET_VARIABLES:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == SECRET_NAME and ref["key"] == name
+    assert not env["MKR_CONSOLE_SESSION_KEY"]["valueFrom"]["secretKeyRef"].get("optional")
