@@ -712,8 +712,35 @@ async def reports_page(request: Request) -> Response:
     except ApiError as error:
         return render(request, "reports.html", status=error.status if error.status < 500 else 502, summary=None,
                       charts=[], start=start, end=end, error=api_message(t, error), details=api_details(error))
-    return render(request, "reports.html", summary=summary, charts=charts.summary_charts(summary, t),
+    months = await _cases_by_month(request, session.token, start, end, params.get("municipality"))
+    return render(request, "reports.html", summary=summary, charts=charts.summary_charts(summary, t, months),
                   start=start, end=end)
+
+
+async def _cases_by_month(
+    request: Request, token: str, start: str, end: str, municipality: str | None
+) -> list[tuple[str, int | None]]:
+    """Cases per month of the period (at most its last 12 months), one summary call per month."""
+    first, last = date.fromisoformat(start), date.fromisoformat(end)
+    spans: list[tuple[str, date, date]] = []
+    cursor = date(last.year, last.month, 1)
+    while cursor >= date(first.year, first.month, 1) and len(spans) < 12:
+        following = date(cursor.year + cursor.month // 12, cursor.month % 12 + 1, 1)
+        spans.append((cursor.strftime("%Y-%m"), max(cursor, first), min(following - timedelta(days=1), last)))
+        cursor = date(cursor.year - (cursor.month == 1), (cursor.month - 2) % 12 + 1, 1)
+    api = upstream(request)
+    lang = language(request)
+
+    async def count(span: tuple[str, date, date]) -> tuple[str, int | None]:
+        params = {"from": span[1].isoformat(), "to": span[2].isoformat(), "municipality": municipality}
+        try:
+            data = await api.get("referral", "/v1/reports/summary", token, language=lang, params=params)
+        except ApiError:
+            return span[0], None
+        total = ((data or {}).get("cases") or {}).get("total")
+        return span[0], total if isinstance(total, int) else None
+
+    return list(await asyncio.gather(*(count(span) for span in reversed(spans))))
 
 
 @router.get("/reports/cases.csv")
@@ -752,7 +779,10 @@ async def _meetings_page(request: Request, **extra: Any) -> Response:
                                       params={"from": (today - timedelta(days=90)).isoformat(),
                                               "to": (today + timedelta(days=180)).isoformat()}))
     members = items_of(await api.get("referral", "/v1/members", session.token, language=lang))
-    return render(request, "meetings.html", meetings=meetings, members=members,
+    cases = items_of(await api.get("intake", "/v1/cases", session.token, language=lang,
+                                   params={"status": "open", "limit": 100}))
+    return render(request, "meetings.html", meetings=meetings, members=members, cases=cases,
+                  case_numbers={str(c.get("id")): c.get("case_number") for c in cases},
                   member_names={str(m.get("id")): m.get("name") for m in members},
                   now=datetime.now(TIMEZONE).strftime("%Y-%m-%dT%H:%M"), **extra)
 

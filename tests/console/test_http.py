@@ -261,3 +261,28 @@ async def test_readyz_reports_the_services(live: Live) -> None:
         unready = await client.get("/readyz")
         assert unready.status_code == 503 and unready.json()["checks"]["intake"] is False
     assert time.monotonic() - started < 10
+
+
+async def test_coordinator_schedules_a_meeting_and_its_decision_becomes_a_plan_action(
+    live: Live, http: httpx.AsyncClient
+) -> None:
+    m = new_municipality()
+    social = await member(live, m, "social_services", "Shërbimi Social")
+    case = await report(live, m)
+    csrf = await http_sign_in(http, "coordinator", m)
+    page = await http.get("/meetings")
+    assert page.status_code == 200 and case["case_number"] in page.text
+    scheduled = await http.post("/meetings", data={"csrf": csrf, "kind": "etn", "scheduled_for": "2026-11-25T10:00",
+                                                   "case_ids": [case["id"]], "member_ids": [social["id"]]})
+    assert scheduled.status_code == 303, scheduled.text[:1000]
+    listing = await http.get("/meetings")
+    meeting_id = re.search(r'action="/meetings/([0-9a-f-]{36})/minutes"', listing.text)
+    assert meeting_id, listing.text[:3000]
+    minutes = await http.post(f"/meetings/{meeting_id.group(1)}/minutes", data={
+        "csrf": csrf, "attended_member_ids": [social["id"]], "case_id": case["id"], "action": "home visit",
+        "responsible_member_id": social["id"], "due_date": "2026-12-20"})
+    assert minutes.status_code == 303, minutes.text[:1000]
+    case_page = await http.get(f"/cases/{case['id']}")
+    assert "home visit" in case_page.text and "Shërbimi Social" in case_page.text
+    reports = await http.get("/reports")
+    assert reports.status_code == 200 and "Rastet sipas muajit" in reports.text and "<svg" in reports.text
