@@ -8,9 +8,14 @@ import re
 from datetime import date
 from typing import Any
 
+import pytest
+
 from tests.console.conftest import SCREENSHOTS, Live
 from tests.console.helpers import HIGH_RISK, axe_clean, member, referral_to, report, sign_in
 from tests.support import new_municipality, wait_for
+
+# A browser on two shared cores: axe on many pages takes its time.
+pytestmark = pytest.mark.timeout(300)
 
 
 async def _shot(page: Any, name: str) -> None:
