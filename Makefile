@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench chaos clean promtool
+.PHONY: install run test lint bench chaos clean promtool chromium screenshots
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,23 @@ promtool:
 	} && command -v promtool >/dev/null 2>&1 || { \
 	  echo "ERROR: make test needs promtool and could not install it (apt-get install prometheus)" >&2; exit 1; }
 
-test: lint promtool
+# The console's browser tests drive Debian's Chromium: installed here when missing (as root), else a clear failure.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  fi; \
+	fi
+	@test -x "$(CHROMIUM)" || { echo "ERROR: $(CHROMIUM) is missing and could not be installed: run 'apt-get install -y chromium' as root (the console's browser tests need it)" >&2; exit 1; }
+
+test: lint promtool chromium
 	$(BIN)/pytest
+
+# Photographs of each role's home into docs/console/ (the browser tests take them).
+screenshots: $(STAMP) chromium
+	$(BIN)/pytest tests/console/test_browser.py -q
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

@@ -1,4 +1,4 @@
-"""The embedded default behind `make run`: a small supervisor for PostgreSQL, the broker and four services.
+"""The embedded default behind `make run`: a supervisor for PostgreSQL, the broker, four services and the console.
 
 Foreground. Ctrl-C (or SIGTERM) stops the services, then the broker, then PostgreSQL. A service
 that dies is restarted with back-off. Data stays under the state dir, so a second run reuses it.
@@ -17,7 +17,7 @@ import httpx
 
 from shared.embedded import ensure_postgres, port_open, start_broker, stop_postgres, stop_process
 from shared.keys import ensure_local_keypair
-from shared.settings import SERVICES, Settings
+from shared.settings import APPS, Settings
 
 READY_TIMEOUT = 90.0
 
@@ -82,7 +82,7 @@ class Launcher:
         return env
 
     def start_services(self, env: dict[str, str]) -> None:
-        for name in SERVICES:
+        for name in APPS:
             child = Child(name, [sys.executable, "-m", "shared.cli", "serve", "--service", name], env)
             child.start()
             self.children.append(child)
@@ -105,7 +105,10 @@ class Launcher:
 
     def banner(self) -> None:
         print("\nMKR is running:")
-        for name in SERVICES:
+        print(f"  {'console':<14} http://127.0.0.1:{self.settings.port_of('console')}   (open it in a browser)")
+        for name in APPS:
+            if name == "console":
+                continue
             port = self.settings.port_of(name)
             print(f"  {name:<14} http://127.0.0.1:{port}   (docs: /docs, ready: /readyz)")
         print(

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import db
 from shared.auth import TokenVerifier
+from shared.docs import install_offline_docs
 from shared.errors import PROBLEM_RESPONSES, install_error_handlers, problem_response
 from shared.events import EventConsumer, Handler, OutboxRelay, broker_reachable, ensure_topics
 from shared.observability import (
@@ -115,7 +116,7 @@ def create_service_app(
             await relay.stop()
             await engine.dispose()
 
-    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app = FastAPI(title=title, version=version, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
     install_error_handlers(app)
@@ -154,6 +155,7 @@ def create_service_app(
         return JSONResponse(body, status_code=200 if ok else 503)
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    install_offline_docs(app)  # /docs and /redoc from local assets (no CDN)
     for router in routers:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     return app

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from shared.settings import SERVICES, Settings
+from shared.settings import APPS, SERVICES, Settings
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -136,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     verify = audit_sub.add_parser("verify", help="check intake's audit hash chain; exit 1 at its first broken link")
     verify.set_defaults(func=_cmd_audit_verify)
 
-    serve = sub.add_parser("serve", help="run one service (uvicorn)")
-    serve.add_argument("--service", required=True, choices=SERVICES)
+    serve = sub.add_parser("serve", help="run one service or the web console (uvicorn)")
+    serve.add_argument("--service", required=True, choices=APPS)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=_cmd_serve)
 
-    run = sub.add_parser("run", help="the embedded default: PostgreSQL, broker and the four services")
+    run = sub.add_parser("run", help="the embedded default: PostgreSQL, broker, the four services and the console")
     run.set_defaults(func=_cmd_run)
 
     from shared.importer import register_commands as register_import_commands

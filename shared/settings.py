@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["intake", "referral", "shelter", "notifications"]
 SERVICES: tuple[ServiceName, ...] = ("intake", "referral", "shelter", "notifications")
+# Every process `mkr serve` can run: the four services and the web console (no database of its own).
+AppName = Literal["intake", "referral", "shelter", "notifications", "console"]
+APPS: tuple[AppName, ...] = (*SERVICES, "console")
 
 
 MIN_INDEX_KEY_BYTES = 32  # production refuses a shorter MKR_INDEX_KEY
@@ -68,6 +71,7 @@ class Settings(BaseSettings):
     jwt_max_lifetime_seconds: int = Field(default=86400, ge=60)
 
     host: str = "127.0.0.1"
+    console_port: int = 8000
     intake_port: int = 8001
     referral_port: int = 8002
     shelter_port: int = 8003
@@ -78,6 +82,20 @@ class Settings(BaseSettings):
     # under state_dir; a production service that uses one refuses to start without it.
     encryption_key: str | None = None
     index_key: str | None = None
+
+    # The web console (services/console): where it reaches the four services (default 127.0.0.1 and their
+    # ports), the key of its session cookies (base64 of 32 bytes; development falls back to one under
+    # state_dir), the public URL it is reached at (for the OpenID Connect redirect; default: the request's).
+    console_intake_url: str | None = None
+    console_referral_url: str | None = None
+    console_shelter_url: str | None = None
+    console_notifications_url: str | None = None
+    console_session_key: str | None = None
+    console_public_url: str | None = None
+    # The municipality's OpenID Connect provider (authorization code + PKCE); unset: no OIDC sign-in.
+    console_oidc_issuer: str | None = None
+    console_oidc_client_id: str | None = None
+    console_oidc_client_secret: str | None = None
 
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     # How far back the relay re-sends when the broker comes back without events it had acknowledged.
@@ -120,8 +138,13 @@ class Settings(BaseSettings):
             raise ValueError("MKR_KAFKA_SSL_CAFILE is not a readable file")
         return self
 
-    def port_of(self, service: ServiceName) -> int:
+    def port_of(self, service: AppName) -> int:
         return int(getattr(self, f"{service}_port"))
+
+    def console_upstream(self, service: ServiceName) -> str:
+        """The base URL the console calls a service at."""
+        url = getattr(self, f"console_{service}_url")
+        return str(url).rstrip("/") if url else f"http://127.0.0.1:{self.port_of(service)}"
 
     def topic(self, name: str) -> str:
         """The physical topic for a contract topic name such as `mkr.intake.events`."""

@@ -15,7 +15,7 @@ import httpx
 
 from shared.embedded import free_port, port_open
 
-SERVICES = ("intake", "referral", "shelter", "notifications")
+SERVICES = ("intake", "referral", "shelter", "notifications", "console")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from shared.settings import SERVICES, Settings
+from shared.settings import APPS, SERVICES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -47,7 +47,7 @@ def keys_used_by(service: str) -> frozenset[str]:
     """The keys a service's code uses (its cipher, its search index): the only keys it may be given."""
     code = " ".join(path.read_text() for path in (ROOT / "services" / service).rglob("*.py"))
     used = set()
-    if re.search(r"\bFieldCipher\b", code):
+    if re.search(r"\b(FieldCipher|TextSealer)\b", code):
         used.add("MKR_ENCRYPTION_KEY")
     if re.search(r"\bSearchIndexer\b", code):
         used.add("MKR_INDEX_KEY")
@@ -271,7 +271,7 @@ def test_dockerfile_serves_the_service_named_by_mkr_service() -> None:
     assert "mkr serve --service" in instructions["CMD"] and "MKR_SERVICE" in instructions["CMD"]
     assert "/healthz" in instructions["HEALTHCHECK"] and "curl" not in instructions["HEALTHCHECK"]
     exposed = {int(port.split("/")[0]) for port in instructions["EXPOSE"].split()}
-    assert exposed == {default_port(service) for service in SERVICES}
+    assert exposed == {default_port(service) for service in APPS}
     assert "MKR_HOST" not in instructions.get("ENV", ""), "MKR_HOST belongs to compose/k8s, not the image"
 
 
@@ -288,12 +288,12 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def test_one_deployment_per_service_with_two_replicas() -> None:
     deployments = of_kind("Deployment")
-    assert sorted(deployment_service(d) for d in deployments) == sorted(SERVICES)
+    assert sorted(deployment_service(d) for d in deployments) == sorted(APPS)
     for deployment in deployments:
         assert deployment["spec"]["replicas"] == 2
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", APPS)
 def test_deployment_probes_hit_the_service_port(service: str) -> None:
     (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
     container = container_of(deployment)
@@ -307,7 +307,7 @@ def test_deployment_probes_hit_the_service_port(service: str) -> None:
         assert port == default_port(service), probe
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", APPS)
 def test_deployment_runs_non_root_read_only_with_resources(service: str) -> None:
     (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
     pod = deployment["spec"]["template"]["spec"]
@@ -363,7 +363,7 @@ def test_k8s_names_only_real_settings() -> None:
     assert named - known_variables() == set(), "not settings in shared/settings.py or services/*/config.py"
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", APPS)
 def test_each_deployment_has_a_matching_service_hpa_and_pdb(service: str) -> None:
     (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == service]
     name = deployment["metadata"]["name"]
@@ -529,3 +529,52 @@ def test_network_policy_lets_a_service_reach_only_its_database_kafka_and_public_
                     ), "public addresses only (no cluster, no cloud metadata)"
     allowed = {53, 5432, 9092, 9093, 443} | ({80, 25, 465, 587} if service == "notifications" else set())
     assert egress_ports == allowed, f"{service}: {sorted(egress_ports)}"
+# --- the console (services/console): no database, its own session key --------------------------------
+
+
+def test_compose_runs_the_console_on_loopback_with_a_required_session_key() -> None:
+    spec = compose()["services"]["console"]
+    env = compose_env("console")
+    assert spec["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert env["MKR_SERVICE"] == "console" and env["MKR_ENVIRONMENT"] == "production"
+    assert env["MKR_HOST"] == "0.0.0.0"
+    port = default_port("console")
+    assert spec["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"127.0.0.1:{port}/" in " ".join(spec["healthcheck"]["test"])
+    match = INTERPOLATION.fullmatch(env["MKR_CONSOLE_SESSION_KEY"])
+    assert match and match.group(2) == ":?"
+    assert "MKR_DATABASE_URL" not in env and "MKR_ENCRYPTION_KEY" not in env, "the console keeps no case data"
+    for service in SERVICES:
+        assert env[f"MKR_CONSOLE_{service.upper()}_URL"] == f"http://{service}:{default_port(service)}"
+    secret = INTERPOLATION.fullmatch(env["MKR_CONSOLE_OIDC_CLIENT_SECRET"])
+    assert secret and not secret.group(3), "no client secret may be baked in"
+
+
+def test_k8s_console_takes_its_secrets_by_secret_key_ref_and_no_database() -> None:
+    (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == "console"]
+    env = {e["name"]: e for e in container_of(deployment)["env"]}
+    assert "MKR_DATABASE_URL" not in env and "MKR_ENCRYPTION_KEY" not in env
+    for name, entry in env.items():
+        if SECRET_LOOKING.search(name) or name in SECRET_VARIABLES:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret_name("console") and ref["key"] == name
+    assert not env["MKR_CONSOLE_SESSION_KEY"]["valueFrom"]["secretKeyRef"].get("optional")
+
+
+def test_network_policy_lets_the_console_reach_only_the_four_services_and_public_https() -> None:
+    (deployment,) = [d for d in of_kind("Deployment") if deployment_service(d) == "console"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (own,) = [p for p in _policies_for(labels) if p["spec"]["podSelector"]]
+    assert {port["port"] for rule in own["spec"]["ingress"] for port in rule["ports"]} == {default_port("console")}
+    reached: dict[str, set[int]] = {}
+    for rule in own["spec"]["egress"]:
+        for peer in rule["to"]:
+            name = peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name", "public")
+            if name == "public":
+                assert "169.254.0.0/16" in peer["ipBlock"]["except"]
+            reached.setdefault(name, set()).update(port["port"] for port in rule["ports"])
+    assert reached == {**{f"mkr-{s}": {default_port(s)} for s in SERVICES}, "public": {443}}
+    for service in SERVICES:
+        (policy,) = [p for p in of_kind("NetworkPolicy") if p["metadata"]["name"] == f"mkr-{service}"]
+        sources = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+        assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mkr-console"}}} in sources, service

@@ -23,6 +23,8 @@ def test_run_serves_all_four_and_stops_cleanly_then_reuses_its_data(tmp_path: Pa
         forged = httpx.get(f"{stack.url('intake')}/v1/cases/{case_id}",
                            headers={"Authorization": f"Bearer {bearer[:-4]}AAAA"}, timeout=10)
         assert forged.status_code == 401
+        login = httpx.get(f"{stack.url('console')}/login", timeout=10)  # the console, with the local sign-in form
+        assert login.status_code == 200 and 'action="/login/local"' in login.text
     finally:
         assert stack.stop() == 0
     assert not (stack.state / "pg" / "postmaster.pid").exists(), "PostgreSQL left running"

@@ -1,0 +1,33 @@
+// Live alerts on every page: the person's inbox as Server-Sent Events from the console itself (/events).
+// No framework, no build step, nothing from another host.
+(function () {
+  "use strict";
+  if (!window.EventSource || document.body.dataset.signedIn !== "yes") { return; }
+  var list = document.getElementById("live-alerts");
+  if (!list) { return; }
+  var linkText = document.body.dataset.caseLink || "";
+  var source = new EventSource("/events");
+  source.addEventListener("ready", function () { document.body.dataset.live = "ready"; });
+  source.addEventListener("alert", function (event) {
+    var alert;
+    try { alert = JSON.parse(event.data); } catch (e) { return; }
+    var item = document.createElement("li");
+    item.className = "alert severity-" + String(alert.severity || "info").replace(/[^a-z]/g, "");
+    var title = document.createElement(alert.case_id ? "a" : "span");
+    title.textContent = alert.title || "";
+    if (alert.case_id && /^[0-9a-f-]{36}$/.test(alert.case_id)) {
+      title.href = "/cases/" + alert.case_id;
+      title.setAttribute("aria-label", (alert.title || "") + " — " + linkText);
+    }
+    item.appendChild(title);
+    if (alert.body) {
+      var body = document.createElement("span");
+      body.className = "alert-body";
+      body.textContent = " " + alert.body;
+      item.appendChild(body);
+    }
+    list.insertBefore(item, list.firstChild);
+    while (list.children.length > 5) { list.removeChild(list.lastChild); }
+  });
+  window.addEventListener("pagehide", function () { source.close(); });
+})();
