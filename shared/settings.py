@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # How far back the relay re-sends when the broker comes back without events it had acknowledged.
     outbox_replay_seconds: int = Field(default=3600, ge=0)
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    # Reports for the auditor: a count from 1 to this - 1 is suppressed, CSV rows are k-anonymous for k = this.
+    reports_min_cell: int = Field(default=5, ge=2, le=1000)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
