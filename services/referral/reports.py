@@ -61,9 +61,8 @@ CASE_TOTALS = sa.text(
 )
 VIOLENCE_TYPES = sa.text(
     """
-    SELECT coalesce(t.vt, 'unknown') AS vt, count(*) AS n
+    SELECT c.violence_types AS vts, count(*) AS n
     FROM case_facts c
-    LEFT JOIN LATERAL (SELECT DISTINCT e AS vt FROM jsonb_array_elements_text(c.violence_types) AS e) AS t ON true
     WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
     GROUP BY 1
     """
@@ -168,7 +167,12 @@ async def summary(
             value = getattr(row, column)
             if value is not None:
                 by[key][value] = by[key].get(value, 0) + int(row.n)
-    violence = {row.vt: int(row.n) for row in await session.execute(q(VIOLENCE_TYPES), params)}
+    # Grouped by the whole list (few distinct lists), expanded here: a case counts once under each of its
+    # types, under `unknown` when it names none (a lateral expansion in SQL took ~4 times as long).
+    violence: dict[str, int] = {}
+    for row in await session.execute(q(VIOLENCE_TYPES), params):
+        for vt in sorted(set(row.vts)) or ["unknown"]:
+            violence[vt] = violence.get(vt, 0) + int(row.n)
 
     by_kind: dict[str, int] = {}
     by_status: dict[str, int] = {}
