@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
     # A request body above this is refused with 413 before authentication and before parsing.
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
+    # Reports for the auditor: a count from 1 to this - 1 is suppressed, CSV rows are k-anonymous for k = this.
+    reports_min_cell: int = Field(default=5, ge=2, le=1000)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

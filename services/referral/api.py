@@ -713,19 +713,32 @@ def _report_scope(principal: Principal, municipality: str | None) -> str:
     return principal.municipality
 
 
-Municipality = Annotated[str | None, Query(pattern=SLUG_PATTERN)]
+def _min_cell(principal: Principal, request: Request) -> int | None:
+    """Small-cell suppression applies to everyone outside the municipality: the auditor (DOMAIN.md)."""
+    return int(request.app.state.settings.reports_min_cell) if principal.role is Role.auditor else None
+
+
+# A municipality slug, or `*` (the national view, auditor only).
+Municipality = Annotated[str | None, Query(pattern=r"^\*$|" + SLUG_PATTERN)]
 From = Annotated[date, Query(alias="from")]
 
 
 @router.get("/reports/summary", response_model=ReportSummary, response_model_by_alias=True, tags=["reports"])
 async def report_summary(
-    principal: Reporter, session: SessionDep, from_: From, to: date, municipality: Municipality = None
+    principal: Reporter,
+    session: SessionDep,
+    request: Request,
+    from_: From,
+    to: date,
+    municipality: Municipality = None,
 ) -> ReportSummary:
-    """Aggregates for a period (DOMAIN.md "Reports"), no identities. Periods are UTC dates, inclusive."""
+    """Aggregates for a period (DOMAIN.md "Reports"), no identities. Periods are UTC dates, inclusive.
+    The auditor may ask for `municipality=*` (every municipality summed, with `by_municipality`) and sees
+    small cells suppressed (null, listed in `suppressed`); the coordinator sees her own exact counts."""
     if to < from_:
         raise invalid(["query", "to"], "must not be before from")
     scope = _report_scope(principal, municipality)
-    return await reports.summary(session, scope, from_, to)
+    return await reports.summary(session, scope, from_, to, min_cell=_min_cell(principal, request))
 
 
 @router.get(
@@ -735,17 +748,30 @@ async def report_summary(
     responses={200: {"content": {"text/csv": {}}, "description": "one pseudonymous row per case"}},
 )
 async def report_cases_csv(
-    principal: Reporter, session: SessionDep, from_: From, to: date, municipality: Municipality = None
+    principal: Reporter,
+    session: SessionDep,
+    request: Request,
+    from_: From,
+    to: date,
+    municipality: Municipality = None,
 ) -> StreamingResponse:
     """One row per case reported in the period: case number, dates, coded facts, referral outcomes.
-    No names, contacts, addresses, dates of birth or narratives."""
+    No names, contacts, addresses, dates of birth or narratives. The auditor's export (also
+    `municipality=*`) starts with a `municipality` column and is k-anonymous over municipality, sex, age
+    group and ethnicity (k = MKR_REPORTS_MIN_CELL): a value that would single out fewer reads `suppressed`."""
     if to < from_:
         raise invalid(["query", "to"], "must not be before from")
     scope = _report_scope(principal, municipality)
     rows = await reports.case_rows(session, scope, from_, to)
-    filename = f"cases-{scope}-{from_.isoformat()}-{to.isoformat()}.csv"
+    filename = f"cases-{'all' if scope == reports.NATIONAL else scope}-{from_.isoformat()}-{to.isoformat()}.csv"
+    min_cell = _min_cell(principal, request)
+    content = (
+        reports.to_csv(rows)
+        if min_cell is None
+        else reports.to_csv(reports.auditor_rows(rows, min_cell), reports.AUDITOR_CSV_COLUMNS)
+    )
     return StreamingResponse(
-        reports.to_csv(rows),
+        content,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

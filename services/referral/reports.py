@@ -6,7 +6,9 @@ Periods are UTC dates, `from` and `to` inclusive. Counting rules are DOMAIN.md's
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -15,12 +17,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.referral import disclosure
 from services.referral.schemas import Dashboard, ReportSummary
 
 SEXES = ("female", "male", "other")
 AGE_GROUPS = ("0-11", "12-17", "18-24", "25-39", "40-59", "60+", "unknown")
 RISK_LEVELS = ("low", "medium", "high")
 ITEMS = 50  # the dashboard lists at most this many of each; `count` is always the full number
+NATIONAL = "*"  # the auditor's `municipality=*`: every municipality summed (CONTRACT.md §10)
 
 
 def _bounds(start: date, end: date) -> dict[str, Any]:
@@ -44,9 +48,9 @@ CASE_BREAKDOWNS = sa.text(
         FROM case_facts
         WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
     ) t
-    GROUP BY GROUPING SETS ((s), (a), (e), (r), (src))
+    GROUP BY 1, 2, 3, 4, 5
     """
-)
+)  # one hash per row (at most a few thousand combinations), summed per breakdown in Python
 CASE_TOTALS = sa.text(
     """
     SELECT count(*) AS total,
@@ -57,9 +61,8 @@ CASE_TOTALS = sa.text(
 )
 VIOLENCE_TYPES = sa.text(
     """
-    SELECT coalesce(t.vt, 'unknown') AS vt, count(*) AS n
+    SELECT c.violence_types AS vts, count(*) AS n
     FROM case_facts c
-    LEFT JOIN LATERAL (SELECT DISTINCT e AS vt FROM jsonb_array_elements_text(c.violence_types) AS e) AS t ON true
     WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
     GROUP BY 1
     """
@@ -73,7 +76,7 @@ REFERRALS = sa.text(
 )
 MEDIAN_ACK = sa.text(
     """
-    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM acknowledged_at - created_at) / 3600.0)
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY date_part('epoch', acknowledged_at - created_at) / 3600.0)
     FROM referrals
     WHERE municipality = :m AND created_at >= :start AND created_at < :end AND acknowledged_at IS NOT NULL
     """
@@ -119,9 +122,33 @@ RENT_PAID = sa.text(
 )
 
 
-async def summary(session: AsyncSession, municipality: str, start: date, end: date) -> ReportSummary:
+BY_MUNICIPALITY = sa.text(
+    """
+    SELECT municipality, count(*) AS n FROM case_facts
+    WHERE reported_at >= :start AND reported_at < :end
+    GROUP BY 1 ORDER BY 1
+    """
+)
+
+
+@functools.cache
+def _national(sql: str) -> sa.TextClause:
+    """The same statement over every municipality: its `[alias.]municipality = :m` condition dropped."""
+    return sa.text(re.sub(r"\b(?:\w+\.)?municipality = :m\b", "true", sql))
+
+
+def _scoped(statement: sa.TextClause, municipality: str) -> sa.TextClause:
+    return _national(statement.text) if municipality == NATIONAL else statement
+
+
+async def summary(
+    session: AsyncSession, municipality: str, start: date, end: date, *, min_cell: int | None = None
+) -> ReportSummary:
+    """The summary of one municipality, or of all of them (`NATIONAL`, with `by_municipality`). With
+    `min_cell` (the auditor's view) small cells are suppressed (services/referral/disclosure.py)."""
     params = {"m": municipality, **_bounds(start, end)}
-    totals = (await session.execute(CASE_TOTALS, params)).one()
+    q = functools.partial(_scoped, municipality=municipality)
+    totals = (await session.execute(q(CASE_TOTALS), params)).one()
     by: dict[str, dict[str, int]] = {
         "by_sex": _zeros(SEXES),
         "by_age_group": _zeros(AGE_GROUPS),
@@ -129,7 +156,7 @@ async def summary(session: AsyncSession, municipality: str, start: date, end: da
         "by_risk_level": _zeros(RISK_LEVELS),
         "by_source": {},
     }
-    for row in await session.execute(CASE_BREAKDOWNS, params):
+    for row in await session.execute(q(CASE_BREAKDOWNS), params):
         for column, key in (
             ("s", "by_sex"),
             ("a", "by_age_group"),
@@ -140,55 +167,64 @@ async def summary(session: AsyncSession, municipality: str, start: date, end: da
             value = getattr(row, column)
             if value is not None:
                 by[key][value] = by[key].get(value, 0) + int(row.n)
-    violence = {row.vt: int(row.n) for row in await session.execute(VIOLENCE_TYPES, params)}
+    # Grouped by the whole list (few distinct lists), expanded here: a case counts once under each of its
+    # types, under `unknown` when it names none (a lateral expansion in SQL took ~4 times as long).
+    violence: dict[str, int] = {}
+    for row in await session.execute(q(VIOLENCE_TYPES), params):
+        for vt in sorted(set(row.vts)) or ["unknown"]:
+            violence[vt] = violence.get(vt, 0) + int(row.n)
 
     by_kind: dict[str, int] = {}
     by_status: dict[str, int] = {}
     breaches = 0
-    for row in await session.execute(REFERRALS, params):
+    for row in await session.execute(q(REFERRALS), params):
         by_kind[row.to_member_kind] = by_kind.get(row.to_member_kind, 0) + int(row.n)
         by_status[row.status] = by_status.get(row.status, 0) + int(row.n)
         breaches += int(row.breaches)
-    median = (await session.execute(MEDIAN_ACK, params)).scalar()
-    meetings: dict[str, int] = dict((await session.execute(MEETINGS, params)).tuples().all())
-    orders: dict[str, int] = dict((await session.execute(ORDERS, params)).tuples().all())
-    placements, children_placed = (await session.execute(PLACEMENTS, params)).one()
-    beneficiaries, approved = (await session.execute(RENT_BONUS, params)).one()
-    paid = (await session.execute(RENT_PAID, params)).scalar() or Decimal(0)
+    median = (await session.execute(q(MEDIAN_ACK), params)).scalar()
+    meetings: dict[str, int] = dict((await session.execute(q(MEETINGS), params)).tuples().all())
+    orders: dict[str, int] = dict((await session.execute(q(ORDERS), params)).tuples().all())
+    placements, children_placed = (await session.execute(q(PLACEMENTS), params)).one()
+    beneficiaries, approved = (await session.execute(q(RENT_BONUS), params)).one()
+    paid = (await session.execute(q(RENT_PAID), params)).scalar() or Decimal(0)
 
-    return ReportSummary.model_validate(
-        {
-            "municipality": municipality,
-            "from": start,
-            "to": end,
-            "cases": {
-                "total": int(totals.total),
-                **by,
-                "by_violence_type": violence,
-                "with_children": int(totals.with_children),
-                "closed": int(totals.closed),
-            },
-            "referrals": {
-                "total": sum(by_kind.values()),
-                "by_member_kind": by_kind,
-                "by_status": by_status,
-                "median_hours_to_acknowledge": round(float(median), 2) if median is not None else None,
-                "sla_breaches": breaches,
-            },
-            "etn_meetings": int(meetings.get("etn", 0)),
-            "steering_committee_meetings": int(meetings.get("steering_committee", 0)),
-            "protection_orders": {
-                "immediate": int(orders.get("immediate", 0)),
-                "protection": int(orders.get("protection", 0)),
-            },
-            "shelter": {"placements": int(placements), "children_placed": int(children_placed)},
-            "rent_bonus": {
-                "beneficiaries": int(beneficiaries),
-                "approved_amount": str(Decimal(approved).quantize(Decimal("0.01"))),
-                "paid_amount": str(Decimal(paid).quantize(Decimal("0.01"))),
-            },
-        }
-    )
+    body: dict[str, Any] = {
+        "municipality": municipality,
+        "from": start,
+        "to": end,
+        "cases": {
+            "total": int(totals.total),
+            **by,
+            "by_violence_type": violence,
+            "with_children": int(totals.with_children),
+            "closed": int(totals.closed),
+        },
+        "referrals": {
+            "total": sum(by_kind.values()),
+            "by_member_kind": by_kind,
+            "by_status": by_status,
+            "median_hours_to_acknowledge": round(float(median), 2) if median is not None else None,
+            "sla_breaches": breaches,
+        },
+        "etn_meetings": int(meetings.get("etn", 0)),
+        "steering_committee_meetings": int(meetings.get("steering_committee", 0)),
+        "protection_orders": {
+            "immediate": int(orders.get("immediate", 0)),
+            "protection": int(orders.get("protection", 0)),
+        },
+        "shelter": {"placements": int(placements), "children_placed": int(children_placed)},
+        "rent_bonus": {
+            "beneficiaries": int(beneficiaries),
+            "approved_amount": str(Decimal(approved).quantize(Decimal("0.01"))),
+            "paid_amount": str(Decimal(paid).quantize(Decimal("0.01"))),
+        },
+    }
+    if municipality == NATIONAL:
+        rows = await session.execute(BY_MUNICIPALITY, params)
+        body["by_municipality"] = {row.municipality: int(row.n) for row in rows}
+    if min_cell is not None:
+        body = disclosure.suppress_summary(body, min_cell)
+    return ReportSummary.model_validate(body)
 
 
 async def dashboard(session: AsyncSession, municipality: str, expiry_days: int) -> Dashboard:
@@ -263,7 +299,8 @@ CSV_COLUMNS = (
 CASE_ROWS = sa.text(
     """
     SELECT c.case_number, c.reported_at, c.status, c.closed_at, c.risk_level, c.sex, c.age_group, c.ethnicity,
-           c.disability, c.violence_types, c.perpetrator_relationship, c.source, c.needs, c.children_count,
+           c.municipality, c.disability, c.violence_types, c.perpetrator_relationship, c.source, c.needs,
+           c.children_count,
            coalesce(r.n, 0) AS referrals, coalesce(r.completed, 0) AS referrals_completed,
            coalesce(r.declined, 0) AS referrals_declined, coalesce(r.breaches, 0) AS sla_breaches,
            coalesce(r.outcomes, '') AS referral_outcomes
@@ -283,18 +320,33 @@ CASE_ROWS = sa.text(
 
 
 async def case_rows(session: AsyncSession, municipality: str, start: date, end: date) -> list[sa.Row[Any]]:
-    return list((await session.execute(CASE_ROWS, {"m": municipality, **_bounds(start, end)})).all())
+    statement = _scoped(CASE_ROWS, municipality)
+    return list((await session.execute(statement, {"m": municipality, **_bounds(start, end)})).all())
 
 
-def to_csv(rows: list[sa.Row[Any]]) -> Iterator[str]:
+# The auditor's export names the municipality (a national export spans them all), generalised with the rest.
+AUDITOR_CSV_COLUMNS = ("municipality", *CSV_COLUMNS)
+
+
+def auditor_rows(rows: Sequence[sa.Row[Any]], min_cell: int) -> list[dict[str, Any]]:
+    """The rows k-anonymised over (municipality, sex, age group, ethnicity) (disclosure.generalise_rows).
+    Where the municipality is generalised, so is the case number (its prefix names the municipality)."""
+    out = disclosure.generalise_rows([dict(row._mapping) for row in rows], min_cell)
+    for row in out:
+        if row["municipality"] == disclosure.SUPPRESSED:
+            row["case_number"] = disclosure.SUPPRESSED
+    return out
+
+
+def to_csv(rows: Sequence[Any], columns: Sequence[str] = CSV_COLUMNS) -> Iterator[str]:
     """The pseudonymous export: coded facts only; lists joined with `;`; outcomes as `kind:status`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(columns)
     for index, row in enumerate(rows, start=1):
         values = []
-        for column in CSV_COLUMNS:
-            value = getattr(row, column)
+        for column in columns:
+            value = row[column] if isinstance(row, dict) else getattr(row, column)
             if isinstance(value, list):
                 value = ";".join(value)
             elif isinstance(value, datetime):

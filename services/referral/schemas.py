@@ -222,7 +222,8 @@ class ReportSummary(BaseModel):
     """DOMAIN.md "Reports". Every breakdown sums to its total, except `cases.by_violence_type`:
     a case may name several types, so it counts cases per type (a case with two types counts
     under both; a case with none under `unknown`) and its sum can exceed `cases.total`.
-    Missing facts count under `unknown` (ethnicity: `undisclosed`)."""
+    Missing facts count under `unknown` (ethnicity: `undisclosed`). For the `auditor` a count from 1 to
+    MKR_REPORTS_MIN_CELL - 1 in a breakdown (and one more beside it) is null, its path in `suppressed`."""
 
     municipality: str
     from_: date = Field(alias="from")
@@ -231,8 +232,12 @@ class ReportSummary(BaseModel):
     referrals: dict[str, Any]
     etn_meetings: int
     steering_committee_meetings: int
-    protection_orders: dict[str, int]
-    shelter: dict[str, int]
+    protection_orders: dict[str, int | None]
+    shelter: dict[str, int | None]
     rent_bonus: dict[str, Any]
+    # The national view (`municipality=*`, auditor): cases per municipality; null otherwise.
+    by_municipality: dict[str, int | None] | None = None
+    # The auditor's view: paths of the cells shown as null (small-cell suppression, CONTRACT.md §10).
+    suppressed: list[str] = Field(default_factory=list)
 
     model_config = ConfigDict(populate_by_name=True)

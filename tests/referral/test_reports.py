@@ -169,7 +169,13 @@ async def test_summary_counts_by_the_domain_rules_and_breakdowns_sum_to_totals(
     auditor = stack.auth("auditor", "*")
     audited = await stack.referral.get("/v1/reports/summary", params={"from": FROM, "to": TO, "municipality": m},
                                        headers=auditor)  # fmt: skip
-    assert audited.json()["cases"] == c
+    # The auditor sees the same totals, but every count here is one woman: suppressed (CONTRACT.md §10).
+    seen = audited.json()
+    assert seen["cases"]["total"] == c["total"] == 3 and seen["referrals"]["total"] == 0
+    assert seen["cases"]["by_ethnicity"] == {"roma": None, "undisclosed": None, "egyptian": None}
+    assert seen["cases"]["by_sex"] == {"female": None, "male": None, "other": None, "unknown": None}
+    assert "cases.by_ethnicity.egyptian" in seen["suppressed"] and seen["cases"]["with_children"] is None
+    assert report["suppressed"] == []
     dashboard = await stack.referral.get("/v1/dashboard", headers=coordinator)
     assert dashboard.status_code == 200
     board = dashboard.json()
