@@ -96,7 +96,6 @@ async def protection_order_recorded(
             "status": order.status,
             "issued_at": _iso(order.issued_at),
             "expires_at": _iso(order.expires_at),
-            "court": order.court,
         },
     )
 

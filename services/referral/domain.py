@@ -29,6 +29,13 @@ MemberKind = Literal[
     "court",
 ]
 Urgency = Literal["emergency", "high", "normal"]
+# What a referral asks for: one of the case's `needs` codes or a member kind (CONTRACT §6) — a code,
+# never free text, since it travels in events, webhooks and alerts.
+ServiceCode = Literal[
+    "shelter", "legal_aid", "health", "psychological", "economic_aid", "employment", "housing", "childcare",
+    "protection_order", "police", "social_services", "child_protection", "education", "ngo", "prosecution",
+    "court",
+]
 RiskLevel = Literal["low", "medium", "high"]
 
 
@@ -64,7 +71,7 @@ class RoutingRule(BaseModel):
     # "by_risk": high → emergency, medium → high, low → normal.
     urgency: Urgency | Literal["by_risk"]
     urgency_if_high_risk: Urgency | None = None
-    service: str | None = Field(default=None, max_length=80)
+    service: ServiceCode | None = None
 
     def urgency_for(self, facts: CaseFacts) -> str:
         if facts.risk_level == "high" and self.urgency_if_high_risk is not None:

@@ -9,19 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from services.referral.domain import MemberKind, RoutingRule, Urgency
+from services.referral.domain import MemberKind, RoutingRule, ServiceCode, Urgency
 from shared.text import Email, FreeText, Line, Phone, Slug
 
 ServiceName = Annotated[Line, Field(min_length=1, max_length=120)]
 Name = Annotated[Line, Field(min_length=1, max_length=200)]
 # The length limit inside the type: on `list | None` pydantic applies it to a null too (a TypeError, a 500).
 ServiceList = Annotated[list[ServiceName], Field(max_length=50)]
-# What a referral asks for: one of the case's `needs` codes or a member kind (CONTRACT §6).
-ReferralService = Literal[
-    "shelter", "legal_aid", "health", "psychological", "economic_aid", "employment", "housing", "childcare",
-    "protection_order", "police", "social_services", "child_protection", "education", "ngo", "prosecution",
-    "court",
-]
+ReferralService = ServiceCode
 
 
 class Strict(BaseModel):

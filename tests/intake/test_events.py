@@ -93,6 +93,7 @@ async def test_events_carry_coded_facts_and_no_personal_data(intake: Stack) -> N
     assert events[2]["data"]["expires_at"].startswith("2027-05-21")
     assert events[3]["data"]["withdrawn"] == ["shelter"]
     assert "reason" not in events[4]["data"]
+    assert "court" not in events[2]["data"]  # free text (CONTRACT §3): no event carries it
     for value in raw:
         text = value.decode()
         for secret in PERSONAL:

@@ -281,3 +281,41 @@ async def test_unslugged_municipality_parameters_are_422(stack: Stack) -> None:
         headers=auditor,
     )
     assert fine.status_code == 200 and 'elbasan' in fine.headers["content-disposition"]
+
+
+async def test_routing_rule_service_free_text_is_refused_and_stored_text_repaired(stack: Stack) -> None:
+    """A rule's `service` rides on every automatic referral and its event: a code, never free text."""
+    m = new_municipality()
+    coordinator = stack.auth("coordinator", m)
+    rule = {"name": "all_to_ngo", "when": [{}], "refer_to": "ngo", "urgency": "high"}
+    narrative = {"rules": [{**rule, "service": "she was beaten at home by her husband"}]}
+    refused = await stack.referral.put("/v1/routing-rules", json=narrative, headers=coordinator)
+    assert refused.status_code == 422, refused.text
+    assert "beaten" not in refused.text
+    coded = await stack.referral.put(
+        "/v1/routing-rules", json={"rules": [{**rule, "service": "psychological"}]}, headers=coordinator
+    )
+    assert coded.status_code == 200, coded.text
+    # A row the first release accepted: the migration drops its free-text service so the rules read again.
+    engine = stack.apps["referral"].state.runtime.engine
+    stored = [{**rule, "service": "psychological"}, {**rule, "name": "second", "service": "talk to her sister"}]
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE routing_rules SET rules = CAST(:r AS jsonb) WHERE municipality = :m"),
+            {"r": json.dumps(stored), "m": m},
+        )
+    assert (await stack.referral.get("/v1/routing-rules", headers=coordinator)).status_code == 500
+    migration = _migration("20261202_0004_coded_rule_service")
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: _run_with_op(sync, migration))
+    read = await stack.referral.get("/v1/routing-rules", headers=coordinator)
+    assert read.status_code == 200, read.text
+    assert [r.get("service") for r in read.json()["rules"]] == ["psychological", None]
+
+
+def _run_with_op(sync_conn: Any, migration: ModuleType) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    with Operations.context(MigrationContext.configure(sync_conn)):
+        migration.upgrade()
