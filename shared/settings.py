@@ -122,8 +122,9 @@ class Settings(BaseSettings):
                 missing.append("MKR_JWT_PUBLIC_KEY or MKR_JWT_JWKS_URL")
             if missing:
                 raise ValueError("production needs " + ", ".join(missing))
-            # A short index key makes the keyed name trigrams guessable offline (MKR_INDEX_KEY, bytes).
-            if len((self.index_key or "").encode()) < MIN_INDEX_KEY_BYTES:
+            # A short index key makes the keyed name trigrams guessable offline (MKR_INDEX_KEY, bytes). A
+            # missing one is refused by the service that uses it (SearchIndexer), not by every service.
+            if self.index_key is not None and len(self.index_key.encode()) < MIN_INDEX_KEY_BYTES:
                 raise ValueError(f"production needs an MKR_INDEX_KEY of at least {MIN_INDEX_KEY_BYTES} bytes")
         return self
 

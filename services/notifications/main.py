@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from services.notifications.api import router
 from services.notifications.config import NotificationsConfig
-from services.notifications.delivery import Broadcaster, DeliveryWorker, Notifier
+from services.notifications.delivery import Broadcaster, DeliveryWorker, Notifier, secret_cipher
 from services.notifications.events import CONSUMED_TOPICS, EventHandler, protection_order_scheduler
 from shared.app import ConsumerSpec, create_service_app
 from shared.settings import Settings, get_settings
@@ -17,6 +17,7 @@ from shared.settings import Settings, get_settings
 def create_app(settings: Settings | None = None, config: NotificationsConfig | None = None) -> FastAPI:
     settings = settings or get_settings()
     config = config or NotificationsConfig()
+    secret_cipher(settings)  # webhook secrets are sealed at rest: production refuses to start without the key
     broadcaster = Broadcaster()
     notifier = Notifier(broadcaster)
     worker = DeliveryWorker(config, notifier)
