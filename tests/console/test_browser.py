@@ -8,6 +8,7 @@ import re
 from datetime import date
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.console.conftest import SCREENSHOTS, Live
@@ -106,10 +107,19 @@ async def test_institution_queue_acknowledge_accept_complete_and_report_a_case(
 async def test_shelter_free_beds_on_a_phone_and_a_concurrent_change_is_shown(live: Live, page_factory: Any) -> None:
     m = new_municipality()
     shelter_member = await member(live, m, "shelter")
-    created = await live.stack.shelter.post("/v1/shelters", headers=live.auth("coordinator", m), json={
-        "name": "Streha e Testit", "operator": "Invented NGO", "kind": "emergency", "municipality": m,
-        "capacity": 8, "accepts_children": True, "address": "Rruga 1", "phone": "+355690000002",
-        "member_id": shelter_member["id"]})
+    body = {"name": "Streha e Testit", "operator": "Invented NGO", "kind": "emergency", "municipality": m,
+            "capacity": 8, "accepts_children": True, "address": "Rruga 1", "phone": "+355690000002",
+            "member_id": shelter_member["id"]}
+    attempts: list[httpx.Response] = []
+
+    async def registered() -> bool:
+        # The shelter service learns of the member from `member.saved` a moment later (a 422 until then,
+        # which stores nothing, so asking again is safe).
+        attempts.append(await live.stack.shelter.post("/v1/shelters", headers=live.auth("coordinator", m), json=body))
+        return attempts[-1].status_code != 422
+
+    await wait_for(registered, timeout=30, what="the shelter service to know the new shelter member")
+    created = attempts[-1]
     assert created.status_code == 201, created.text
     shelter = created.json()
     page = await page_factory(locale="en-US", viewport={"width": 390, "height": 844})
