@@ -1,3 +1,8 @@
-from shared.db import run_alembic_env
+"""Alembic environment of the shelter service: its migrations, compared with its models."""
 
-run_alembic_env()
+from services.shelter import models
+from shared import idempotency
+from shared.db import model_metadata, run_alembic_env
+from shared.events import event_metadata
+
+run_alembic_env(model_metadata(models, event_metadata, idempotency.metadata))
