@@ -135,7 +135,7 @@ async def migrate(engine: AsyncEngine, migrations: Path) -> None:
         _MIGRATION_LOCK.release()
 
 
-def model_metadata(models: ModuleType, *shared_tables: MetaData, unmodelled: Iterable[str] = ()) -> MetaData:
+def model_metadata(models: ModuleType, *shared_tables: Table, unmodelled: Iterable[str] = ()) -> MetaData:
     """What a service's migrations must produce: the tables its `models` module declares, plus the
     shared tables it carries (the outbox, idempotency keys), copied into one MetaData. Copied, because
     some services declare on SQLModel's default metadata, which holds every such service's tables.
@@ -145,9 +145,8 @@ def model_metadata(models: ModuleType, *shared_tables: MetaData, unmodelled: Ite
         table = getattr(obj, "__table__", None)
         if isinstance(obj, type) and obj.__module__ == models.__name__ and isinstance(table, Table):
             table.to_metadata(target)
-    for metadata in shared_tables:
-        for table in metadata.tables.values():
-            table.to_metadata(target)
+    for table in shared_tables:  # named one by one: a shared MetaData may hold more (a test's tables)
+        table.to_metadata(target)
     return target
 
 
