@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Annotated
+from types import ModuleType
+from typing import Annotated, Any
 
 import asyncpg
 from alembic import command, context
 from alembic.config import Config
 from fastapi import Depends, Request
-from sqlalchemy import Connection, MetaData, text
+from sqlalchemy import TEXT, Column, Connection, MetaData, String, Table, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.types import TypeDecorator
 
 from shared.settings import Settings
 
@@ -164,12 +166,69 @@ async def migrate(engine: AsyncEngine, migrations: Path, settings: Settings | No
         _MIGRATION_LOCK.release()
 
 
+def model_metadata(models: ModuleType, *shared_tables: Table, unmodelled: Iterable[str] = ()) -> MetaData:
+    """What a service's migrations must produce: the tables its `models` module declares, plus the
+    shared tables it carries (the outbox, idempotency keys), copied into one MetaData. Copied, because
+    some services declare on SQLModel's default metadata, which holds every such service's tables.
+    `unmodelled`: tables the service reaches by plain SQL only (no model to compare them with)."""
+    target = MetaData(info={"unmodelled": frozenset(unmodelled)})
+    for obj in vars(models).values():
+        table = getattr(obj, "__table__", None)
+        if isinstance(obj, type) and obj.__module__ == models.__name__ and isinstance(table, Table):
+            table.to_metadata(target)
+    for table in shared_tables:  # named one by one: a shared MetaData may hold more (a test's tables)
+        table.to_metadata(target)
+    return target
+
+
+def _same_type(context: object, inspected: Column[Any], metadata: Column[Any], inspected_type: Any,
+               metadata_type: Any) -> bool | None:
+    """A model's `str` (SQLModel's AutoString: a String without a length) is the migrations' TEXT:
+    PostgreSQL stores and compares both the same, so that pair is not a difference. Else Alembic decides."""
+    declared = metadata_type.impl if isinstance(metadata_type, TypeDecorator) else metadata_type
+    if isinstance(inspected_type, TEXT) and isinstance(declared, String) and declared.length is None:
+        return False
+    return None
+
+
+def compare_options(metadata: MetaData) -> dict[str, Any]:
+    """How a migrated database is compared with its models (env.py, tests/shared/test_migrations_match_models.py).
+
+    Compared: tables, columns, types, nullability; indexes, unique constraints and foreign keys that a
+    model declares. Not compared, because Alembic cannot compare them meaningfully here:
+    - server defaults: Alembic compares their rendered SQL, which differs between a model's
+      `sa.func.now()` and the database's `now()` without meaning anything;
+    - check constraints, triggers, functions, sequences: Alembic does not reflect them;
+    - indexes, unique constraints and foreign keys that exist only in the database: the migrations
+      are their source (expression, partial and GIN indexes cannot be declared on a SQLModel field);
+      a model that declares one the database lacks is still a difference;
+    - the tables in `metadata.info["unmodelled"]` (reached by plain SQL, declared by no model).
+    """
+    unmodelled = metadata.info.get("unmodelled", frozenset())
+
+    def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if not (reflected and compare_to is None):
+            return True
+        if type_ == "table":
+            return name not in unmodelled
+        return type_ not in {"index", "unique_constraint", "foreign_key_constraint"}
+
+    return {
+        "compare_type": _same_type,
+        "compare_server_default": False,
+        "include_object": include_object,
+    }
+
+
 def run_alembic_env(target_metadata: MetaData | None = None) -> None:
     """The body of every service's migrations/env.py: run on the connection handed in."""
     connection = context.config.attributes.get("connection")
     if connection is None:
         raise RuntimeError("run migrations with `mkr migrate` (they need a connection)")
-    context.configure(connection=connection, target_metadata=target_metadata, transaction_per_migration=False)
+    context.configure(
+        connection=connection, target_metadata=target_metadata, transaction_per_migration=False,
+        **(compare_options(target_metadata) if target_metadata is not None else {}),
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -27,7 +27,7 @@ class Case(IntakeTable, table=True):
     __tablename__ = "cases"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    municipality: str = Field(index=True)
+    municipality: str  # indexed by ix_cases_municipality_page (municipality, reported_at, id), see the migration
     case_number: str  # unique with municipality (see the migration)
     status: str = "open"
     risk_level: str = "low"
@@ -121,7 +121,7 @@ class ReferralAccess(IntakeTable, table=True):
     case_id: uuid.UUID
     member_id: str
     status: str
-    stage: int
+    stage: int = Field(sa_type=sa.SmallInteger)
     updated_at: datetime = Field(sa_type=TZ)
 
 
@@ -144,10 +144,11 @@ class AuditEntry(IntakeTable, table=True):
 
     id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
     at: datetime = Field(sa_type=TZ)
-    case_id: uuid.UUID | None = Field(default=None, index=True)  # empty for a 403 that names no case
+    case_id: uuid.UUID | None = None  # empty for a 403 that names no case; indexed with id (ix_audit_log_case_id)
     municipality: str
     sub: str
     role: str
     action: str
-    seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
-    hash: str | None = None
+    # None until the trigger sets them; NOT NULL in the table (the trigger runs before the check).
+    seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    hash: str | None = Field(default=None, nullable=False)

@@ -43,7 +43,8 @@ class Alert(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     # Monotonic per database: the SSE `id:`; assigned by the database on insert.
-    seq: int | None = Field(default=None, sa_column_kwargs={"server_default": sa.text("nextval('alerts_seq')")})
+    seq: int | None = Field(default=None, sa_type=sa.BigInteger, nullable=False,  # type: ignore[call-overload]
+                            sa_column_kwargs={"server_default": sa.text("nextval('alerts_seq')")})
     event_id: uuid.UUID
     event_type: str
     type: str
@@ -146,7 +147,8 @@ class Delivery(SQLModel, table=True):
     __tablename__ = "deliveries"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    seq: int | None = Field(default=None, sa_column_kwargs={"server_default": sa.text("nextval('deliveries_seq')")})
+    seq: int | None = Field(default=None, sa_type=sa.BigInteger, nullable=False,  # type: ignore[call-overload]
+                            sa_column_kwargs={"server_default": sa.text("nextval('deliveries_seq')")})
     dedupe_key: str = Field(unique=True)
     channel: str
     subscription_id: uuid.UUID | None = Field(default=None, index=True)

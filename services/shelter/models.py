@@ -115,7 +115,7 @@ class RentBonusPayment(ShelterTable, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     application_id: uuid.UUID = Field(foreign_key="rent_bonus_applications.id", index=True)
-    municipality: str = Field(index=True)
+    municipality: str  # indexed with month (ix_rent_bonus_payments_municipality_month)
     month: date  # the first day of the month paid for; its year is the budget year it commits against
     amount: Decimal = Field(sa_type=MONEY)
     status: str = "due"  # due → paid

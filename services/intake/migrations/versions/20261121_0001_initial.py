@@ -11,8 +11,6 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from shared.events import create_event_tables
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -22,7 +20,7 @@ TZ = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    create_event_tables(op)
+    _create_event_tables()
     # Trigram index for case-number search (q); names are searched through keyed trigrams instead.
     op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
     op.create_table(
@@ -176,3 +174,36 @@ def downgrade() -> None:
         "outbox",
     ):
         op.drop_table(table)
+
+
+def _create_event_tables() -> None:
+    """The outbox, its NOTIFY trigger and the inbox, as `shared.events.create_event_tables` made them on
+    2026-11-21 (inlined so that a change to the live helper never changes this history)."""
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("event_id", sa.Uuid, nullable=False, unique=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+    )
+    op.execute("CREATE INDEX ix_outbox_unpublished ON outbox (id) WHERE published_at IS NULL")
+    op.execute(
+        """
+        CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('mkr_outbox', ''); RETURN NULL; END $$;
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
+    )
+    op.create_table(
+        "processed_events",
+        sa.Column("consumer", sa.Text, primary_key=True),
+        sa.Column("event_id", sa.Uuid, primary_key=True),
+        sa.Column("event_type", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False, server_default="done"),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    )

@@ -7,9 +7,8 @@ Create Date: 2026-11-22
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
-
-from shared.events import create_outbox_offsets_table
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -18,7 +17,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    create_outbox_offsets_table(op)
+    # As `shared.events.create_outbox_offsets_table` made it (inlined: history does not follow live code).
+    op.create_table(
+        "outbox_offsets",
+        sa.Column("topic", sa.Text, primary_key=True),
+        sa.Column("partition", sa.Integer, primary_key=True),
+        sa.Column("next_offset", sa.BigInteger, nullable=False),
+    )
 
 
 def downgrade() -> None:
