@@ -26,6 +26,7 @@ from shared.contracts import EVENT_TYPES, EventContracts, EventRejected, contrac
 from shared.kafka import client_options
 from shared.observability import (
     CONSUMER_LAG,
+    CONSUMER_PARTITION_LAG,
     CONSUMER_RECREATED,
     EVENTS_CONSUMED,
     EVENTS_PUBLISHED,
@@ -795,7 +796,10 @@ class EventConsumer:
             return True
         # Tansu answers end offsets per batch (the last batch's base offset + 1): the fetched high-water
         # mark, when larger, is nearer the truth.
-        lag = sum(max(0, max(ends.get(tp, 0), consumer.highwater(tp) or 0) - positions[tp]) for tp in partitions)
+        behind = {tp: max(0, max(ends.get(tp, 0), consumer.highwater(tp) or 0) - positions[tp]) for tp in partitions}
+        for tp, records in behind.items():
+            CONSUMER_PARTITION_LAG.labels(self.name, tp.topic, str(tp.partition)).set(records)
+        lag = sum(behind.values())
         CONSUMER_LAG.labels(self.name).set(lag)
         if positions != self._positions:
             self._positions = positions

@@ -37,6 +37,11 @@ OUTBOX_PENDING = Gauge("mkr_outbox_pending", "Outbox rows seen unpublished in th
 CONSUMER_LAG = Gauge(
     "mkr_consumer_lag", "Records between a consumer's position and its partitions' end offsets", ["consumer"]
 )
+CONSUMER_PARTITION_LAG = Gauge(
+    "mkr_consumer_partition_lag",
+    "Records between a consumer's position and one assigned partition's end offset",
+    ["consumer", "topic", "partition"],
+)
 OUTBOX_OLDEST_UNPUBLISHED = Gauge(
     "mkr_outbox_oldest_unpublished_seconds", "Age of the oldest outbox row not yet published", ["service"]
 )
