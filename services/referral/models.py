@@ -71,6 +71,12 @@ class CaseFact(SQLModel, table=True):
     consent_share_with: list[str] = _jsonb()
     reported_by_role: str | None = None
     reported_by_member_id: str | None = None
+    # The coordinator's duplicate decisions (intake's `case.linked` / `case.unlinked`): a repeat is a case
+    # linked to one of the same person reported in the 12 months before it; `pending_duplicates` counts the
+    # possible duplicates of this case still awaiting her decision (the dashboard sums them).
+    repeat: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    repeat_of: uuid.UUID | None = None
+    pending_duplicates: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Referral(SQLModel, table=True):

@@ -24,6 +24,7 @@ SEXES = ("female", "male", "other")
 AGE_GROUPS = ("0-11", "12-17", "18-24", "25-39", "40-59", "60+", "unknown")
 RISK_LEVELS = ("low", "medium", "high")
 ITEMS = 50  # the dashboard lists at most this many of each; `count` is always the full number
+REPORT_WORK_MEM = "64MB"  # per sort or hash table of one report statement
 NATIONAL = "*"  # the auditor's `municipality=*`: every municipality summed (CONTRACT.md §10)
 
 
@@ -40,31 +41,25 @@ def _zeros(keys: Sequence[str]) -> dict[str, int]:
     return dict.fromkeys(keys, 0)
 
 
-CASE_BREAKDOWNS = sa.text(
+# Every count of cases in ONE scan of the period's rows: per municipality (the totals and `by_municipality`),
+# per combination of the coded breakdowns, and per list of violence types (few distinct lists, expanded in
+# Python: a lateral expansion in SQL took ~4 times as long). Three separate statements scanned the rows three
+# times: over 500 000 cases the national summary took 1.2-1.5 s; see BENCHMARKS.md.
+CASE_COUNTS = sa.text(
     """
-    SELECT s, a, e, r, src, count(*) AS n FROM (
-        SELECT coalesce(sex, 'unknown') AS s, coalesce(age_group, 'unknown') AS a,
-               coalesce(ethnicity, 'undisclosed') AS e, risk_level AS r, coalesce(source, 'unknown') AS src
+    SELECT grouping(municipality) AS by_breakdown, grouping(vts) AS not_violence,
+           municipality, s, a, e, r, src, vts, count(*) AS n,
+           count(*) FILTER (WHERE children_count > 0) AS with_children,
+           count(*) FILTER (WHERE status = 'closed') AS closed,
+           count(*) FILTER (WHERE repeat) AS repeats
+    FROM (
+        SELECT municipality, coalesce(sex, 'unknown') AS s, coalesce(age_group, 'unknown') AS a,
+               coalesce(ethnicity, 'undisclosed') AS e, risk_level AS r, coalesce(source, 'unknown') AS src,
+               violence_types AS vts, children_count, status, repeat
         FROM case_facts
         WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
     ) t
-    GROUP BY 1, 2, 3, 4, 5
-    """
-)  # one hash per row (at most a few thousand combinations), summed per breakdown in Python
-CASE_TOTALS = sa.text(
-    """
-    SELECT count(*) AS total,
-           count(*) FILTER (WHERE children_count > 0) AS with_children,
-           count(*) FILTER (WHERE status = 'closed') AS closed
-    FROM case_facts WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
-    """
-)
-VIOLENCE_TYPES = sa.text(
-    """
-    SELECT c.violence_types AS vts, count(*) AS n
-    FROM case_facts c
-    WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
-    GROUP BY 1
+    GROUP BY GROUPING SETS ((municipality), (s, a, e, r, src), (vts))
     """
 )
 REFERRALS = sa.text(
@@ -122,14 +117,6 @@ RENT_PAID = sa.text(
 )
 
 
-BY_MUNICIPALITY = sa.text(
-    """
-    SELECT municipality, count(*) AS n FROM case_facts
-    WHERE reported_at >= :start AND reported_at < :end
-    GROUP BY 1 ORDER BY 1
-    """
-)
-
 
 @functools.cache
 def _national(sql: str) -> sa.TextClause:
@@ -141,14 +128,8 @@ def _scoped(statement: sa.TextClause, municipality: str) -> sa.TextClause:
     return _national(statement.text) if municipality == NATIONAL else statement
 
 
-async def summary(
-    session: AsyncSession, municipality: str, start: date, end: date, *, min_cell: int | None = None
-) -> ReportSummary:
-    """The summary of one municipality, or of all of them (`NATIONAL`, with `by_municipality`). With
-    `min_cell` (the auditor's view) small cells are suppressed (services/referral/disclosure.py)."""
-    params = {"m": municipality, **_bounds(start, end)}
-    q = functools.partial(_scoped, municipality=municipality)
-    totals = (await session.execute(q(CASE_TOTALS), params)).one()
+async def _case_counts(session: AsyncSession, statement: sa.TextClause, params: dict[str, Any]) -> dict[str, Any]:
+    """`cases` of the summary, and the count per municipality, from the one scan of CASE_COUNTS."""
     by: dict[str, dict[str, int]] = {
         "by_sex": _zeros(SEXES),
         "by_age_group": _zeros(AGE_GROUPS),
@@ -156,24 +137,32 @@ async def summary(
         "by_risk_level": _zeros(RISK_LEVELS),
         "by_source": {},
     }
-    for row in await session.execute(q(CASE_BREAKDOWNS), params):
-        for column, key in (
-            ("s", "by_sex"),
-            ("a", "by_age_group"),
-            ("e", "by_ethnicity"),
-            ("r", "by_risk_level"),
-            ("src", "by_source"),
-        ):
-            value = getattr(row, column)
-            if value is not None:
-                by[key][value] = by[key].get(value, 0) + int(row.n)
-    # Grouped by the whole list (few distinct lists), expanded here: a case counts once under each of its
-    # types, under `unknown` when it names none (a lateral expansion in SQL took ~4 times as long).
+    columns = (("s", "by_sex"), ("a", "by_age_group"), ("e", "by_ethnicity"), ("r", "by_risk_level"),
+               ("src", "by_source"))
+    totals = {"total": 0, "with_children": 0, "closed": 0, "repeat": 0}
+    per_municipality: dict[str, int] = {}
     violence: dict[str, int] = {}
-    for row in await session.execute(q(VIOLENCE_TYPES), params):
-        for vt in sorted(set(row.vts)) or ["unknown"]:
-            violence[vt] = violence.get(vt, 0) + int(row.n)
+    for row in await session.execute(statement, params):
+        n = int(row.n)
+        if not row.by_breakdown:  # the (municipality) set: totals
+            per_municipality[row.municipality] = n
+            for key, value in (("total", n), ("with_children", row.with_children), ("closed", row.closed),
+                               ("repeat", row.repeats)):
+                totals[key] += int(value)
+        elif not row.not_violence:  # a case counts once under each of its types, `unknown` when it names none
+            for vt in sorted(set(row.vts)) or ["unknown"]:
+                violence[vt] = violence.get(vt, 0) + n
+        else:
+            for column, key in columns:
+                value = getattr(row, column)
+                if value is not None:
+                    by[key][value] = by[key].get(value, 0) + n
+    cases = {"total": totals["total"], **by, "by_violence_type": violence,
+             "with_children": totals["with_children"], "closed": totals["closed"], "repeat": totals["repeat"]}
+    return {"cases": cases, "by_municipality": dict(sorted(per_municipality.items()))}
 
+
+async def _referral_counts(session: AsyncSession, q: Any, params: dict[str, Any]) -> dict[str, Any]:
     by_kind: dict[str, int] = {}
     by_status: dict[str, int] = {}
     breaches = 0
@@ -182,6 +171,26 @@ async def summary(
         by_status[row.status] = by_status.get(row.status, 0) + int(row.n)
         breaches += int(row.breaches)
     median = (await session.execute(q(MEDIAN_ACK), params)).scalar()
+    return {
+        "total": sum(by_kind.values()),
+        "by_member_kind": by_kind,
+        "by_status": by_status,
+        "median_hours_to_acknowledge": round(float(median), 2) if median is not None else None,
+        "sla_breaches": breaches,
+    }
+
+
+async def summary(
+    session: AsyncSession, municipality: str, start: date, end: date, *, min_cell: int | None = None
+) -> ReportSummary:
+    """The summary of one municipality, or of all of them (`NATIONAL`, with `by_municipality`). With
+    `min_cell` (the auditor's view) small cells are suppressed (services/referral/disclosure.py)."""
+    params = {"m": municipality, **_bounds(start, end)}
+    q = functools.partial(_scoped, municipality=municipality)
+    # The median's sort and the grouping's hash tables fit in memory (the 4 MB default spilled to disk).
+    await session.execute(sa.text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
+    counted = await _case_counts(session, q(CASE_COUNTS), params)
+    referrals = await _referral_counts(session, q, params)
     meetings: dict[str, int] = dict((await session.execute(q(MEETINGS), params)).tuples().all())
     orders: dict[str, int] = dict((await session.execute(q(ORDERS), params)).tuples().all())
     placements, children_placed = (await session.execute(q(PLACEMENTS), params)).one()
@@ -192,20 +201,8 @@ async def summary(
         "municipality": municipality,
         "from": start,
         "to": end,
-        "cases": {
-            "total": int(totals.total),
-            **by,
-            "by_violence_type": violence,
-            "with_children": int(totals.with_children),
-            "closed": int(totals.closed),
-        },
-        "referrals": {
-            "total": sum(by_kind.values()),
-            "by_member_kind": by_kind,
-            "by_status": by_status,
-            "median_hours_to_acknowledge": round(float(median), 2) if median is not None else None,
-            "sla_breaches": breaches,
-        },
+        "cases": counted["cases"],
+        "referrals": referrals,
         "etn_meetings": int(meetings.get("etn", 0)),
         "steering_committee_meetings": int(meetings.get("steering_committee", 0)),
         "protection_orders": {
@@ -220,8 +217,7 @@ async def summary(
         },
     }
     if municipality == NATIONAL:
-        rows = await session.execute(BY_MUNICIPALITY, params)
-        body["by_municipality"] = {row.municipality: int(row.n) for row in rows}
+        body["by_municipality"] = counted["by_municipality"]
     if min_cell is not None:
         body = disclosure.suppress_summary(body, min_cell)
     return ReportSummary.model_validate(body)
@@ -247,9 +243,13 @@ async def dashboard(session: AsyncSession, municipality: str, expiry_days: int) 
         "FROM protection_orders WHERE municipality = :m AND status = 'issued' "
         "AND expires_at >= now() AND expires_at <= :horizon"
     )
+    pending = await session.execute(
+        sa.text("SELECT coalesce(sum(pending_duplicates), 0) FROM case_facts WHERE municipality = :m"), params
+    )
     return Dashboard(
         municipality=municipality,
         open_cases_by_risk_level=risk,
+        possible_duplicates_awaiting_decision={"count": int(pending.scalar() or 0)},
         overdue_referrals=await listing(
             f"SELECT count(*) {overdue_referrals}",
             "SELECT id AS referral_id, case_id, case_number, to_member_id, to_member_kind, urgency, ack_due_at "
