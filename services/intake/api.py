@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.intake import casefile, domain, events, service
+from services.intake import casefile, domain, events, linking, service
 from services.intake.config import IntakeConfig
 from services.intake.models import (
     Case,
@@ -149,9 +149,10 @@ async def get_case(case_id: uuid.UUID, principal: Reporter, session: SessionDep,
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id)
         records = await service.case_records(session, case.id)
+        links = await linking.link_state(session, case)
         # The read is logged and committed before any byte of the case leaves (no audit, no answer).
         await service.record_audit(session, principal, case, "case.read")
-    return casefile.case_out(_cipher(request), principal, case, records)
+    return casefile.case_out(_cipher(request), principal, case, records, links)
 
 
 @router.get("/cases", response_model=CasePage, summary="Search the municipality's cases (coordinator)")
@@ -407,6 +408,8 @@ def _screen_out(municipality: str, screen: domain.RiskScreen, is_default: bool) 
         questions=[RiskQuestion(id=qid, red_flag=red) for qid, red in screen.questions],
         high_yes_count=screen.high_yes_count,
         medium_yes_count=screen.medium_yes_count,
+        escalation_cases=screen.escalation_cases,
+        escalation_window_days=screen.escalation_window_days,
     )
 
 
@@ -426,6 +429,8 @@ async def put_risk_screen(body: RiskScreenIn, principal: Coordinator, session: S
             "questions": [q.model_dump() for q in body.questions],
             "high_yes_count": body.high_yes_count,
             "medium_yes_count": body.medium_yes_count,
+            "escalation_cases": body.escalation_cases,
+            "escalation_window_days": body.escalation_window_days,
             "updated_at": datetime.now(UTC),
             "updated_by_sub": principal.sub,
         }
@@ -439,5 +444,7 @@ async def put_risk_screen(body: RiskScreenIn, principal: Coordinator, session: S
         questions=tuple((q.id, q.red_flag) for q in body.questions),
         high_yes_count=body.high_yes_count,
         medium_yes_count=body.medium_yes_count,
+        escalation_cases=body.escalation_cases,
+        escalation_window_days=body.escalation_window_days,
     )
     return _screen_out(principal.municipality, screen, False)

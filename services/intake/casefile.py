@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from datetime import UTC, date, datetime
@@ -9,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import domain, events, service
+from services.intake import domain, events, linking, service
 from services.intake.config import IntakeConfig
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, SurvivorIndex
 from services.intake.schemas import (
@@ -128,7 +129,8 @@ async def create_case(
             )
         )
     await session.flush()
-    duplicates = await service.possible_duplicates(
+    search = functools.partial(
+        service.possible_duplicates,
         session,
         viewer=principal,
         municipality=body.municipality,
@@ -139,8 +141,12 @@ async def create_case(
         threshold=config.duplicate_threshold,
         limit=config.max_duplicates,
     )
+    # Every possible duplicate awaits the coordinator's decision; the reporter is shown only those she may read.
+    candidates = await search(everything=True)
+    duplicates = candidates if principal.role is Role.coordinator else await search()
+    await linking.record_candidates(session, case, candidates)
     await service.record_audit(session, principal, case, "case.reported")
-    await events.case_reported(session, settings, case, share_with)
+    await events.case_reported(session, settings, case, share_with, pending_duplicates=len(candidates))
     return CaseCreated(
         id=case.id,
         case_number=case.case_number,
@@ -175,8 +181,15 @@ def new_assessment(
     )
 
 
-def case_out(cipher: FieldCipher, principal: Principal, case: Case, records: service.CaseRecords) -> CaseOut:
-    """The case as this caller may see it (the narrative only for the coordinator and the reporter)."""
+def case_out(
+    cipher: FieldCipher,
+    principal: Principal,
+    case: Case,
+    records: service.CaseRecords,
+    links: linking.LinkState | None = None,
+) -> CaseOut:
+    """The case as this caller may see it (the narrative only for the coordinator and the reporter; the
+    other cases of the same person and the possible duplicates only for the coordinator)."""
     personal: dict[str, Any] = json.loads(cipher.decrypt(case.personal, personal_context(case.id, "personal")))
     facts = case.facts
     # "Share only what the recipient needs": the narrative goes to the coordinator and the reporter only.
@@ -232,7 +245,23 @@ def case_out(cipher: FieldCipher, principal: Principal, case: Case, records: ser
         ],
         closed_at=case.closed_at,
         close_reason=close_reason if principal.role is Role.coordinator else None,
+        **_links_out(principal, links),
     )
+
+
+def _links_out(principal: Principal, links: linking.LinkState | None) -> dict[str, Any]:
+    if links is None:
+        return {}
+    repeat_of = links.repeat_of
+    if principal.role is not Role.coordinator:
+        return {"repeat": repeat_of is not None}
+    return {
+        "repeat": repeat_of is not None,
+        "repeat_of": repeat_of,
+        "linked_case_ids": [c.id for c in links.linked],
+        "possible_duplicates": [PossibleDuplicate(id=m.id, case_number=m.case_number, score=m.score)
+                                for m in links.possible],
+    }
 
 
 def consent_out(records: list[ConsentRecord], given_at: str | None) -> ConsentOut:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 
 from shared.auth import Principal, Role
 
@@ -34,6 +36,10 @@ class RiskScreen:
     questions: tuple[tuple[str, bool], ...] = DEFAULT_QUESTIONS
     high_yes_count: int = 8
     medium_yes_count: int = 4
+    # MARAC's "potential escalation": the `escalation_cases`-th case of the same person (linked by the
+    # coordinator) within `escalation_window_days` is high risk.
+    escalation_cases: int = 3
+    escalation_window_days: int = 365
 
     @property
     def ids(self) -> set[str]:
@@ -106,3 +112,38 @@ def is_reporter(principal: Principal, reported_by_sub: str, reported_by_member_i
     if principal.member_id is not None and principal.member_id == reported_by_member_id:
         return True
     return principal.sub == reported_by_sub
+
+
+# --- repeats and escalation (CONTRACT §10, DOMAIN.md "Repeats") ---------------------------------------------
+
+ESCALATION_FLAG = "potential_escalation"  # the red flag an escalation adds to the risk history
+
+
+@dataclass(frozen=True)
+class LinkedCase:
+    id: uuid.UUID
+    reported_at: datetime
+
+
+def year_before(at: datetime) -> datetime:
+    """The same instant twelve months earlier (29 February → 28 February)."""
+    try:
+        return at.replace(year=at.year - 1)
+    except ValueError:
+        return at.replace(year=at.year - 1, day=28)
+
+
+def repeat_of(case: LinkedCase, same_person: Sequence[LinkedCase]) -> uuid.UUID | None:
+    """The latest case of the same person reported in the 12 months before `case` (MARAC's repeat), if any."""
+    since = year_before(case.reported_at)
+    earlier = [c for c in same_person if c.id != case.id and since <= c.reported_at <= case.reported_at
+               and (c.reported_at, str(c.id)) < (case.reported_at, str(case.id))]
+    return max(earlier, key=lambda c: (c.reported_at, str(c.id))).id if earlier else None
+
+
+def escalates(case: LinkedCase, same_person: Sequence[LinkedCase], screen: RiskScreen) -> bool:
+    """`case` is at least the `escalation_cases`-th case of the person within the window ending at its report."""
+    since = case.reported_at - timedelta(days=screen.escalation_window_days)
+    earlier = [c for c in same_person if c.id != case.id and since <= c.reported_at <= case.reported_at
+               and (c.reported_at, str(c.id)) < (case.reported_at, str(case.id))]
+    return len(earlier) + 1 >= screen.escalation_cases

@@ -27,7 +27,9 @@ async def _emit(session: AsyncSession, settings: Settings, case: Case, type_: st
     await publish(session, settings, INTAKE_TOPIC, event, key=str(case.id))
 
 
-async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> None:
+async def case_reported(
+    session: AsyncSession, settings: Settings, case: Case, share_with: list[str], pending_duplicates: int = 0
+) -> None:
     facts = case.facts
     children = facts.get("children", [])
     await _emit(
@@ -51,6 +53,7 @@ async def case_reported(session: AsyncSession, settings: Settings, case: Case, s
             "consent_share_with": share_with,
             "reported_by_role": case.reported_by_role,
             "reported_by_member_id": case.reported_by_member_id,
+            "pending_duplicates": pending_duplicates,
         },
     )
 
@@ -125,6 +128,28 @@ async def risk_review_requested(
         case,
         "case.risk_review_requested",
         {"risk_level": case.risk_level, "proposed_risk_level": proposed, "assessed_by_role": assessed_by_role},
+    )
+
+
+async def case_links_changed(
+    session: AsyncSession,
+    settings: Settings,
+    case: Case,
+    type_: str,
+    *,
+    repeat_of: uuid.UUID | None,
+    linked_count: int,
+    pending_duplicates: int,
+) -> None:
+    """`case.linked` / `case.unlinked`: the case's state after the coordinator's duplicate decision (or its
+    undoing). Flags and counts only: never which other case, let alone whose (CONTRACT §10)."""
+    assert type_ in ("case.linked", "case.unlinked")
+    await _emit(
+        session,
+        settings,
+        case,
+        type_,
+        {"repeat": repeat_of is not None, "linked_count": linked_count, "pending_duplicates": pending_duplicates},
     )
 
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
-from services.intake import service
+from services.intake import links_api, service
 from services.intake.api import router
 from services.intake.config import IntakeConfig
 from services.intake.events import on_referral_event
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
     app = create_service_app(
         name="intake",
         settings=settings,
-        routers=[router],
+        routers=[router, links_api.router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("case-access", [REFERRAL_TOPIC], on_referral_event)],
         background=[key_census(config)],

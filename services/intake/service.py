@@ -54,6 +54,8 @@ async def load_screen(session: AsyncSession, municipality: str) -> domain.RiskSc
         questions=tuple((str(q["id"]), bool(q.get("red_flag"))) for q in row.questions),
         high_yes_count=row.high_yes_count,
         medium_yes_count=row.medium_yes_count,
+        escalation_cases=row.escalation_cases,
+        escalation_window_days=row.escalation_window_days,
     )
 
 
@@ -169,9 +171,11 @@ async def possible_duplicates(
     exclude: uuid.UUID,
     threshold: float,
     limit: int,
+    everything: bool = False,
 ) -> list[Match]:
     """Earlier cases whose survivor's name is similar (Jaccard of keyed trigrams) and birth year fits,
-    among those `viewer` may read (CONTRACT §2: no oracle of who has a case elsewhere)."""
+    among those `viewer` may read (CONTRACT §2: no oracle of who has a case elsewhere); with `everything`,
+    among all of the municipality's (what the coordinator will be asked to decide on)."""
     if not keys:
         return []
     params = {
@@ -184,7 +188,7 @@ async def possible_duplicates(
         "bdk": birth_date_key,
         "threshold": threshold,
         "limit": limit,
-        "everything": viewer.role is Role.coordinator,
+        "everything": everything or viewer.role is Role.coordinator,
         "viewer_sub": viewer.sub,
         "viewer_member": viewer.member_id if viewer.is_institution else None,
     }

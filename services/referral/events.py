@@ -463,7 +463,7 @@ _CASE_UPSERT = _case_insert.on_conflict_do_update(
     set_={
         name: _case_insert.excluded[name]
         for name in CaseFact.model_fields
-        if name not in ("case_id", "closed_at")
+        if name not in ("case_id", "closed_at", "repeat")  # repeat: only the link events set it
     },
 ).returning(CaseFact)
 
@@ -492,6 +492,7 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
             "consent_share_with": list(d.get("consent_share_with") or []),
             "reported_by_role": d.get("reported_by_role"),
             "reported_by_member_id": d.get("reported_by_member_id"),
+            "pending_duplicates": int(d.get("pending_duplicates") or 0),
         }
         # The projection row as stored, without reading it back.
         case = (
@@ -527,6 +528,18 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
                 await session.flush()
                 await end_withdrawn_referrals(session, settings, case, withdrawn)
         await session.flush()
+
+    async def on_links_changed(session: AsyncSession, event: Envelope) -> None:
+        """`case.linked` / `case.unlinked` carry the case's state after the decision: applied as it is
+        (a redelivery sets the same values). A raised risk comes as its own `case.risk_assessed`."""
+        await session.execute(
+            sa.update(CaseFact)
+            .where(col(CaseFact.case_id) == uuid.UUID(event.data["case_id"]))
+            .values(
+                repeat=bool(event.data["repeat"]),
+                pending_duplicates=int(event.data.get("pending_duplicates") or 0),
+            )
+        )
 
     async def on_protection_order(session: AsyncSession, event: Envelope) -> None:
         d = event.data
@@ -640,6 +653,8 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
         "case.reopened": on_case_changed,
         "case.consent_changed": on_case_changed,
         "case.protection_order_recorded": on_protection_order,
+        "case.linked": on_links_changed,
+        "case.unlinked": on_links_changed,
         "shelter.availability_changed": on_shelter,
         "shelter.full": on_shelter,
         "placement.started": on_placement,

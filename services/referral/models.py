@@ -75,7 +75,6 @@ class CaseFact(SQLModel, table=True):
     # linked to one of the same person reported in the 12 months before it; `pending_duplicates` counts the
     # possible duplicates of this case still awaiting her decision (the dashboard sums them).
     repeat: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
-    repeat_of: uuid.UUID | None = None
     pending_duplicates: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
@@ -223,3 +222,45 @@ class PlanAction(SQLModel, table=True):
     completed_at: datetime | None = Field(default=None, sa_type=TZ)
     completed_by: str | None = None
     overdue_raised_at: datetime | None = Field(default=None, sa_type=TZ)
+
+
+# --- report rollups: kept by statement-level triggers on `case_facts` and `referrals` (migration 0005_h15lp),
+# read by services/referral/reports.py for the whole months of a period (the edges are counted from the rows).
+
+
+class CaseCount(SQLModel, table=True):
+    """Cases per municipality, UTC month of `reported_at`, and cell (`dimension`, `value`): `total/all`,
+    `sex/female`, `violence_type/physical`, `closed/yes`, … (the SQL function `case_count_cells`)."""
+
+    __tablename__ = "case_counts"
+
+    municipality: str = Field(primary_key=True)
+    month: date = Field(primary_key=True)
+    dimension: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)
+    n: int = Field(sa_type=sa.BigInteger)
+
+
+class ReferralCount(SQLModel, table=True):
+    """Referrals per municipality, UTC month of `created_at`, member kind and status; SLA breaches among them."""
+
+    __tablename__ = "referral_counts"
+
+    municipality: str = Field(primary_key=True)
+    month: date = Field(primary_key=True)
+    to_member_kind: str = Field(primary_key=True)
+    status: str = Field(primary_key=True)
+    n: int = Field(sa_type=sa.BigInteger)
+    breaches: int = Field(sa_type=sa.BigInteger)
+
+
+class ReferralAckMinute(SQLModel, table=True):
+    """Acknowledged referrals per municipality, UTC month of `created_at` and whole minute from creation to
+    acknowledgement: the exact median is then read from the few rows of the middle minute."""
+
+    __tablename__ = "referral_ack_minutes"
+
+    municipality: str = Field(primary_key=True)
+    month: date = Field(primary_key=True)
+    minute: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    n: int = Field(sa_type=sa.BigInteger)

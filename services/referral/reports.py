@@ -9,6 +9,7 @@ import csv
 import functools
 import io
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -17,14 +18,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.referral import disclosure
+from services.referral import disclosure, rollups
 from services.referral.schemas import Dashboard, ReportSummary
 
 SEXES = ("female", "male", "other")
 AGE_GROUPS = ("0-11", "12-17", "18-24", "25-39", "40-59", "60+", "unknown")
 RISK_LEVELS = ("low", "medium", "high")
 ITEMS = 50  # the dashboard lists at most this many of each; `count` is always the full number
-REPORT_WORK_MEM = "64MB"  # per sort or hash table of one report statement
 NATIONAL = "*"  # the auditor's `municipality=*`: every municipality summed (CONTRACT.md §10)
 
 
@@ -41,41 +41,6 @@ def _zeros(keys: Sequence[str]) -> dict[str, int]:
     return dict.fromkeys(keys, 0)
 
 
-# Every count of cases in ONE scan of the period's rows: per municipality (the totals and `by_municipality`),
-# per combination of the coded breakdowns, and per list of violence types (few distinct lists, expanded in
-# Python: a lateral expansion in SQL took ~4 times as long). Three separate statements scanned the rows three
-# times: over 500 000 cases the national summary took 1.2-1.5 s; see BENCHMARKS.md.
-CASE_COUNTS = sa.text(
-    """
-    SELECT grouping(municipality) AS by_breakdown, grouping(vts) AS not_violence,
-           municipality, s, a, e, r, src, vts, count(*) AS n,
-           count(*) FILTER (WHERE children_count > 0) AS with_children,
-           count(*) FILTER (WHERE status = 'closed') AS closed,
-           count(*) FILTER (WHERE repeat) AS repeats
-    FROM (
-        SELECT municipality, coalesce(sex, 'unknown') AS s, coalesce(age_group, 'unknown') AS a,
-               coalesce(ethnicity, 'undisclosed') AS e, risk_level AS r, coalesce(source, 'unknown') AS src,
-               violence_types AS vts, children_count, status, repeat
-        FROM case_facts
-        WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
-    ) t
-    GROUP BY GROUPING SETS ((municipality), (s, a, e, r, src), (vts))
-    """
-)
-REFERRALS = sa.text(
-    """
-    SELECT to_member_kind, status, count(*) AS n, count(*) FILTER (WHERE sla_breached_at IS NOT NULL) AS breaches
-    FROM referrals WHERE municipality = :m AND created_at >= :start AND created_at < :end
-    GROUP BY 1, 2
-    """
-)
-MEDIAN_ACK = sa.text(
-    """
-    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY date_part('epoch', acknowledged_at - created_at) / 3600.0)
-    FROM referrals
-    WHERE municipality = :m AND created_at >= :start AND created_at < :end AND acknowledged_at IS NOT NULL
-    """
-)
 MEETINGS = sa.text(
     """
     SELECT kind, count(*) FROM etn_meetings
@@ -128,49 +93,41 @@ def _scoped(statement: sa.TextClause, municipality: str) -> sa.TextClause:
     return _national(statement.text) if municipality == NATIONAL else statement
 
 
-async def _case_counts(session: AsyncSession, statement: sa.TextClause, params: dict[str, Any]) -> dict[str, Any]:
-    """`cases` of the summary, and the count per municipality, from the one scan of CASE_COUNTS."""
+def _case_counts(cells: Counter[tuple[str, str, str]]) -> dict[str, Any]:
+    """`cases` of the summary, and the count per municipality, from the cells (rollups.case_cells)."""
     by: dict[str, dict[str, int]] = {
         "by_sex": _zeros(SEXES),
         "by_age_group": _zeros(AGE_GROUPS),
         "by_ethnicity": {},
         "by_risk_level": _zeros(RISK_LEVELS),
         "by_source": {},
+        "by_violence_type": {},
     }
-    columns = (("s", "by_sex"), ("a", "by_age_group"), ("e", "by_ethnicity"), ("r", "by_risk_level"),
-               ("src", "by_source"))
-    totals = {"total": 0, "with_children": 0, "closed": 0, "repeat": 0}
+    totals = dict.fromkeys(("total", "with_children", "closed", "repeat"), 0)
     per_municipality: dict[str, int] = {}
-    violence: dict[str, int] = {}
-    for row in await session.execute(statement, params):
-        n = int(row.n)
-        if not row.by_breakdown:  # the (municipality) set: totals
-            per_municipality[row.municipality] = n
-            for key, value in (("total", n), ("with_children", row.with_children), ("closed", row.closed),
-                               ("repeat", row.repeats)):
-                totals[key] += int(value)
-        elif not row.not_violence:  # a case counts once under each of its types, `unknown` when it names none
-            for vt in sorted(set(row.vts)) or ["unknown"]:
-                violence[vt] = violence.get(vt, 0) + n
+    for (municipality, dimension, value), n in sorted(cells.items()):
+        if dimension in totals:
+            totals[dimension] += n
+            if dimension == "total":
+                per_municipality[municipality] = n
         else:
-            for column, key in columns:
-                value = getattr(row, column)
-                if value is not None:
-                    by[key][value] = by[key].get(value, 0) + n
-    cases = {"total": totals["total"], **by, "by_violence_type": violence,
-             "with_children": totals["with_children"], "closed": totals["closed"], "repeat": totals["repeat"]}
-    return {"cases": cases, "by_municipality": dict(sorted(per_municipality.items()))}
+            breakdown = by[f"by_{dimension}"]
+            breakdown[value] = breakdown.get(value, 0) + n
+    cases = {"total": totals["total"], **by, "with_children": totals["with_children"], "closed": totals["closed"],
+             "repeat": totals["repeat"]}
+    return {"cases": cases, "by_municipality": per_municipality}
 
 
-async def _referral_counts(session: AsyncSession, q: Any, params: dict[str, Any]) -> dict[str, Any]:
+async def _referral_counts(
+    session: AsyncSession, q: Any, period: rollups.Period, params: dict[str, Any]
+) -> dict[str, Any]:
+    cells, breaches = await rollups.referral_cells(session, q, period, params)
     by_kind: dict[str, int] = {}
     by_status: dict[str, int] = {}
-    breaches = 0
-    for row in await session.execute(q(REFERRALS), params):
-        by_kind[row.to_member_kind] = by_kind.get(row.to_member_kind, 0) + int(row.n)
-        by_status[row.status] = by_status.get(row.status, 0) + int(row.n)
-        breaches += int(row.breaches)
-    median = (await session.execute(q(MEDIAN_ACK), params)).scalar()
+    for (kind, status), n in sorted(cells.items()):
+        by_kind[kind] = by_kind.get(kind, 0) + n
+        by_status[status] = by_status.get(status, 0) + n
+    median = await rollups.median_ack_hours(session, q, period, params)
     return {
         "total": sum(by_kind.values()),
         "by_member_kind": by_kind,
@@ -181,16 +138,23 @@ async def _referral_counts(session: AsyncSession, q: Any, params: dict[str, Any]
 
 
 async def summary(
-    session: AsyncSession, municipality: str, start: date, end: date, *, min_cell: int | None = None
+    session: AsyncSession,
+    municipality: str,
+    start: date,
+    end: date,
+    *,
+    min_cell: int | None = None,
+    use_rollups: bool = True,
 ) -> ReportSummary:
     """The summary of one municipality, or of all of them (`NATIONAL`, with `by_municipality`). With
-    `min_cell` (the auditor's view) small cells are suppressed (services/referral/disclosure.py)."""
+    `min_cell` (the auditor's view) small cells are suppressed (services/referral/disclosure.py). Whole
+    months come from the rollups (services/referral/rollups.py); `use_rollups=False` counts every row
+    (the same answer, slower: tests compare the two)."""
     params = {"m": municipality, **_bounds(start, end)}
     q = functools.partial(_scoped, municipality=municipality)
-    # The median's sort and the grouping's hash tables fit in memory (the 4 MB default spilled to disk).
-    await session.execute(sa.text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
-    counted = await _case_counts(session, q(CASE_COUNTS), params)
-    referrals = await _referral_counts(session, q, params)
+    period = rollups.split(start, end, rollups=use_rollups)
+    counted = _case_counts(await rollups.case_cells(session, q, period, params))
+    referrals = await _referral_counts(session, q, period, params)
     meetings: dict[str, int] = dict((await session.execute(q(MEETINGS), params)).tuples().all())
     orders: dict[str, int] = dict((await session.execute(q(ORDERS), params)).tuples().all())
     placements, children_placed = (await session.execute(q(PLACEMENTS), params)).one()

@@ -65,6 +65,7 @@ class CaseReported(CaseEventData):
     consent_share_with: Codes = []
     reported_by_role: Text | None = None
     reported_by_member_id: Text | None = None
+    pending_duplicates: Count = 0  # possible duplicates found, awaiting the coordinator's decision
 
 
 class CaseRiskAssessed(CaseEventData):
@@ -97,6 +98,14 @@ class CaseClosed(CaseEventData):
 
 class CaseReopened(CaseEventData):
     pass
+
+
+class CaseLinksChanged(CaseEventData):
+    """`case.linked` / `case.unlinked`: flags and counts after a duplicate decision, never the other case."""
+
+    repeat: bool
+    linked_count: Count = 0
+    pending_duplicates: Count = 0
 
 
 # --- mkr.referral.events ----------------------------------------------------------------------------
@@ -233,6 +242,8 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.consent_changed": ("mkr.intake.events", ConsentChanged),
     "case.closed": ("mkr.intake.events", CaseClosed),
     "case.reopened": ("mkr.intake.events", CaseReopened),
+    "case.linked": ("mkr.intake.events", CaseLinksChanged),
+    "case.unlinked": ("mkr.intake.events", CaseLinksChanged),
     "member.saved": ("mkr.referral.events", MemberSaved),
     "referral.created": ("mkr.referral.events", ReferralCreated),
     "referral.status_changed": ("mkr.referral.events", ReferralStatusChanged),
