@@ -70,13 +70,12 @@ UNDECIDED = """NOT EXISTS (SELECT 1 FROM case_links l
 # LEAST/GREATEST on uuid compare as PostgreSQL orders uuids: bytewise, the same order as their text form.
 POSSIBLE_SQL = sa.text(
     f"""
-    SELECT c.id, c.case_number, d.score FROM duplicate_candidates d
+    SELECT c.id, c.case_number, d.score, d.case_id = :id AS found_for_this FROM duplicate_candidates d
     JOIN cases c ON c.id = CASE WHEN d.case_id = :id THEN d.other_id ELSE d.case_id END
     WHERE (d.case_id = :id OR d.other_id = :id) AND {UNDECIDED}
     ORDER BY d.score DESC, c.reported_at DESC, c.id
     """
 )
-PENDING_SQL = sa.text(f"SELECT count(*) FROM duplicate_candidates d WHERE d.case_id = :id AND {UNDECIDED}")
 
 
 @dataclass
@@ -87,7 +86,9 @@ class LinkState:
     linked: list[Case] = field(default_factory=list)
     ruled_apart: list[uuid.UUID] = field(default_factory=list)
     possible: list[service.Match] = field(default_factory=list)
-    pending: int = 0  # candidates found when this case was reported, still undecided (the dashboard's count)
+    # Candidates found when this case was reported, still undecided (the dashboard sums them: each pair
+    # counts once, on its later case).
+    pending: int = 0
 
     @property
     def repeat_of(self) -> uuid.UUID | None:
@@ -109,11 +110,10 @@ async def link_state(session: AsyncSession, case: Case) -> LinkState:
             CaseLink.relation == NOT_SAME_PERSON,  # type: ignore[arg-type]
         )
     )
-    possible = [
-        service.Match(row.id, row.case_number, round(float(row.score), 3))
-        for row in await session.execute(POSSIBLE_SQL, {"id": case.id})
-    ]
-    pending = int((await session.execute(PENDING_SQL, {"id": case.id})).scalar_one())
+    # A pair both of whose cases are already linked to the same person (through others) awaits nothing.
+    undecided = [row for row in await session.execute(POSSIBLE_SQL, {"id": case.id}) if row.id not in ids]
+    possible = [service.Match(row.id, row.case_number, round(float(row.score), 3)) for row in undecided]
+    pending = sum(1 for row in undecided if row.found_for_this)
     return LinkState(
         case=case,
         linked=linked,
