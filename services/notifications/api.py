@@ -22,6 +22,7 @@ from services.notifications.schemas import (
     SubscriptionIn,
     SubscriptionOut,
 )
+from shared import profiles
 from shared.auth import INSTITUTION_ROLES, AnyRole, Principal, Role, allow
 from shared.db import SessionDep
 from shared.errors import Problem, forbidden, not_found, problem_response
@@ -32,8 +33,14 @@ SubscriberRole = Annotated[Principal, Depends(allow(INSTITUTION_ROLES, Role.coor
 AcceptLanguage = Annotated[str | None, Header(alias="Accept-Language")]
 
 
-def _language(accept_language: str | None, response: Response | None = None) -> domain.Language:
-    language = domain.language_of(accept_language)
+def _profile(request: Request) -> profiles.Profile:
+    return request.app.state.settings.country  # type: ignore[no-any-return]
+
+
+def _language(
+    accept_language: str | None, request: Request, response: Response | None = None
+) -> domain.Language:
+    language = domain.language_of(accept_language, _profile(request))
     if response is not None:
         response.headers["Content-Language"] = language
         response.headers["Vary"] = "Accept-Language"
@@ -56,14 +63,14 @@ async def list_inbox(
     Pages: when more remain, the `X-Next-Cursor` header (and a `Link: rel="next"`) carries the
     opaque cursor for the next, older page.
     """
-    language = _language(accept_language, response)
+    language = _language(accept_language, request, response)
     before = inbox.decode_cursor(cursor) if cursor else None
     rows, next_seq = await inbox.page(session, principal, unread=unread, limit=limit, before=before)
     if next_seq is not None:
         token = inbox.encode_cursor(next_seq)
         response.headers["X-Next-Cursor"] = token
         response.headers["Link"] = f'<{request.url.include_query_params(cursor=token)}>; rel="next"'
-    return [inbox.to_out(a, language) for a in rows]
+    return [inbox.to_out(a, language, _profile(request)) for a in rows]
 
 
 @router.post("/inbox/{alert_id}/read", response_model=AlertOut, tags=["inbox"], summary="Mark an alert read")
@@ -71,11 +78,12 @@ async def mark_read(
     alert_id: uuid.UUID,
     principal: AnyRole,
     session: SessionDep,
+    request: Request,
     response: Response,
     accept_language: AcceptLanguage = None,
 ) -> AlertOut:
     """Only the addressee may; anyone else gets 404. Reading twice keeps the first `read_at`."""
-    language = _language(accept_language, response)
+    language = _language(accept_language, request, response)
     async with session.begin():
         alert = (
             await session.execute(
@@ -87,7 +95,7 @@ async def mark_read(
         if alert.read_at is None:
             alert.read_at = datetime.now(UTC)
             session.add(alert)
-    return inbox.to_out(alert, language)
+    return inbox.to_out(alert, language, _profile(request))
 
 
 @router.get(
@@ -144,7 +152,8 @@ async def stream_inbox(
         broadcaster,
         listener,
         principal,
-        language=domain.language_of(accept_language),
+        language=domain.language_of(accept_language, _profile(request)),
+        profile=_profile(request),
         last_event_id=resume,
         heartbeat_seconds=config.sse_heartbeat_seconds,
         ends_at=inbox.token_expiry(request),

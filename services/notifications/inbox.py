@@ -24,6 +24,7 @@ from services.notifications import domain
 from services.notifications.delivery import Broadcaster, Listener
 from services.notifications.models import Alert
 from services.notifications.schemas import AlertOut
+from shared import profiles
 from shared.app import ServiceRuntime
 from shared.auth import Principal
 from shared.errors import Problem
@@ -62,8 +63,8 @@ def decode_cursor(cursor: str) -> int:
         ) from exc
 
 
-def to_out(alert: Alert, language: domain.Language) -> AlertOut:
-    title, body = domain.render(alert.type, alert.params, language)
+def to_out(alert: Alert, language: domain.Language, profile: profiles.Profile = domain.ALBANIA) -> AlertOut:
+    title, body = domain.render(alert.type, alert.params, language, profile)
     assert alert.seq is not None
     return AlertOut(
         id=alert.id,
@@ -142,6 +143,7 @@ async def stream(
     principal: Principal,
     *,
     language: domain.Language,
+    profile: profiles.Profile = domain.ALBANIA,
     last_event_id: int | None,
     heartbeat_seconds: float,
     ends_at: float | None = None,
@@ -168,7 +170,7 @@ async def stream(
             async with runtime.sessions() as session:
                 fresh = await since(session, principal, last)
             for alert in fresh:
-                out = to_out(alert, language)
+                out = to_out(alert, language, profile)
                 last = out.seq
                 yield sse_frame(out)
             if fresh:
