@@ -61,6 +61,11 @@ def _config(request: Request) -> IntakeConfig:
     return config
 
 
+def _default_screen(request: Request) -> domain.RiskScreen:
+    screen: domain.RiskScreen = request.app.state.default_screen
+    return screen
+
+
 def _cipher(request: Request) -> FieldCipher:
     cipher: FieldCipher = request.app.state.cipher
     return cipher
@@ -102,7 +107,7 @@ async def report_case(
     config = _config(request)
     replay = False
     async with session.begin():
-        screen = await service.load_screen(session, body.municipality)
+        screen = await service.load_screen(session, body.municipality, _default_screen(request))
         if body.risk_answers is not None and (unknown := domain.unknown_answers(screen, body.risk_answers)):
             raise Problem(
                 422,
@@ -223,7 +228,7 @@ async def assess_risk(
 ) -> RiskAssessmentResult:
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id, for_update=True)
-        screen = await service.load_screen(session, case.municipality)
+        screen = await service.load_screen(session, case.municipality, _default_screen(request))
         if unknown := domain.unknown_answers(screen, body.risk_answers):
             raise Problem(
                 422,
@@ -414,10 +419,10 @@ def _screen_out(municipality: str, screen: domain.RiskScreen, is_default: bool) 
 
 
 @router.get("/risk-screen", response_model=RiskScreenOut, tags=["risk screen"], summary="The risk screen in use")
-async def get_risk_screen(principal: Reporter, session: SessionDep) -> RiskScreenOut:
+async def get_risk_screen(principal: Reporter, session: SessionDep, request: Request) -> RiskScreenOut:
     async with session.begin():
         row = await session.get(RiskScreenConfig, principal.municipality)
-        screen = await service.load_screen(session, principal.municipality)
+        screen = await service.load_screen(session, principal.municipality, _default_screen(request))
     return _screen_out(principal.municipality, screen, row is None)
 
 

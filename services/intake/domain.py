@@ -7,27 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+from shared import profiles
 from shared.auth import Principal, Role
 
-# DOMAIN.md "The risk screen": the defaults; a municipality may replace them (risk_screen_configs).
-DEFAULT_QUESTIONS: tuple[tuple[str, bool], ...] = (
-    ("threats_to_kill", True),
-    ("strangulation", True),
-    ("weapon_used_or_threatened", True),
-    ("afraid_of_being_killed", True),
-    ("violence_escalating", False),
-    ("pregnant_or_newborn", False),
-    ("separation_recent_or_planned", False),
-    ("perpetrator_weapon_access", False),
-    ("threats_to_children", False),
-    ("perpetrator_substance_abuse", False),
-    ("perpetrator_prior_violence", False),
-    ("protection_order_breached", False),
-    ("controlling_or_isolating", False),
-    ("stalking_or_harassment", False),
-    ("sexual_violence", False),
-    ("perpetrator_suicidal", False),
-)
+
+# DOMAIN.md "The risk screen": the defaults are the country profile's (shared/profiles/<name>.toml); a
+# municipality may replace them (risk_screen_configs). DEFAULT_QUESTIONS: Albania's, the default profile.
+def profile_questions(profile: profiles.Profile) -> tuple[tuple[str, bool], ...]:
+    return tuple((str(q["id"]), bool(q.get("red_flag"))) for q in profile.risk_screen.questions)
+
+
+DEFAULT_QUESTIONS: tuple[tuple[str, bool], ...] = profile_questions(profiles.load("albania"))
 LEVELS = ("low", "medium", "high")
 
 
@@ -147,3 +137,12 @@ def escalates(case: LinkedCase, same_person: Sequence[LinkedCase], screen: RiskS
     earlier = [c for c in same_person if c.id != case.id and since <= c.reported_at <= case.reported_at
                and (c.reported_at, str(c.id)) < (case.reported_at, str(case.id))]
     return len(earlier) + 1 >= screen.escalation_cases
+
+
+def default_screen(profile: profiles.Profile) -> RiskScreen:
+    """The risk screen of a municipality that has not configured its own, in this country."""
+    return RiskScreen(
+        questions=profile_questions(profile),
+        high_yes_count=profile.risk_screen.high_yes_count,
+        medium_yes_count=profile.risk_screen.medium_yes_count,
+    )

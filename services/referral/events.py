@@ -175,11 +175,14 @@ async def plan_action_overdue(session: AsyncSession, settings: Settings, action:
 # --- routing -------------------------------------------------------------------------------------
 
 
-async def rules_for(session: AsyncSession, municipality: str) -> tuple[list[domain.RoutingRule], bool]:
-    """The municipality's routing table, or the defaults when it has not set one (second value True)."""
+async def rules_for(
+    session: AsyncSession, municipality: str, profile: str = "albania"
+) -> tuple[list[domain.RoutingRule], bool]:
+    """The municipality's routing table, or the country profile's defaults when it has not set one (second
+    value True)."""
     row = await session.get(RoutingRuleSet, municipality)
     if row is None:
-        return list(domain.DEFAULT_RULES), True
+        return list(domain.profile_rules(profile)), True
     return [domain.RoutingRule.model_validate(r) for r in row.rules], False
 
 
@@ -198,7 +201,7 @@ def facts_of(case: CaseFact) -> domain.CaseFacts:
 Directory = tuple[list[domain.RoutingRule], list[domain.MemberRef]]
 
 
-async def directory(session: AsyncSession, municipality: str) -> Directory:
+async def directory(session: AsyncSession, municipality: str, profile: str = "albania") -> Directory:
     """The municipality's routing rules (the defaults when it has not set its own) and active members, in
     directory order: one query, kept for the rest of the session's transaction (the consumer's batch).
 
@@ -227,7 +230,7 @@ async def directory(session: AsyncSession, municipality: str) -> Directory:
     ).all()
     own = rows[0].rules
     found = (
-        [domain.RoutingRule.model_validate(r) for r in own] if own is not None else list(domain.DEFAULT_RULES),
+        [domain.RoutingRule.model_validate(r) for r in own] if own is not None else list(domain.profile_rules(profile)),
         [domain.MemberRef(row.id, row.kind) for row in rows if row.id is not None],
     )
     cache[municipality] = found
@@ -242,7 +245,7 @@ async def route(
     A fixed number of statements whatever the decisions: the directory (once per transaction and
     municipality), the case's active referrals (locked), the new referrals, their events, the decisions.
     """
-    rules, members = await directory(session, case.municipality)
+    rules, members = await directory(session, case.municipality, settings.profile)
     decisions = domain.route_case(facts_of(case), rules, members)
     now = _now()
     to_refer = [d for d in decisions if d.outcome == "refer" and d.member_id is not None]
