@@ -254,13 +254,14 @@ class ReferralCount(SQLModel, table=True):
     breaches: int = Field(sa_type=sa.BigInteger)
 
 
-class ReferralAckMinute(SQLModel, table=True):
-    """Acknowledged referrals per municipality, UTC month of `created_at` and whole minute from creation to
-    acknowledgement: the exact median is then read from the few rows of the middle minute."""
+class ReferralAckBucket(SQLModel, table=True):
+    """Acknowledged referrals per municipality, UTC month of `created_at` and bucket of the time from creation
+    to acknowledgement (8 per doubling of the seconds): the exact median is then read from the rows of the
+    middle bucket."""
 
-    __tablename__ = "referral_ack_minutes"
+    __tablename__ = "referral_ack_buckets"
 
     municipality: str = Field(primary_key=True)
     month: date = Field(primary_key=True)
-    minute: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    bucket: int = Field(primary_key=True)
     n: int = Field(sa_type=sa.BigInteger)

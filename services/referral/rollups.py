@@ -1,10 +1,10 @@
 """The summary's counts of cases and referrals from the monthly rollups, exact for any period.
 
 A period (UTC dates, inclusive) is split into its whole months, read from the rollups the triggers keep
-(migration 0005_h15lp: `case_counts`, `referral_counts`, `referral_ack_minutes`), and the days before the
+(migration 0005_h15lp: `case_counts`, `referral_counts`, `referral_ack_buckets`), and the days before the
 first and after the last whole month, counted from the rows themselves with the same definitions. The
-median time to acknowledge is exact too: the per-minute counts say in which minute the middle referrals
-lie, and only that minute's rows are read (an expression index finds them).
+median time to acknowledge is exact too: counts per bucket of the time (8 per doubling of the seconds) say in
+which bucket the middle referrals lie, and only that bucket's rows are read (an expression index finds them).
 
 Why: over 500 000 cases the national summary scanned every row of the period, several times, 1.2-3.6 s;
 a year is now 12 months × the municipalities × ~40 cells. See BENCHMARKS.md.
@@ -82,27 +82,27 @@ REFERRALS_ROWS = sa.text(
     GROUP BY 1, 2
     """
 )
-ACK_MINUTES_ROLLUP = sa.text(
+ACK_BUCKETS_ROLLUP = sa.text(
     """
-    SELECT minute, sum(n) AS n FROM referral_ack_minutes
+    SELECT bucket, sum(n) AS n FROM referral_ack_buckets
     WHERE municipality = :m AND month = ANY(CAST(:months AS date[]))
     GROUP BY 1
     """
 )
-# The minute exactly as the trigger computes it, so that the expression index ix_referrals_ack_minute applies.
-MINUTE = "floor(date_part('epoch', acknowledged_at - created_at) / 60)::bigint"
-ACK_MINUTES_ROWS = sa.text(
+# The bucket exactly as the trigger computes it, so that the expression index ix_referrals_ack_bucket applies.
+BUCKET = "floor(8 * ln(greatest(date_part('epoch', acknowledged_at - created_at), 1)) / ln(2.0))::integer"
+ACK_BUCKETS_ROWS = sa.text(
     f"""
-    SELECT {MINUTE} AS minute, count(*) AS n FROM referrals
+    SELECT {BUCKET} AS bucket, count(*) AS n FROM referrals
     WHERE municipality = :m AND created_at >= :start AND created_at < :end AND acknowledged_at IS NOT NULL
     GROUP BY 1
     """
 )
-ACK_SECONDS_IN_MINUTE = sa.text(
+ACK_SECONDS_IN_BUCKET = sa.text(
     f"""
     SELECT date_part('epoch', acknowledged_at - created_at) AS seconds FROM referrals
     WHERE municipality = :m AND created_at >= :start AND created_at < :end AND acknowledged_at IS NOT NULL
-      AND {MINUTE} = :minute
+      AND {BUCKET} = :bucket
     ORDER BY 1
     """
 )
@@ -182,22 +182,22 @@ async def referral_cells(
 
 async def median_ack_hours(session: AsyncSession, scoped: Any, period: Period, params: dict[str, Any]) -> float | None:
     """percentile_cont(0.5) of the hours from creation to acknowledgement, as the SQL aggregate computes it."""
-    minutes: Counter[int] = Counter()
+    buckets: Counter[int] = Counter()
     for rolled, part in _parts(period, params):
-        for row in await session.execute(scoped(ACK_MINUTES_ROLLUP if rolled else ACK_MINUTES_ROWS), part):
-            minutes[int(row.minute)] += int(row.n)
-    total = sum(minutes.values())
+        for row in await session.execute(scoped(ACK_BUCKETS_ROLLUP if rolled else ACK_BUCKETS_ROWS), part):
+            buckets[int(row.bucket)] += int(row.n)
+    total = sum(buckets.values())
     if total == 0:
         return None
     lower, upper = (total - 1) // 2, total // 2  # the 0-based ranks of the middle value(s)
     values: dict[int, float] = {}
     below = 0
-    for minute in sorted(minutes):
-        count = minutes[minute]
+    for bucket in sorted(buckets):
+        count = buckets[bucket]
         wanted = [rank for rank in (lower, upper) if below <= rank < below + count and rank not in values]
         if wanted:
-            whole = {**params, "start": period.start, "end": period.end, "minute": minute}
-            seconds = list((await session.execute(scoped(ACK_SECONDS_IN_MINUTE), whole)).scalars())
+            whole = {**params, "start": period.start, "end": period.end, "bucket": bucket}
+            seconds = list((await session.execute(scoped(ACK_SECONDS_IN_BUCKET), whole)).scalars())
             if len(seconds) != count:  # a referral acknowledged between the two reads: count from the rows
                 return await _median_from_rows(session, scoped, period, params)
             for rank in wanted:

@@ -3,12 +3,13 @@
 `repeat` and `pending_duplicates` come from intake's `case.linked` / `case.unlinked`.
 
 The national summary scanned every case and referral of the period (500 000 of each: 1.2-3.6 s). Monthly
-rollups (`case_counts`, `referral_counts`, `referral_ack_minutes`) are now kept by statement-level triggers
+rollups (`case_counts`, `referral_counts`, `referral_ack_buckets`) are now kept by statement-level triggers
 on `case_facts` and `referrals` (transition tables: one aggregate per statement, so a COPY or a multi-row
 INSERT costs one upsert per touched cell, and an UPDATE subtracts the old row and adds the new), back-filled
-here. `case_count_cells` is the one definition of a case's cells, used by the trigger and by the report
-for the days outside whole months. The expression index finds the referrals of one minute of
-acknowledgement time: the exact median is read from them.
+here. `case_count_cells` defines a case's cells for the trigger (the report counts the days outside whole
+months from the rows, independently; tests compare the two). The acknowledgement times are counted per
+bucket (8 per doubling of the seconds); the expression index finds one bucket's referrals, from which the
+exact median is read.
 
 Revision ID: 0005_h15lp_links
 Revises: 0004_rule_service
@@ -61,24 +62,27 @@ CASE_UPSERT = """
     GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0 ORDER BY 1, 2, 3, 4
     ON CONFLICT (municipality, month, dimension, value) DO UPDATE SET n = t.n + EXCLUDED.n
 """
+# The bucket of a referral's time to acknowledge: 8 per doubling of the seconds (each about 9 % wide), so a
+# month of a municipality has a few dozen; the exact median is read from the rows of the middle bucket.
+ACK_BUCKET = "floor(8 * ln(greatest(date_part('epoch', {r}acknowledged_at - {r}created_at), 1)) / ln(2.0))::integer"
 REFERRAL_ROWS = """
     SELECT r.municipality, date_trunc('month', r.created_at AT TIME ZONE 'UTC')::date AS month,
            r.to_member_kind, r.status, {sign} AS n,
            CASE WHEN r.sla_breached_at IS NOT NULL THEN {sign} ELSE 0 END AS breaches,
-           CASE WHEN r.acknowledged_at IS NOT NULL
-                THEN floor(date_part('epoch', r.acknowledged_at - r.created_at) / 60)::bigint END AS minute
+           CASE WHEN r.acknowledged_at IS NOT NULL THEN {bucket} END AS bucket
     FROM {rows} r
 """
+REFERRAL_ROWS = REFERRAL_ROWS.replace("{bucket}", ACK_BUCKET.format(r="r."))
 REFERRAL_UPSERTS = """
     INSERT INTO referral_counts AS t (municipality, month, to_member_kind, status, n, breaches)
     SELECT municipality, month, to_member_kind, status, sum(n), sum(breaches) FROM ({rows}) x
     GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0 OR sum(breaches) <> 0 ORDER BY 1, 2, 3, 4
     ON CONFLICT (municipality, month, to_member_kind, status)
     DO UPDATE SET n = t.n + EXCLUDED.n, breaches = t.breaches + EXCLUDED.breaches;
-    INSERT INTO referral_ack_minutes AS t (municipality, month, minute, n)
-    SELECT municipality, month, minute, sum(n) FROM ({rows}) x WHERE minute IS NOT NULL
+    INSERT INTO referral_ack_buckets AS t (municipality, month, bucket, n)
+    SELECT municipality, month, bucket, sum(n) FROM ({rows}) x WHERE bucket IS NOT NULL
     GROUP BY 1, 2, 3 HAVING sum(n) <> 0 ORDER BY 1, 2, 3
-    ON CONFLICT (municipality, month, minute) DO UPDATE SET n = t.n + EXCLUDED.n
+    ON CONFLICT (municipality, month, bucket) DO UPDATE SET n = t.n + EXCLUDED.n
 """
 
 
@@ -136,15 +140,15 @@ def upgrade() -> None:
         sa.Column("breaches", sa.BigInteger(), nullable=False),
     )
     op.create_table(
-        "referral_ack_minutes",
+        "referral_ack_buckets",
         sa.Column("municipality", sa.Text(), primary_key=True),
         sa.Column("month", sa.Date(), primary_key=True),
-        sa.Column("minute", sa.BigInteger(), primary_key=True),
+        sa.Column("bucket", sa.Integer(), primary_key=True),
         sa.Column("n", sa.BigInteger(), nullable=False),
     )
     op.execute(
-        "CREATE INDEX ix_referrals_ack_minute ON referrals "
-        "((floor(date_part('epoch', acknowledged_at - created_at) / 60)::bigint)) WHERE acknowledged_at IS NOT NULL"
+        f"CREATE INDEX ix_referrals_ack_bucket ON referrals (({ACK_BUCKET.format(r='')})) "
+        "WHERE acknowledged_at IS NOT NULL"
     )
     op.execute(CELLS_FUNCTION)
     op.execute(_trigger_function("case_counts_apply", CASE_UPSERT, CASE_ROWS))
@@ -164,8 +168,8 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS referral_counts_apply()")
     op.execute("DROP FUNCTION IF EXISTS case_counts_apply()")
     op.execute("DROP FUNCTION IF EXISTS case_count_cells(text, text, text, text, text, jsonb, integer, text, boolean)")
-    op.execute("DROP INDEX IF EXISTS ix_referrals_ack_minute")
-    op.drop_table("referral_ack_minutes")
+    op.execute("DROP INDEX IF EXISTS ix_referrals_ack_bucket")
+    op.drop_table("referral_ack_buckets")
     op.drop_table("referral_counts")
     op.drop_table("case_counts")
     op.drop_column("case_facts", "pending_duplicates")
