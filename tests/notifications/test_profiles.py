@@ -84,7 +84,7 @@ def test_each_profile_holds_together_and_albania_is_the_default() -> None:
 def test_an_unknown_profile_stops_a_service_at_start_with_a_clear_message() -> None:
     env = {**os.environ, "MKR_PROFILE": "france"}
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "serve", "--service", "notifications", "--port", "1"],
+        [sys.executable, "-m", "mkr.cli", "serve", "--service", "notifications", "--port", "1"],
         capture_output=True, timeout=60, env=env,
     )  # fmt: skip
     assert done.returncode != 0
