@@ -48,6 +48,8 @@ from services.referral.schemas import (
 from shared.auth import ALL_ROLES, INSTITUTION_ROLES, Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import conflict, forbidden, invalid, not_found
+from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
+from shared.projection import require_known, row_exists
 from shared.sealed import TextSealer
 from shared.text import SLUG_PATTERN
 
@@ -143,17 +145,23 @@ async def create_member(body: MemberIn, principal: DirectoryWriter, session: Ses
     return member_out(member)
 
 
-@router.get("/members", response_model=list[MemberOut], tags=["directory"])
+MEMBER_ORDER = Keyset("members", (col(Member.created_at), col(Member.id)))
+REFERRAL_ORDER = Keyset("referrals", (col(Referral.created_at), col(Referral.id)))
+MEETING_ORDER = Keyset("meetings", (col(EtnMeeting.scheduled_for), col(EtnMeeting.id)))
+
+
+@router.get("/members", response_model=Page[MemberOut], tags=["directory"])
 async def list_members(
     principal: AnyRole,
     session: SessionDep,
     kind: domain.MemberKind | None = None,
     active: bool | None = None,
     municipality: Annotated[str | None, Query(pattern=SLUG_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[MemberOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[MemberOut]:
     """The directory of the caller's municipality (an auditor may name one), in directory order."""
-    query = sa.select(Member).order_by(Member.created_at, Member.id)  # type: ignore[arg-type]
+    query = sa.select(Member)
     if principal.municipality != "*":
         query = query.where(Member.municipality == principal.municipality)  # type: ignore[arg-type]
     elif municipality:
@@ -162,8 +170,8 @@ async def list_members(
         query = query.where(Member.kind == kind)  # type: ignore[arg-type]
     if active is not None:
         query = query.where(Member.active.is_(active))  # type: ignore[attr-defined]
-    rows = (await session.execute(query.limit(limit))).scalars().all()
-    return [member_out(m) for m in rows]
+    rows, next_cursor = await fetch_page(session, query, MEMBER_ORDER, limit, cursor)
+    return Page[MemberOut](items=[member_out(m) for m in rows], next_cursor=next_cursor)
 
 
 @router.get("/members/{member_id}", response_model=MemberOut, tags=["directory"])
@@ -319,7 +327,7 @@ async def _visibility(session: AsyncSession, principal: Principal) -> sa.ColumnE
     )
 
 
-@router.get("/referrals", response_model=list[ReferralOut], tags=["referrals"])
+@router.get("/referrals", response_model=Page[ReferralOut], tags=["referrals"])
 async def list_referrals(
     principal: ReferralReader,
     session: SessionDep,
@@ -327,8 +335,9 @@ async def list_referrals(
     case_id: uuid.UUID | None = None,
     to_member_id: uuid.UUID | None = None,
     status: ReferralStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[ReferralOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[ReferralOut]:
     """Coordinator: all of the municipality; institutions: addressed to or sent by their member;
     shelter staff: addressed to their shelter's member. Oldest first."""
     query = sa.select(Referral).where(await _visibility(session, principal))
@@ -338,9 +347,8 @@ async def list_referrals(
         query = query.where(Referral.to_member_id == to_member_id)  # type: ignore[arg-type]
     if status is not None:
         query = query.where(Referral.status == status)  # type: ignore[arg-type]
-    query = query.order_by(Referral.created_at, Referral.id).limit(limit)  # type: ignore[arg-type]
-    rows = (await session.execute(query)).scalars().all()
-    return [referral_out(r, _sealer(request)) for r in rows]
+    rows, next_cursor = await fetch_page(session, query, REFERRAL_ORDER, limit, cursor)
+    return Page[ReferralOut](items=[referral_out(r, _sealer(request)) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, tags=["referrals"])
@@ -377,6 +385,12 @@ async def _case_known_to(
     raise not_found("case")
 
 
+async def _await_case(session: AsyncSession, request: Request, case_id: uuid.UUID) -> None:
+    """Read-your-writes (shared/projection.py): a case reported a moment ago may not be projected yet."""
+    wait = request.app.state.settings.projection_wait_seconds
+    await require_known(session, row_exists(col(CaseFact.case_id), case_id), wait_seconds=wait)
+
+
 @router.post("/referrals", status_code=201, response_model=ReferralOut, tags=["referrals"])
 async def create_referral(
     body: ReferralIn, principal: ReferralSender, session: SessionDep, request: Request
@@ -385,6 +399,7 @@ async def create_referral(
     `consent_override_reason` (409 without), unless a legal exception applies (child at risk → child
     protection, threat to life → police), which is recorded in `legal_exception`."""
     config = _config(request)
+    await _await_case(session, request, body.case_id)
     async with session.begin():
         # The case row lock serializes referrals of one case (two requests cannot both pass the check).
         case = await _case_known_to(session, principal, body.case_id, lock=True)
@@ -556,15 +571,16 @@ async def create_meeting(body: MeetingIn, principal: Coordinator, session: Sessi
     return meeting_out(meeting)
 
 
-@router.get("/etn-meetings", response_model=list[MeetingOut], tags=["meetings"])
+@router.get("/etn-meetings", response_model=Page[MeetingOut], tags=["meetings"])
 async def list_meetings(
     principal: Coordinator,
     session: SessionDep,
     from_: Annotated[date | None, Query(alias="from")] = None,
     to: date | None = None,
     kind: Literal["etn", "steering_committee"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[MeetingOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[MeetingOut]:
     """Meetings of the municipality by date (`from`/`to` inclusive, UTC dates)."""
     query = sa.select(EtnMeeting).where(EtnMeeting.municipality == principal.municipality)  # type: ignore[arg-type]
     day = sa.func.date(sa.func.timezone("UTC", EtnMeeting.scheduled_for))
@@ -574,8 +590,8 @@ async def list_meetings(
         query = query.where(day <= to)
     if kind is not None:
         query = query.where(EtnMeeting.kind == kind)  # type: ignore[arg-type]
-    rows = (await session.execute(query.order_by(EtnMeeting.scheduled_for, EtnMeeting.id).limit(limit))).scalars().all()  # type: ignore[arg-type]
-    return [meeting_out(m) for m in rows]
+    rows, next_cursor = await fetch_page(session, query, MEETING_ORDER, limit, cursor)
+    return Page[MeetingOut](items=[meeting_out(m) for m in rows], next_cursor=next_cursor)
 
 
 @router.get("/etn-meetings/{meeting_id}", response_model=MeetingOut, tags=["meetings"])

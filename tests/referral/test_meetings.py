@@ -93,11 +93,11 @@ async def test_past_meeting_is_recorded_as_held_and_listed_by_date_and_kind(stac
         assert created.json()["held"] is (days < 0)
     since = (datetime.now(UTC) - timedelta(days=20)).date().isoformat()
     listed = await stack.referral.get("/v1/etn-meetings", params={"from": since}, headers=coordinator)
-    assert [x["kind"] for x in listed.json()] == ["etn", "etn"]
+    assert [x["kind"] for x in listed.json()["items"]] == ["etn", "etn"]
     steering = await stack.referral.get("/v1/etn-meetings", params={"kind": "steering_committee"}, headers=coordinator)
-    assert len(steering.json()) == 1
+    assert len(steering.json()["items"]) == 1
     other = await stack.referral.get("/v1/etn-meetings", headers=stack.auth("coordinator", new_municipality()))
-    assert other.json() == []
+    assert other.json() == {"items": [], "next_cursor": None}
 
 
 async def test_meeting_validation_and_roles(stack: Stack) -> None:
