@@ -2,8 +2,9 @@
 
 Services learn of cases from intake's events, so a projection is a moment behind intake: a referral
 posted right after its case was reported may reach the referral service before `case.reported` does.
-The one rule, for every service (referral `POST /v1/referrals`, shelter `POST /v1/placements` and
-`POST /v1/rent-bonus/applications` when the case is required):
+The one rule, for every service (referral `POST /v1/referrals`, `POST /v1/etn-meetings` with `case_ids`
+and its minutes' decisions; shelter `POST /v1/placements` and `POST /v1/rent-bonus/applications` when
+the case is required):
 
 1. Before its transaction, the write waits for the projection to know the case — at most
    `MKR_PROJECTION_WAIT_SECONDS` (default 2; 0 = do not wait), checking again every 20 ms, then
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,6 +82,19 @@ def row_exists(column: Any, value: Any) -> Callable[[AsyncSession], Awaitable[bo
 
     async def known(session: AsyncSession) -> bool:
         return bool(await session.scalar(sa.select(sa.exists().where(column == value))))
+
+    return known
+
+
+def rows_exist(column: Any, values: Collection[Any]) -> Callable[[AsyncSession], Awaitable[bool]]:
+    """A `known` check for several ids at once: the projection holds a row for each of `values`."""
+    wanted = set(values)
+
+    async def known(session: AsyncSession) -> bool:
+        if not wanted:
+            return True
+        found = await session.scalar(sa.select(sa.func.count(sa.distinct(column))).where(column.in_(wanted)))
+        return int(found or 0) == len(wanted)
 
     return known
 

@@ -49,7 +49,7 @@ from shared.auth import ALL_ROLES, INSTITUTION_ROLES, Principal, Role, allow, re
 from shared.db import SessionDep
 from shared.errors import conflict, forbidden, invalid, not_found
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
-from shared.projection import require_known, row_exists
+from shared.projection import require_known, rows_exist
 from shared.sealed import TextSealer
 from shared.text import SLUG_PATTERN
 
@@ -385,10 +385,10 @@ async def _case_known_to(
     raise not_found("case")
 
 
-async def _await_case(session: AsyncSession, request: Request, case_id: uuid.UUID) -> None:
+async def _await_cases(session: AsyncSession, request: Request, case_ids: list[uuid.UUID]) -> None:
     """Read-your-writes (shared/projection.py): a case reported a moment ago may not be projected yet."""
     wait = request.app.state.settings.projection_wait_seconds
-    await require_known(session, row_exists(col(CaseFact.case_id), case_id), wait_seconds=wait)
+    await require_known(session, rows_exist(col(CaseFact.case_id), case_ids), wait_seconds=wait)
 
 
 @router.post("/referrals", status_code=201, response_model=ReferralOut, tags=["referrals"])
@@ -399,7 +399,7 @@ async def create_referral(
     `consent_override_reason` (409 without), unless a legal exception applies (child at risk → child
     protection, threat to life → police), which is recorded in `legal_exception`."""
     config = _config(request)
-    await _await_case(session, request, body.case_id)
+    await _await_cases(session, request, [body.case_id])
     async with session.begin():
         # The case row lock serializes referrals of one case (two requests cannot both pass the check).
         case = await _case_known_to(session, principal, body.case_id, lock=True)
@@ -552,6 +552,7 @@ async def create_meeting(body: MeetingIn, principal: Coordinator, session: Sessi
     require_own_municipality(principal, body.municipality)
     if body.scheduled_for.tzinfo is None:
         raise invalid(["body", "scheduled_for"], "an instant needs an offset (RFC 3339)")
+    await _await_cases(session, request, body.case_ids)
     async with session.begin():
         await _check_known(session, principal.municipality, CaseFact, CaseFact.case_id, body.case_ids, "case_ids")
         await _check_known(session, principal.municipality, Member, Member.id, body.member_ids, "member_ids")
@@ -614,6 +615,7 @@ async def record_minutes(
     meeting_id: uuid.UUID, body: MinutesIn, principal: Coordinator, session: SessionDep, request: Request
 ) -> MinutesOut:
     """Record who attended and what was decided; each decision becomes a case-plan action. Once per meeting."""
+    await _await_cases(session, request, [d.case_id for d in body.decisions])
     async with session.begin():
         meeting = await session.get(EtnMeeting, meeting_id, with_for_update=True)
         if meeting is None or meeting.municipality != principal.municipality:

@@ -98,6 +98,10 @@ async def test_with_the_projection_stopped_writes_are_409_with_retry_after_and_w
         await _count(behind, "referral", "SELECT count(*) FROM outbox WHERE payload LIKE '%\"referral.created\"%'") == 0
     )
 
+    meeting = {"municipality": m, "scheduled_for": "2026-12-20T10:00:00+01:00", "case_ids": [case_id]}
+    assert_projection_behind(await behind.referral.post("/v1/etn-meetings", json=meeting, headers=coordinator))
+    assert await _count(behind, "referral", "SELECT count(*) FROM etn_meetings") == 0
+
     shelter = await register(behind, m)
     placed = await behind.shelter.post(
         "/v1/placements", json=placement_body(shelter["id"], case_id), headers=coordinator
