@@ -26,10 +26,22 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.errors import Problem
+from shared.errors import PROBLEM_JSON, Problem, ProblemDetail
 
 PROJECTION_BEHIND = "https://mkr.al/problems/projection-behind"
 FIRST_DELAY, MAX_DELAY = 0.02, 0.2
+
+
+# For the routes that follow the rule: the 409 documented with its Retry-After header (OpenAPI).
+PROJECTION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ProblemDetail,
+        "description": "Conflict with the current state; `projection-behind` (with `Retry-After`) when this "
+        "service has not yet received the case from intake: retry",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}},
+        "headers": {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
+    }
+}
 
 
 class ProjectionBehind(Problem):

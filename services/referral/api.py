@@ -49,7 +49,7 @@ from shared.auth import ALL_ROLES, INSTITUTION_ROLES, Principal, Role, allow, re
 from shared.db import SessionDep
 from shared.errors import conflict, forbidden, invalid, not_found
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
-from shared.projection import require_known, rows_exist
+from shared.projection import PROJECTION_RESPONSES, require_known, rows_exist
 from shared.sealed import TextSealer
 from shared.text import SLUG_PATTERN
 
@@ -391,7 +391,9 @@ async def _await_cases(session: AsyncSession, request: Request, case_ids: list[u
     await require_known(session, rows_exist(col(CaseFact.case_id), case_ids), wait_seconds=wait)
 
 
-@router.post("/referrals", status_code=201, response_model=ReferralOut, tags=["referrals"])
+@router.post(
+    "/referrals", status_code=201, response_model=ReferralOut, tags=["referrals"], responses=PROJECTION_RESPONSES
+)
 async def create_referral(
     body: ReferralIn, principal: ReferralSender, session: SessionDep, request: Request
 ) -> ReferralOut:
@@ -546,7 +548,9 @@ async def _check_known(
             raise invalid(["body", loc, index], "unknown in this municipality")
 
 
-@router.post("/etn-meetings", status_code=201, response_model=MeetingOut, tags=["meetings"])
+@router.post(
+    "/etn-meetings", status_code=201, response_model=MeetingOut, tags=["meetings"], responses=PROJECTION_RESPONSES
+)
 async def create_meeting(body: MeetingIn, principal: Coordinator, session: SessionDep, request: Request) -> MeetingOut:
     """Schedule an ETN or Steering Committee meeting; a past `scheduled_for` records one already held."""
     require_own_municipality(principal, body.municipality)
@@ -610,7 +614,13 @@ def action_out(action: PlanAction, sealer: TextSealer) -> PlanActionOut:
     return out
 
 
-@router.post("/etn-meetings/{meeting_id}/minutes", status_code=201, response_model=MinutesOut, tags=["meetings"])
+@router.post(
+    "/etn-meetings/{meeting_id}/minutes",
+    status_code=201,
+    response_model=MinutesOut,
+    tags=["meetings"],
+    responses=PROJECTION_RESPONSES,
+)
 async def record_minutes(
     meeting_id: uuid.UUID, body: MinutesIn, principal: Coordinator, session: SessionDep, request: Request
 ) -> MinutesOut:

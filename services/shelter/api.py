@@ -29,7 +29,7 @@ from shared.auth import ALL_ROLES, Principal, Role, allow, require_own_municipal
 from shared.db import SessionDep
 from shared.errors import Problem, conflict, forbidden, invalid, not_found
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
-from shared.projection import ProjectionBehind, require_known, row_exists
+from shared.projection import PROJECTION_RESPONSES, ProjectionBehind, require_known, row_exists
 from shared.sealed import TextSealer
 
 router = APIRouter(prefix="/v1", tags=["shelters"])
@@ -298,7 +298,7 @@ def placement_out(placement: Placement, case: CaseProjection | None, sealer: Tex
     )
 
 
-@router.post("/placements", status_code=201, response_model=PlacementOut)
+@router.post("/placements", status_code=201, response_model=PlacementOut, responses=PROJECTION_RESPONSES)
 async def place(
     body: PlacementCreate,
     principal: BedKeeper,

@@ -22,6 +22,7 @@ from shared.auth import Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import Problem, conflict, invalid, not_found
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
+from shared.projection import PROJECTION_RESPONSES
 from shared.sealed import TextSealer
 from shared.text import SLUG_PATTERN
 
@@ -114,7 +115,7 @@ def _payment_out(payment: RentBonusPayment) -> PaymentOut:
     )
 
 
-@router.post("/applications", status_code=201, response_model=ApplicationOut)
+@router.post("/applications", status_code=201, response_model=ApplicationOut, responses=PROJECTION_RESPONSES)
 async def apply(
     body: ApplicationCreate,
     principal: Applicant,

@@ -246,3 +246,31 @@ async def test_notifications_inbox_subscriptions_and_deliveries_page(stack: Stac
         stack.notifications, "/v1/deliveries", coordinator, {d["id"] for d in rows}, subscription_id=first
     )
     await assert_bounds(stack.notifications, "/v1/deliveries", coordinator)
+
+
+@pytest.mark.parametrize("service", ["intake", "referral", "shelter", "notifications"])
+async def test_no_route_answers_a_bare_array_and_every_page_takes_limit_and_cursor(stack: Stack, service: str) -> None:
+    spec = (await stack.clients[service].get("/openapi.json")).json()
+    pages = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {})
+            schema = content.get("schema", {})
+            assert schema.get("type") != "array", f"{method.upper()} {path} answers a bare array"
+            if schema.get("$ref", "").startswith("#/components/schemas/Page_"):
+                pages += 1
+                names = {p["name"] for p in operation.get("parameters", [])}
+                assert {"limit", "cursor"} <= names, f"{method.upper()} {path}"
+    assert pages >= 2
+
+
+async def test_the_projection_409_and_its_retry_after_are_documented(stack: Stack) -> None:
+    referral = (await stack.referral.get("/openapi.json")).json()
+    shelter = (await stack.shelter.get("/openapi.json")).json()
+    for spec, path in (
+        (referral, "/v1/referrals"),
+        (shelter, "/v1/placements"),
+        (shelter, "/v1/rent-bonus/applications"),
+    ):
+        conflict = spec["paths"][path]["post"]["responses"]["409"]
+        assert "Retry-After" in conflict["headers"] and "projection-behind" in conflict["description"]
