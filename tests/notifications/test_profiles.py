@@ -48,7 +48,7 @@ async def test_kosovo_alerts_read_in_serbian_albanian_and_english(kosovo: tuple[
         headers = coordinator | ({"Accept-Language": language} if language else {})
         response = await stack.notifications.get("/v1/inbox", headers=headers)
         assert response.status_code == 200, response.text
-        found = [a for a in response.json() if a["type"] == "case.high_risk" and a["case_id"] == case_id]
+        found = [a for a in response.json()["items"] if a["type"] == "case.high_risk" and a["case_id"] == case_id]
         return (found[0], response.headers["Content-Language"]) if found else None
 
     serbian, language = await wait_for(lambda: inbox("sr"), timeout=30, what="the high-risk alert")
