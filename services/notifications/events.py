@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.notifications import domain
+from services.notifications import domain, transfers
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import (
     Alert,
@@ -101,6 +101,8 @@ class EventHandler:
             await self._save_beds(session, event)
         elif event.type in ("case.reported", "referral.created"):
             await _save_case_police(session, event)
+        elif event.type in transfers.TRANSFER_EVENTS:
+            await transfers.on_transfer_event(session, event)
         await self._raise_alerts(session, event, data)
         await self._queue_webhooks(session, event)
 
