@@ -302,9 +302,11 @@ async def accept_transfer(
         session.add(transfer)
         await session.flush()
         await service.record_audit(session, principal, case, "case.transferred")
+        share_with, _ = service.current_consent((await service.case_records(session, case.id)).consents)
+        facts = {**coded_facts(case), "consent_share_with": share_with}
         await _emit(
             session, settings, case, transfer, "case.transferred",
-            {**coded_facts(case), "previous_case_number": previous, "accepted_at": now.isoformat()},
+            {**facts, "previous_case_number": previous, "accepted_at": now.isoformat()},
         )
         answer = transfer_out(cipher, principal, transfer, case)
     request.app.state.runtime.relay.wake()

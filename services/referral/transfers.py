@@ -86,6 +86,8 @@ async def _move_case(session: AsyncSession, event: Envelope) -> CaseFact:
     case.case_number = str(d["case_number"])
     if d.get("risk_level"):
         case.risk_level = str(d["risk_level"])
+    if isinstance(d.get("consent_share_with"), list):  # the consent as it stands at the move
+        case.consent_share_with = [str(kind) for kind in d["consent_share_with"]]
     session.add(case)
     await session.flush()
     return case

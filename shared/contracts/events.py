@@ -118,6 +118,10 @@ class TransferRequested(TransferEventData):
 class CaseTransferred(TransferEventData):
     previous_case_number: CaseNumber
     accepted_at: datetime
+    needs: Codes = []
+    violence_types: Codes = []
+    children_count: Count | None = None
+    consent_share_with: Codes = []
 
 
 class TransferDeclined(TransferEventData):

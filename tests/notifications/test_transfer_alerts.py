@@ -1,0 +1,87 @@
+"""Transfer alerts (CONTRACT §10): both coordinators hear of a decline, and of a transfer left pending
+longer than `transfer_pending_hours` — once (a private stack whose hours are a few seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from services.notifications.config import NotificationsConfig
+from shared import db
+from shared.settings import Settings
+from tests.support import Stack, contract_report, running_stack, wait_for
+
+HOURS = 0.002  # 7.2 seconds
+
+
+@pytest.fixture
+async def stack(settings: Settings) -> AsyncIterator[Stack]:
+    run = uuid.uuid4().hex[:6]
+    own = settings.model_copy(
+        update={"database_prefix": f"{settings.database_prefix}ta{run}_", "kafka_topic_prefix": f"ta{run}."}
+    )
+    options = {"notifications": {"config": NotificationsConfig(scan_seconds=0.3, transfer_pending_hours=HOURS)}}
+    try:
+        async with running_stack(own, ("intake", "notifications"), options) as running:
+            yield running
+    finally:
+        for service in ("intake", "notifications"):
+            await db.drop_database(own, service)
+
+
+async def _transfer(stack: Stack, to: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    coordinator = stack.auth("coordinator", "elbasan")
+    case = (await stack.intake.post("/v1/cases", json=contract_report("elbasan"), headers=coordinator)).json()
+    body = {"to_municipality": to, "reason": "moved", "consent_given_at": case["reported_at"]}
+    response = await stack.intake.post(f"/v1/cases/{case['id']}/transfers", json=body, headers=coordinator)
+    assert response.status_code == 201, response.text
+    return case, response.json()
+
+
+async def _alerts(stack: Stack, municipality: str, case_id: str, language: str = "en") -> list[dict[str, Any]]:
+    headers = {**stack.auth("coordinator", municipality), "Accept-Language": language}
+    response = await stack.notifications.get("/v1/inbox", headers=headers)
+    assert response.status_code == 200, response.text
+    return [a for a in response.json() if a["case_id"] == case_id and a["type"].startswith("transfer.")]
+
+
+async def test_decline_and_a_long_pending_transfer_alert_both_coordinators_once(stack: Stack) -> None:
+    declined_case, declined = await _transfer(stack, "tirane")
+    answer = await stack.intake.post(
+        f"/v1/transfers/{declined['id']}/decline",
+        json={"reason": "No capacity"},
+        headers=stack.auth("coordinator", "tirane"),
+    )
+    assert answer.status_code == 200, answer.text
+
+    async def decline_alerts() -> bool:
+        sender = {a["type"] for a in await _alerts(stack, "elbasan", declined_case["id"])}
+        receiver = {a["type"] for a in await _alerts(stack, "tirane", declined_case["id"])}
+        return sender == {"transfer.requested", "transfer.declined"} and receiver == {
+            "transfer.incoming", "transfer.declined"
+        }
+
+    await wait_for(decline_alerts, timeout=20, what="the decline's alerts on both sides")
+
+    case, _ = await _transfer(stack, "korce")
+
+    async def overdue() -> bool:
+        sender = [a for a in await _alerts(stack, "elbasan", case["id"]) if a["type"] == "transfer.overdue"]
+        receiver = [a for a in await _alerts(stack, "korce", case["id"]) if a["type"] == "transfer.overdue"]
+        return bool(sender and receiver)
+
+    await wait_for(overdue, timeout=40, what="the pending transfer's alerts on both sides")
+    await asyncio.sleep(2)  # several more scans: still once
+    for municipality in ("elbasan", "korce"):
+        alerts = [a for a in await _alerts(stack, municipality, case["id"]) if a["type"] == "transfer.overdue"]
+        assert len(alerts) == 1, alerts
+        assert "korce" in alerts[0]["body"] and case["case_number"] in alerts[0]["body"]
+    albanian = await _alerts(stack, "korce", case["id"], language="sq")
+    assert any(a["title"].startswith("Transferim në pritje") for a in albanian)
+    # The declined transfer is not pending: it never raises the long-pending alert.
+    assert "transfer.overdue" not in {a["type"] for a in await _alerts(stack, "elbasan", declined_case["id"])}
+    assert (await stack.notifications.get("/readyz")).status_code == 200
