@@ -214,7 +214,7 @@ class PlanAction(SQLModel, table=True):
     action: str
     responsible_member_id: uuid.UUID
     due_date: date
-    status: str = "open"  # open | completed
+    status: str = "open"  # open | completed | cancelled (the case was transferred to another municipality)
     created_at: datetime = Field(default_factory=_now, sa_type=TZ)
     completed_at: datetime | None = Field(default=None, sa_type=TZ)
     completed_by: str | None = None

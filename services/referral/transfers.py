@@ -4,7 +4,8 @@ In the consumer's transaction, after the event id was recorded (a repeated event
 the projection moves the case (municipality, case number; `reported_municipality` stays, so reports
 keep counting it where it was reported), its protection orders follow it, the sending municipality's
 open referrals are cancelled with reason `transferred` (their history says so, `referral.status_changed`
-announces each), and routing runs in the receiving municipality by its own rules.
+announces each) and its ETN's open plan actions with them, and routing runs in the receiving
+municipality by its own rules.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlmodel import col
 
 from services.referral import domain, events
 from services.referral.config import ReferralConfig
-from services.referral.models import CaseFact, CaseTransfer, ProtectionOrder, Referral
+from services.referral.models import CaseFact, CaseTransfer, PlanAction, ProtectionOrder, Referral
 from shared.events import Envelope
 from shared.settings import Settings
 
@@ -56,6 +57,16 @@ async def on_case_transferred(
         .values(municipality=case.municipality, case_number=case.case_number)
     )
     await cancel_senders_referrals(session, settings, case_id, str(d["from_municipality"]))
+    # The sending ETN's open plan actions end with its referrals (no overdue alerts for a case it no longer has).
+    await session.execute(
+        sa.update(PlanAction)
+        .where(
+            col(PlanAction.case_id) == case_id,
+            col(PlanAction.municipality) == d["from_municipality"],
+            col(PlanAction.status) == "open",
+        )
+        .values(status="cancelled")
+    )
     await events.route(session, settings, config, case, event)
 
 
