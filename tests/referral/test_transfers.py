@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -39,6 +39,30 @@ async def _summary(stack: Stack, municipality: str) -> dict[str, Any]:
     return dict(response.json()["cases"])
 
 
+async def _plan_action(stack: Stack, municipality: str, case_id: str, member_id: str) -> str:
+    """An ETN meeting held yesterday whose minutes gave the case an action due yesterday (overdue)."""
+    coordinator = stack.auth("coordinator", municipality)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    meeting = await stack.referral.post(
+        "/v1/etn-meetings",
+        json={"municipality": municipality, "scheduled_for": yesterday.isoformat(), "case_ids": [case_id],
+              "member_ids": [member_id]},
+        headers=coordinator,
+    )
+    assert meeting.status_code == 201, meeting.text
+    decision = {"case_id": case_id, "action": "monthly visit", "responsible_member_id": member_id,
+                "due_date": yesterday.date().isoformat()}
+    minutes = await stack.referral.post(
+        f"/v1/etn-meetings/{meeting.json()['id']}/minutes",
+        json={"attended_member_ids": [member_id], "decisions": [decision]},
+        headers=coordinator,
+    )
+    assert minutes.status_code == 201, minutes.text
+    plan = await stack.referral.get(f"/v1/cases/{case_id}/plan", headers=coordinator)
+    [action] = plan.json()["actions"]
+    return str(action["id"])
+
+
 async def test_a_transfer_delivered_three_times_moves_the_case_once(stack: Stack, producer: AIOKafkaProducer) -> None:
     sender, receiver = new_municipality(), new_municipality()
     await add_member(stack, sender, "social_services")
@@ -46,6 +70,7 @@ async def test_a_transfer_delivered_three_times_moves_the_case_once(stack: Stack
     data = reported(sender)
     await produce(producer, stack.settings, "case.reported", sender, data)
     [sent] = await referrals_of(stack, sender, data["case_id"], 1)
+    action_id = await _plan_action(stack, sender, data["case_id"], sent["to_member_id"])
 
     move = transferred(data, sender, receiver)
     event = await produce(producer, stack.settings, "case.transferred", receiver, move)
@@ -65,6 +90,8 @@ async def test_a_transfer_delivered_three_times_moves_the_case_once(stack: Stack
     assert [h.get("reason") for h in again.json()["history"] if h["status"] == "cancelled"] == ["transferred"]
     assert ended["history"] == again.json()["history"]
     assert len(await referrals_of(stack, receiver, data["case_id"], 1)) == 1
+    plan = await stack.referral.get(f"/v1/cases/{data['case_id']}/plan", headers=stack.auth("coordinator", receiver))
+    assert [(a["id"], a["status"], a["overdue"]) for a in plan.json()["actions"]] == [(action_id, "cancelled", False)]
 
     # The case is the receiver's: her routing view and dashboard; the sender's is 404 and its dashboard empty.
     routing = await stack.referral.get(
