@@ -1,8 +1,8 @@
 """A survivor moves from Elbasan to Korçë: the case follows her through every service (CONTRACT §10).
 
 A private stack (own databases and topics, so the real slugs `elbasan` and `korce` are this test's
-alone). Referral's consumer is stopped before the move and restarted twice around it; whatever it
-had applied or not, nothing is lost or doubled.
+alone). Referral's consumer is stopped in the middle of applying the move (its handler done, the
+transaction not committed) and started again: nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -162,16 +162,27 @@ async def test_a_case_moves_from_elbasan_to_korce_through_every_service(private:
 
         await wait_for(requested_alerts, timeout=20, what="the request's alerts on both sides")
 
-        # Referral's consumer is stopped; the move happens; it comes back, is stopped again mid-way, and back.
+        # Referral's consumer is stopped in the middle of applying the move: its handler has cancelled,
+        # routed and published, the transaction is not committed yet. Then it is started again.
         consumer = ref.apps["referral"].state.runtime.consumers[0]
-        await consumer.stop()
+        applying, handler = asyncio.Event(), consumer.handler
+
+        async def stalls_once(session: Any, event: Any) -> None:
+            await handler(session, event)
+            if event.type == "case.transferred" and not applying.is_set():
+                applying.set()
+                await asyncio.sleep(60)  # stopped here, before the commit
+
+        consumer.handler = stalls_once
         accepted = await stack.intake.post(f"/v1/transfers/{transfer['id']}/accept", headers=korce)
         assert accepted.status_code == 200, accepted.text
         new_number = accepted.json()["new_case_number"]
         assert new_number.startswith("KOR-")
-        await consumer.start()
-        await asyncio.sleep(1.0)
+        await asyncio.wait_for(applying.wait(), timeout=30)
         await consumer.stop()
+        assert [r["status"] for r in await _referrals(stack, ELBASAN, case["id"])] == ["pending", "pending"]
+        assert await _referrals(stack, KORCE, case["id"]) == []  # nothing of the half-applied move is visible
+        consumer.handler = handler
         await consumer.start()
 
         async def moved_in_referral() -> list[dict[str, Any]]:
