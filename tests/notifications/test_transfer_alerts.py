@@ -13,7 +13,8 @@ import pytest
 from services.notifications.config import NotificationsConfig
 from shared import db
 from shared.settings import Settings
-from tests.support import Stack, contract_report, running_stack, wait_for
+from tests.notifications.conftest import FastStack, WebhookReceiver
+from tests.support import Stack, contract_report, new_municipality, running_stack, wait_for
 
 HOURS = 0.002  # 7.2 seconds
 
@@ -85,3 +86,36 @@ async def test_decline_and_a_long_pending_transfer_alert_both_coordinators_once(
     # The declined transfer is not pending: it never raises the long-pending alert.
     assert "transfer.overdue" not in {a["type"] for a in await _alerts(stack, "elbasan", declined_case["id"])}
     assert (await stack.notifications.get("/readyz")).status_code == 200
+
+
+async def test_both_municipalities_webhooks_receive_a_transfer_event_once(
+    fast: FastStack, webhook_receiver: WebhookReceiver
+) -> None:
+    sender, receiver, other = new_municipality(), new_municipality(), new_municipality()
+    paths = {town: f"/transfers/{town}" for town in (sender, receiver, other)}
+    for town, path in paths.items():
+        body = {"url": webhook_receiver.url(path), "event_types": ["case.transfer_requested"], "secret": "s" * 24}
+        created = await fast.stack.notifications.post(
+            "/v1/subscriptions", json=body, headers=fast.stack.auth("coordinator", town)
+        )
+        assert created.status_code == 201, created.text
+    data = {
+        "case_id": str(uuid.uuid4()), "case_number": "ELB-2026-00001", "transfer_id": str(uuid.uuid4()),
+        "from_municipality": sender, "to_municipality": receiver, "risk_level": "high",
+        "requested_at": "2026-12-02T10:00:00+00:00",
+    }
+    event = await fast.produce("intake", "case.transfer_requested", sender, data)
+    for town in (sender, receiver):
+        [got] = await wait_for(
+            lambda town=town: _at(webhook_receiver, paths[town]), timeout=20, what=f"{town}'s delivery"
+        )
+        assert got.headers["x-mkr-event-id"] == event["id"]
+    await asyncio.sleep(1)
+    assert webhook_receiver.at(paths[other]) == []
+    assert [len(webhook_receiver.at(paths[town])) for town in (sender, receiver)] == [1, 1]
+    listed = await fast.stack.notifications.get("/v1/deliveries", headers=fast.stack.auth("coordinator", receiver))
+    assert [d["event_type"] for d in listed.json()] == ["case.transfer_requested"]
+
+
+async def _at(receiver: WebhookReceiver, path: str) -> list[Any]:
+    return receiver.at(path)
