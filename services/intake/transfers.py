@@ -258,6 +258,11 @@ async def _pending_for_receiver(
     return transfer, case
 
 
+def _require_open(case: Case) -> None:
+    if case.status != "open":
+        raise conflict("The case was closed meanwhile; the sending municipality must reopen it first.")
+
+
 async def _rekey_survivor(
     session: AsyncSession, cipher: FieldCipher, indexer: SearchIndexer, case: Case, municipality: str
 ) -> None:
@@ -284,6 +289,7 @@ async def accept_transfer(
     settings, config, cipher, indexer = _state(request)
     async with session.begin():
         transfer, case = await _pending_for_receiver(session, principal, transfer_id)
+        _require_open(case)
         now = datetime.now(UTC)
         year = now.astimezone(ZoneInfo(config.timezone)).year
         prefix = domain.case_prefix(transfer.to_municipality, config.case_prefixes)

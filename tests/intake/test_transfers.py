@@ -195,3 +195,10 @@ async def test_bad_transfers_are_4xx_and_change_nothing(places: Places) -> None:
     assert (await stack.intake.post(f"/v1/transfers/{uuid.uuid4()}/accept", headers=sender)).status_code == 404
     assert (await stack.intake.post("/v1/transfers/not-a-uuid/accept", headers=sender)).status_code == 422
     assert (await stack.intake.get(f"/v1/cases/{case['id']}", headers=sender)).json()["municipality"] == places.sender
+    # Closed meanwhile: not accepted (409) until the sender reopens it.
+    closed = await stack.intake.post(f"/v1/cases/{case['id']}/close", json={"reason": "done"}, headers=sender)
+    assert closed.status_code == 200, closed.text
+    receiver = stack.auth("coordinator", places.receiver)
+    assert (await stack.intake.post(f"/v1/transfers/{transfer['id']}/accept", headers=receiver)).status_code == 409
+    assert (await stack.intake.post(f"/v1/cases/{case['id']}/reopen", headers=sender)).status_code == 200
+    assert (await stack.intake.post(f"/v1/transfers/{transfer['id']}/accept", headers=receiver)).status_code == 200
