@@ -202,3 +202,27 @@ async def test_bad_transfers_are_4xx_and_change_nothing(places: Places) -> None:
     assert (await stack.intake.post(f"/v1/transfers/{transfer['id']}/accept", headers=receiver)).status_code == 409
     assert (await stack.intake.post(f"/v1/cases/{case['id']}/reopen", headers=sender)).status_code == 200
     assert (await stack.intake.post(f"/v1/transfers/{transfer['id']}/accept", headers=receiver)).status_code == 200
+
+
+async def test_transfer_list_pages_by_cursor_newest_first(places: Places) -> None:
+    stack = places.stack
+    # Of the third municipality, so other tests' transfers do not interleave.
+    coordinator = stack.auth("coordinator", places.other)
+    made = []
+    for _ in range(3):
+        created = await stack.intake.post("/v1/cases", json=contract_report(places.other), headers=coordinator)
+        body = {"to_municipality": places.receiver, "reason": "moved", "consent_given_at": CONSENT_AT}
+        url = f"/v1/cases/{created.json()['id']}/transfers"
+        response = await stack.intake.post(url, json=body, headers=coordinator)
+        assert response.status_code == 201, response.text
+        made.append(response.json()["id"])
+    first = await stack.intake.get("/v1/transfers", params={"direction": "outgoing", "limit": 2}, headers=coordinator)
+    assert first.status_code == 200 and first.json()["next_cursor"]
+    second = await stack.intake.get(
+        "/v1/transfers",
+        params={"direction": "outgoing", "limit": 2, "cursor": first.json()["next_cursor"]},
+        headers=coordinator,
+    )
+    assert second.json()["next_cursor"] is None
+    ids = [t["id"] for t in first.json()["items"] + second.json()["items"]]
+    assert ids == list(reversed(made))
