@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
+from mkr.registry import SERVICES
 from services.notifications.config import NotificationsConfig
 from shared import db
 from shared.events import REFERRAL_TOPIC
-from shared.settings import SERVICES, Settings
+from shared.settings import Settings
 from tests.support import Stack, contract_report, read_envelopes, running_stack, wait_for
 
 ELBASAN, KORCE = "elbasan", "korce"
