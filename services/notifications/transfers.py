@@ -20,7 +20,7 @@ from sqlmodel import col
 
 from services.notifications import domain
 from services.notifications.config import NotificationsConfig
-from services.notifications.models import Alert, PendingTransfer
+from services.notifications.models import Alert, CasePolice, MemberContact, PendingTransfer, ProtectionOrder
 from shared.app import ServiceRuntime
 from shared.events import NOTIFICATIONS_TOPIC, Envelope, make_event, publish
 from shared.scheduler import claim_due, periodic
@@ -95,6 +95,34 @@ async def _project(session: AsyncSession, event: Envelope) -> None:
             index_elements=["transfer_id"],
             set_={"status": stmt.excluded.status},
             where=table.c.status == "pending",  # a decision is final: a late request never reopens it
+        )
+    )
+    if event.type == TRANSFERRED:
+        await _follow_case(session, event)
+
+
+async def _follow_case(session: AsyncSession, event: Envelope) -> None:
+    """The case's expiring orders now warn the receiving coordinator; the sending police member is no
+    longer the one to warn (the receiver's is, once a referral names one)."""
+    case_id, to = str(event.data["case_id"]), event.municipality
+    await session.execute(
+        sa.update(ProtectionOrder)
+        .where(col(ProtectionOrder.case_id) == case_id)
+        .values(municipality=to, case_number=str(event.data["case_number"]))
+    )
+    # A referral of the receiver's may have been seen first (another topic): only the sender's member goes.
+    senders = sa.select(col(MemberContact.member_id)).where(
+        col(MemberContact.municipality) == str(event.data["from_municipality"])
+    )
+    await session.execute(
+        sa.update(CasePolice)
+        .where(col(CasePolice.case_id) == case_id)
+        .values(
+            municipality=to,
+            reporting_member_id=None,
+            referred_member_id=sa.case(
+                (col(CasePolice.referred_member_id).in_(senders), None), else_=col(CasePolice.referred_member_id)
+            ),
         )
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -119,3 +120,34 @@ async def test_both_municipalities_webhooks_receive_a_transfer_event_once(
 
 async def _at(receiver: WebhookReceiver, path: str) -> list[Any]:
     return receiver.at(path)
+
+
+async def test_a_transferred_cases_expiring_order_warns_the_receiving_coordinator_not_the_sender(
+    fast: FastStack,
+) -> None:
+    sender, receiver = new_municipality(), new_municipality()
+    police = f"police-{uuid.uuid4().hex[:8]}"
+    case = {"case_id": str(uuid.uuid4()), "case_number": "ELB-2026-00009", "risk_level": "medium"}
+    await fast.produce("intake", "case.reported", sender, {**case, "reported_by_role": "police",
+                                                            "reported_by_member_id": police})
+    order = {**case, "order_id": str(uuid.uuid4()), "kind": "protection", "status": "issued"}
+    later = (datetime.now(UTC) + timedelta(days=40)).isoformat()
+    await fast.produce("intake", "case.protection_order_recorded", sender, {**order, "expires_at": later})
+    moved = {**case, "case_number": "KOR-2026-00001", "previous_case_number": case["case_number"],
+             "transfer_id": str(uuid.uuid4()), "from_municipality": sender, "to_municipality": receiver,
+             "accepted_at": datetime.now(UTC).isoformat()}
+    await fast.produce("intake", "case.transferred", receiver, moved)
+    soon = (datetime.now(UTC) + timedelta(days=5)).isoformat()  # renewed by the receiving court: warn now
+    renewed = {**order, "case_number": "KOR-2026-00001", "expires_at": soon}
+    await fast.produce("intake", "case.protection_order_recorded", receiver, renewed)
+
+    async def expiring(municipality: str, **claims: Any) -> list[dict[str, Any]]:
+        role = "police" if claims else "coordinator"
+        inbox = await fast.stack.notifications.get("/v1/inbox", headers=fast.stack.auth(role, municipality, **claims))
+        return [a for a in inbox.json() if a["type"] == "protection_order.expiring" and a["case_id"] == case["case_id"]]
+
+    [alert] = await wait_for(lambda: expiring(receiver), timeout=20, what="the receiver's expiring-order alert")
+    assert "KOR-2026-00001" in alert["body"]
+    await asyncio.sleep(1)
+    assert await expiring(sender) == []
+    assert await expiring(sender, member_id=police) == []
