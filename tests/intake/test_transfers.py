@@ -108,6 +108,8 @@ async def test_receiver_sees_coded_facts_only_until_she_accepts_then_the_sender_
     # The receiving coordinator finds her by name (the search index was re-keyed for her municipality).
     search = await stack.intake.get("/v1/cases", params={"q": "Ermira Hoxha"}, headers=receiver)
     assert case["id"] in [c["id"] for c in search.json()["items"]]
+    by_old_number = await stack.intake.get("/v1/cases", params={"q": case["case_number"]}, headers=receiver)
+    assert [c["id"] for c in by_old_number.json()["items"]] == [case["id"]]
 
     # The sender and its institutions: 404 from now on; the sender's search no longer finds her.
     sender = stack.auth("coordinator", places.sender)
