@@ -99,8 +99,8 @@ async def _emit(
 
 
 def transfer_out(cipher: FieldCipher, principal: Principal, transfer: CaseTransfer, case: Case) -> TransferOut:
-    """The sender sees her own reason; both sides see a decline's reason; the receiver sees coded facts
-    while the transfer is pending (after accepting, the case itself)."""
+    """The sender sees her own reason (the receiver once she accepted); both sides see a decline's reason;
+    the receiver sees coded facts while the transfer is pending (after accepting, the case itself)."""
     sender = principal.municipality == transfer.from_municipality
     incoming_pending = principal.municipality == transfer.to_municipality and transfer.status == "pending"
     facts = None
@@ -119,7 +119,9 @@ def transfer_out(cipher: FieldCipher, principal: Principal, transfer: CaseTransf
             needs=coded["needs"],
             reported_at=case.reported_at,
         )
-    reason = cipher.decrypt(transfer.reason, reason_context(transfer.id, "reason")) if sender else None
+    # The request's reason may name the survivor's circumstances: the receiver reads it once the case is hers.
+    reads_reason = sender or transfer.status == "accepted"
+    reason = cipher.decrypt(transfer.reason, reason_context(transfer.id, "reason")) if reads_reason else None
     decline_reason = (
         cipher.decrypt(transfer.decline_reason, reason_context(transfer.id, "decline_reason"))
         if transfer.decline_reason

@@ -96,6 +96,7 @@ async def test_receiver_sees_coded_facts_only_until_she_accepts_then_the_sender_
     accepted = await stack.intake.post(f"/v1/transfers/{transfer['id']}/accept", headers=receiver)
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["status"] == "accepted"
+    assert accepted.json()["reason"] == "She moved to her sister's house"  # hers to read now
     new_number = accepted.json()["new_case_number"]
     assert new_number.startswith("KOR-")
 
