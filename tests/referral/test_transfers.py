@@ -122,3 +122,10 @@ async def test_a_transfer_of_a_case_never_seen_here_projects_it_from_the_event(
     [made] = await referrals_of(stack, receiver, move["case_id"], 1, timeout=20)
     assert made["to_member_id"] == member["id"]
     assert (await _summary(stack, sender))["transferred_out"] == 1
+
+
+def test_the_national_summary_drops_every_municipality_condition_of_the_transfer_counts() -> None:
+    from services.referral import reports
+
+    for statement in (reports.TRANSFERRED_IN, reports.CASE_TOTALS, reports.CASE_BREAKDOWNS, reports.CASE_ROWS):
+        assert ":m" not in reports._national(statement.text).text, statement.text
