@@ -53,7 +53,7 @@ async def _referrals(stack: Stack, municipality: str, case_id: str) -> list[dict
         "/v1/referrals", params={"case_id": case_id}, headers=stack.auth("coordinator", municipality)
     )
     assert response.status_code == 200, response.text
-    return list(response.json())
+    return list(response.json()["items"])
 
 
 async def _alerts(stack: Stack, municipality: str, case_id: str) -> list[str]:
@@ -61,7 +61,8 @@ async def _alerts(stack: Stack, municipality: str, case_id: str) -> list[str]:
         "/v1/inbox", headers={**stack.auth("coordinator", municipality), "Accept-Language": "en"}
     )
     assert response.status_code == 200, response.text
-    return sorted(a["type"] for a in response.json() if a["case_id"] == case_id and a["type"].startswith("transfer."))
+    items = response.json()["items"]
+    return sorted(a["type"] for a in items if a["case_id"] == case_id and a["type"].startswith("transfer."))
 
 
 async def _summary(stack: Stack, municipality: str) -> dict[str, Any]:
@@ -229,12 +230,14 @@ async def test_a_case_moves_from_elbasan_to_korce_through_every_service(private:
         # Shelter: the placement and the rent bonus continue, now Korçë's to see.
         async def korce_sees_placement() -> bool:
             found = await stack.shelter.get("/v1/placements", params={"case_id": case["id"]}, headers=korce)
-            return [p["id"] for p in found.json()] == [placement_id]
+            return [p["id"] for p in found.json()["items"]] == [placement_id]
 
         await wait_for(korce_sees_placement, timeout=20, what="Korçë's coordinator seeing the placement")
-        assert (await stack.shelter.get("/v1/placements", params={"case_id": case["id"]}, headers=elbasan)).json() == []
+        sender_view = await stack.shelter.get("/v1/placements", params={"case_id": case["id"]}, headers=elbasan)
+        assert sender_view.json()["items"] == []
         staff = stack.auth("shelter_staff", ELBASAN, shelter_id=shelter_id)
-        assert [p["id"] for p in (await stack.shelter.get("/v1/placements", headers=staff)).json()] == [placement_id]
+        staff_view = await stack.shelter.get("/v1/placements", headers=staff)
+        assert [p["id"] for p in staff_view.json()["items"]] == [placement_id]
         url = f"/v1/rent-bonus/applications/{application_id}"
         bonus = await stack.shelter.get(url, headers=stack.auth("housing_officer", KORCE))
         assert bonus.status_code == 200 and len(bonus.json()["payments"]) == 6
@@ -260,7 +263,7 @@ async def test_a_case_moves_from_elbasan_to_korce_through_every_service(private:
         assert await _alerts(stack, ELBASAN, case["id"]) == ["transfer.accepted", "transfer.requested"]
         assert await _alerts(stack, KORCE, case["id"]) == ["transfer.accepted", "transfer.incoming"]
         inbox = await stack.notifications.get("/v1/inbox", headers={**korce, "Accept-Language": "en"})
-        text = next(a["body"] for a in inbox.json() if a["type"] == "transfer.accepted")
+        text = next(a["body"] for a in inbox.json()["items"] if a["type"] == "transfer.accepted")
         assert case["case_number"] in text and new_number in text
         for identity in ("Ermira", "Hoxha", "sister"):
             assert identity not in inbox.text

@@ -122,7 +122,7 @@ async def test_receiver_sees_coded_facts_only_until_she_accepts_then_the_sender_
     assert (await _request(places, case["id"])).status_code == 404
 
     trail = await stack.intake.get("/v1/audit", params={"case_id": case["id"]}, headers=receiver)
-    actions = [e["action"] for e in trail.json()]
+    actions = [e["action"] for e in trail.json()["items"]]
     assert "case.transfer_requested" in actions and "case.transferred" in actions
     assert "case.access_denied" in actions
 

@@ -48,7 +48,7 @@ async def _alerts(stack: Stack, municipality: str, case_id: str, language: str =
     headers = {**stack.auth("coordinator", municipality), "Accept-Language": language}
     response = await stack.notifications.get("/v1/inbox", headers=headers)
     assert response.status_code == 200, response.text
-    return [a for a in response.json() if a["case_id"] == case_id and a["type"].startswith("transfer.")]
+    return [a for a in response.json()["items"] if a["case_id"] == case_id and a["type"].startswith("transfer.")]
 
 
 async def test_decline_and_a_long_pending_transfer_alert_both_coordinators_once(stack: Stack) -> None:
@@ -115,7 +115,7 @@ async def test_both_municipalities_webhooks_receive_a_transfer_event_once(
     assert webhook_receiver.at(paths[other]) == []
     assert [len(webhook_receiver.at(paths[town])) for town in (sender, receiver)] == [1, 1]
     listed = await fast.stack.notifications.get("/v1/deliveries", headers=fast.stack.auth("coordinator", receiver))
-    assert [d["event_type"] for d in listed.json()] == ["case.transfer_requested"]
+    assert [d["event_type"] for d in listed.json()["items"]] == ["case.transfer_requested"]
 
 
 async def _at(receiver: WebhookReceiver, path: str) -> list[Any]:
@@ -144,7 +144,8 @@ async def test_a_transferred_cases_expiring_order_warns_the_receiving_coordinato
     async def expiring(municipality: str, **claims: Any) -> list[dict[str, Any]]:
         role = "police" if claims else "coordinator"
         inbox = await fast.stack.notifications.get("/v1/inbox", headers=fast.stack.auth(role, municipality, **claims))
-        return [a for a in inbox.json() if a["type"] == "protection_order.expiring" and a["case_id"] == case["case_id"]]
+        items = inbox.json()["items"]
+        return [a for a in items if a["type"] == "protection_order.expiring" and a["case_id"] == case["case_id"]]
 
     [alert] = await wait_for(lambda: expiring(receiver), timeout=20, what="the receiver's expiring-order alert")
     assert "KOR-2026-00001" in alert["body"]
