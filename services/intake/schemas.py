@@ -430,7 +430,3 @@ class TransferOut(BaseModel):
     decline_reason: str | None = None
     facts: TransferFacts | None = None
 
-
-class TransferPage(BaseModel):
-    items: list[TransferOut]
-    next_cursor: str | None = None

@@ -28,7 +28,6 @@ from services.intake.schemas import (
     TransferFacts,
     TransferIn,
     TransferOut,
-    TransferPage,
     TransferStatus,
     jsonable,
 )
@@ -37,6 +36,7 @@ from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import SessionDep
 from shared.errors import conflict, forbidden, invalid, not_found
 from shared.events import INTAKE_TOPIC, make_event, publish
+from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["transfers"])
@@ -199,44 +199,35 @@ async def request_transfer(
 # --- listing ---------------------------------------------------------------------------------------
 
 
-@router.get("/transfers", response_model=TransferPage, summary="Transfers to or from the caller's municipality")
+TRANSFER_ORDER = Keyset("transfers", (CaseTransfer.requested_at, CaseTransfer.id), descending=True)  # newest first
+
+
+@router.get("/transfers", response_model=Page[TransferOut], summary="Transfers to or from the caller's municipality")
 async def list_transfers(
     principal: Coordinator,
     session: SessionDep,
     request: Request,
     direction: Annotated[str, Query(pattern="^(incoming|outgoing)$")] = "incoming",
     status: TransferStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> TransferPage:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[TransferOut]:
     _, _, cipher, _ = _state(request)
-    after = None
-    if cursor is not None:
-        after = service.decode_cursor(cursor)
-        if after is None:
-            raise invalid(["query", "cursor"], "not a cursor of this list")
     side = CaseTransfer.to_municipality if direction == "incoming" else CaseTransfer.from_municipality
     stmt = (
         sa.select(CaseTransfer, Case)
         .join(Case, Case.id == CaseTransfer.case_id)  # type: ignore[arg-type]
         .where(side == principal.municipality)  # type: ignore[arg-type]
-        .order_by(CaseTransfer.requested_at.desc(), CaseTransfer.id.desc())  # type: ignore[attr-defined]
-        .limit(limit + 1)
     )
     if status is not None:
         stmt = stmt.where(CaseTransfer.status == status.value)  # type: ignore[arg-type]
-    if after is not None:
-        stmt = stmt.where(sa.tuple_(CaseTransfer.requested_at, CaseTransfer.id) < sa.tuple_(after[0], after[1]))
     async with session.begin():
-        rows = list((await session.execute(stmt)).tuples().all())
-        page = rows[:limit]
+        page, next_cursor = await fetch_page(session, stmt, TRANSFER_ORDER, limit, cursor, scalars=False)
         # The receiving coordinator is shown coded facts of a case not (yet) hers: that read is audited.
         shown = [case for transfer, case in page if transfer.status == "pending" and direction == "incoming"]
         await service.record_audit_many(session, principal, shown, "case.transfer_facts_read")
     items = [transfer_out(cipher, principal, transfer, case) for transfer, case in page]
-    last = page[-1][0] if page else None
-    next_cursor = service.encode_cursor(last.requested_at, last.id) if last and len(rows) > limit else None
-    return TransferPage(items=items, next_cursor=next_cursor)
+    return Page[TransferOut](items=items, next_cursor=next_cursor)
 
 
 # --- the receiving coordinator's decision -----------------------------------------------------------
