@@ -134,7 +134,7 @@ async def broker_kill_run(workdir: Path, rng: random.Random, *, database_url: st
                 counts = await _converge(client, stack, coordinator, cases, routed_before, returned_at)
         return {"kill_after": round(kill_after, 2), "down": round(returned_at - killed_at, 1),
                 "accepted": len(cases), "refused": refused, **counts,
-                "routed_before_return": len(routed_before)}
+                "routed_before_return": len(routed_before), "recreated": _recreations(workdir / "stack.log")}
     finally:
         for proc in brokers:
             _kill(proc)
@@ -217,6 +217,15 @@ async def _drop(database_url: str, prefix: str, workdir: Path) -> None:
             await db.drop_database(settings, service)
         except Exception as exc:  # a leftover database must not hide the counts
             print(f"could not drop {prefix}{service}: {type(exc).__name__}")
+
+
+def _recreations(stack_log: Path) -> int:
+    """How many times the stack's watchdogs recreated a consumer (their WARNING lines) during the run."""
+    try:
+        text = stack_log.read_text(errors="replace")
+    except OSError:
+        return -1
+    return sum("consumer" in line and "recreating it" in line for line in text.splitlines())
 
 
 def verdict(counts: dict[str, Any]) -> bool:
