@@ -23,10 +23,11 @@ from typing import Any
 
 import httpx
 
+from mkr.registry import SERVICES
 from shared import db
 from shared.embedded import free_port, start_broker
 from shared.keys import issue_token
-from shared.settings import SERVICES, Settings
+from shared.settings import Settings
 from tests.chaos.launch import launched_stack
 from tests.processes import LaunchedStack
 from tests.support import contract_report
@@ -75,9 +76,9 @@ async def _routed(client: httpx.AsyncClient, stack: LaunchedStack, headers: dict
             continue
         if response.status_code != 200:
             continue
-        members = [str(r.get("to_member_id")) for r in response.json()]
+        members = [str(r.get("to_member_id")) for r in response.json()["items"]]
         duplicated += len(members) - len(set(members))
-        if any(r.get("to_member_kind") == "social_services" for r in response.json()):
+        if any(r.get("to_member_kind") == "social_services" for r in response.json()["items"]):
             routed.add(case_id)
     return routed, duplicated
 
