@@ -3,7 +3,8 @@
 Every aiokafka producer, consumer and admin client (and the bare client of the readiness probe) is
 built with `**client_options(settings)`, so a broker that requires SASL/SCRAM or TLS is reached the
 same way by all of them. PLAINTEXT (the default) adds nothing: the embedded Tansu broker and the
-tests keep working unchanged.
+tests keep working unchanged. Also here: `leave_group`, the LeaveGroup that aiokafka leaves out for a
+group's generation 0 (Tansu's first), used when a consumer is stopped or recreated.
 """
 
 from __future__ import annotations
