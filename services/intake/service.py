@@ -17,6 +17,7 @@ from services.intake.models import (
     AuditEntry,
     Case,
     CaseCounter,
+    CaseTransfer,
     ConsentRecord,
     ProtectionOrder,
     ReferralAccess,
@@ -271,7 +272,17 @@ async def search_cases(
         stmt = stmt.where(Case.risk_level == risk_level)  # type: ignore[arg-type]
     if q:
         like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        by_number = Case.case_number.ilike(like)  # type: ignore[attr-defined]
+        # A transferred case is found under the number it had before too (the paper file says that one).
+        before = (
+            sa.select(sa.literal(1))
+            .where(
+                CaseTransfer.case_id == Case.id,  # type: ignore[arg-type]
+                CaseTransfer.status == "accepted",  # type: ignore[arg-type]
+                CaseTransfer.from_case_number.ilike(like),  # type: ignore[attr-defined]
+            )
+            .exists()
+        )
+        by_number = sa.or_(Case.case_number.ilike(like), before)  # type: ignore[attr-defined]
         if keys:
             hits = (
                 sa.text(

@@ -437,6 +437,7 @@ async def load_case_facts(stack: LaunchedStack, municipality: str, count: int, s
                 json.dumps(["police", "social_services"]),
                 "police",
                 None,
+                municipality,
             )
         )
         kind = rng.choice(KINDS)
@@ -492,6 +493,7 @@ async def load_case_facts(stack: LaunchedStack, municipality: str, count: int, s
                     "consent_share_with",
                     "reported_by_role",
                     "reported_by_member_id",
+                    "reported_municipality",
                 ],
             )
             await conn.copy_records_to_table(
