@@ -146,7 +146,10 @@ async def pool(stack: LaunchedStack, service: str, size: int) -> asyncpg.Pool:
 
 # --- the intake ceiling: one report's transaction, issued directly --------------------------------------
 
-DUPLICATE_PARAMS = ["keys", "n", "probe", "m", "exclude", "by", "bdk", "threshold", "limit"]
+DUPLICATE_PARAMS = [
+    "keys", "n", "probe", "m", "exclude", "by", "bdk", "threshold", "limit",
+    "everything", "viewer_sub", "viewer_member",
+]
 
 
 def positional(sql: str, names: list[str]) -> str:
@@ -157,7 +160,7 @@ def positional(sql: str, names: list[str]) -> str:
 
 
 # Intake's own duplicate search, positional: keys, n, probe keys, municipality, exclude, birth year, birth-date
-# key, threshold, limit.
+# key, threshold, limit, and the viewer (coordinator?, sub, member id).
 DUPLICATES_SQL = positional(intake_service.DUPLICATES_SQL, DUPLICATE_PARAMS)
 KEY_COUNTS_SQL = positional(intake_service.KEY_COUNTS_SQL, ["m", "keys"])
 SCREEN_SQL = (
@@ -259,7 +262,8 @@ class CeilingReport:
             counts = {key: survivors for key, survivors in await conn.fetch(KEY_COUNTS_SQL, self.municipality, keys)}
             probe = intake_service.rarest(keys, counts, 0.45)
             await conn.fetch(
-                DUPLICATES_SQL, keys, len(keys), probe, self.municipality, case_id, dob.year, birth_key, 0.45, 5
+                DUPLICATES_SQL, keys, len(keys), probe, self.municipality, case_id, dob.year, birth_key, 0.45, 5,
+                False, sub, "bench-police",
             )
             await conn.execute(AUDIT_SQL, now, case_id, self.municipality, sub)
             event = make_event(

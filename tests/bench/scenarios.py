@@ -747,6 +747,9 @@ async def duplicate_search(stack: LaunchedStack, quick: bool) -> Outcome:
                 None,
                 0.45,
                 5,
+                True,
+                "bench-coordinator",
+                None,
             )
             print("\n".join(r[0] for r in plan), flush=True)
         finally:
