@@ -9,14 +9,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake import domain
 from services.intake.models import (
     AuditEntry,
     Case,
-    CaseCounter,
     CaseTransfer,
     ConsentRecord,
     ProtectionOrder,
@@ -27,22 +25,6 @@ from services.intake.models import (
 from shared.auth import Principal, Role
 from shared.errors import Problem, not_found
 from shared.paging import Keyset, fetch_page
-
-
-async def next_case_number(session: AsyncSession, *, municipality: str, year: int, prefix: str) -> str:
-    """Gap-free per municipality and year: the counter row stays locked until the case commits."""
-    table = CaseCounter.__table__  # type: ignore[attr-defined]
-    seq = (
-        await session.execute(
-            pg_insert(table)
-            .values(municipality=municipality, year=year, last_seq=1)
-            .on_conflict_do_update(
-                index_elements=[table.c.municipality, table.c.year], set_={"last_seq": table.c.last_seq + 1}
-            )
-            .returning(table.c.last_seq)
-        )
-    ).scalar_one()
-    return domain.format_case_number(prefix, year, int(seq))
 
 
 async def load_screen(session: AsyncSession, municipality: str) -> domain.RiskScreen:

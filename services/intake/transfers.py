@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import casefile, domain, service
+from services.intake import casefile, domain, numbering, service
 from services.intake.config import IntakeConfig
 from services.intake.models import Case, CaseTransfer, SurvivorIndex
 from services.intake.schemas import (
@@ -286,7 +286,7 @@ async def accept_transfer(
         now = datetime.now(UTC)
         year = now.astimezone(ZoneInfo(config.timezone)).year
         prefix = domain.case_prefix(transfer.to_municipality, config.case_prefixes)
-        number = await service.next_case_number(
+        number = await numbering.next_case_number(
             session, municipality=transfer.to_municipality, year=year, prefix=prefix
         )
         previous = case.case_number
