@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.intake.municipalities import ALBANIA
 from shared.profiles import Profile
 
 
@@ -28,6 +29,8 @@ class IntakeConfig(BaseSettings):
     # The local calendar for the case-number year and the age at the report date; empty: the country
     # profile's (MKR_PROFILE; Albania: Europe/Tirane).
     timezone: str = ""
+    # The slugs a case may be transferred to (CONTRACT §10), e.g. MKR_INTAKE_MUNICIPALITIES='["elbasan", "korce"]'.
+    municipalities: list[str] = Field(default_factory=lambda: list(ALBANIA), min_length=1)
 
     @field_validator("case_prefixes")
     @classmethod

@@ -29,6 +29,7 @@ DELIVERY_STATES = ("pending", "succeeded", "dead", "cancelled")
 PROTECTION_ORDER_EXPIRING = "case.protection_order_expiring"
 NO_FREE_BED = "shelter.none_available"
 NOTIFICATION_FAILED = "notification.failed"
+TRANSFER_OVERDUE = "case.transfer_overdue"
 
 # What a subscription may name in `event_types` (CONTRACT §9 and the services' agreement).
 SUBSCRIBABLE_EVENT_TYPES = frozenset(
@@ -40,6 +41,10 @@ SUBSCRIBABLE_EVENT_TYPES = frozenset(
         "case.consent_changed",
         "case.closed",
         "case.reopened",
+        "case.transfer_requested",
+        "case.transferred",
+        "case.transfer_declined",
+        TRANSFER_OVERDUE,
         "member.saved",
         "referral.created",
         "referral.status_changed",

@@ -82,11 +82,18 @@ RENT_PAID = sa.text(
 )
 
 
+# Cases transferred in: by the date the receiving coordinator accepted them (CONTRACT §10).
+TRANSFERRED_IN = sa.text(
+    """
+    SELECT count(*) FROM case_transfers
+    WHERE to_municipality = :m AND accepted_at >= :start AND accepted_at < :end
+    """
+)
 
 @functools.cache
 def _national(sql: str) -> sa.TextClause:
     """The same statement over every municipality: its `[alias.]municipality = :m` condition dropped."""
-    return sa.text(re.sub(r"\b(?:\w+\.)?municipality = :m\b", "true", sql))
+    return sa.text(re.sub(r"\b(?:\w+\.)?(?:reported_|to_)?municipality = :m\b", "true", sql))
 
 
 def _scoped(statement: sa.TextClause, municipality: str) -> sa.TextClause:
@@ -103,7 +110,7 @@ def _case_counts(cells: Counter[tuple[str, str, str]]) -> dict[str, Any]:
         "by_source": {},
         "by_violence_type": {},
     }
-    totals = dict.fromkeys(("total", "with_children", "closed", "repeat"), 0)
+    totals = dict.fromkeys(("total", "with_children", "closed", "repeat", "transferred_out"), 0)
     per_municipality: dict[str, int] = {}
     for (municipality, dimension, value), n in sorted(cells.items()):
         if dimension in totals:
@@ -113,8 +120,9 @@ def _case_counts(cells: Counter[tuple[str, str, str]]) -> dict[str, Any]:
         else:
             breakdown = by[f"by_{dimension}"]
             breakdown[value] = breakdown.get(value, 0) + n
+    # `transferred_out`: reported here in the period and since moved to another municipality (still counted).
     cases = {"total": totals["total"], **by, "with_children": totals["with_children"], "closed": totals["closed"],
-             "repeat": totals["repeat"]}
+             "repeat": totals["repeat"], "transferred_out": totals["transferred_out"]}
     return {"cases": cases, "by_municipality": per_municipality}
 
 
@@ -154,6 +162,7 @@ async def summary(
     q = functools.partial(_scoped, municipality=municipality)
     period = rollups.split(start, end, rollups=use_rollups)
     counted = _case_counts(await rollups.case_cells(session, q, period, params))
+    counted["cases"]["transferred_in"] = int((await session.execute(q(TRANSFERRED_IN), params)).scalar() or 0)
     referrals = await _referral_counts(session, q, period, params)
     meetings: dict[str, int] = dict((await session.execute(q(MEETINGS), params)).tuples().all())
     orders: dict[str, int] = dict((await session.execute(q(ORDERS), params)).tuples().all())
@@ -262,8 +271,9 @@ CSV_COLUMNS = (
 )
 CASE_ROWS = sa.text(
     """
-    SELECT c.case_number, c.reported_at, c.status, c.closed_at, c.risk_level, c.sex, c.age_group, c.ethnicity,
-           c.municipality, c.disability, c.violence_types, c.perpetrator_relationship, c.source, c.needs,
+    SELECT coalesce(t.from_case_number, c.case_number) AS case_number, c.reported_at, c.status, c.closed_at,
+           c.risk_level, c.sex, c.age_group, c.ethnicity, c.reported_municipality AS municipality, c.disability,
+           c.violence_types, c.perpetrator_relationship, c.source, c.needs,
            c.children_count,
            coalesce(r.n, 0) AS referrals, coalesce(r.completed, 0) AS referrals_completed,
            coalesce(r.declined, 0) AS referrals_declined, coalesce(r.breaches, 0) AS sla_breaches,
@@ -277,7 +287,12 @@ CASE_ROWS = sa.text(
                string_agg(to_member_kind || ':' || status, ';' ORDER BY created_at, id) AS outcomes
         FROM referrals WHERE referrals.case_id = c.case_id
     ) r ON true
-    WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
+    LEFT JOIN LATERAL (  -- a transferred case keeps the number it was reported under (CONTRACT §10)
+        SELECT from_case_number FROM case_transfers
+        WHERE case_transfers.case_id = c.case_id AND case_transfers.from_municipality = c.reported_municipality
+        ORDER BY accepted_at LIMIT 1
+    ) t ON true
+    WHERE c.reported_municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
     ORDER BY c.reported_at, c.case_number
     """
 )

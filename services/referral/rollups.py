@@ -38,13 +38,15 @@ CASE_CELLS_ROWS = sa.text(
            municipality, s, a, e, r, src, vts, count(*) AS n,
            count(*) FILTER (WHERE children_count > 0) AS with_children,
            count(*) FILTER (WHERE status = 'closed') AS closed,
-           count(*) FILTER (WHERE repeat) AS repeats
+           count(*) FILTER (WHERE repeat) AS repeats,
+           count(*) FILTER (WHERE moved) AS transferred_out
     FROM (
-        SELECT municipality, coalesce(sex, 'unknown') AS s, coalesce(age_group, 'unknown') AS a,
-               coalesce(ethnicity, 'undisclosed') AS e, risk_level AS r, coalesce(source, 'unknown') AS src,
-               violence_types AS vts, children_count, status, repeat
+        SELECT reported_municipality AS municipality, coalesce(sex, 'unknown') AS s,
+               coalesce(age_group, 'unknown') AS a, coalesce(ethnicity, 'undisclosed') AS e, risk_level AS r,
+               coalesce(source, 'unknown') AS src, violence_types AS vts, children_count, status, repeat,
+               municipality <> reported_municipality AS moved
         FROM case_facts
-        WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
+        WHERE reported_municipality = :m AND reported_at >= :start AND reported_at < :end
     ) t
     GROUP BY GROUPING SETS ((municipality), (s, a, e, r, src), (vts))
     """
@@ -58,7 +60,7 @@ def _cells_of(row: Any) -> Iterator[tuple[tuple[str, str, str], int]]:
     if not row.by_breakdown:
         yield (row.municipality, "total", "all"), n
         for dimension, count in (("with_children", row.with_children), ("closed", row.closed),
-                                 ("repeat", row.repeats)):
+                                 ("repeat", row.repeats), ("transferred_out", row.transferred_out)):
             yield (row.municipality, dimension, "yes"), int(count)
     elif not row.not_violence:
         for vt in sorted(set(row.vts)) or ["unknown"]:
@@ -154,7 +156,7 @@ def _parts(period: Period, params: dict[str, Any]) -> Iterator[tuple[bool, dict[
 async def case_cells(
     session: AsyncSession, scoped: Any, period: Period, params: dict[str, Any]
 ) -> Counter[tuple[str, str, str]]:
-    """Cases per (municipality, dimension, value) over the period (cells: SQL `case_count_cells`)."""
+    """Cases per (reporting municipality, dimension, value) over the period (cells: SQL `case_count_cells`)."""
     cells: Counter[tuple[str, str, str]] = Counter()
     for rolled, part in _parts(period, params):
         if rolled:

@@ -43,7 +43,8 @@ async def _seed(engine: AsyncEngine, municipality: str, count: int, rng: random.
         at = start + timedelta(minutes=rng.randint(0, 365 * 24 * 60 - 1))
         case_id = uuid.uuid4()
         facts.append({
-            "case_id": case_id, "case_number": f"RLP-{i}", "municipality": municipality, "reported_at": at,
+            "case_id": case_id, "case_number": f"RLP-{i}", "municipality": municipality,
+            "reported_municipality": municipality, "reported_at": at,
             "status": rng.choice(["open", "closed"]), "risk_level": rng.choice(["low", "medium", "high"]),
             "source": rng.choice(["police", None]), "sex": rng.choice(["female", "male", None]),
             "age_group": rng.choice(["25-39", "60+", None]), "ethnicity": rng.choice(["roma", "egyptian", None]),
@@ -108,6 +109,7 @@ async def test_rollups_equal_counting_every_row_through_inserts_updates_moves_an
                                        "WHERE municipality = :m AND risk_level = 'low'"), p)
             await conn.execute(sa.text("UPDATE case_facts SET reported_at = reported_at + interval '20 days' "
                                        "WHERE municipality = :m AND risk_level = 'medium'"), p)
+            # A transfer: the case moves, its reporting municipality keeps counting it (transferred_out).
             await conn.execute(sa.text("UPDATE case_facts SET municipality = :o "
                                        "WHERE municipality = :m AND risk_level = 'high' AND sex = 'male'"), p)
             await conn.execute(sa.text("DELETE FROM case_facts WHERE municipality = :m AND sex IS NULL"), p)
@@ -116,6 +118,8 @@ async def test_rollups_equal_counting_every_row_through_inserts_updates_moves_an
                                        "WHERE municipality = :m AND to_member_kind = 'police'"), p)
             await conn.execute(sa.text("DELETE FROM referrals WHERE municipality = :m AND status = 'declined'"), p)
         await _assert_same(engine, m, other)
+        moved, _ = await _both(engine, m, date(2018, 1, 1), date(2018, 12, 31))
+        assert moved["cases"]["transferred_out"] > 0
     finally:
         await engine.dispose()
 

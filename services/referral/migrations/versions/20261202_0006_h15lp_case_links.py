@@ -2,17 +2,18 @@
 
 `repeat` and `pending_duplicates` come from intake's `case.linked` / `case.unlinked`.
 
-The national summary scanned every case and referral of the period (500 000 of each: 1.2-3.6 s). Monthly
-rollups (`case_counts`, `referral_counts`, `referral_ack_buckets`) are now kept by statement-level triggers
-on `case_facts` and `referrals` (transition tables: one aggregate per statement, so a COPY or a multi-row
-INSERT costs one upsert per touched cell, and an UPDATE subtracts the old row and adds the new), back-filled
-here. `case_count_cells` defines a case's cells for the trigger (the report counts the days outside whole
-months from the rows, independently; tests compare the two). The acknowledgement times are counted per
-bucket (8 per doubling of the seconds); the expression index finds one bucket's referrals, from which the
-exact median is read.
+Cases count where they were reported (`reported_municipality`, 0005_h15t), with `transferred_out` when
+they have moved since. The national summary scanned every case and referral of the period (500 000 of
+each: 1.2-3.6 s). Monthly rollups (`case_counts`, `referral_counts`, `referral_ack_buckets`) are now
+kept by statement-level triggers on `case_facts` and `referrals` (transition tables: one aggregate per
+statement, so a COPY or a multi-row INSERT costs one upsert per touched cell, and an UPDATE subtracts the
+old row and adds the new), back-filled here. `case_count_cells` defines a case's cells for the trigger
+(the report counts the days outside whole months from the rows, independently; tests compare the two).
+The acknowledgement times are counted per bucket (8 per doubling of the seconds); the expression index
+finds one bucket's referrals, from which the exact median is read.
 
 Revision ID: 0005_h15lp_links
-Revises: 0004_rule_service
+Revises: 0005_h15t_transfers
 Create Date: 2026-12-02
 """
 
@@ -22,20 +23,21 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_h15lp_links"
-down_revision: str | None = "0004_rule_service"
+down_revision: str | None = "0005_h15t_transfers"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 CELLS_FUNCTION = """
 CREATE FUNCTION case_count_cells(
     p_sex text, p_age_group text, p_ethnicity text, p_risk_level text, p_source text, p_violence_types jsonb,
-    p_children_count integer, p_status text, p_repeat boolean
+    p_children_count integer, p_status text, p_repeat boolean, p_transferred_out boolean
 ) RETURNS TABLE (dimension text, value text) LANGUAGE sql IMMUTABLE AS $$
     SELECT t.d, t.v FROM (VALUES
         ('total', 'all'),
         ('with_children', CASE WHEN p_children_count > 0 THEN 'yes' END),
         ('closed', CASE WHEN p_status = 'closed' THEN 'yes' END),
         ('repeat', CASE WHEN p_repeat THEN 'yes' END),
+        ('transferred_out', CASE WHEN p_transferred_out THEN 'yes' END),
         ('sex', coalesce(p_sex, 'unknown')),
         ('age_group', coalesce(p_age_group, 'unknown')),
         ('ethnicity', coalesce(p_ethnicity, 'undisclosed')),
@@ -50,11 +52,12 @@ $$
 """
 
 CASE_ROWS = """
-    SELECT c.municipality, date_trunc('month', c.reported_at AT TIME ZONE 'UTC')::date AS month,
-           cell.dimension, cell.value, {sign} AS n
+    SELECT c.reported_municipality AS municipality,
+           date_trunc('month', c.reported_at AT TIME ZONE 'UTC')::date AS month, cell.dimension, cell.value,
+           {sign} AS n
     FROM {rows} c CROSS JOIN LATERAL case_count_cells(
         c.sex, c.age_group, c.ethnicity, c.risk_level, c.source, c.violence_types, c.children_count, c.status,
-        c.repeat) AS cell
+        c.repeat, c.municipality <> c.reported_municipality) AS cell
 """
 CASE_UPSERT = """
     INSERT INTO case_counts AS t (municipality, month, dimension, value, n)
@@ -167,7 +170,9 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_rollup_{op_name} ON {table}")
     op.execute("DROP FUNCTION IF EXISTS referral_counts_apply()")
     op.execute("DROP FUNCTION IF EXISTS case_counts_apply()")
-    op.execute("DROP FUNCTION IF EXISTS case_count_cells(text, text, text, text, text, jsonb, integer, text, boolean)")
+    op.execute(
+        "DROP FUNCTION IF EXISTS case_count_cells(text, text, text, text, text, jsonb, integer, text, boolean, boolean)"
+    )
     op.execute("DROP INDEX IF EXISTS ix_referrals_ack_bucket")
     op.drop_table("referral_ack_buckets")
     op.drop_table("referral_counts")
