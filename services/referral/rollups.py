@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 CASE_CELLS_ROLLUP = sa.text(
     """
     SELECT municipality, dimension, value, sum(n) AS n FROM case_counts
-    WHERE municipality = :m AND month = ANY(CAST(:months AS date[]))
+    WHERE municipality = :m AND month = ANY(CAST(:whole_months AS date[]))
     GROUP BY 1, 2, 3
     """
 )
@@ -73,7 +73,7 @@ def _cells_of(row: Any) -> Iterator[tuple[tuple[str, str, str], int]]:
 REFERRALS_ROLLUP = sa.text(
     """
     SELECT to_member_kind, status, sum(n) AS n, sum(breaches) AS breaches FROM referral_counts
-    WHERE municipality = :m AND month = ANY(CAST(:months AS date[]))
+    WHERE municipality = :m AND month = ANY(CAST(:whole_months AS date[]))
     GROUP BY 1, 2
     """
 )
@@ -87,7 +87,7 @@ REFERRALS_ROWS = sa.text(
 ACK_BUCKETS_ROLLUP = sa.text(
     """
     SELECT bucket, sum(n) AS n FROM referral_ack_buckets
-    WHERE municipality = :m AND month = ANY(CAST(:months AS date[]))
+    WHERE municipality = :m AND month = ANY(CAST(:whole_months AS date[]))
     GROUP BY 1
     """
 )
@@ -148,7 +148,7 @@ def split(start: date, end: date, *, rollups: bool = True) -> Period:
 def _parts(period: Period, params: dict[str, Any]) -> Iterator[tuple[bool, dict[str, Any]]]:
     """(from the rollup?, parameters) for each part of the period that has days in it."""
     if period.months:
-        yield True, {**params, "months": period.months}
+        yield True, {**params, "whole_months": period.months}
     for a, b in period.edges:
         yield False, {**params, "start": a, "end": b}
 
