@@ -137,7 +137,6 @@ async def report_case(
         return await idempotency.replay(
             session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
         )
-    request.app.state.runtime.relay.wake()
     return JSONResponse(answer, status_code=201)
 
 
@@ -262,7 +261,6 @@ async def assess_risk(
                 yes_count=result.yes_count,
                 red_flags=result.red_flags,
             )
-    request.app.state.runtime.relay.wake()
     return RiskAssessmentResult(
         id=assessment.id,
         risk_level=RiskLevel(case.risk_level),
@@ -302,7 +300,6 @@ async def record_protection_order(
         await session.flush()
         await service.record_audit(session, principal, case, "case.protection_order_recorded")
         await events.protection_order_recorded(session, request.app.state.settings, case, order)
-    request.app.state.runtime.relay.wake()
     return casefile.order_out(order)
 
 
@@ -345,7 +342,6 @@ async def change_consent(
             share_with=share_with,
             withdrawn=sorted({kind.value for kind in body.withdraw}),
         )
-    request.app.state.runtime.relay.wake()
     return casefile.consent_out(records.consents, case.facts.get("consent_given_at"))
 
 
@@ -364,7 +360,6 @@ async def close_case(
         await session.flush()
         await service.record_audit(session, principal, case, "case.closed")
         await events.case_closed(session, request.app.state.settings, case)
-    request.app.state.runtime.relay.wake()
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.closed, closed_at=case.closed_at)
 
 
@@ -383,7 +378,6 @@ async def reopen_case(
         await session.flush()
         await service.record_audit(session, principal, case, "case.reopened")
         await events.case_reopened(session, request.app.state.settings, case)
-    request.app.state.runtime.relay.wake()
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.open)
 
 

@@ -76,10 +76,6 @@ def _sealer(request: Request) -> TextSealer:
     return sealer
 
 
-def _wake(request: Request) -> None:
-    request.app.state.runtime.relay.wake()
-
-
 async def member_ids_of(session: AsyncSession, principal: Principal) -> set[uuid.UUID]:
     """The directory members the caller acts for: the `member_id` claim, and for shelter staff
     also the member their shelter is (from `shelter.availability_changed`)."""
@@ -139,7 +135,6 @@ async def create_member(body: MemberIn, principal: DirectoryWriter, session: Ses
         session.add(member)
         await session.flush()
         await events.member_saved(session, request.app.state.settings, member)
-    _wake(request)
     return member_out(member)
 
 
@@ -187,7 +182,6 @@ async def _save_member(
         member.updated_at = _now()
         await session.flush()
         await events.member_saved(session, request.app.state.settings, member)
-    _wake(request)
     return member_out(member)
 
 
@@ -440,7 +434,6 @@ async def create_referral(
         session.add(referral)
         await session.flush()
         await events.referral_created(session, request.app.state.settings, referral)
-    _wake(request)
     return referral_out(referral, _sealer(request))
 
 
@@ -497,7 +490,6 @@ async def act_on_referral(
         await events.referral_status_changed(
             session, request.app.state.settings, referral, previous, principal.role.value, now
         )
-    _wake(request)
     return referral_out(referral, _sealer(request))
 
 
@@ -552,7 +544,6 @@ async def create_meeting(body: MeetingIn, principal: Coordinator, session: Sessi
         session.add(meeting)
         await session.flush()
         await events.meeting_scheduled(session, request.app.state.settings, meeting)
-    _wake(request)
     return meeting_out(meeting)
 
 
@@ -649,7 +640,6 @@ async def record_minutes(
         meeting.held = True
         await session.flush()
         await events.minutes_recorded(session, request.app.state.settings, meeting, actions)
-    _wake(request)
     return MinutesOut(meeting=meeting_out(meeting), actions=[action_out(a, sealer) for a in actions])
 
 

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shelter import domain, events
-from services.shelter.config import ShelterConfig
 from services.shelter.contact import ContactSealer
+from services.shelter.context import config_of, known_case, text_sealer_of
 from services.shelter.models import CaseProjection, DirectoryMember, Placement, Shelter
 from services.shelter.schemas import (
     AvailabilityUpdate,
@@ -40,11 +40,6 @@ SHELTERS = Shelter.__table__  # type: ignore[attr-defined]
 PLACEMENTS = Placement.__table__  # type: ignore[attr-defined]
 
 
-def config_of(request: Request) -> ShelterConfig:
-    config: ShelterConfig = request.app.state.shelter_config
-    return config
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -64,12 +59,6 @@ def works_at(principal: Principal, shelter_id: uuid.UUID) -> bool:
 
 def sealer_of(request: Request) -> ContactSealer:
     sealer: ContactSealer = request.app.state.shelter_sealer
-    return sealer
-
-
-def text_sealer_of(request: Request) -> TextSealer:
-    """Free text at rest (discharge and decision reasons): sealed like names (shared/sealed.py)."""
-    sealer: TextSealer = request.app.state.text_sealer
     return sealer
 
 
@@ -160,7 +149,6 @@ async def register_shelter(
         session.add(shelter)
         await session.flush()
         await events.availability_changed(session, request.app.state.settings, shelter, previous_free_beds=free)
-    request.app.state.runtime.relay.wake()
     response.headers["ETag"] = domain.etag(shelter.version)
     response.headers["Location"] = f"/v1/shelters/{shelter.id}"
     return shelter_out(shelter, principal, sealer_of(request))
@@ -237,27 +225,11 @@ async def update_availability(
         await session.flush()
         if previous != shelter.free_beds:
             await events.availability_changed(session, request.app.state.settings, shelter, previous_free_beds=previous)
-    request.app.state.runtime.relay.wake()
     response.headers["ETag"] = domain.etag(shelter.version)
     return shelter_out(shelter, principal, sealer_of(request))
 
 
 # --- placements ----------------------------------------------------------------------------------
-
-
-async def known_case(
-    session: AsyncSession, case_id: uuid.UUID, municipality: str, config: ShelterConfig
-) -> CaseProjection | None:
-    """The projected case for a new placement or application, or None while intake's event has not arrived
-    (allowed unless configured); 409 while the case is closed."""
-    case = await session.get(CaseProjection, case_id)
-    if case is not None and case.municipality != municipality:
-        raise not_found("case")
-    if case is None and config.require_known_case:
-        raise Problem(404, "Unknown case: intake has not reported it (yet).", title="Unknown case")
-    if case is not None and case.closed_at is not None:
-        raise conflict("The case is closed; reopen it at intake first.")
-    return case
 
 
 def placement_out(placement: Placement, case: CaseProjection | None, sealer: TextSealer) -> PlacementOut:
@@ -315,7 +287,6 @@ async def place(
         return await idempotency.replay(
             session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
         )
-    request.app.state.runtime.relay.wake()
     response.headers["Location"] = f"/v1/placements/{placement.id}"
     return out
 
@@ -418,7 +389,6 @@ async def discharge(
         assert shelter is not None
         if before != shelter.free_beds:
             await events.availability_changed(session, settings, shelter, previous_free_beds=before)
-    request.app.state.runtime.relay.wake()
     return placement_out(placement, case, text_sealer_of(request))
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shelter import domain, events
-from services.shelter.api import config_of, known_case, text_sealer_of
+from services.shelter.context import config_of, known_case, text_sealer_of
 from services.shelter.models import CaseProjection, RentBonusApplication, RentBonusBudget, RentBonusPayment
 from services.shelter.schemas import ApplicationCreate, ApplicationOut, BudgetIn, BudgetOut, Decision, PaymentOut
 from shared import idempotency
@@ -287,7 +287,6 @@ async def decide(
         case = await session.get(CaseProjection, app.case_id)
         await events.rent_bonus_decided(session, request.app.state.settings, app, case.case_number if case else None)
         out = await _application_out(session, app, text_sealer_of(request))
-    request.app.state.runtime.relay.wake()
     return out
 
 
@@ -325,7 +324,6 @@ async def pay(payment_id: uuid.UUID, principal: HousingOfficer, session: Session
             case_number=case.case_number if case else None,
             paid_at=now,
         )
-    request.app.state.runtime.relay.wake()
     return _payment_out(payment)
 
 
