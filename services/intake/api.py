@@ -98,9 +98,10 @@ async def report_case(
     local_day = reported_at.astimezone(ZoneInfo(_config(request).timezone)).date()
     if body.survivor.date_of_birth is not None and body.survivor.date_of_birth > local_day:
         raise invalid(["body", "survivor", "date_of_birth"], "date_of_birth is after the report date")
-    body_hash = idempotency.request_hash(body)
+    once = idempotency.IdempotentRequest.of(
+        scope=body.municipality, caller=principal.sub, key=idempotency_key, body=body
+    )
     config = _config(request)
-    replay = False
     async with session.begin():
         screen = await service.load_screen(session, body.municipality)
         if body.risk_answers is not None and (unknown := domain.unknown_answers(screen, body.risk_answers)):
@@ -109,11 +110,7 @@ async def report_case(
                 "The request has invalid fields.",
                 errors=[{"loc": ["body", "risk_answers", qid], "msg": "unknown risk question"} for qid in unknown],
             )
-        if idempotency_key is not None:
-            replay = not await idempotency.claim(
-                session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-            )
-        if not replay:
+        if await once.claim(session):
             created = await casefile.create_case(
                 session,
                 settings=request.app.state.settings,
@@ -127,17 +124,9 @@ async def report_case(
                 config=config,
             )
             answer = jsonable(created)
-            if idempotency_key is not None:
-                await idempotency.remember(
-                    session, scope=body.municipality, caller=principal.sub, key=idempotency_key, status_code=201,
-                    answer=answer,
-                )
-    if replay:
-        assert idempotency_key is not None
-        return await idempotency.replay(
-            session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        )
-    return JSONResponse(answer, status_code=201)
+            await once.remember(session, 201, answer)
+            return JSONResponse(answer, status_code=201)
+    return await once.replay(session)
 
 
 # --- reading ---

@@ -268,27 +268,16 @@ async def place(
         raise invalid(["body", "adults"], "a placement needs at least one bed")
     if body.planned_until < date.today():
         raise invalid(["body", "planned_until"], "planned_until may not be in the past")
-    body_hash = idempotency.request_hash(body)
-    scope = principal.municipality
-    replayed = False
+    once = idempotency.IdempotentRequest.of(
+        scope=principal.municipality, caller=principal.sub, key=idempotency_key, body=body
+    )
     async with session.begin():
-        if idempotency_key is not None and not await idempotency.claim(
-            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        ):
-            replayed = True
-        else:
+        if await once.claim(session):
             placement, out = await _take_beds(session, body, principal, request, beds)
-            if idempotency_key is not None:
-                await idempotency.remember(
-                    session, scope=scope, caller=principal.sub, key=idempotency_key, status_code=201, answer=out
-                )
-    if replayed:
-        assert idempotency_key is not None
-        return await idempotency.replay(
-            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        )
-    response.headers["Location"] = f"/v1/placements/{placement.id}"
-    return out
+            await once.remember(session, 201, out)
+            response.headers["Location"] = f"/v1/placements/{placement.id}"
+            return out
+    return await once.replay(session)
 
 
 async def _take_beds(

@@ -123,23 +123,16 @@ async def apply(
 ) -> ApplicationOut | JSONResponse:
     """Submit an application (pending). With `Idempotency-Key`, a retry returns the first application."""
     require_own_municipality(principal, body.municipality)
-    if idempotency_key is None:
-        async with session.begin():
-            return await _submit(session, body, principal, request)
     # Its own scope: a key a caller also used for a placement is not mistaken for this request.
-    scope, body_hash = f"{body.municipality}:rent-bonus", idempotency.request_hash(body)
-    async with session.begin():
-        if await idempotency.claim(
-            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        ):
-            out = await _submit(session, body, principal, request)
-            await idempotency.remember(
-                session, scope=scope, caller=principal.sub, key=idempotency_key, status_code=201, answer=out
-            )
-            return out
-    return await idempotency.replay(
-        session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
+    once = idempotency.IdempotentRequest.of(
+        scope=f"{body.municipality}:rent-bonus", caller=principal.sub, key=idempotency_key, body=body
     )
+    async with session.begin():
+        if await once.claim(session):
+            out = await _submit(session, body, principal, request)
+            await once.remember(session, 201, out)
+            return out
+    return await once.replay(session)
 
 
 async def _submit(
