@@ -130,3 +130,33 @@ def test_no_module_of_a_service_imports_its_router() -> None:
         if module.startswith("services.") and module.endswith(".api")
     ]
     assert arrows == []
+
+
+@pytest.mark.parametrize("name", registry.SERVICES)
+def test_each_service_declares_its_tables_on_its_own_registry(name: str) -> None:
+    # One table registry per service (a SQLModel base with `registry=registry()`), never SQLModel's
+    # default metadata, which every service imported into one process would share.
+    import importlib
+
+    from sqlmodel import SQLModel
+
+    models = importlib.import_module(f"{registry.spec(name).package}.models")
+    tables = [
+        obj for obj in vars(models).values()
+        if isinstance(obj, type) and obj.__module__ == models.__name__ and hasattr(obj, "__table__")
+    ]
+    assert tables, f"{name} declares no table"
+    metadatas = {id(obj.__table__.metadata) for obj in tables}
+    assert len(metadatas) == 1, f"{name}'s tables sit on {len(metadatas)} registries"
+    assert all(obj.__table__.metadata is not SQLModel.metadata for obj in tables)
+
+
+def test_one_column_style_no_raw_table_attribute() -> None:
+    # Columns: `col(Model.field)` in ORM queries, `table_of(Model).c.field` in Core statements
+    # (shared/db.py); `Model.__table__` with a type-ignore is the third style this replaces.
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "services").rglob("*.py"))
+        if "migrations" not in path.parts and ".__table__" in path.read_text()
+    ]
+    assert offenders == []

@@ -32,6 +32,7 @@ from services.notifications.models import (
     Subscription,
 )
 from shared import observability
+from shared.db import table_of
 from shared.events import (
     INTAKE_TOPIC,
     NOTIFICATIONS_TOPIC,
@@ -137,7 +138,7 @@ class EventHandler:
             "expires_at": _parse_time(data.get("expires_at")),
         }
         stmt = pg_insert(ProtectionOrder).values(**values)
-        table = ProtectionOrder.__table__  # type: ignore[attr-defined]
+        table = table_of(ProtectionOrder)
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=["order_id"],
@@ -365,7 +366,7 @@ async def _save_case_police(session: AsyncSession, event: Envelope) -> None:
         return
     if not case_id or not member_id:
         return
-    table = CasePolice.__table__  # type: ignore[attr-defined]
+    table = table_of(CasePolice)
     stmt = pg_insert(table).values(
         {"case_id": str(case_id), "municipality": event.municipality, column: str(member_id)}
     )

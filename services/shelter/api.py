@@ -26,7 +26,7 @@ from services.shelter.schemas import (
 )
 from shared import idempotency
 from shared.auth import ALL_ROLES, Principal, Role, allow, require_own_municipality
-from shared.db import SessionDep
+from shared.db import SessionDep, table_of
 from shared.errors import Problem, conflict, forbidden, invalid, not_found
 from shared.sealed import TextSealer
 
@@ -36,8 +36,8 @@ Anyone = Annotated[Principal, Depends(allow(ALL_ROLES))]
 Registrar = Annotated[Principal, Depends(allow(Role.admin, Role.coordinator))]
 BedKeeper = Annotated[Principal, Depends(allow(Role.shelter_staff, Role.coordinator))]
 
-SHELTERS = Shelter.__table__  # type: ignore[attr-defined]
-PLACEMENTS = Placement.__table__  # type: ignore[attr-defined]
+SHELTERS = table_of(Shelter)
+PLACEMENTS = table_of(Placement)
 
 
 def _now() -> datetime:

@@ -19,7 +19,7 @@ from services.shelter.models import CaseProjection, RentBonusApplication, RentBo
 from services.shelter.schemas import ApplicationCreate, ApplicationOut, BudgetIn, BudgetOut, Decision, PaymentOut
 from shared import idempotency
 from shared.auth import Principal, Role, allow, require_own_municipality
-from shared.db import SessionDep
+from shared.db import SessionDep, table_of
 from shared.errors import Problem, conflict, invalid, not_found
 from shared.sealed import TextSealer
 from shared.text import SLUG_PATTERN
@@ -32,9 +32,9 @@ BudgetReader = Annotated[Principal, Depends(allow(Role.housing_officer, Role.coo
 Year = Annotated[int, Path(ge=2000, le=2100)]
 MunicipalityPath = Annotated[str, Path(pattern=SLUG_PATTERN)]
 
-APPS = RentBonusApplication.__table__  # type: ignore[attr-defined]
-PAYMENTS = RentBonusPayment.__table__  # type: ignore[attr-defined]
-BUDGETS = RentBonusBudget.__table__  # type: ignore[attr-defined]
+APPS = table_of(RentBonusApplication)
+PAYMENTS = table_of(RentBonusPayment)
+BUDGETS = table_of(RentBonusBudget)
 
 
 def _now() -> datetime:
