@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from services.intake import domain
 from services.intake.models import Case, ReferralAccess
@@ -22,7 +23,7 @@ async def get_visible_case(
     session: AsyncSession, principal: Principal, case_id: uuid.UUID, *, for_update: bool = False
 ) -> Case:
     """The case if the caller may see it; 404 otherwise (another municipality, or not theirs)."""
-    stmt = sa.select(Case).where(Case.id == case_id)  # type: ignore[arg-type]
+    stmt = sa.select(Case).where(col(Case.id) == case_id)
     if for_update:
         stmt = stmt.with_for_update()
     case = (await session.execute(stmt)).scalar_one_or_none()
@@ -51,9 +52,9 @@ def readable_referral(case_id: Any, member_id: Any) -> sa.ColumnElement[bool]:
     return (
         sa.select(sa.literal(1))
         .where(
-            ReferralAccess.case_id == case_id,  # type: ignore[arg-type]
-            ReferralAccess.member_id == member_id,  # type: ignore[arg-type]
-            ReferralAccess.status.in_(READABLE_STATUSES),  # type: ignore[attr-defined]
+            col(ReferralAccess.case_id) == case_id,
+            col(ReferralAccess.member_id) == member_id,
+            col(ReferralAccess.status).in_(READABLE_STATUSES),
         )
         .exists()
     )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from services.intake.access import CaseHidden
 from services.intake.models import AuditEntry, Case
@@ -72,7 +73,7 @@ async def record_forbidden(session: AsyncSession, principal: Principal, case_id:
 async def audit_trail(session: AsyncSession, case_id: uuid.UUID) -> list[AuditEntry]:
     rows = await session.execute(
         sa.select(AuditEntry)
-        .where(AuditEntry.case_id == case_id)  # type: ignore[arg-type]
-        .order_by(AuditEntry.id)  # type: ignore[arg-type]
+        .where(col(AuditEntry.case_id) == case_id)
+        .order_by(col(AuditEntry.id))
     )
     return list(rows.scalars())
