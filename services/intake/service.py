@@ -1,4 +1,4 @@
-"""Intake's persistence: case numbers, the risk screen, listing cases (cursor), a case's records.
+"""Intake's persistence: case numbers, the risk screen, listing cases (`shared.paging`), a case's records.
 
 The other ideas live in their own modules: the audit trail (`trail.py`; its hash chain in `audit.py`),
 who may see a case (`access.py`), the keyed-trigram search SQL and key census (`search_index.py`).
@@ -7,12 +7,8 @@ Their names are re-exported here for the callers that still say `service.<name>`
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -29,6 +25,7 @@ from services.intake.models import (
     RiskScreenConfig,
 )
 from shared.db import table_of
+from shared.paging import Keyset, fetch_page
 
 
 async def next_case_number(session: AsyncSession, *, municipality: str, year: int, prefix: str) -> str:
@@ -61,21 +58,7 @@ async def load_screen(session: AsyncSession, municipality: str) -> domain.RiskSc
 T = TypeVar("T", RiskAssessment, ProtectionOrder, ConsentRecord)
 
 
-def encode_cursor(reported_at: datetime, case_id: uuid.UUID) -> str:
-    raw = json.dumps([reported_at.isoformat(), str(case_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, case_id = json.loads(raw)
-        parsed = datetime.fromisoformat(at)
-        if parsed.tzinfo is None:
-            return None
-        return parsed, uuid.UUID(case_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        return None
+CASE_ORDER = Keyset("cases", (Case.reported_at, Case.id), descending=True)  # newest first
 
 
 async def search_cases(
@@ -87,10 +70,11 @@ async def search_cases(
     q: str | None,
     keys: list[str],
     threshold: float,
-    after: tuple[datetime, uuid.UUID] | None,
+    cursor: str | None,
     limit: int,
-) -> list[tuple[Case, float | None]]:
-    """Newest first, keyset-paginated; `q` matches names (keyed trigrams) or case numbers (pg_trgm/ILIKE)."""
+) -> tuple[list[tuple[Case, float | None]], str | None]:
+    """Newest first, keyset-paginated (`shared.paging`); `q` matches names (keyed trigrams) or case
+    numbers (pg_trgm/ILIKE). Returns the page and the next page's cursor (a bad cursor is a 422)."""
     score_sql = sa.literal(None, sa.Float).label("score")
     stmt = sa.select(Case).where(Case.municipality == municipality)  # type: ignore[arg-type]
     if status:
@@ -115,9 +99,7 @@ async def search_cases(
             score_sql = hits.c.score.label("score")
         else:
             stmt = stmt.where(by_number)
-    if after is not None:
-        stmt = stmt.where(sa.tuple_(Case.reported_at, Case.id) < sa.tuple_(after[0], after[1]))
-    stmt = stmt.add_columns(score_sql).order_by(Case.reported_at.desc(), Case.id.desc()).limit(limit)  # type: ignore[attr-defined]
+    stmt = stmt.add_columns(score_sql)
     params: dict[str, Any] = {
         "keys": keys,
         "n": max(len(keys), 1),
@@ -125,8 +107,8 @@ async def search_cases(
         "m": municipality,
         "threshold": threshold,
     }
-    rows: list[Any] = list((await session.execute(stmt, params)).all())
-    return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows]
+    rows, next_cursor = await fetch_page(session, stmt, CASE_ORDER, limit, cursor, params=params, scalars=False)
+    return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows], next_cursor
 
 
 # --- reading a case ---
@@ -203,8 +185,6 @@ __all__ = [
     "census_bucket",
     "count_survivor_keys",
     "current_consent",
-    "decode_cursor",
-    "encode_cursor",
     "get_visible_case",
     "is_referred",
     "load_screen",

@@ -13,6 +13,7 @@ from services.intake.access import CaseHidden
 from services.intake.models import AuditEntry, Case
 from shared.auth import Principal
 from shared.db import table_of
+from shared.paging import Keyset, fetch_page
 
 
 async def record_audit(session: AsyncSession, principal: Principal, case: Case, action: str) -> None:
@@ -70,10 +71,12 @@ async def record_forbidden(session: AsyncSession, principal: Principal, case_id:
     )
 
 
-async def audit_trail(session: AsyncSession, case_id: uuid.UUID) -> list[AuditEntry]:
-    rows = await session.execute(
-        sa.select(AuditEntry)
-        .where(col(AuditEntry.case_id) == case_id)
-        .order_by(col(AuditEntry.id))
-    )
-    return list(rows.scalars())
+AUDIT_ORDER = Keyset("audit", (AuditEntry.id,))  # the order of the hash chain
+
+
+async def audit_trail(
+    session: AsyncSession, case_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> tuple[list[AuditEntry], str | None]:
+    """One page of a case's trail, oldest first, and the next page's cursor."""
+    stmt = sa.select(AuditEntry).where(col(AuditEntry.case_id) == case_id)
+    return await fetch_page(session, stmt, AUDIT_ORDER, limit, cursor)

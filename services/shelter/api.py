@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shelter import domain, events
 from services.shelter.contact import ContactSealer
-from services.shelter.context import config_of, known_case, text_sealer_of
+from services.shelter.context import await_case, config_of, known_case, text_sealer_of
 from services.shelter.models import CaseProjection, DirectoryMember, Placement, Shelter
 from services.shelter.schemas import (
     AvailabilityUpdate,
@@ -28,6 +28,8 @@ from shared import idempotency
 from shared.auth import ALL_ROLES, Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep, table_of
 from shared.errors import Problem, conflict, forbidden, invalid, not_found
+from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
+from shared.projection import PROJECTION_RESPONSES
 from shared.sealed import TextSealer
 
 router = APIRouter(prefix="/v1", tags=["shelters"])
@@ -154,7 +156,11 @@ async def register_shelter(
     return shelter_out(shelter, principal, sealer_of(request))
 
 
-@router.get("/shelters", response_model=list[ShelterOut], response_model_exclude_unset=True)
+SHELTER_ORDER = Keyset("shelters", (SHELTERS.c.municipality, SHELTERS.c.name, SHELTERS.c.id))
+PLACEMENT_ORDER = Keyset("placements", (PLACEMENTS.c.started_at, PLACEMENTS.c.id), descending=True)
+
+
+@router.get("/shelters", response_model=Page[ShelterOut], response_model_exclude_unset=True)
 async def list_shelters(
     principal: Anyone,
     session: SessionDep,
@@ -162,12 +168,16 @@ async def list_shelters(
     municipality: Slug | None = None,
     min_free_beds: Annotated[int | None, Query(ge=0, le=10_000)] = None,
     accepts_children: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[ShelterOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[ShelterOut]:
     """Shelters of the caller's municipality with their free beds; e.g. `min_free_beds=3&accepts_children=true`."""
+    if cursor is not None:
+        SHELTER_ORDER.decode(cursor)  # a bad cursor is a 422 whatever the filter
     if municipality is not None and not principal.sees_municipality(municipality):
-        return []  # another municipality's shelters do not exist for this caller
-    stmt = sa.select(Shelter).order_by(SHELTERS.c.municipality, SHELTERS.c.name, SHELTERS.c.id)
+        # Another municipality's shelters do not exist for this caller.
+        return Page[ShelterOut](items=[], next_cursor=None)
+    stmt = sa.select(Shelter)
     if municipality is not None:
         stmt = stmt.where(SHELTERS.c.municipality == municipality)
     elif principal.municipality != "*":
@@ -177,9 +187,9 @@ async def list_shelters(
     if accepts_children is not None:
         stmt = stmt.where(SHELTERS.c.accepts_children == accepts_children)
     async with session.begin():
-        shelters = (await session.execute(stmt.limit(limit))).scalars().all()
+        shelters, next_cursor = await fetch_page(session, stmt, SHELTER_ORDER, limit, cursor)
     sealer = sealer_of(request)
-    return [shelter_out(s, principal, sealer) for s in shelters]
+    return Page[ShelterOut](items=[shelter_out(s, principal, sealer) for s in shelters], next_cursor=next_cursor)
 
 
 @router.get("/shelters/{shelter_id}", response_model=ShelterOut, response_model_exclude_unset=True)
@@ -250,7 +260,7 @@ def placement_out(placement: Placement, case: CaseProjection | None, sealer: Tex
     )
 
 
-@router.post("/placements", status_code=201, response_model=PlacementOut)
+@router.post("/placements", status_code=201, response_model=PlacementOut, responses=PROJECTION_RESPONSES)
 async def place(
     body: PlacementCreate,
     principal: BedKeeper,
@@ -271,6 +281,7 @@ async def place(
     once = idempotency.IdempotentRequest.of(
         scope=principal.municipality, caller=principal.sub, key=idempotency_key, body=body
     )
+    await await_case(session, request, body.case_id)
     async with session.begin():
         if await once.claim(session):
             placement, out = await _take_beds(session, body, principal, request, beds)
@@ -381,7 +392,7 @@ async def discharge(
     return placement_out(placement, case, text_sealer_of(request))
 
 
-@router.get("/placements", response_model=list[PlacementOut])
+@router.get("/placements", response_model=Page[PlacementOut])
 async def list_placements(
     principal: BedKeeper,
     session: SessionDep,
@@ -389,20 +400,21 @@ async def list_placements(
     shelter_id: uuid.UUID | None = None,
     case_id: uuid.UUID | None = None,
     active: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[PlacementOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[PlacementOut]:
     """Placements of the municipality (shelter staff: of their own shelter only), newest first."""
+    if cursor is not None:
+        PLACEMENT_ORDER.decode(cursor)  # a bad cursor is a 422 whatever the filter
     stmt = (
         sa.select(Placement, CaseProjection)
         .outerjoin(CaseProjection, CaseProjection.case_id == PLACEMENTS.c.case_id)  # type: ignore[arg-type]
         .where(PLACEMENTS.c.municipality == principal.municipality)
-        .order_by(PLACEMENTS.c.started_at.desc(), PLACEMENTS.c.id)
-        .limit(limit)
     )
     if principal.role is Role.shelter_staff:
         own = _uuid_or_none(principal.shelter_id)
         if own is None or (shelter_id is not None and shelter_id != own):
-            return []
+            return Page[PlacementOut](items=[])
         stmt = stmt.where(PLACEMENTS.c.shelter_id == own)
     if shelter_id is not None:
         stmt = stmt.where(PLACEMENTS.c.shelter_id == shelter_id)
@@ -413,9 +425,9 @@ async def list_placements(
     elif active is False:
         stmt = stmt.where(PLACEMENTS.c.ended_at.is_not(None))
     async with session.begin():
-        rows = (await session.execute(stmt)).all()
+        rows, next_cursor = await fetch_page(session, stmt, PLACEMENT_ORDER, limit, cursor, scalars=False)
     sealer = text_sealer_of(request)
-    return [placement_out(p, c, sealer) for p, c in rows]
+    return Page[PlacementOut](items=[placement_out(p, c, sealer) for p, c in rows], next_cursor=next_cursor)
 
 
 @router.get("/placements/{placement_id}", response_model=PlacementOut)
