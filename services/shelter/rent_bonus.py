@@ -219,6 +219,30 @@ async def _lock_budget(session: AsyncSession, municipality: str, year: int) -> R
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def _require_budget(session: AsyncSession, municipality: str, start: date, months: int, amount: Decimal) -> None:
+    """409 unless each calendar year's budget has room for its share of the approval.
+
+    Budget rows are locked in year order: concurrent decisions queue here and never deadlock."""
+    for year, share in domain.commitment_by_year(start, months, amount).items():
+        budget = await _lock_budget(session, municipality, year)
+        if budget is None:
+            raise conflict(
+                f"No rent-bonus budget is set for {year}.",
+                type_="https://mkr.al/problems/budget-exhausted",
+                year=year,
+            )
+        committed, _ = await _committed(session, municipality, year)
+        left = domain.remaining(budget.amount, committed)
+        if share > left:
+            raise conflict(
+                f"The {year} budget has {left} left; this approval needs {share}.",
+                type_="https://mkr.al/problems/budget-exhausted",
+                year=year,
+                remaining=str(left),
+                needed=str(share),
+            )
+
+
 @router.post("/applications/{application_id}/decision", response_model=ApplicationOut)
 async def decide(
     application_id: uuid.UUID, body: Decision, principal: HousingOfficer, session: SessionDep, request: Request
@@ -241,25 +265,7 @@ async def decide(
                 raise conflict("The case is closed; reopen it at intake first, or reject the application.")
             assert body.monthly_amount is not None and body.start_month is not None and body.months is not None
             start = domain.parse_month(body.start_month)
-            # Budget rows locked in year order: concurrent decisions queue here and never deadlock.
-            for year, share in domain.commitment_by_year(start, body.months, body.monthly_amount).items():
-                budget = await _lock_budget(session, app.municipality, year)
-                if budget is None:
-                    raise conflict(
-                        f"No rent-bonus budget is set for {year}.",
-                        type_="https://mkr.al/problems/budget-exhausted",
-                        year=year,
-                    )
-                committed, _ = await _committed(session, app.municipality, year)
-                left = domain.remaining(budget.amount, committed)
-                if share > left:
-                    raise conflict(
-                        f"The {year} budget has {left} left; this approval needs {share}.",
-                        type_="https://mkr.al/problems/budget-exhausted",
-                        year=year,
-                        remaining=str(left),
-                        needed=str(share),
-                    )
+            await _require_budget(session, app.municipality, start, body.months, body.monthly_amount)
             months = domain.payment_months(start, body.months)
             for month in months:
                 session.add(
