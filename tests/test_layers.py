@@ -160,3 +160,21 @@ def test_one_column_style_no_raw_table_attribute() -> None:
         if "migrations" not in path.parts and ".__table__" in path.read_text()
     ]
     assert offenders == []
+
+
+def test_plumbing_is_written_once() -> None:
+    # The outbox's NOTIFY trigger wakes the relay (tests/shared/test_outbox_notify.py): no hand-written wake;
+    # every LISTEN goes through shared/listener.py.
+    sources = {
+        path: path.read_text()
+        for root in ("services", "shared")
+        for path in sorted((ROOT / root).rglob("*.py"))
+        if "migrations" not in path.parts
+    }
+    woken = [str(p.relative_to(ROOT)) for p, text in sources.items() if "relay.wake()" in text]
+    assert woken == []
+    listening = [
+        str(p.relative_to(ROOT)) for p, text in sources.items()
+        if "add_listener(" in text and p != ROOT / "shared" / "listener.py"
+    ]
+    assert listening == []
