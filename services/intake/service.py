@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from services.intake import domain
 from services.intake.models import (
@@ -76,14 +77,14 @@ async def search_cases(
     """Newest first, keyset-paginated (`shared.paging`); `q` matches names (keyed trigrams) or case
     numbers (pg_trgm/ILIKE). Returns the page and the next page's cursor (a bad cursor is a 422)."""
     score_sql = sa.literal(None, sa.Float).label("score")
-    stmt = sa.select(Case).where(Case.municipality == municipality)  # type: ignore[arg-type]
+    stmt = sa.select(Case).where(col(Case.municipality) == municipality)
     if status:
-        stmt = stmt.where(Case.status == status)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Case.status) == status)
     if risk_level:
-        stmt = stmt.where(Case.risk_level == risk_level)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Case.risk_level) == risk_level)
     if q:
         like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        by_number = Case.case_number.ilike(like)  # type: ignore[attr-defined]
+        by_number = col(Case.case_number).ilike(like)
         if keys:
             hits = (
                 sa.text(

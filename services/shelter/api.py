@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from services.shelter import domain, events
 from services.shelter.contact import ContactSealer
@@ -408,7 +409,7 @@ async def list_placements(
         PLACEMENT_ORDER.decode(cursor)  # a bad cursor is a 422 whatever the filter
     stmt = (
         sa.select(Placement, CaseProjection)
-        .outerjoin(CaseProjection, CaseProjection.case_id == PLACEMENTS.c.case_id)  # type: ignore[arg-type]
+        .outerjoin(CaseProjection, col(CaseProjection.case_id) == PLACEMENTS.c.case_id)
         .where(PLACEMENTS.c.municipality == principal.municipality)
     )
     if principal.role is Role.shelter_staff:
