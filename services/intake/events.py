@@ -17,7 +17,9 @@ from shared.settings import Settings
 SOURCE = "mkr/intake"
 
 
-async def _emit(session: AsyncSession, settings: Settings, case: Case, type_: str, data: dict[str, Any]) -> None:
+async def _emit(
+    session: AsyncSession, settings: Settings, case: Case, type_: str, data: dict[str, Any]
+) -> uuid.UUID:
     event = make_event(
         type_=type_,
         source=SOURCE,
@@ -26,12 +28,14 @@ async def _emit(session: AsyncSession, settings: Settings, case: Case, type_: st
         data={"case_id": str(case.id), "case_number": case.case_number, **data},
     )
     await publish(session, settings, INTAKE_TOPIC, event, key=str(case.id))
+    return event.id
 
 
-async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> None:
+async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> uuid.UUID:
+    """The event's id (the case number in it may still be the placeholder; see services/intake/numbering.py)."""
     facts = case.facts
     children = facts.get("children", [])
-    await _emit(
+    return await _emit(
         session,
         settings,
         case,

@@ -12,37 +12,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from services.intake import domain
 from services.intake.models import (
     Case,
-    CaseCounter,
+    CaseTransfer,
     ConsentRecord,
     ProtectionOrder,
     RiskAssessment,
     RiskScreenConfig,
 )
-from shared.db import table_of
 from shared.paging import Keyset, fetch_page
-
-
-async def next_case_number(session: AsyncSession, *, municipality: str, year: int, prefix: str) -> str:
-    """Gap-free per municipality and year: the counter row stays locked until the case commits."""
-    table = table_of(CaseCounter)
-    seq = (
-        await session.execute(
-            pg_insert(table)
-            .values(municipality=municipality, year=year, last_seq=1)
-            .on_conflict_do_update(
-                index_elements=[table.c.municipality, table.c.year], set_={"last_seq": table.c.last_seq + 1}
-            )
-            .returning(table.c.last_seq)
-        )
-    ).scalar_one()
-    return domain.format_case_number(prefix, year, int(seq))
 
 
 async def load_screen(session: AsyncSession, municipality: str) -> domain.RiskScreen:
@@ -84,7 +66,17 @@ async def search_cases(
         stmt = stmt.where(col(Case.risk_level) == risk_level)
     if q:
         like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        by_number = col(Case.case_number).ilike(like)
+        # A transferred case is found under the number it had before too (the paper file says that one).
+        before = (
+            sa.select(sa.literal(1))
+            .where(
+                col(CaseTransfer.case_id) == col(Case.id),
+                col(CaseTransfer.status) == "accepted",
+                col(CaseTransfer.from_case_number).ilike(like),
+            )
+            .exists()
+        )
+        by_number = sa.or_(col(Case.case_number).ilike(like), before)
         if keys:
             hits = (
                 sa.text(
@@ -189,7 +181,6 @@ __all__ = [
     "get_visible_case",
     "is_referred",
     "load_screen",
-    "next_case_number",
     "possible_duplicates",
     "probe_keys",
     "probe_size",
