@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=8, ge=1, le=200)
     db_max_overflow: int = Field(default=8, ge=0, le=200)
 
+    # Retention (issue #17): a case closed longer than this many years is anonymised by intake's
+    # once-only job (data key destroyed, identity and free text gone, coded facts kept); 0 = never.
+    retention_years_after_closure: int = Field(default=5, ge=0, le=100)
+    # How often intake looks for cases past retention.
+    retention_scan_seconds: float = Field(default=3600, gt=0)
+
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Where `mkr run` starts the embedded broker when MKR_KAFKA_BOOTSTRAP is not set.
     embedded_broker_port: int = Field(default=9092, ge=1, le=65535)

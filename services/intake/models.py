@@ -42,6 +42,20 @@ class Case(IntakeTable, table=True):
     closed_at: datetime | None = Field(default=None, sa_type=TZ)
     close_reason: str | None = None  # ciphertext
     created_at: datetime = Field(sa_type=TZ)
+    # Erased (on request or by retention): the data key is destroyed, `personal` holds no ciphertext.
+    erased_at: datetime | None = Field(default=None, sa_type=TZ)
+    erasure_reason: str | None = None  # sealed under the master key (the case's own key is gone)
+
+
+class CaseKey(IntakeTable, table=True):
+    """A case's own data key, wrapped by the master key (services/intake/casekeys.py). Deleting the row
+    crypto-shreds the case: its ciphertexts, in every copy and backup, no longer open."""
+
+    __tablename__ = "case_keys"
+
+    case_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id")
+    wrapped: str
+    created_at: datetime = Field(sa_type=TZ)
 
 
 class CaseCounter(IntakeTable, table=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -195,6 +195,12 @@ class SurvivorOut(BaseModel):
     disability: bool | None = None
 
 
+class ErasedSurvivor(BaseModel):
+    """The survivor of an erased case: nothing of her identity is left (CONTRACT §12)."""
+
+    erased: Literal[True] = True
+
+
 class IncidentOut(BaseModel):
     occurred_at: datetime | None = None
     violence_types: list[ViolenceType] = Field(default_factory=list)
@@ -248,7 +254,7 @@ class CaseOut(BaseModel):
     risk_level: RiskLevel
     source: Source
     reported_at: datetime
-    survivor: SurvivorOut
+    survivor: SurvivorOut | ErasedSurvivor
     children: list[Child]
     incident: IncidentOut
     needs: list[Need]
@@ -266,10 +272,11 @@ class CaseSummary(BaseModel):
     risk_level: RiskLevel
     source: Source
     reported_at: datetime
-    first_name: str
-    last_name: str
+    first_name: str | None  # None once the case is erased
+    last_name: str | None
     age_group: str
     score: float | None = None
+    erased: bool = False
 
 
 class CasePage(BaseModel):
@@ -314,6 +321,16 @@ class ProtectionOrderIn(Strict):
 
 class CloseIn(Strict):
     reason: str = Field(min_length=1, max_length=2000)
+
+
+class EraseIn(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ErasedOut(BaseModel):
+    id: uuid.UUID
+    case_number: str
+    erased_at: datetime
 
 
 class ReopenIn(Strict):

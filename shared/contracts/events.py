@@ -99,6 +99,13 @@ class CaseReopened(CaseEventData):
     pass
 
 
+class CaseAnonymised(CaseEventData):
+    """The case's identity and free text are erased (a lawful request, or retention after closure)."""
+
+    cause: Literal["request", "retention"]
+    erased_at: datetime | None = None
+
+
 # --- mkr.referral.events ----------------------------------------------------------------------------
 
 
@@ -233,6 +240,7 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.consent_changed": ("mkr.intake.events", ConsentChanged),
     "case.closed": ("mkr.intake.events", CaseClosed),
     "case.reopened": ("mkr.intake.events", CaseReopened),
+    "case.anonymised": ("mkr.intake.events", CaseAnonymised),
     "member.saved": ("mkr.referral.events", MemberSaved),
     "referral.created": ("mkr.referral.events", ReferralCreated),
     "referral.status_changed": ("mkr.referral.events", ReferralStatusChanged),
