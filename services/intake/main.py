@@ -21,6 +21,7 @@ from shared.auth import Principal
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.errors import Problem, problem_response
 from shared.events import REFERRAL_TOPIC
+from shared.pruning import pruning_job, shared_targets
 from shared.scheduler import periodic
 from shared.settings import Settings, get_settings
 
@@ -94,7 +95,11 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
         routers=[router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("case-access", [REFERRAL_TOPIC], on_referral_event)],
-        background=[key_census(config), erasure.retention_job(settings, cipher)],
+        background=[
+            key_census(config),
+            erasure.retention_job(settings, cipher),
+            pruning_job(settings, shared_targets(settings, idempotency=True)),
+        ],
         title="MKR intake",
     )
     app.state.intake_config = config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -11,7 +12,18 @@ from services.notifications.config import NotificationsConfig
 from services.notifications.delivery import Broadcaster, DeliveryWorker, Notifier, secret_cipher
 from services.notifications.events import CONSUMED_TOPICS, EventHandler, protection_order_scheduler
 from shared.app import ConsumerSpec, create_service_app
+from shared.pruning import PruneTarget, pruning_job, shared_targets
 from shared.settings import Settings, get_settings
+
+
+def prune_targets(settings: Settings, config: NotificationsConfig) -> list[PruneTarget]:
+    """The shared tables, and the webhook and e-mail deliveries once delivered or dead-lettered."""
+    finished = PruneTarget(
+        "deliveries",
+        "state IN ('succeeded', 'dead', 'cancelled') AND coalesce(delivered_at, last_attempt_at, created_at) < :cutoff",
+        lambda: timedelta(days=config.delivery_keep_days),
+    )
+    return [*shared_targets(settings, idempotency=False), finished]
 
 
 def create_app(settings: Settings | None = None, config: NotificationsConfig | None = None) -> FastAPI:
@@ -29,7 +41,8 @@ def create_app(settings: Settings | None = None, config: NotificationsConfig | N
         # One event per transaction: alert inserts take a global lock and bed events a row lock, in an order
         # that differs between events, so batches of two partitions could deadlock each other.
         consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config), max_batch=1)],
-        background=[notifier.run, worker.run, protection_order_scheduler(config)],
+        background=[notifier.run, worker.run, protection_order_scheduler(config),
+                    pruning_job(settings, prune_targets(settings, config))],
         title="MKR notifications",
     )
     app.state.notifications_config = config
