@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import casekeys
 from services.intake.casefile import personal_context
 from services.intake.events import case_anonymised
-from services.intake.models import AuditEntry, Case, ProtectionOrder, SurvivorIndex
+from services.intake.models import AuditEntry, Case, IdentityCorrection, ProtectionOrder, SurvivorIndex
 from shared.crypto import FieldCipher
 from shared.scheduler import claim_due, periodic
 from shared.settings import Settings
@@ -55,6 +55,11 @@ async def erase(
         sa.update(ProtectionOrder)
         .where(ProtectionOrder.case_id == case.id)  # type: ignore[arg-type]
         .values(court=None, reference=None)
+    )
+    await session.execute(
+        sa.update(IdentityCorrection)
+        .where(IdentityCorrection.case_id == case.id)  # type: ignore[arg-type]
+        .values(previous=None)
     )
     case.personal = ERASED
     case.close_reason = None

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
-from services.intake import erasure, service
+from services.intake import erasure, service, survivor_api
 from services.intake.api import router
 from services.intake.config import IntakeConfig
 from services.intake.events import on_referral_event
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
     app = create_service_app(
         name="intake",
         settings=settings,
-        routers=[router],
+        routers=[router, survivor_api.router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("case-access", [REFERRAL_TOPIC], on_referral_event)],
         background=[

@@ -58,6 +58,21 @@ class CaseKey(IntakeTable, table=True):
     created_at: datetime = Field(sa_type=TZ)
 
 
+class IdentityCorrection(IntakeTable, table=True):
+    """One correction of a survivor's identity fields (PATCH /v1/cases/{id}/survivor): who, when, which
+    fields; the values before are sealed under the case's own key (so erasure shreds them too)."""
+
+    __tablename__ = "identity_corrections"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    case_id: uuid.UUID = Field(foreign_key="cases.id", index=True)
+    at: datetime = Field(sa_type=TZ)
+    sub: str
+    role: str
+    fields: list[str] = Field(sa_column=sa.Column(postgresql.JSONB, nullable=False))
+    previous: str | None = None  # ciphertext of a JSON object; None once the case is erased
+
+
 class CaseCounter(IntakeTable, table=True):
     __tablename__ = "case_counters"
 

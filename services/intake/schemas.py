@@ -323,6 +323,35 @@ class CloseIn(Strict):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class SurvivorPatch(Strict):
+    """Identity fields to correct; only those given change. Names may not be null; a null phone, address
+    or date of birth removes it."""
+
+    first_name: str | None = Field(default=None, min_length=1, max_length=100)
+    last_name: str | None = Field(default=None, min_length=1, max_length=100)
+    date_of_birth: date | None = None
+    phone: str | None = Field(default=None, min_length=3, max_length=40)
+    address: str | None = Field(default=None, min_length=1, max_length=300)
+
+    @model_validator(mode="after")
+    def _names_not_null(self) -> SurvivorPatch:
+        for name in ("first_name", "last_name"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to correct")
+        if self.date_of_birth is not None and self.date_of_birth.year < 1900:
+            raise ValueError("date_of_birth is before 1900")
+        return self
+
+
+class CorrectionOut(BaseModel):
+    at: datetime
+    sub: str
+    role: str
+    fields: list[str]
+
+
 class EraseIn(Strict):
     reason: str = Field(min_length=1, max_length=2000)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.notifications import case_alerts
 from services.notifications.api import router
 from services.notifications.config import NotificationsConfig
 from services.notifications.delivery import Broadcaster, DeliveryWorker, Notifier, secret_cipher
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None, config: NotificationsConfig | N
     app = create_service_app(
         name="notifications",
         settings=settings,
-        routers=[router],
+        routers=[router, case_alerts.router],
         migrations=Path(__file__).parent / "migrations",
         # One event per transaction: alert inserts take a global lock and bed events a row lock, in an order
         # that differs between events, so batches of two partitions could deadlock each other.
