@@ -30,6 +30,7 @@ PEER_PARTS: tuple[tuple[str, str, str], ...] = (
     ("alerts", "notifications", "/v1/cases/{case_id}/alerts?limit=200"),
 )
 PEER_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+DEFAULT_PORTS = {"referral": 8002, "shelter": 8003, "notifications": 8004}  # CONTRACT §1
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class Peers:
         urls = {}
         for name in ("referral", "shelter", "notifications"):
             url = getattr(config, f"{name}_url")
-            urls[name] = str(url).rstrip("/") if url else f"http://127.0.0.1:{settings.port_of(name)}"  # type: ignore[arg-type]
+            local = f"http://127.0.0.1:{settings.port_of(name, DEFAULT_PORTS[name])}"
+            urls[name] = str(url).rstrip("/") if url else local
         return cls(urls, dict(transports or {}))
 
 
