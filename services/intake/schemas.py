@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from shared.paging import Page
+
 
 class Sex(StrEnum):
     female = "female"
@@ -279,9 +281,7 @@ class CaseSummary(BaseModel):
     erased: bool = False
 
 
-class CasePage(BaseModel):
-    items: list[CaseSummary]
-    next_cursor: str | None = None
+CasePage = Page[CaseSummary]
 
 
 class RiskAssessmentIn(Strict):
