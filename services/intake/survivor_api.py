@@ -26,6 +26,16 @@ def _peers(request: Request) -> survivor_file.Peers:
     return survivor_file.Peers.configured(request.app.state.settings, config, transports)
 
 
+async def _whole_trail(session: Any, case_id: uuid.UUID) -> list[Any]:
+    rows: list[Any] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await service.audit_trail(session, case_id, limit=200, cursor=cursor)
+        rows.extend(page)
+        if cursor is None:
+            return rows
+
+
 async def _intake_part(session: Any, request: Request, principal: Principal, case_id: uuid.UUID) -> dict[str, Any]:
     """What intake holds, read and audited (`case.exported`) in one transaction."""
     master: FieldCipher = request.app.state.cipher
@@ -35,7 +45,7 @@ async def _intake_part(session: Any, request: Request, principal: Principal, cas
         await service.record_audit(session, principal, case, "case.exported")
         cipher = await casekeys.cipher_for(session, master, case.id)
         history = await corrections.history(session, cipher, case.id)
-        trail = await service.audit_trail(session, case.id)
+        trail = await _whole_trail(session, case.id)
     return {
         "case": jsonable(casefile.case_out(cipher, principal, case, records)),
         "identity_history": history,

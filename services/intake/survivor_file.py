@@ -51,19 +51,38 @@ class Peers:
         return cls(urls, dict(transports or {}))
 
 
-async def _fetch(peers: Peers, service: str, path: str, authorization: str) -> tuple[int, Any]:
-    async with httpx.AsyncClient(base_url=peers.urls[service], transport=peers.transports.get(service),
-                                 timeout=PEER_TIMEOUT, follow_redirects=False) as client:
-        try:
-            response = await client.get(path, headers={"Authorization": authorization})
-        except httpx.HTTPError:
-            return 503, None
+MAX_PAGES = 50  # 50 pages of 200: far more than any case holds
+
+
+async def _get(client: httpx.AsyncClient, path: str, authorization: str) -> tuple[int, Any]:
+    try:
+        response = await client.get(path, headers={"Authorization": authorization})
+    except httpx.HTTPError:
+        return 503, None
     if response.status_code != 200:
         return response.status_code, None
     try:
         return 200, response.json()
     except ValueError:
         return 502, None
+
+
+async def _fetch(peers: Peers, service: str, path: str, authorization: str) -> tuple[int, Any]:
+    """One part: an object, or every page of a list (`{"items", "next_cursor"}`) as one list."""
+    async with httpx.AsyncClient(base_url=peers.urls[service], transport=peers.transports.get(service),
+                                 timeout=PEER_TIMEOUT, follow_redirects=False) as client:
+        status, data = await _get(client, path, authorization)
+        if status != 200 or not (isinstance(data, dict) and "items" in data):
+            return status, data
+        items = list(data["items"])
+        for _ in range(MAX_PAGES):
+            if not data.get("next_cursor"):
+                return 200, items
+            status, data = await _get(client, f"{path}&cursor={data['next_cursor']}", authorization)
+            if status != 200 or not isinstance(data, dict):
+                return status or 502, None
+            items.extend(data.get("items", []))
+        return 502, None  # more pages than any case can hold: refuse rather than cut it short
 
 
 Missing = list[dict[str, Any]]
@@ -79,8 +98,7 @@ async def gather_peers(peers: Peers, case_id: uuid.UUID, authorization: str) -> 
     missing: Missing = []
     for (section, service, _), (status, data) in zip(PEER_PARTS, answers, strict=True):
         if status == 200:
-            listed = isinstance(data, dict) and section not in ONE_OBJECT
-            parts[section] = data.get("items", data) if listed else data
+            parts[section] = data
         elif status == 404 and section in ONE_OBJECT:
             parts[section] = None  # nothing held (the case was never routed or planned)
         else:

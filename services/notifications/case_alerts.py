@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from sqlmodel import col
 
@@ -16,6 +16,7 @@ from services.notifications import domain
 from services.notifications.models import Alert
 from shared.auth import Principal, Role, allow
 from shared.db import SessionDep
+from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
 
 router = APIRouter(prefix="/v1", tags=["inbox"])
 Coordinator = Annotated[Principal, Depends(allow(Role.coordinator))]
@@ -34,29 +35,23 @@ class CaseAlertOut(BaseModel):
     read_at: datetime | None
 
 
-class CaseAlertPage(BaseModel):
-    items: list[CaseAlertOut]
-    next_cursor: str | None = None
+ORDER = Keyset("case_alerts", (col(Alert.seq),))
 
 
-@router.get("/cases/{case_id}/alerts", response_model=CaseAlertPage, summary="The alerts raised about a case")
+@router.get("/cases/{case_id}/alerts", response_model=Page[CaseAlertOut], summary="The alerts raised about a case")
 async def case_alerts(
     case_id: uuid.UUID,
     principal: Coordinator,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 200,
-) -> CaseAlertPage:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[CaseAlertOut]:
     """Oldest first; only alerts of the caller's municipality (a case of another reads as empty)."""
+    query = sa.select(Alert).where(col(Alert.case_id) == case_id, col(Alert.municipality) == principal.municipality)
     async with session.begin():
-        rows = (
-            await session.execute(
-                sa.select(Alert)
-                .where(col(Alert.case_id) == case_id, col(Alert.municipality) == principal.municipality)
-                .order_by(col(Alert.seq))
-                .limit(limit)
-            )
-        ).scalars().all()
-    return CaseAlertPage(
+        rows, next_cursor = await fetch_page(session, query, ORDER, limit, cursor)
+    return Page(
+        next_cursor=next_cursor,
         items=[
             CaseAlertOut(
                 id=a.id, type=a.type, severity=a.severity, title=domain.render(a.type, a.params, "en")[0],

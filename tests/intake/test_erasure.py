@@ -123,7 +123,7 @@ async def test_erasure_shreds_the_case_everywhere(stack: Stack) -> None:
     assert [(i["erased"], i["first_name"]) for i in listed if i["id"] == case_id] == [(True, None)]
     twin = await _report(stack, m, person)  # the same woman reported again: not linked to the erased case
     assert case_id not in [d["id"] for d in twin["possible_duplicates"]]
-    trail = (await stack.intake.get("/v1/audit", params={"case_id": case_id}, headers=coordinator)).json()
+    trail = (await stack.intake.get("/v1/audit", params={"case_id": case_id}, headers=coordinator)).json()["items"]
     assert "case.erased.request" in [entry["action"] for entry in trail]
 
     after = await dump_text(stack.settings, "intake")
@@ -138,7 +138,7 @@ async def test_erasure_shreds_the_case_everywhere(stack: Stack) -> None:
 
     async def others_erased() -> bool:
         referrals = (await stack.referral.get("/v1/referrals", params={"case_id": case_id},
-                                              headers=coordinator)).json()
+                                              headers=coordinator)).json()["items"]
         placement = (await stack.shelter.get(f"/v1/placements/{placement_id}", headers=coordinator)).json()
         application = (await stack.shelter.get(f"/v1/rent-bonus/applications/{application_id}",
                                                headers=stack.auth("housing_officer", m))).json()
@@ -181,6 +181,6 @@ async def test_retention_anonymises_cases_closed_long_ago_once(stack: Stack) -> 
     events = await _row(stack, "SELECT count(*) AS n FROM outbox WHERE payload::jsonb->>'type' = 'case.anonymised' "
                                "AND payload::jsonb->'data'->>'case_id' = :id", id=ids["old"])
     assert events.n == 1
-    trail = (await stack.intake.get("/v1/audit", params={"case_id": ids["old"]}, headers=coordinator)).json()
+    trail = (await stack.intake.get("/v1/audit", params={"case_id": ids["old"]}, headers=coordinator)).json()["items"]
     assert [e["action"] for e in trail].count("case.erased.retention") == 1
     assert old["last_name"] not in await dump_text(stack.settings, "intake")

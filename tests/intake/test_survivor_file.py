@@ -61,7 +61,7 @@ async def test_the_file_holds_what_every_service_holds(peers: Stack) -> None:
     assert (await stack.intake.get(f"/v1/cases/{case_id}/export", headers=police)).status_code == 403
     other = stack.auth("coordinator", new_municipality())
     assert (await stack.intake.get(f"/v1/cases/{case_id}/export", headers=other)).status_code == 404
-    trail = (await stack.intake.get("/v1/audit", params={"case_id": case_id}, headers=coordinator)).json()
+    trail = (await stack.intake.get("/v1/audit", params={"case_id": case_id}, headers=coordinator)).json()["items"]
     assert [e["action"] for e in trail].count("case.exported") == 2
 
 
@@ -122,7 +122,7 @@ async def test_identity_correction_keeps_history_and_reaches_the_duplicate_index
     assert sorted(entry["fields"]) == ["address", "date_of_birth", "last_name"]
     assert entry["previous"]["last_name"] == person["last_name"]
     assert entry["previous"]["address"] == person["address"]
-    trail = (await stack.intake.get("/v1/audit", params={"case_id": case_id}, headers=coordinator)).json()
+    trail = (await stack.intake.get("/v1/audit", params={"case_id": case_id}, headers=coordinator)).json()["items"]
     assert "case.survivor_corrected" in [e["action"] for e in trail]
 
     same = await stack.intake.patch(path, json={"last_name": corrected["last_name"]}, headers=coordinator)
