@@ -119,6 +119,11 @@ async def case_reopened(session: AsyncSession, settings: Settings, case: Case) -
     await _emit(session, settings, case, "case.reopened", {})
 
 
+async def case_anonymised(session: AsyncSession, settings: Settings, case: Case, *, cause: str) -> None:
+    """The case was erased (`request`) or passed retention (`retention`): every service erases its free text."""
+    await _emit(session, settings, case, "case.anonymised", {"cause": cause, "erased_at": _iso(case.erased_at)})
+
+
 async def risk_review_requested(
     session: AsyncSession, settings: Settings, case: Case, *, proposed: str, assessed_by_role: str
 ) -> None:

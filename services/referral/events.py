@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.referral import domain
+from services.referral import domain, erasure
 from services.referral.config import ReferralConfig
 from services.referral.models import (
     CaseFact,
@@ -645,6 +645,7 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
         "case.closed": on_case_changed,
         "case.reopened": on_case_changed,
         "case.consent_changed": on_case_changed,
+        "case.anonymised": erasure.on_case_anonymised,
         "case.protection_order_recorded": on_protection_order,
         "shelter.availability_changed": on_shelter,
         "shelter.full": on_shelter,
