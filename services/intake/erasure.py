@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import casekeys
 from services.intake.casefile import personal_context
 from services.intake.events import case_anonymised
-from services.intake.models import AuditEntry, Case, IdentityCorrection, ProtectionOrder, SurvivorIndex
+from services.intake.models import AuditEntry, Case, CaseTransfer, IdentityCorrection, ProtectionOrder, SurvivorIndex
 from shared.crypto import FieldCipher
 from shared.db import table_of
 from shared.scheduler import claim_due, periodic
@@ -61,6 +61,11 @@ async def erase(
         sa.update(IdentityCorrection)
         .where(IdentityCorrection.case_id == case.id)  # type: ignore[arg-type]
         .values(previous=None)
+    )
+    await session.execute(  # a transfer's reasons may tell her circumstances: gone with the rest
+        sa.update(CaseTransfer)
+        .where(CaseTransfer.case_id == case.id)  # type: ignore[arg-type]
+        .values(reason=ERASED, decline_reason=None)
     )
     case.personal = ERASED
     case.close_reason = None
