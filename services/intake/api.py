@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.intake import casefile, domain, events, linking, service, transfers
+from services.intake import casefile, casekeys, domain, erasure, events, linking, service, transfers
 from services.intake.config import IntakeConfig
 from services.intake.models import (
     Case,
@@ -30,6 +29,8 @@ from services.intake.schemas import (
     CloseIn,
     ConsentChange,
     ConsentOut,
+    ErasedOut,
+    EraseIn,
     ProtectionOrderIn,
     ProtectionOrderOut,
     ReopenIn,
@@ -104,9 +105,10 @@ async def report_case(
     local_day = reported_at.astimezone(ZoneInfo(_config(request).timezone)).date()
     if body.survivor.date_of_birth is not None and body.survivor.date_of_birth > local_day:
         raise invalid(["body", "survivor", "date_of_birth"], "date_of_birth is after the report date")
-    body_hash = idempotency.request_hash(body)
+    once = idempotency.IdempotentRequest.of(
+        scope=body.municipality, caller=principal.sub, key=idempotency_key, body=body
+    )
     config = _config(request)
-    replay = False
     async with session.begin():
         screen = await service.load_screen(session, body.municipality, _default_screen(request))
         if body.risk_answers is not None and (unknown := domain.unknown_answers(screen, body.risk_answers)):
@@ -115,11 +117,7 @@ async def report_case(
                 "The request has invalid fields.",
                 errors=[{"loc": ["body", "risk_answers", qid], "msg": "unknown risk question"} for qid in unknown],
             )
-        if idempotency_key is not None:
-            replay = not await idempotency.claim(
-                session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-            )
-        if not replay:
+        if await once.claim(session):
             created = await casefile.create_case(
                 session,
                 settings=request.app.state.settings,
@@ -133,18 +131,9 @@ async def report_case(
                 config=config,
             )
             answer = jsonable(created)
-            if idempotency_key is not None:
-                await idempotency.remember(
-                    session, scope=body.municipality, caller=principal.sub, key=idempotency_key, status_code=201,
-                    answer=answer,
-                )
-    if replay:
-        assert idempotency_key is not None
-        return await idempotency.replay(
-            session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        )
-    request.app.state.runtime.relay.wake()
-    return JSONResponse(answer, status_code=201)
+            await once.remember(session, 201, answer)
+            return JSONResponse(answer, status_code=201)
+    return await once.replay(session)
 
 
 # --- reading ---
@@ -159,7 +148,8 @@ async def get_case(case_id: uuid.UUID, principal: Reporter, session: SessionDep,
         previous = await transfers.previous_case_numbers(session, case.id)
         # The read is logged and committed before any byte of the case leaves (no audit, no answer).
         await service.record_audit(session, principal, case, "case.read")
-    return casefile.case_out(_cipher(request), principal, case, records, links).model_copy(
+        cipher = await casekeys.cipher_for(session, _cipher(request), case.id)
+    return casefile.case_out(cipher, principal, case, records, links).model_copy(
         update={"previous_case_numbers": previous}
     )
 
@@ -190,10 +180,10 @@ async def list_cases(
             limit=limit,
         )
         await service.record_audit_many(session, principal, [case for case, _ in page], "case.listed")
-    cipher = _cipher(request)
+        ciphers = await casekeys.ciphers(session, _cipher(request), [case.id for case, _ in page])
     items = []
     for case, score in page:
-        personal = json.loads(cipher.decrypt(case.personal, casefile.personal_context(case.id, "personal")))
+        personal = casefile.open_personal(ciphers[case.id], case) or {}
         items.append(
             CaseSummary(
                 id=case.id,
@@ -202,10 +192,11 @@ async def list_cases(
                 risk_level=RiskLevel(case.risk_level),
                 source=case.source,  # type: ignore[arg-type]
                 reported_at=case.reported_at,
-                first_name=personal["first_name"],
-                last_name=personal["last_name"],
+                first_name=personal.get("first_name"),
+                last_name=personal.get("last_name"),
                 age_group=case.facts.get("age_group", "unknown"),
                 score=score,
+                erased=case.erased_at is not None,
             )
         )
     return CasePage(items=items, next_cursor=next_cursor)
@@ -265,7 +256,6 @@ async def assess_risk(
                 yes_count=result.yes_count,
                 red_flags=result.red_flags,
             )
-    request.app.state.runtime.relay.wake()
     return RiskAssessmentResult(
         id=assessment.id,
         risk_level=RiskLevel(case.risk_level),
@@ -305,7 +295,6 @@ async def record_protection_order(
         await session.flush()
         await service.record_audit(session, principal, case, "case.protection_order_recorded")
         await events.protection_order_recorded(session, request.app.state.settings, case, order)
-    request.app.state.runtime.relay.wake()
     return casefile.order_out(order)
 
 
@@ -348,7 +337,6 @@ async def change_consent(
             share_with=share_with,
             withdrawn=sorted({kind.value for kind in body.withdraw}),
         )
-    request.app.state.runtime.relay.wake()
     return casefile.consent_out(records.consents, case.facts.get("consent_given_at"))
 
 
@@ -362,12 +350,12 @@ async def close_case(
             raise conflict("The case is already closed.")
         case.status = CaseStatus.closed.value
         case.closed_at = datetime.now(UTC)
-        case.close_reason = _cipher(request).encrypt(body.reason, casefile.personal_context(case.id, "close_reason"))
+        cipher = await casekeys.writable(session, _cipher(request), case)
+        case.close_reason = cipher.encrypt(body.reason, casefile.personal_context(case.id, "close_reason"))
         session.add(case)
         await session.flush()
         await service.record_audit(session, principal, case, "case.closed")
         await events.case_closed(session, request.app.state.settings, case)
-    request.app.state.runtime.relay.wake()
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.closed, closed_at=case.closed_at)
 
 
@@ -386,8 +374,25 @@ async def reopen_case(
         await session.flush()
         await service.record_audit(session, principal, case, "case.reopened")
         await events.case_reopened(session, request.app.state.settings, case)
-    request.app.state.runtime.relay.wake()
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.open)
+
+
+@router.post("/cases/{case_id}/erase", response_model=ErasedOut, summary="Erase the case's identity and free text")
+async def erase_case(
+    case_id: uuid.UUID, body: EraseIn, principal: Coordinator, session: SessionDep, request: Request
+) -> ErasedOut:
+    """A lawful erasure request: the case's data key is destroyed, its index and free text removed
+    (the case keeps its number and coded facts); other services erase theirs on `case.anonymised`."""
+    async with session.begin():
+        case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        if case.erased_at is not None:
+            raise conflict("The case is already erased.")
+        await erasure.erase(
+            session, request.app.state.settings, _cipher(request), case,
+            reason=body.reason, cause="request", sub=principal.sub, role=principal.role.value,
+        )
+        assert case.erased_at is not None
+    return ErasedOut(id=case.id, case_number=case.case_number, erased_at=case.erased_at)
 
 
 # --- audit trail and the risk screen ---

@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake.models import Case, ProtectionOrder, ReferralAccess
+from shared.db import table_of
 from shared.events import INTAKE_TOPIC, Envelope, make_event, publish
 from shared.settings import Settings
 
@@ -121,6 +122,11 @@ async def case_reopened(session: AsyncSession, settings: Settings, case: Case) -
     await _emit(session, settings, case, "case.reopened", {})
 
 
+async def case_anonymised(session: AsyncSession, settings: Settings, case: Case, *, cause: str) -> None:
+    """The case was erased (`request`) or passed retention (`retention`): every service erases its free text."""
+    await _emit(session, settings, case, "case.anonymised", {"cause": cause, "erased_at": _iso(case.erased_at)})
+
+
 async def risk_review_requested(
     session: AsyncSession, settings: Settings, case: Case, *, proposed: str, assessed_by_role: str
 ) -> None:
@@ -178,7 +184,7 @@ async def on_referral_event(session: AsyncSession, event: Envelope) -> None:
         member_id = str(data["to_member_id"])
     except (KeyError, ValueError):
         return
-    table = ReferralAccess.__table__  # type: ignore[attr-defined]
+    table = table_of(ReferralAccess)
     stage = REFERRAL_STAGES[status]
     insert = pg_insert(table).values(
         referral_id=referral_id,

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.referral import domain
+from services.referral import domain, erasure
 from services.referral.config import ReferralConfig
 from services.referral.models import (
     CaseFact,
@@ -34,6 +34,7 @@ from services.referral.models import (
     RoutingRuleSet,
     ShelterMember,
 )
+from shared.db import table_of
 from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish, publish_many
 from shared.settings import Settings
 
@@ -357,7 +358,7 @@ async def route(
 
 
 # Statements built once (compiled once); the rows go as parameters, in one multi-row INSERT each.
-_referrals = Referral.__table__  # type: ignore[attr-defined]
+_referrals = table_of(Referral)
 _AUTO_REFERRAL_INSERT = (
     pg_insert(_referrals)
     .on_conflict_do_nothing(
@@ -365,7 +366,7 @@ _AUTO_REFERRAL_INSERT = (
     )
     .returning(_referrals.c.id)
 )
-_DECISION_INSERT = sa.insert(RoutingDecision.__table__)  # type: ignore[attr-defined]
+_DECISION_INSERT = sa.insert(table_of(RoutingDecision))
 
 
 def _auto_referral(config: ReferralConfig, case: CaseFact, decision: domain.Decision, now: datetime) -> Referral:
@@ -660,6 +661,7 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
         "case.closed": on_case_changed,
         "case.reopened": on_case_changed,
         "case.consent_changed": on_case_changed,
+        "case.anonymised": erasure.on_case_anonymised,
         "case.protection_order_recorded": on_protection_order,
         "case.linked": on_links_changed,
         "case.unlinked": on_links_changed,

@@ -135,6 +135,11 @@ class CaseLinksChanged(CaseEventData):
     repeat: bool
     linked_count: Count = 0
     pending_duplicates: Count = 0
+class CaseAnonymised(CaseEventData):
+    """The case's identity and free text are erased (a lawful request, or retention after closure)."""
+
+    cause: Literal["request", "retention"]
+    erased_at: datetime | None = None
 
 
 # --- mkr.referral.events ----------------------------------------------------------------------------
@@ -281,6 +286,7 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.transfer_requested": ("mkr.intake.events", TransferRequested),
     "case.transferred": ("mkr.intake.events", CaseTransferred),
     "case.transfer_declined": ("mkr.intake.events", TransferDeclined),
+    "case.anonymised": ("mkr.intake.events", CaseAnonymised),
     "member.saved": ("mkr.referral.events", MemberSaved),
     "referral.created": ("mkr.referral.events", ReferralCreated),
     "referral.status_changed": ("mkr.referral.events", ReferralStatusChanged),

@@ -1,7 +1,7 @@
 """the coordinator's duplicate decisions: candidates found at report time, links, escalation settings
 
 Revision ID: 0007_h15lp_links
-Revises: 0007_h15t_transfers
+Revises: 0009_h17_corrections
 Create Date: 2026-12-02
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_h15lp_links"
-down_revision: str | None = "0007_h15t_transfers"
+down_revision: str | None = "0009_h17_corrections"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
