@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from shared.contracts import events as contract
+
 Severity = Literal["info", "warning", "critical"]
 Channel = Literal["inbox", "email"]
 RecipientKind = Literal["role", "member", "shelter", "user"]
@@ -24,9 +26,9 @@ Language = Literal["sq", "en"]
 DELIVERY_STATES = ("pending", "succeeded", "dead", "cancelled")
 
 # Events this service publishes itself (mkr.notifications.events); it consumes them too.
-PROTECTION_ORDER_EXPIRING = "case.protection_order_expiring"
-NO_FREE_BED = "shelter.none_available"
-NOTIFICATION_FAILED = "notification.failed"
+PROTECTION_ORDER_EXPIRING = contract.ProtectionOrderExpiring.TYPE
+NO_FREE_BED = contract.NoFreeBed.TYPE
+NOTIFICATION_FAILED = contract.NotificationFailed.TYPE
 
 # What a subscription may name in `event_types` (CONTRACT §9 and the services' agreement).
 SUBSCRIBABLE_EVENT_TYPES = frozenset(
