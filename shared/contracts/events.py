@@ -78,6 +78,8 @@ class CaseEventData(EventData):
 
 
 class CaseReported(CaseEventData):
+    """A case was reported: its coded facts (no identities), what routing and reports need."""
+
     risk_level: RiskLevel
     reported_at: Instant | None = None
     source: Text | None = None  # who reported (a code: police, hotline, ...), not the envelope's source
@@ -96,6 +98,8 @@ class CaseReported(CaseEventData):
 
 
 class CaseRiskAssessed(CaseEventData):
+    """A risk assessment changed the case's risk level."""
+
     risk_level: RiskLevel
     previous_risk_level: RiskLevel | None = None
     yes_count: Count | None = None
@@ -103,12 +107,16 @@ class CaseRiskAssessed(CaseEventData):
 
 
 class RiskReviewRequested(CaseEventData):
+    """A reassessment would have lowered the level: kept, not applied; the coordinator reviews it."""
+
     risk_level: RiskLevel
     proposed_risk_level: RiskLevel
     assessed_by_role: Text
 
 
 class ProtectionOrderRecorded(CaseEventData):
+    """A protection order of the case was recorded or changed."""
+
     order_id: uuid.UUID
     kind: Text
     status: Text | None = None
@@ -117,22 +125,28 @@ class ProtectionOrderRecorded(CaseEventData):
 
 
 class ConsentChanged(CaseEventData):
+    """The kinds of institution the survivor lets the case be shared with changed."""
+
     share_with: Kinds
     withdrawn: Kinds = []
 
 
 class CaseClosed(CaseEventData):
+    """The case was closed."""
+
     closed_at: Instant | None = None
 
 
 class CaseReopened(CaseEventData):
-    pass
+    """The case was reopened."""
 
 
 # --- mkr.referral.events ----------------------------------------------------------------------------
 
 
 class MemberSaved(EventData):
+    """A member of the mechanism's directory was added or changed."""
+
     member_id: uuid.UUID
     kind: MemberKind
     name: Info | None = None  # an institution's name, not a person's
@@ -148,6 +162,8 @@ class ReferralEventData(CaseEventData):
 
 
 class ReferralCreated(ReferralEventData):
+    """A case was referred to a member (by routing or by hand)."""
+
     status: Text
     urgency: Text
     service: Info | None = None
@@ -158,6 +174,8 @@ class ReferralCreated(ReferralEventData):
 
 
 class ReferralStatusChanged(ReferralEventData):
+    """A referral moved in its life cycle."""
+
     previous_status: Text
     status: Text
     by_role: Text | None = None
@@ -166,16 +184,22 @@ class ReferralStatusChanged(ReferralEventData):
 
 
 class ReferralSlaBreached(ReferralEventData):
+    """A referral was not acknowledged in time."""
+
     urgency: Text
     ack_due_at: Instant | None = None
 
 
 class MechanismGap(CaseEventData):
+    """Routing wanted a kind of member the municipality's directory lacks."""
+
     missing_kind: Text
     rule: Text | None = None
 
 
 class MeetingScheduled(EventData):
+    """A case-management (ETN) meeting was scheduled."""
+
     meeting_id: uuid.UUID
     kind: Text
     scheduled_for: Instant
@@ -193,13 +217,15 @@ class PlanActionData(EventData):
 
 
 class MinutesRecorded(EventData):
+    """The minutes of a meeting were recorded, with their plan actions."""
+
     meeting_id: uuid.UUID
     kind: Text | None = None
     actions: Annotated[list[PlanActionData], Field(max_length=1000)] = []
 
 
 class PlanActionOverdue(PlanActionData):
-    pass
+    """A plan action passed its due date undone."""
 
 
 # --- mkr.shelter.events -----------------------------------------------------------------------------
@@ -215,11 +241,11 @@ class ShelterAvailability(EventData):
 
 
 class ShelterAvailabilityChanged(ShelterAvailability):
-    pass
+    """A shelter's free beds changed."""
 
 
 class ShelterFull(ShelterAvailability):
-    pass
+    """A shelter's last free bed was taken."""
 
 
 class PlacementEventData(EventData):
@@ -232,16 +258,22 @@ class PlacementEventData(EventData):
 
 
 class PlacementStarted(PlacementEventData):
+    """A survivor (and children) were placed in a shelter."""
+
     planned_until: date | None = None
     started_at: Instant | None = None
 
 
 class PlacementEnded(PlacementEventData):
+    """A placement ended (the discharge reason as a code)."""
+
     ended_at: Instant | None = None
     reason: Text | None = None  # the discharge code, never the text
 
 
 class RentBonusDecided(EventData):
+    """A rent-bonus application was approved or rejected."""
+
     application_id: uuid.UUID
     case_id: uuid.UUID
     case_number: CaseNumber | None = None
@@ -262,14 +294,18 @@ class RentBonusPaymentData(EventData):
 
 
 class RentBonusPaymentDue(RentBonusPaymentData):
-    pass
+    """A rent-bonus payment is due."""
 
 
 class RentBonusPaymentPaid(RentBonusPaymentData):
+    """A rent-bonus payment was marked paid."""
+
     paid_at: Instant | None = None
 
 
 class RentBonusEnding(EventData):
+    """A rent bonus reaches its last month."""
+
     application_id: uuid.UUID
     case_id: uuid.UUID
     case_number: CaseNumber | None = None
@@ -280,6 +316,8 @@ class RentBonusEnding(EventData):
 
 
 class ProtectionOrderExpiring(CaseEventData):
+    """An issued protection order expires within the warning window."""
+
     order_id: uuid.UUID
     kind: Text
     expires_at: Instant
@@ -287,12 +325,16 @@ class ProtectionOrderExpiring(CaseEventData):
 
 
 class NoFreeBed(EventData):
+    """No shelter of the municipality has a free bed."""
+
     municipality: Text | None = None
     shelters: Count | None = None
     free_beds: Count
 
 
 class NotificationFailed(EventData):
+    """A webhook or e-mail delivery was given up after its attempts."""
+
     delivery_id: uuid.UUID
     subscription_id: uuid.UUID | None = None
     event_id: uuid.UUID
