@@ -28,6 +28,7 @@ from shared.contracts import (
     INTAKE_TOPIC,
     NOTIFICATIONS_TOPIC,
     REFERRAL_TOPIC,
+    SCHEMA_VERSION,
     SHELTER_TOPIC,
     TOPIC_SOURCES,
     EventContracts,
@@ -50,7 +51,6 @@ from shared.settings import Settings
 
 log = logging.getLogger("mkr.events")
 
-SCHEMA_VERSION = 1
 # Events a consumer refused to apply (shared/contracts): `reason` is one of contracts.REJECTION_REASONS.
 EVENTS_REJECTED = Counter("mkr_events_rejected_total", "Events rejected unapplied by a consumer", ["reason"])
 # Rejected records are kept in processed_events under an id derived from their position, never under the

@@ -19,10 +19,9 @@ from typing import Any
 import yaml
 from pydantic.json_schema import models_json_schema
 
-from shared.contracts.events import EVENT_TYPES, TOPIC_SOURCES, EventData
+from shared.contracts.events import EVENT_TYPES, SCHEMA_VERSION, TOPIC_SOURCES, EventData
 
 ASYNCAPI_VERSION = "3.0.0"
-SCHEMA_VERSION = 1  # the envelope's `schemaversion` (shared.events.SCHEMA_VERSION)
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 _REF = "#/components/schemas/{model}"
 

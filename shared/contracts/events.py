@@ -42,6 +42,8 @@ TOPIC_SOURCES: Mapping[str, str] = {
 }
 
 ALL_TOPICS: tuple[str, ...] = tuple(TOPIC_SOURCES)
+# The envelope's `schemaversion`: raised when the data of an event type changes incompatibly.
+SCHEMA_VERSION = 1
 
 # Why an event was rejected: the only values of the `reason` label and of the recorded status.
 REJECTION_REASONS = ("malformed", "unknown_topic", "unknown_type", "wrong_topic", "forged_source", "invalid_data")
@@ -460,6 +462,7 @@ __all__ = [
     "NOTIFICATIONS_TOPIC",
     "REFERRAL_TOPIC",
     "REJECTION_REASONS",
+    "SCHEMA_VERSION",
     "SHELTER_TOPIC",
     "TOPIC_SOURCES",
     "EventContracts",

@@ -55,6 +55,12 @@ def _case_event(m: str, type_: str, data: dict[str, Any], *, source: str = "mkr/
     )
 
 
+def _legacy(envelope: dict[str, Any]) -> dict[str, Any]:
+    old = {name: value for name, value in envelope.items() if name not in ("specversion", "datacontenttype")}
+    old["schema_version"] = old.pop("schemaversion")
+    return old
+
+
 def _bad_records(m: str, topic: str, key: str) -> list[tuple[bytes, str, str | None]]:
     """(value, expected reason, the case id it would have created if applied) for one topic."""
     if topic == INTAKE_TOPIC:
@@ -120,7 +126,9 @@ async def test_malformed_and_forged_events_are_rejected_the_same_way_by_every_co
             if topic == INTAKE_TOPIC:
                 event = _case_event(m, "case.reported", reported(m))
             else:
-                event = _referral_created(m, str(uuid.uuid4()))
+                # As a producer of the previous release wrote it: `schema_version`, no specversion or
+                # datacontenttype; every consumer still applies it (for one release).
+                event = _legacy(_referral_created(m, str(uuid.uuid4())))
             await producer.send_and_wait(settings.topic(topic), json.dumps(event).encode(), key=key.encode())
             valid[topic] = uuid.UUID(event["id"])
     finally:
