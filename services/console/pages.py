@@ -468,7 +468,7 @@ async def _case_page(request: Request, case_id: str, **extra: Any) -> Response:
         part("referral", "/v1/referrals", {"case_id": cid}),
         part("referral", f"/v1/cases/{cid}/plan") if coordinator else _none(),
         part("shelter", "/v1/placements", {"case_id": cid}) if coordinator else _none(),
-        part("intake", "/v1/audit", {"case_id": cid}) if coordinator else _none(),
+        part("intake", "/v1/audit", {"case_id": cid, "limit": 200}) if coordinator else _none(),
         part("referral", "/v1/members") if coordinator else _none(),
         part("shelter", "/v1/rent-bonus/applications", {"case_id": cid}) if coordinator else _none(),
     )

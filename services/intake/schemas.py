@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from shared.paging import Page
 from shared.vocab import MemberKind, RiskLevel, Sex
 
 
@@ -247,9 +248,7 @@ class CaseSummary(BaseModel):
     score: float | None = None
 
 
-class CasePage(BaseModel):
-    items: list[CaseSummary]
-    next_cursor: str | None = None
+CasePage = Page[CaseSummary]
 
 
 class RiskAssessmentIn(Strict):
