@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.intake import casefile, domain, events, service
+from services.intake import casefile, domain, events, service, transfers
 from services.intake.config import IntakeConfig
 from services.intake.models import (
     Case,
@@ -150,9 +150,12 @@ async def get_case(case_id: uuid.UUID, principal: Reporter, session: SessionDep,
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id)
         records = await service.case_records(session, case.id)
+        previous = await transfers.previous_case_numbers(session, case.id)
         # The read is logged and committed before any byte of the case leaves (no audit, no answer).
         await service.record_audit(session, principal, case, "case.read")
-    return casefile.case_out(_cipher(request), principal, case, records)
+    return casefile.case_out(_cipher(request), principal, case, records).model_copy(
+        update={"previous_case_numbers": previous}
+    )
 
 
 @router.get("/cases", response_model=CasePage, summary="Search the municipality's cases (coordinator)")

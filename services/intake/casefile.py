@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import domain, events, service
+from services.intake import domain, events, numbering, service
 from services.intake.config import IntakeConfig
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, SurvivorIndex
 from services.intake.schemas import (
@@ -50,7 +50,8 @@ async def create_case(
     config: IntakeConfig,
 ) -> CaseCreated:
     """Store a validated report (encrypted identity, coded facts, search index, consent, first
-    assessment), then find possible duplicates, audit and publish — all in the caller's transaction."""
+    assessment), find possible duplicates and publish, then — last, so their locks are held for one
+    statement and the commit — take the case number and audit (numbering.py); all in the caller's transaction."""
     survivor = body.survivor
     incident = body.incident
     age = survivor.age
@@ -81,12 +82,10 @@ async def create_case(
         "needs": sorted({n.value for n in body.needs}),
         "consent_given_at": body.consent.given_at.isoformat() if body.consent and body.consent.given_at else None,
     }
-    prefix = domain.case_prefix(body.municipality, config.case_prefixes)
-    number = await service.next_case_number(session, municipality=body.municipality, year=local_day.year, prefix=prefix)
     case = Case(
         id=case_id,
         municipality=body.municipality,
-        case_number=number,
+        case_number=numbering.placeholder(case_id),  # numbered by the last statement (numbering.py)
         source=body.source.value,
         risk_level=result.risk_level,
         facts=facts,
@@ -139,8 +138,12 @@ async def create_case(
         threshold=config.duplicate_threshold,
         limit=config.max_duplicates,
     )
-    await service.record_audit(session, principal, case, "case.reported")
-    await events.case_reported(session, settings, case, share_with)
+    event_id = await events.case_reported(session, settings, case, share_with)
+    prefix = domain.case_prefix(body.municipality, config.case_prefixes)
+    await numbering.number_case(
+        session, case=case, year=local_day.year, prefix=prefix, event_id=event_id, principal=principal,
+        at=datetime.now(UTC),
+    )
     return CaseCreated(
         id=case.id,
         case_number=case.case_number,

@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.intake.municipalities import ALBANIA
+
 
 class IntakeConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MKR_INTAKE_", extra="ignore")
@@ -25,6 +27,8 @@ class IntakeConfig(BaseSettings):
     key_census_seconds: float = Field(default=300, gt=0)
     # The local calendar for the case-number year and the age at the report date.
     timezone: str = "Europe/Tirane"
+    # The slugs a case may be transferred to (CONTRACT §10), e.g. MKR_INTAKE_MUNICIPALITIES='["elbasan", "korce"]'.
+    municipalities: list[str] = Field(default_factory=lambda: list(ALBANIA), min_length=1)
 
     @field_validator("case_prefixes")
     @classmethod

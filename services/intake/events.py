@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -15,11 +16,13 @@ from shared.settings import Settings
 from shared.vocab import MemberKind, RiskLevel
 
 
-async def _emit(session: AsyncSession, settings: Settings, case: Case, data: contract.CaseEventData) -> None:
-    await emit(session, settings, data, subject=str(case.id), municipality=case.municipality)
+async def _emit(session: AsyncSession, settings: Settings, case: Case, data: contract.CaseEventData) -> uuid.UUID:
+    envelope = await emit(session, settings, data, subject=str(case.id), municipality=case.municipality)
+    return envelope.id
 
 
-async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> None:
+async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> uuid.UUID:
+    """The event's id (the case number in it may still be the placeholder; see services/intake/numbering.py)."""
     facts = case.facts
     children = facts.get("children", [])
     data = contract.CaseReported(
@@ -41,7 +44,7 @@ async def case_reported(session: AsyncSession, settings: Settings, case: Case, s
         reported_by_role=case.reported_by_role,
         reported_by_member_id=case.reported_by_member_id,
     )
-    await _emit(session, settings, case, data)
+    return await _emit(session, settings, case, data)
 
 
 async def case_risk_assessed(

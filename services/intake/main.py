@@ -16,6 +16,7 @@ from services.intake import service
 from services.intake.api import router
 from services.intake.config import IntakeConfig
 from services.intake.events import on_referral_event
+from services.intake.transfers import router as transfers_router
 from shared.app import ConsumerSpec, ServiceRuntime, create_service_app
 from shared.auth import Principal
 from shared.crypto import FieldCipher, SearchIndexer
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
     app = create_service_app(
         name="intake",
         settings=settings,
-        routers=[router],
+        routers=[router, transfers_router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("case-access", [REFERRAL_TOPIC], on_referral_event)],
         background=[key_census(config)],

@@ -152,3 +152,27 @@ class AuditEntry(IntakeTable, table=True):
     # None until the trigger sets them; NOT NULL in the table (the trigger runs before the check).
     seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=False))
     hash: str | None = Field(default=None, nullable=False)
+
+
+class CaseTransfer(IntakeTable, table=True):
+    """A request to move a case to another municipality (CONTRACT §10) and its outcome.
+
+    At most one `pending` per case (a partial unique index). The reasons are ciphertext (shared.crypto),
+    bound to the transfer id; the case numbers on both sides are kept (`previous_case_numbers`)."""
+
+    __tablename__ = "case_transfers"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    case_id: uuid.UUID = Field(foreign_key="cases.id", index=True)
+    from_municipality: str
+    to_municipality: str
+    status: str = "pending"  # pending → accepted | declined
+    reason: str  # ciphertext
+    consent_given_at: datetime = Field(sa_type=TZ)
+    from_case_number: str
+    to_case_number: str | None = None
+    requested_at: datetime = Field(sa_type=TZ)
+    requested_by_sub: str
+    decided_at: datetime | None = Field(default=None, sa_type=TZ)
+    decided_by_sub: str | None = None
+    decline_reason: str | None = None  # ciphertext

@@ -233,6 +233,8 @@ class CaseOut(BaseModel):
     risk_assessments: list[RiskAssessmentOut]
     closed_at: datetime | None = None
     close_reason: str | None = None
+    # The numbers the case had in the municipalities it was transferred from (CONTRACT §10), oldest first.
+    previous_case_numbers: list[str] = Field(default_factory=list)
 
 
 class CaseSummary(BaseModel):
@@ -349,3 +351,56 @@ class RiskScreenOut(RiskScreenIn):
 
 def jsonable(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
+
+
+# --- transfers between municipalities (CONTRACT §10) ---
+
+
+class TransferStatus(StrEnum):
+    pending = "pending"
+    accepted = "accepted"
+    declined = "declined"
+
+
+class TransferIn(Strict):
+    to_municipality: str = Field(pattern=r"^[a-z][a-z0-9-]{1,62}$")
+    reason: str = Field(min_length=1, max_length=2000)
+    consent_given_at: AwareDatetime
+
+
+class TransferDecline(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class TransferFacts(BaseModel):
+    """What the receiving coordinator sees of a case before she accepts it: coded facts, never identity."""
+
+    risk_level: RiskLevel
+    source: str
+    sex: str | None = None
+    age_group: str = "unknown"
+    ethnicity: str | None = None
+    disability: bool | None = None
+    children_count: int = 0
+    violence_types: list[str] = Field(default_factory=list)
+    perpetrator_relationship: str | None = None
+    needs: list[str] = Field(default_factory=list)
+    reported_at: datetime
+
+
+class TransferOut(BaseModel):
+    id: uuid.UUID
+    case_id: uuid.UUID
+    case_number: str
+    from_municipality: str
+    to_municipality: str
+    status: TransferStatus
+    requested_at: datetime
+    consent_given_at: datetime
+    decided_at: datetime | None = None
+    new_case_number: str | None = None
+    # The request's and the decline's reasons: to the coordinator of the side that wrote them only.
+    reason: str | None = None
+    decline_reason: str | None = None
+    facts: TransferFacts | None = None
+

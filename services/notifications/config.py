@@ -14,6 +14,8 @@ class NotificationsConfig(BaseSettings):
     # Time-based alerts (protection orders about to expire).
     scan_seconds: float = Field(default=30.0, gt=0, le=3600)
     protection_order_warning_days: int = Field(default=14, ge=1, le=365)
+    # A transfer between municipalities still pending this many hours alerts both coordinators, once.
+    transfer_pending_hours: float = Field(default=72.0, gt=0, le=24 * 365)
 
     # Webhook and e-mail deliveries.
     delivery_poll_seconds: float = Field(default=2.0, gt=0, le=300)

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.notifications import domain
+from services.notifications import domain, transfers
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import (
     Alert,
@@ -84,6 +84,10 @@ class EventHandler:
                 contract.ShelterFull: self._save_beds,
                 contract.CaseReported: _save_reporting_police,
                 contract.ReferralCreated: _save_referred_police,
+                contract.TransferRequested: _on_transfer,
+                contract.CaseTransferred: _on_transfer,
+                contract.TransferDeclined: _on_transfer,
+                contract.TransferOverdue: _on_transfer,
             },
             every=self._alert_and_deliver,
             topics=CONSUMED_TOPICS,
@@ -236,11 +240,15 @@ class EventHandler:
     # --- webhooks ------------------------------------------------------------------------------
 
     async def _queue_webhooks(self, session: AsyncSession, event: Envelope) -> None:
+        # A transfer concerns two municipalities: both sides' subscribers receive its events.
+        municipalities = {event.municipality}
+        if event.type in transfers.TRANSFER_EVENTS:
+            municipalities |= {str(event.data.get(side)) for side in ("from_municipality", "to_municipality")}
         subscriptions = (
             (
                 await session.execute(
                     sa.select(Subscription).where(
-                        col(Subscription.municipality) == event.municipality,
+                        col(Subscription.municipality).in_(sorted(municipalities)),
                         col(Subscription.deleted_at).is_(None),
                         col(Subscription.event_types).any_() == event.type,
                     )
@@ -264,7 +272,7 @@ class EventHandler:
                     subscription_id=subscription.id,
                     event_id=event.id,
                     event_type=event.type,
-                    municipality=event.municipality,
+                    municipality=subscription.municipality,
                     payload=payload,
                     next_attempt_at=datetime.now(UTC),
                 )
@@ -335,6 +343,11 @@ async def _save_protection_order(session: AsyncSession, event: Received[contract
             },
         )
     )
+
+
+async def _on_transfer(session: AsyncSession, event: Received[contract.TransferEventData]) -> None:
+    """A transfer's events (services/notifications/transfers.py reads their envelope)."""
+    await transfers.on_transfer_event(session, event.envelope)
 
 
 async def _save_referred_police(session: AsyncSession, event: Received[contract.ReferralCreated]) -> None:

@@ -10,6 +10,7 @@ from services.notifications.api import router
 from services.notifications.config import NotificationsConfig
 from services.notifications.delivery import Broadcaster, DeliveryWorker, Notifier, secret_cipher
 from services.notifications.events import CONSUMED_TOPICS, EventHandler, protection_order_scheduler
+from services.notifications.transfers import transfer_scheduler
 from shared.app import ConsumerSpec, create_service_app
 from shared.settings import Settings, get_settings
 
@@ -29,7 +30,7 @@ def create_app(settings: Settings | None = None, config: NotificationsConfig | N
         # One event per transaction: alert inserts take a global lock and bed events a row lock, in an order
         # that differs between events, so batches of two partitions could deadlock each other.
         consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config), max_batch=1)],
-        background=[notifier.run, worker.run, protection_order_scheduler(config)],
+        background=[notifier.run, worker.run, protection_order_scheduler(config), transfer_scheduler(config)],
         title="MKR notifications",
     )
     app.state.notifications_config = config

@@ -713,7 +713,7 @@ async def complete_plan_action(
             if action.responsible_member_id not in await member_ids_of(session, principal):
                 raise not_found("plan action")
         if action.status != "open":
-            raise conflict("The action is already completed.")
+            raise conflict(f"The action is already {action.status}.")
         action.status = "completed"
         action.completed_at = _now()
         action.completed_by = principal.sub

@@ -215,7 +215,8 @@ async def directory(session: AsyncSession, municipality: str) -> Directory:
 
 
 async def route(
-    session: AsyncSession, settings: Settings, config: ReferralConfig, case: CaseFact, event: Received[Any]
+    session: AsyncSession, settings: Settings, config: ReferralConfig, case: CaseFact,
+    event: Received[Any] | Envelope,
 ) -> None:
     """Apply the routing rules to a case and store every decision, made or not.
 
@@ -250,6 +251,7 @@ async def route(
                     sa.select(col(RoutingDecision.kind))
                     .where(
                         col(RoutingDecision.case_id) == case.case_id,
+                        col(RoutingDecision.municipality) == case.municipality,
                         col(RoutingDecision.kind).in_(gaps),
                         col(RoutingDecision.outcome) == "no_member",
                     )
@@ -437,7 +439,7 @@ _CASE_UPSERT = _case_insert.on_conflict_do_update(
     set_={
         name: _case_insert.excluded[name]
         for name in CaseFact.model_fields
-        if name not in ("case_id", "closed_at")
+        if name not in ("case_id", "closed_at", "reported_municipality")
     },
 ).returning(CaseFact)
 
@@ -452,6 +454,7 @@ def _case_facts(event: Received[contract.CaseReported]) -> dict[str, Any]:
         "case_id": d.case_id,
         "case_number": d.case_number,
         "municipality": event.municipality,
+        "reported_municipality": event.municipality,
         "reported_at": d.reported_at or event.time,
         "status": "open",
         "risk_level": str(d.risk_level),
@@ -536,7 +539,13 @@ class CaseProjection:
             contract.RentBonusDecided: on_rent_bonus_decided,
             contract.RentBonusPaymentDue: on_payment_due,
             contract.RentBonusPaymentPaid: on_payment_paid,
+            contract.CaseTransferred: self.case_transferred,
         })
+
+    async def case_transferred(self, session: AsyncSession, event: Received[contract.CaseTransferred]) -> None:
+        from services.referral import transfers  # it builds on this module's routing and publishing
+
+        await transfers.on_case_transferred(self.settings, self.config, session, event.envelope)
 
 
 async def on_protection_order(session: AsyncSession, event: Received[contract.ProtectionOrderRecorded]) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.shelter import domain
+from services.shelter import domain, transfers
 from services.shelter.models import (
     CaseProjection,
     DirectoryMember,
@@ -193,6 +193,10 @@ async def _case_reopened(session: AsyncSession, event: Received[contract.CaseReo
     await _set_closed(session, event.data.case_id, None)
 
 
+async def _case_transferred(session: AsyncSession, event: Received[contract.CaseTransferred]) -> None:
+    await transfers.on_case_transferred(session, event.envelope)
+
+
 async def _set_closed(session: AsyncSession, case_id: uuid.UUID, closed_at: datetime | None) -> None:
     """`case.closed` sets, `case.reopened` clears `closed_at` (events of one case arrive in order)."""
     table = CaseProjection.__table__  # type: ignore[attr-defined]
@@ -205,6 +209,7 @@ HANDLERS = EventHandlers({
     contract.CaseClosed: _case_closed,
     contract.CaseReopened: _case_reopened,
     contract.MemberSaved: _member_saved,
+    contract.CaseTransferred: _case_transferred,
 })
 CONSUMED_TOPICS = HANDLERS.topics
 

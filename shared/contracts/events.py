@@ -143,6 +143,41 @@ class CaseReopened(CaseEventData):
     """The case was reopened."""
 
 
+Municipality = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,62}$")]
+
+
+class TransferEventData(CaseEventData):
+    """A transfer between municipalities (CONTRACT §10): coded facts only, never the reason's text."""
+
+    transfer_id: uuid.UUID
+    from_municipality: Municipality
+    to_municipality: Municipality
+    risk_level: RiskLevel | None = None
+
+
+class TransferRequested(TransferEventData):
+    """A municipality asked another to take over a case."""
+
+    requested_at: Instant
+
+
+class CaseTransferred(TransferEventData):
+    """The receiving municipality accepted the case: it goes on under a new case number."""
+
+    previous_case_number: CaseNumber
+    accepted_at: Instant
+    needs: Codes = []
+    violence_types: Codes = []
+    children_count: Count | None = None
+    consent_share_with: Codes = []
+
+
+class TransferDeclined(TransferEventData):
+    """The receiving municipality declined the transfer."""
+
+    declined_at: Instant
+
+
 # --- mkr.referral.events ----------------------------------------------------------------------------
 
 
@@ -334,6 +369,13 @@ class NoFreeBed(EventData):
     free_beds: Count
 
 
+class TransferOverdue(TransferEventData):
+    """A transfer request has waited too long for an answer."""
+
+    requested_at: Instant
+    hours: Count
+
+
 class NotificationFailed(EventData):
     """A webhook or e-mail delivery was given up after its attempts."""
 
@@ -355,6 +397,9 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.consent_changed": (INTAKE_TOPIC, ConsentChanged),
     "case.closed": (INTAKE_TOPIC, CaseClosed),
     "case.reopened": (INTAKE_TOPIC, CaseReopened),
+    "case.transfer_requested": (INTAKE_TOPIC, TransferRequested),
+    "case.transferred": (INTAKE_TOPIC, CaseTransferred),
+    "case.transfer_declined": (INTAKE_TOPIC, TransferDeclined),
     "member.saved": (REFERRAL_TOPIC, MemberSaved),
     "referral.created": (REFERRAL_TOPIC, ReferralCreated),
     "referral.status_changed": (REFERRAL_TOPIC, ReferralStatusChanged),
@@ -373,6 +418,7 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "rent_bonus.ending": (SHELTER_TOPIC, RentBonusEnding),
     "case.protection_order_expiring": (NOTIFICATIONS_TOPIC, ProtectionOrderExpiring),
     "shelter.none_available": (NOTIFICATIONS_TOPIC, NoFreeBed),
+    "case.transfer_overdue": (NOTIFICATIONS_TOPIC, TransferOverdue),
     "notification.failed": (NOTIFICATIONS_TOPIC, NotificationFailed),
 }
 
