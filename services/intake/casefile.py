@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import domain, events, numbering, service
+from services.intake import casekeys, domain, events, numbering, service
+from services.intake.casekeys import CaseCipher
 from services.intake.config import IntakeConfig
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, SurvivorIndex
 from services.intake.schemas import (
@@ -18,6 +19,7 @@ from services.intake.schemas import (
     CaseReport,
     CaseStatus,
     ConsentOut,
+    ErasedSurvivor,
     IncidentOut,
     PossibleDuplicate,
     ProtectionOrderOut,
@@ -82,6 +84,7 @@ async def create_case(
         "needs": sorted({n.value for n in body.needs}),
         "consent_given_at": body.consent.given_at.isoformat() if body.consent and body.consent.given_at else None,
     }
+    case_cipher = casekeys.new_cipher(cipher)
     case = Case(
         id=case_id,
         municipality=body.municipality,
@@ -89,7 +92,7 @@ async def create_case(
         source=body.source.value,
         risk_level=result.risk_level,
         facts=facts,
-        personal=cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal")),
+        personal=case_cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal")),
         reported_at=reported_at,
         reported_by_sub=principal.sub,
         reported_by_role=principal.role.value,
@@ -97,6 +100,7 @@ async def create_case(
         created_at=datetime.now(UTC),
     )
     session.add(case)
+    casekeys.store(session, case_cipher, case_id)
     keys = indexer.keyed(f"{survivor.first_name} {survivor.last_name}", body.municipality)
     birth_year = (
         survivor.date_of_birth.year if survivor.date_of_birth else (local_day.year - age if age is not None else None)
@@ -178,9 +182,35 @@ def new_assessment(
     )
 
 
-def case_out(cipher: FieldCipher, principal: Principal, case: Case, records: service.CaseRecords) -> CaseOut:
+def open_personal(cipher: CaseCipher, case: Case) -> dict[str, Any] | None:
+    """The case's identity and narrative; None once the case is erased."""
+    if case.erased_at is not None:
+        return None
+    value: dict[str, Any] = json.loads(cipher.decrypt(case.personal, personal_context(case.id, "personal")))
+    return value
+
+
+def survivor_out(case: Case, personal: dict[str, Any] | None) -> SurvivorOut | ErasedSurvivor:
+    if personal is None:
+        return ErasedSurvivor()
+    facts = case.facts
+    return SurvivorOut(
+        first_name=personal["first_name"],
+        last_name=personal["last_name"],
+        sex=facts["sex"],
+        date_of_birth=personal.get("date_of_birth"),
+        age=facts.get("age"),
+        age_group=facts.get("age_group", "unknown"),
+        ethnicity=facts.get("ethnicity"),
+        phone=personal.get("phone"),
+        address=personal.get("address"),
+        disability=facts.get("disability"),
+    )
+
+
+def case_out(cipher: CaseCipher, principal: Principal, case: Case, records: service.CaseRecords) -> CaseOut:
     """The case as this caller may see it (the narrative only for the coordinator and the reporter)."""
-    personal: dict[str, Any] = json.loads(cipher.decrypt(case.personal, personal_context(case.id, "personal")))
+    personal = open_personal(cipher, case)
     facts = case.facts
     # "Share only what the recipient needs": the narrative goes to the coordinator and the reporter only.
     sees_narrative = principal.role is Role.coordinator or domain.is_reporter(
@@ -197,24 +227,13 @@ def case_out(cipher: FieldCipher, principal: Principal, case: Case, records: ser
         risk_level=RiskLevel(case.risk_level),
         source=case.source,  # type: ignore[arg-type]
         reported_at=case.reported_at,
-        survivor=SurvivorOut(
-            first_name=personal["first_name"],
-            last_name=personal["last_name"],
-            sex=facts["sex"],
-            date_of_birth=personal.get("date_of_birth"),
-            age=facts.get("age"),
-            age_group=facts.get("age_group", "unknown"),
-            ethnicity=facts.get("ethnicity"),
-            phone=personal.get("phone"),
-            address=personal.get("address"),
-            disability=facts.get("disability"),
-        ),
+        survivor=survivor_out(case, personal),
         children=facts.get("children", []),
         incident=IncidentOut(
             occurred_at=facts.get("occurred_at"),
             violence_types=facts.get("violence_types", []),
             perpetrator_relationship=facts.get("perpetrator_relationship"),
-            description=personal.get("description") if sees_narrative else None,
+            description=personal.get("description") if sees_narrative and personal else None,
         ),
         needs=facts.get("needs", []),
         consent=consent_out(records.consents, facts.get("consent_given_at")),

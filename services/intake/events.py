@@ -103,6 +103,14 @@ async def case_reopened(session: AsyncSession, settings: Settings, case: Case) -
     await _emit(session, settings, case, contract.CaseReopened(case_id=case.id, case_number=case.case_number))
 
 
+async def case_anonymised(session: AsyncSession, settings: Settings, case: Case, *, cause: str) -> None:
+    """The case was erased (`request`) or passed retention (`retention`): every service erases its free text."""
+    data = contract.CaseAnonymised(
+        case_id=case.id, case_number=case.case_number, cause=cause, erased_at=case.erased_at  # type: ignore[arg-type]
+    )
+    await _emit(session, settings, case, data)
+
+
 async def risk_review_requested(
     session: AsyncSession, settings: Settings, case: Case, *, proposed: str, assessed_by_role: str
 ) -> None:

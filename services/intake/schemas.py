@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -171,6 +171,12 @@ class SurvivorOut(BaseModel):
     disability: bool | None = None
 
 
+class ErasedSurvivor(BaseModel):
+    """The survivor of an erased case: nothing of her identity is left (CONTRACT §12)."""
+
+    erased: Literal[True] = True
+
+
 class IncidentOut(BaseModel):
     occurred_at: datetime | None = None
     violence_types: list[ViolenceType] = Field(default_factory=list)
@@ -224,7 +230,7 @@ class CaseOut(BaseModel):
     risk_level: RiskLevel
     source: Source
     reported_at: datetime
-    survivor: SurvivorOut
+    survivor: SurvivorOut | ErasedSurvivor
     children: list[Child]
     incident: IncidentOut
     needs: list[Need]
@@ -244,10 +250,11 @@ class CaseSummary(BaseModel):
     risk_level: RiskLevel
     source: Source
     reported_at: datetime
-    first_name: str
-    last_name: str
+    first_name: str | None  # None once the case is erased
+    last_name: str | None
     age_group: str
     score: float | None = None
+    erased: bool = False
 
 
 CasePage = Page[CaseSummary]
@@ -290,6 +297,45 @@ class ProtectionOrderIn(Strict):
 
 class CloseIn(Strict):
     reason: str = Field(min_length=1, max_length=2000)
+
+
+class SurvivorPatch(Strict):
+    """Identity fields to correct; only those given change. Names may not be null; a null phone, address
+    or date of birth removes it."""
+
+    first_name: str | None = Field(default=None, min_length=1, max_length=100)
+    last_name: str | None = Field(default=None, min_length=1, max_length=100)
+    date_of_birth: date | None = None
+    phone: str | None = Field(default=None, min_length=3, max_length=40)
+    address: str | None = Field(default=None, min_length=1, max_length=300)
+
+    @model_validator(mode="after")
+    def _names_not_null(self) -> SurvivorPatch:
+        for name in ("first_name", "last_name"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to correct")
+        if self.date_of_birth is not None and self.date_of_birth.year < 1900:
+            raise ValueError("date_of_birth is before 1900")
+        return self
+
+
+class CorrectionOut(BaseModel):
+    at: datetime
+    sub: str
+    role: str
+    fields: list[str]
+
+
+class EraseIn(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ErasedOut(BaseModel):
+    id: uuid.UUID
+    case_number: str
+    erased_at: datetime
 
 
 class ReopenIn(Strict):

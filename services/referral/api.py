@@ -609,7 +609,7 @@ async def get_meeting(meeting_id: uuid.UUID, principal: Coordinator, session: Se
 
 def action_out(action: PlanAction, sealer: TextSealer) -> PlanActionOut:
     out = PlanActionOut.model_validate(action)
-    out.action = sealer.open("plan_actions", action.id, "action", action.action) or ""
+    out.action = (sealer.open("plan_actions", action.id, "action", action.action) if action.action else None) or ""
     out.overdue = action.status == "open" and action.due_date < _now().date()
     return out
 

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.referral import domain
+from services.referral import domain, erasure
 from services.referral.config import ReferralConfig
 from services.referral.models import (
     CaseFact,
@@ -540,12 +540,17 @@ class CaseProjection:
             contract.RentBonusPaymentDue: on_payment_due,
             contract.RentBonusPaymentPaid: on_payment_paid,
             contract.CaseTransferred: self.case_transferred,
+            contract.CaseAnonymised: on_case_anonymised,
         })
 
     async def case_transferred(self, session: AsyncSession, event: Received[contract.CaseTransferred]) -> None:
         from services.referral import transfers  # it builds on this module's routing and publishing
 
         await transfers.on_case_transferred(self.settings, self.config, session, event.envelope)
+
+
+async def on_case_anonymised(session: AsyncSession, event: Received[contract.CaseAnonymised]) -> None:
+    await erasure.on_case_anonymised(session, event.envelope)
 
 
 async def on_protection_order(session: AsyncSession, event: Received[contract.ProtectionOrderRecorded]) -> None:

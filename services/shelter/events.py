@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.shelter import domain, transfers
+from services.shelter import domain, erasure, transfers
 from services.shelter.models import (
     CaseProjection,
     DirectoryMember,
@@ -197,6 +197,10 @@ async def _case_transferred(session: AsyncSession, event: Received[contract.Case
     await transfers.on_case_transferred(session, event.envelope)
 
 
+async def _case_anonymised(session: AsyncSession, event: Received[contract.CaseAnonymised]) -> None:
+    await erasure.on_case_anonymised(session, event.envelope)
+
+
 async def _set_closed(session: AsyncSession, case_id: uuid.UUID, closed_at: datetime | None) -> None:
     """`case.closed` sets, `case.reopened` clears `closed_at` (events of one case arrive in order)."""
     table = CaseProjection.__table__  # type: ignore[attr-defined]
@@ -210,6 +214,7 @@ HANDLERS = EventHandlers({
     contract.CaseReopened: _case_reopened,
     contract.MemberSaved: _member_saved,
     contract.CaseTransferred: _case_transferred,
+    contract.CaseAnonymised: _case_anonymised,
 })
 CONSUMED_TOPICS = HANDLERS.topics
 

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -176,6 +176,13 @@ class TransferDeclined(TransferEventData):
     """The receiving municipality declined the transfer."""
 
     declined_at: Instant
+
+
+class CaseAnonymised(CaseEventData):
+    """The case's identity and free text are erased (a lawful request, or retention after closure)."""
+
+    cause: Literal["request", "retention"]
+    erased_at: Instant | None = None
 
 
 # --- mkr.referral.events ----------------------------------------------------------------------------
@@ -400,6 +407,7 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.transfer_requested": (INTAKE_TOPIC, TransferRequested),
     "case.transferred": (INTAKE_TOPIC, CaseTransferred),
     "case.transfer_declined": (INTAKE_TOPIC, TransferDeclined),
+    "case.anonymised": (INTAKE_TOPIC, CaseAnonymised),
     "member.saved": (REFERRAL_TOPIC, MemberSaved),
     "referral.created": (REFERRAL_TOPIC, ReferralCreated),
     "referral.status_changed": (REFERRAL_TOPIC, ReferralStatusChanged),
