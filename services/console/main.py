@@ -97,6 +97,23 @@ def create_app(
         if settings.console_oidc_issuer and settings.console_oidc_client_id else None
     )
     install_error_handlers(app)
+    _install_console_errors(app)
+    _install_probes(app)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(pages.router)
+    install_offline_docs(app)
+    form_targets = ""
+    if settings.console_oidc_issuer:
+        parts = urlsplit(settings.console_oidc_issuer)
+        form_targets = f" {parts.scheme}://{parts.netloc}"
+    app.add_middleware(SecurityHeaders, form_targets=form_targets)
+    app.add_middleware(RequestContextMiddleware, service="console")
+    return app
+
+
+def _install_console_errors(app: FastAPI) -> None:
+    """The console answers pages, not problem+json: sign-in redirects, and a message page for refusals."""
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, _: SignInRequired) -> Response:
@@ -117,6 +134,10 @@ def create_app(
         return render(request, "message.html", status=status, message=api_message(t, error),
                       details=api_details(error), back="/")
 
+
+def _install_probes(app: FastAPI) -> None:
+    """/healthz (alive) and /readyz (each service it calls answers its /healthz)."""
+
     @app.get("/healthz", tags=["probes"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -126,15 +147,3 @@ def create_app(
         checks = await app.state.upstream.ready()
         ok = all(checks.values())
         return JSONResponse({"status": "ready" if ok else "unready", "checks": checks}, status_code=200 if ok else 503)
-
-    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.include_router(pages.router)
-    install_offline_docs(app)
-    form_targets = ""
-    if settings.console_oidc_issuer:
-        parts = urlsplit(settings.console_oidc_issuer)
-        form_targets = f" {parts.scheme}://{parts.netloc}"
-    app.add_middleware(SecurityHeaders, form_targets=form_targets)
-    app.add_middleware(RequestContextMiddleware, service="console")
-    return app

@@ -21,6 +21,7 @@ from services.intake.casefile import personal_context
 from services.intake.events import case_anonymised
 from services.intake.models import AuditEntry, Case, CaseTransfer, IdentityCorrection, ProtectionOrder, SurvivorIndex
 from shared.crypto import FieldCipher
+from shared.db import table_of
 from shared.scheduler import claim_due, periodic
 from shared.settings import Settings
 
@@ -72,7 +73,7 @@ async def erase(
     case.erasure_reason = master.encrypt(reason, personal_context(case.id, "erasure_reason"))
     session.add(case)
     await session.flush()
-    table = AuditEntry.__table__  # type: ignore[attr-defined]
+    table = table_of(AuditEntry)
     await session.execute(
         table.insert().values(
             at=now, case_id=case.id, municipality=case.municipality, sub=sub, role=role, action=f"case.erased.{cause}"

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake.models import Case, ProtectionOrder, ReferralAccess
 from shared.contracts import events as contract
+from shared.db import table_of
 from shared.dispatch import EventHandlers, Received
 from shared.events import emit
 from shared.settings import Settings
@@ -141,7 +142,7 @@ async def _referral_access(
     status = data.status
     if status not in REFERRAL_STAGES:
         return
-    table = ReferralAccess.__table__  # type: ignore[attr-defined]
+    table = table_of(ReferralAccess)
     stage = REFERRAL_STAGES[status]
     insert = pg_insert(table).values(
         referral_id=data.referral_id,

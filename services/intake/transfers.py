@@ -198,7 +198,6 @@ async def request_transfer(
         await service.record_audit(session, principal, case, "case.transfer_requested")
         await _emit(session, settings, case, transfer, contract.TransferRequested, {"requested_at": now.isoformat()})
         answer = jsonable(transfer_out(cipher, principal, transfer, case))
-    request.app.state.runtime.relay.wake()
     return JSONResponse(answer, status_code=201)
 
 
@@ -315,7 +314,6 @@ async def accept_transfer(
             {**facts, "previous_case_number": previous, "accepted_at": now.isoformat()},
         )
         answer = transfer_out(cipher, principal, transfer, case)
-    request.app.state.runtime.relay.wake()
     return answer
 
 
@@ -336,7 +334,6 @@ async def decline_transfer(
         await service.record_audit(session, principal, case, "case.transfer_declined")
         await _emit(session, settings, case, transfer, contract.TransferDeclined, {"declined_at": now.isoformat()})
         answer = transfer_out(cipher, principal, transfer, case)
-    request.app.state.runtime.relay.wake()
     return answer
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,12 +32,11 @@ from services.notifications.models import (
     Subscription,
 )
 from shared import observability
-from shared.app import ServiceRuntime
 from shared.contracts import ALL_TOPICS, EventData
 from shared.contracts import events as contract
+from shared.db import table_of
 from shared.dispatch import EventHandlers, Received
 from shared.events import Envelope, emit
-from shared.scheduler import claim_due, periodic
 from shared.settings import Settings
 
 log = logging.getLogger("mkr.notifications")
@@ -329,7 +328,7 @@ async def _save_protection_order(session: AsyncSession, event: Received[contract
         "expires_at": data.expires_at,
     }
     stmt = pg_insert(ProtectionOrder).values(**values)
-    table = ProtectionOrder.__table__  # type: ignore[attr-defined]
+    table = table_of(ProtectionOrder)
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=["order_id"],
@@ -361,7 +360,7 @@ async def _save_reporting_police(session: AsyncSession, event: Received[contract
 
 
 async def _save_case_police(session: AsyncSession, event: Received[Any], column: str, member_id: str) -> None:
-    table = CasePolice.__table__  # type: ignore[attr-defined]
+    table = table_of(CasePolice)
     stmt = pg_insert(table).values(
         {"case_id": str(event.data.case_id), "municipality": event.municipality, column: member_id}
     )
@@ -374,48 +373,3 @@ async def police_member_of(session: AsyncSession, case_id: str) -> str | None:
     if row is None:
         return None
     return row.referred_member_id or row.reporting_member_id
-
-
-# --- the protection-order scheduler ---------------------------------------------------------------
-
-
-async def raise_expiring_protection_orders(runtime: ServiceRuntime, config: NotificationsConfig) -> int:
-    """Publish `case.protection_order_expiring` once per issued order within the warning window."""
-    horizon = datetime.now(UTC) + timedelta(days=config.protection_order_warning_days)
-    async with runtime.sessions() as session, session.begin():
-        due = await claim_due(
-            session,
-            sa.select(ProtectionOrder)
-            .where(
-                col(ProtectionOrder.status) == "issued",
-                col(ProtectionOrder.expiry_raised_at).is_(None),
-                col(ProtectionOrder.expires_at).is_not(None),
-                col(ProtectionOrder.expires_at) <= horizon,
-            )
-            .order_by(col(ProtectionOrder.expires_at)),
-        )
-        for order in due:
-            order.expiry_raised_at = datetime.now(UTC)
-            assert order.expires_at is not None
-            data = contract.ProtectionOrderExpiring(
-                case_id=uuid.UUID(order.case_id),
-                case_number=order.case_number,
-                order_id=uuid.UUID(order.order_id),
-                kind=order.kind,
-                expires_at=order.expires_at,
-                police_member_id=await police_member_of(session, order.case_id),
-            )
-            await emit(
-                session, runtime.settings, data, subject=order.case_id, municipality=order.municipality,
-                event_id=domain.derived_event_id("po-expiring", order.order_id, order.expires_at.isoformat()),
-            )
-    if due:
-        runtime.relay.wake()
-    return len(due)
-
-
-def protection_order_scheduler(config: NotificationsConfig) -> Any:
-    async def scan(runtime: ServiceRuntime) -> int:
-        return await raise_expiring_protection_orders(runtime, config)
-
-    return periodic("protection_order_scheduler", scan, lambda: config.scan_seconds)

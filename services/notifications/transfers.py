@@ -23,6 +23,7 @@ from services.notifications.config import NotificationsConfig
 from services.notifications.models import Alert, CasePolice, MemberContact, PendingTransfer, ProtectionOrder
 from shared.app import ServiceRuntime
 from shared.contracts import events as contract
+from shared.db import table_of
 from shared.events import Envelope, emit
 from shared.scheduler import claim_due, periodic
 
@@ -90,7 +91,7 @@ async def _project(session: AsyncSession, event: Envelope) -> None:
         requested_at=datetime.fromisoformat(str(requested_at)),
         status=status,
     )
-    table = PendingTransfer.__table__  # type: ignore[attr-defined]
+    table = table_of(PendingTransfer)
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=["transfer_id"],
@@ -158,8 +159,6 @@ async def raise_overdue_transfers(runtime: ServiceRuntime, config: Notifications
                 session, runtime.settings, data, subject=transfer.case_id, municipality=transfer.from_municipality,
                 event_id=domain.derived_event_id("transfer-overdue", transfer.transfer_id),
             )
-    if due:
-        runtime.relay.wake()
     return len(due)
 
 

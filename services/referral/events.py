@@ -34,6 +34,7 @@ from services.referral.models import (
 )
 from shared.contracts import EventRejected
 from shared.contracts import events as contract
+from shared.db import table_of
 from shared.dispatch import EventHandlers, Received
 from shared.events import Envelope, emit, event_of, publish_events
 from shared.settings import Settings
@@ -328,7 +329,7 @@ async def route(
 
 
 # Statements built once (compiled once); the rows go as parameters, in one multi-row INSERT each.
-_referrals = Referral.__table__  # type: ignore[attr-defined]
+_referrals = table_of(Referral)
 _AUTO_REFERRAL_INSERT = (
     pg_insert(_referrals)
     .on_conflict_do_nothing(
@@ -336,7 +337,7 @@ _AUTO_REFERRAL_INSERT = (
     )
     .returning(_referrals.c.id)
 )
-_DECISION_INSERT = sa.insert(RoutingDecision.__table__)  # type: ignore[attr-defined]
+_DECISION_INSERT = sa.insert(table_of(RoutingDecision))
 
 
 def _auto_referral(config: ReferralConfig, case: CaseFact, decision: domain.Decision, now: datetime) -> Referral:

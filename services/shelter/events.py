@@ -21,6 +21,7 @@ from services.shelter.models import (
     Shelter,
 )
 from shared.contracts import events as contract
+from shared.db import table_of
 from shared.dispatch import EventHandlers, Received
 from shared.events import emit
 from shared.settings import Settings
@@ -148,7 +149,7 @@ async def rent_bonus_ending(
 async def _case_reported(session: AsyncSession, event: Received[contract.CaseReported]) -> None:
     """Keep {case_id, case_number, municipality, needs, children_count} of each reported case."""
     data = event.data
-    table = CaseProjection.__table__  # type: ignore[attr-defined]
+    table = table_of(CaseProjection)
     stmt = pg_insert(table).values(
         case_id=data.case_id,
         case_number=data.case_number,
@@ -171,7 +172,7 @@ async def _case_reported(session: AsyncSession, event: Received[contract.CaseRep
 async def _member_saved(session: AsyncSession, event: Received[contract.MemberSaved]) -> None:
     """Keep each directory member's kind, municipality and whether it is active (the newest event wins)."""
     data = event.data
-    table = DirectoryMember.__table__  # type: ignore[attr-defined]
+    table = table_of(DirectoryMember)
     stmt = pg_insert(table).values(
         member_id=str(data.member_id), municipality=event.municipality, kind=data.kind, active=data.active,
         saved_at=event.time,
@@ -203,7 +204,7 @@ async def _case_anonymised(session: AsyncSession, event: Received[contract.CaseA
 
 async def _set_closed(session: AsyncSession, case_id: uuid.UUID, closed_at: datetime | None) -> None:
     """`case.closed` sets, `case.reopened` clears `closed_at` (events of one case arrive in order)."""
-    table = CaseProjection.__table__  # type: ignore[attr-defined]
+    table = table_of(CaseProjection)
     await session.execute(sa.update(table).where(table.c.case_id == case_id).values(closed_at=closed_at))
 
 
