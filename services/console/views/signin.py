@@ -29,6 +29,7 @@ from shared.keys import issue_token
 
 router = APIRouter(include_in_schema=False)
 
+
 def _local_sign_in_enabled(request: Request) -> bool:
     return settings_of(request).environment == "development"
 
