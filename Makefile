@@ -17,8 +17,8 @@ run: $(STAMP)
 	$(BIN)/mkr run
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services deploy tests
-	$(BIN)/mypy shared services deploy
+	$(BIN)/ruff check mkr shared services deploy tests
+	$(BIN)/mypy mkr shared services deploy
 
 # promtool (Debian's prometheus package) checks /metrics and deploy/monitoring in the tests: installed
 # when missing, and a loud failure when it cannot be.

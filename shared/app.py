@@ -28,7 +28,7 @@ from shared.observability import (
     metrics_endpoint,
     tracing_enabled,
 )
-from shared.settings import ServiceName, Settings
+from shared.settings import Settings
 
 log = logging.getLogger("mkr.app")
 
@@ -52,7 +52,7 @@ BackgroundJob = Callable[["ServiceRuntime"], Awaitable[None]]
 class ServiceRuntime:
     """The live parts of one service process, on `app.state.runtime`."""
 
-    name: ServiceName
+    name: str
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
@@ -64,7 +64,7 @@ class ServiceRuntime:
 
 def create_service_app(
     *,
-    name: ServiceName,
+    name: str,
     settings: Settings,
     routers: Sequence[APIRouter],
     migrations: Path,
@@ -119,6 +119,7 @@ def create_service_app(
     app = FastAPI(title=title, version=version, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
+    app.state.consumer_specs = tuple(consumers)  # what it consumes, for the registry's check (tests/test_layers.py)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # inside: 413s are logged
     app.add_middleware(RequestContextMiddleware, service=name)

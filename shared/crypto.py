@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -69,12 +70,17 @@ def _local_key(settings: Settings, filename: str) -> str:
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     value = base64.b64encode(os.urandom(32)).decode()
+    # Written whole to a private file, then linked into place: a process starting at the same moment sees
+    # either no key or the complete one, never an empty file (`mkr run` starts the services together).
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{filename}.")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value)
+        os.link(temporary, path)
     except FileExistsError:
         return path.read_text().strip()  # another process wrote it first
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
+    finally:
+        os.unlink(temporary)
     return value
 
 

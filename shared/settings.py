@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-ServiceName = Literal["intake", "referral", "shelter", "notifications"]
-SERVICES: tuple[ServiceName, ...] = ("intake", "referral", "shelter", "notifications")
-# Every process `mkr serve` can run: the four services and the web console (no database of its own).
-AppName = Literal["intake", "referral", "shelter", "notifications", "console"]
-APPS: tuple[AppName, ...] = (*SERVICES, "console")
-
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 MIN_INDEX_KEY_BYTES = 32  # production refuses a shorter MKR_INDEX_KEY
 
@@ -71,11 +67,9 @@ class Settings(BaseSettings):
     jwt_max_lifetime_seconds: int = Field(default=86400, ge=60)
 
     host: str = "127.0.0.1"
-    console_port: int = 8000
-    intake_port: int = 8001
-    referral_port: int = 8002
-    shelter_port: int = 8003
-    notifications_port: int = 8004
+    # The port of each process, from MKR_<NAME>_PORT (MKR_INTAKE_PORT, MKR_CONSOLE_PORT, ...); a process not
+    # named here listens on the default port of its entry in the service registry (mkr/registry.py).
+    ports: dict[str, int] = Field(default_factory=dict)
 
     # Application-level encryption of personal data (base64 of 32 bytes) and the
     # key of the non-reversible search index. Development falls back to keys kept
@@ -83,13 +77,11 @@ class Settings(BaseSettings):
     encryption_key: str | None = None
     index_key: str | None = None
 
-    # The web console (services/console): where it reaches the four services (default 127.0.0.1 and their
-    # ports), the key of its session cookies (base64 of 32 bytes; development falls back to one under
-    # state_dir), the public URL it is reached at (for the OpenID Connect redirect; default: the request's).
-    console_intake_url: str | None = None
-    console_referral_url: str | None = None
-    console_shelter_url: str | None = None
-    console_notifications_url: str | None = None
+    # The web console (services/console): where it reaches each service, from MKR_CONSOLE_<NAME>_URL
+    # (default 127.0.0.1 and the service's port), the key of its session cookies (base64 of 32 bytes;
+    # development falls back to one under state_dir), the public URL it is reached at (for the OpenID
+    # Connect redirect; default: the request's).
+    console_urls: dict[str, str] = Field(default_factory=dict)
     console_session_key: str | None = None
     console_public_url: str | None = None
     # The municipality's OpenID Connect provider (authorization code + PKCE); unset: no OIDC sign-in.
@@ -141,13 +133,20 @@ class Settings(BaseSettings):
             raise ValueError("MKR_KAFKA_SSL_CAFILE is not a readable file")
         return self
 
-    def port_of(self, service: AppName) -> int:
-        return int(getattr(self, f"{service}_port"))
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _PerProcessSource(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
-    def console_upstream(self, service: ServiceName) -> str:
-        """The base URL the console calls a service at."""
-        url = getattr(self, f"console_{service}_url")
-        return str(url).rstrip("/") if url else f"http://127.0.0.1:{self.port_of(service)}"
+    def port_of(self, name: str, default: int) -> int:
+        """The port of the process `name`: MKR_<NAME>_PORT, else the default its caller knows."""
+        return int(self.ports.get(name, default))
 
     def topic(self, name: str) -> str:
         """The physical topic for a contract topic name such as `mkr.intake.events`."""
@@ -160,6 +159,36 @@ class Settings(BaseSettings):
     @property
     def public_key_path(self) -> Path:
         return self.state_dir / "jwt-public.pem"
+
+
+# MKR_<NAME>_PORT and MKR_CONSOLE_<NAME>_URL, for any one-word process name the registry may hold.
+_PORT_RE = re.compile(r"MKR_([A-Z]+)_PORT")
+_CONSOLE_URL_RE = re.compile(r"MKR_CONSOLE_([A-Z]+)_URL")
+
+
+class _PerProcessSource(EnvSettingsSource):
+    """Gathers the per-process variables into `ports` and `console_urls`; the names are not fixed here."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        known = {f"MKR_{name.upper()}" for name in self.settings_cls.model_fields}
+        ports: dict[str, str] = {}
+        urls: dict[str, str] = {}
+        for key, value in os.environ.items():
+            if key in known or not value:
+                continue
+            if match := _PORT_RE.fullmatch(key):
+                ports[match.group(1).lower()] = value
+            elif match := _CONSOLE_URL_RE.fullmatch(key):
+                urls[match.group(1).lower()] = value.rstrip("/")
+        found: dict[str, Any] = {}
+        if ports:
+            found["ports"] = ports
+        if urls:
+            found["console_urls"] = urls
+        return found
 
 
 @lru_cache

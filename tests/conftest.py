@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mkr.registry import SERVICES
 from shared import db
 from shared.embedded import ensure_postgres, free_port, start_broker, stop_postgres, stop_process
 from shared.keys import ensure_local_keypair
-from shared.settings import SERVICES, Settings
+from shared.settings import Settings
 from tests.support import Stack, running_stack
 
 

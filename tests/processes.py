@@ -42,7 +42,7 @@ class LaunchedStack:
 
     def start(self, output: IO[bytes] | int = subprocess.DEVNULL, timeout: float = 90) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "run"], env=self.env, stdout=output, stderr=output
+            [sys.executable, "-m", "mkr.cli", "run"], env=self.env, stdout=output, stderr=output
         )
         self.wait_ready(timeout)
 
@@ -64,7 +64,7 @@ class LaunchedStack:
 
     def token(self, role: str, municipality: str, *extra: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "token", "--role", role, "--municipality", municipality,
+            [sys.executable, "-m", "mkr.cli", "token", "--role", role, "--municipality", municipality,
              "--ttl", "86400", *extra],
             env=self.env, capture_output=True, check=True, timeout=30,
         )

@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 import httpx
 from fastapi import FastAPI
 
+from mkr.registry import SERVICES, spec
 from shared.keys import issue_token
-from shared.settings import SERVICES, Settings
+from shared.settings import Settings
 
 T = TypeVar("T")
 
@@ -41,15 +42,8 @@ async def wait_for(
 
 
 def create_app(service: str, settings: Settings, **options: Any) -> FastAPI:
-    if service == "intake":
-        from services.intake.main import create_app as factory
-    elif service == "referral":
-        from services.referral.main import create_app as factory
-    elif service == "shelter":
-        from services.shelter.main import create_app as factory
-    else:
-        from services.notifications.main import create_app as factory
-    return factory(settings, **options)
+    app: FastAPI = spec(service).create_app(settings, **options)
+    return app
 
 
 @dataclass

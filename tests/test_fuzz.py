@@ -37,9 +37,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from mkr.registry import SERVICES
 from shared import db
 from shared.embedded import free_port
-from shared.settings import SERVICES, Settings
+from shared.settings import Settings
 from tests.support import create_app, token
 
 MAX_EXAMPLES = 12

@@ -1,6 +1,6 @@
 """Generated from the routes: every endpoint × every role, own municipality, plus the contract's table.
 
-The matrix lives on the routes (`allow(...)`); `shared.permissions` reads it. These tests call each
+The matrix lives on the routes (`allow(...)`); `mkr.permissions` reads it. These tests call each
 endpoint as each role and check the answer, check that no `/v1` endpoint skips authentication, that
 the contract's "who" column holds, and that docs/PERMISSIONS.md is the current rendering.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mkr.permissions import Endpoint, matrix, render_markdown
 from shared.auth import INSTITUTION_ROLES, Role
-from shared.permissions import Endpoint, matrix, render_markdown
 from tests.support import Stack, new_municipality
 
 MATRIX = matrix()
@@ -87,7 +87,7 @@ def test_contract_who_column_holds(key: tuple[str, str, str]) -> None:
 
 def test_permissions_doc_is_current() -> None:
     doc = Path(__file__).parent.parent / "docs" / "PERMISSIONS.md"
-    hint = "regenerate: .venv/bin/python -m shared.permissions > docs/PERMISSIONS.md"
+    hint = "regenerate: .venv/bin/python -m mkr.permissions > docs/PERMISSIONS.md"
     assert doc.read_text() == render_markdown(MATRIX), hint
 
 

@@ -93,6 +93,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    upstreams: Mapping[str, str] | None = None,
     oidc_transport: httpx.AsyncBaseTransport | None = None,
     local_token_ttl: int = 8 * 3600,
 ) -> FastAPI:
@@ -111,7 +112,7 @@ def create_app(
     app = FastAPI(title="MKR console", version="1.0.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.codec = codec
-    app.state.upstream = Upstream(settings, transports)
+    app.state.upstream = Upstream(settings, transports, upstreams)
     app.state.verifier = TokenVerifier(settings)
     app.state.local_token_ttl = local_token_ttl
     app.state.oidc = (

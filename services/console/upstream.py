@@ -6,11 +6,16 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import httpx
 
-from shared.settings import SERVICES, ServiceName, Settings
+from shared.settings import Settings
+
+# The services the console calls. Their base URLs: MKR_CONSOLE_<NAME>_URL, else what `mkr serve` passes
+# in from the service registry (mkr/registry.py: 127.0.0.1 and the service's port).
+ServiceName = Literal["intake", "referral", "shelter", "notifications"]
+UPSTREAMS: tuple[ServiceName, ...] = get_args(ServiceName)
 
 log = logging.getLogger("mkr.console.upstream")
 
@@ -47,12 +52,20 @@ def items_of(data: Any) -> list[dict[str, Any]]:
 
 
 class Upstream:
-    def __init__(self, settings: Settings, transports: Mapping[str, httpx.AsyncBaseTransport] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+        base_urls: Mapping[str, str] | None = None,
+    ):
         self.clients: dict[str, httpx.AsyncClient] = {}
-        for name in SERVICES:
+        for name in UPSTREAMS:
             transport = (transports or {}).get(name)
+            url = settings.console_urls.get(name) or (base_urls or {}).get(name)
+            if not url:
+                raise ValueError(f"the console needs MKR_CONSOLE_{name.upper()}_URL (or `mkr serve --service console`)")
             self.clients[name] = httpx.AsyncClient(
-                base_url=settings.console_upstream(name),
+                base_url=url.rstrip("/"),
                 timeout=httpx.Timeout(10.0, connect=3.0),
                 transport=transport,
                 follow_redirects=False,

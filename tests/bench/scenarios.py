@@ -957,7 +957,7 @@ async def import_rate(stack: LaunchedStack, quick: bool) -> Outcome:
             began = time.perf_counter()
             done = await asyncio.to_thread(
                 subprocess.run,
-                [sys.executable, "-m", "shared.cli", "import", "cases", str(path), "--quiet",
+                [sys.executable, "-m", "mkr.cli", "import", "cases", str(path), "--quiet",
                  "--base-url", stack.url("intake"), "--token", token],
                 capture_output=True, timeout=1800,
             )

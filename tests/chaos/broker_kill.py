@@ -20,10 +20,11 @@ from typing import Any
 
 import httpx
 
+from mkr.registry import SERVICES
 from shared import db
 from shared.embedded import free_port, start_broker
 from shared.keys import issue_token
-from shared.settings import SERVICES, Settings
+from shared.settings import Settings
 from tests.processes import LaunchedStack
 from tests.support import contract_report
 

@@ -16,9 +16,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from mkr.registry import SERVICES
 from services.console.main import create_app as create_console
 from shared.embedded import free_port
-from shared.settings import SERVICES, Settings
+from shared.settings import Settings
 from tests.console.oidc_provider import CLIENT_ID, CLIENT_SECRET, ProviderState, create_provider
 from tests.support import Stack
 
@@ -93,8 +94,8 @@ async def live(stack: Stack) -> AsyncIterator[Live]:
         console_port = free_port()
         settings = stack.settings.model_copy(update={
             "environment": "development",
-            "console_port": console_port,
-            **{f"console_{name}_url": url for name, url in urls.items()},
+            "ports": {**stack.settings.ports, "console": console_port},
+            "console_urls": dict(urls),
             "console_oidc_issuer": provider.url,
             "console_oidc_client_id": CLIENT_ID,
             "console_oidc_client_secret": CLIENT_SECRET,

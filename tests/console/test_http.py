@@ -257,7 +257,7 @@ async def test_readyz_reports_the_services(live: Live) -> None:
         metrics = await client.get(f"{live.url}/metrics")
         assert metrics.status_code == 200 and 'service="console"' in metrics.text
     started = time.monotonic()
-    settings = live.settings.model_copy(update={"console_intake_url": "http://127.0.0.1:9"})
+    settings = live.settings.model_copy(update={"console_urls": {**live.settings.console_urls, "intake": "http://127.0.0.1:9"}})
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c.test") as client:
         unready = await client.get("/readyz")

@@ -17,7 +17,9 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from shared.settings import APPS, SERVICES, Settings
+from mkr import registry
+from mkr.registry import APPS, SERVICES
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -55,8 +57,8 @@ def keys_used_by(service: str) -> frozenset[str]:
 
 
 def default_port(service: str) -> int:
-    # The declared default, not Settings(): the test's own environment must not move it.
-    return int(Settings.model_fields[f"{service}_port"].default)
+    # The registry's default, not Settings(): the test's own environment must not move it.
+    return registry.spec(service).default_port
 
 
 def _prefix(model: type[BaseSettings]) -> str:
@@ -67,6 +69,9 @@ def _prefix(model: type[BaseSettings]) -> str:
 def known_variables() -> frozenset[str]:
     """Every MKR_* environment variable the code reads: Settings plus each service's config class."""
     names = {f"{_prefix(Settings)}{field.upper()}" for field in Settings.model_fields}
+    # The per-process variables Settings gathers into `ports` and `console_urls`, one per registry entry.
+    names |= {f"MKR_{app.upper()}_PORT" for app in APPS}
+    names |= {f"MKR_CONSOLE_{service.upper()}_URL" for service in SERVICES}
     for service in SERVICES:
         try:
             module = importlib.import_module(f"services.{service}.config")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.settings import SERVICES
+from mkr.registry import SERVICES
 from tests.support import Stack, contract_report, new_municipality, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,9 +20,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from mkr.registry import SERVICES
 from shared import db
 from shared.embedded import ensure_postgres, stop_postgres
-from shared.settings import SERVICES, Settings
+from shared.settings import Settings
 from tests.conftest import make_settings
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "postgres-init.sh"

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from shared.importer import TEMPLATE_COLUMNS
+from mkr.importer import TEMPLATE_COLUMNS
 
 # line -> (column, why): the bad rows planted in the file, each with one fault of a kind intake refuses.
 FAULTS: list[tuple[str, Any]] = [

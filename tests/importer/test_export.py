@@ -6,7 +6,7 @@ import csv
 import datetime as dt
 import io
 
-from shared.importer import export_cases
+from mkr.importer import export_cases
 from tests.support import Stack, contract_report, new_municipality, token, wait_for
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from shared import importer
-from shared.importer import UsageError, import_file, load_mapping
+from mkr import importer
+from mkr.importer import UsageError, import_file, load_mapping
 from tests.importer.records import write_file
 from tests.support import Stack, new_municipality, token
 
@@ -150,7 +150,7 @@ async def test_reported_at_needs_a_coordinator_token(intake: Stack, tmp_path: Pa
 
 def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.cli import main
+    from mkr.cli import main
 
     monkeypatch.delenv("MKR_TOKEN", raising=False)
     path = tmp_path / "r.csv"
@@ -172,7 +172,7 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_cli_dry_run_prints_errors_by_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from shared.cli import main
+    from mkr.cli import main
 
     fake = "x." + "eyJtdW5pY2lwYWxpdHkiOiAiZWxiYXNhbiIsICJyb2xlIjogImNvb3JkaW5hdG9yIn0" + ".y"
     path = tmp_path / "r.csv"
@@ -203,7 +203,7 @@ def test_semicolon_csv_and_multiline_cells_keep_file_lines(tmp_path: Path) -> No
 
 
 def test_export_usage_errors_exit_2() -> None:
-    from shared.cli import main
+    from mkr.cli import main
 
     assert main(["export", "cases", "--from", "2026-02-01", "--to", "2026-01-01", "--token", "t"]) == 2
     assert main(["export", "cases", "--from", "2026-13-01", "--to", "2026-01-01", "--token", "t"]) == 2

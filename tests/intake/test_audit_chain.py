@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mkr.cli import main
 from services.intake import audit
 from shared import db
-from shared.cli import main
 from tests.intake.conftest import reported
 from tests.support import Stack, new_municipality
 

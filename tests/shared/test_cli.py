@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from shared.cli import main
+from mkr.cli import main
 from tests.support import Stack
 
 

@@ -52,7 +52,7 @@ def render_markdown(all_endpoints: list[Endpoint]) -> str:
     lines = [
         "# Permissions",
         "",
-        "Generated from the routes by `python -m shared.permissions` (a test keeps this file current).",
+        "Generated from the routes by `python -m mkr.permissions` (a test keeps this file current).",
         "✓ = the role may call the endpoint (objects of another municipality still answer 404, and",
         "object-level rules of CONTRACT §2 apply); · = 403. Every `/v1` call without a valid token is 401.",
         "",
@@ -68,19 +68,12 @@ def render_markdown(all_endpoints: list[Endpoint]) -> str:
 
 
 def all_apps() -> dict[str, FastAPI]:
-    from services.intake.main import create_app as intake
-    from services.notifications.main import create_app as notifications
-    from services.referral.main import create_app as referral
-    from services.shelter.main import create_app as shelter
+    """Every service of the registry with an API of its own (the console only calls theirs)."""
+    from mkr.registry import SERVICES, spec
     from shared.settings import Settings
 
     settings = Settings()
-    return {
-        "intake": intake(settings),
-        "referral": referral(settings),
-        "shelter": shelter(settings),
-        "notifications": notifications(settings),
-    }
+    return {name: spec(name).create_app(settings) for name in SERVICES}
 
 
 def matrix() -> list[Endpoint]:

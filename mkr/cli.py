@@ -7,7 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from shared.settings import APPS, SERVICES, Settings
+from mkr.registry import APPS, SERVICES, app_factory, port_of, spec
+from shared.settings import Settings
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -42,6 +43,14 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrations_of(name: str) -> Path:
+    """The Alembic directory of a service: `migrations/` beside its package."""
+    import importlib
+
+    package = importlib.import_module(spec(name).package)
+    return Path(package.__file__ or "").parent / "migrations"
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from shared.db import create_engine, ensure_database, migrate
 
@@ -53,7 +62,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             await ensure_database(settings, name)
             engine = create_engine(settings, name)
             try:
-                await migrate(engine, Path(__file__).parent.parent / "services" / name / "migrations", settings)
+                await migrate(engine, _migrations_of(name), settings)
             finally:
                 await engine.dispose()
             print(f"{name}: migrated")
@@ -94,10 +103,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     uvicorn.run(
-        f"services.{args.service}.main:create_app",
+        app_factory(args.service, settings),
         factory=True,
         host=args.host or settings.host,
-        port=args.port or settings.port_of(args.service),
+        port=args.port or port_of(settings, args.service),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -109,7 +118,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(_: argparse.Namespace) -> int:
-    from deploy.launcher import main as launch
+    from mkr.launcher import main as launch
 
     return launch()
 
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="the embedded default: PostgreSQL, broker, the four services and the console")
     run.set_defaults(func=_cmd_run)
 
-    from shared.importer import register_commands as register_import_commands
+    from mkr.importer import register_commands as register_import_commands
 
     register_import_commands(sub)
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from mkr.registry import APPS, port_of
 from shared.embedded import ensure_postgres, port_open, start_broker, stop_postgres, stop_process
 from shared.keys import ensure_local_keypair
-from shared.settings import APPS, Settings
+from shared.settings import Settings
 
 READY_TIMEOUT = 90.0
 
@@ -83,13 +84,13 @@ class Launcher:
 
     def start_services(self, env: dict[str, str]) -> None:
         for name in APPS:
-            child = Child(name, [sys.executable, "-m", "shared.cli", "serve", "--service", name], env)
+            child = Child(name, [sys.executable, "-m", "mkr.cli", "serve", "--service", name], env)
             child.start()
             self.children.append(child)
 
     def wait_ready(self) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT
-        pending = {c.name: self.settings.port_of(c.name) for c in self.children}  # type: ignore[arg-type]
+        pending = {c.name: port_of(self.settings, c.name) for c in self.children}
         with httpx.Client(timeout=2) as client:
             while pending and time.monotonic() < deadline and not self.stopping:
                 for name, port in list(pending.items()):
@@ -105,17 +106,17 @@ class Launcher:
 
     def banner(self) -> None:
         print("\nMKR is running:")
-        print(f"  {'console':<14} http://127.0.0.1:{self.settings.port_of('console')}   (open it in a browser)")
+        print(f"  {'console':<14} http://127.0.0.1:{port_of(self.settings, 'console')}   (open it in a browser)")
         for name in APPS:
             if name == "console":
                 continue
-            port = self.settings.port_of(name)
+            port = port_of(self.settings, name)
             print(f"  {name:<14} http://127.0.0.1:{port}   (docs: /docs, ready: /readyz)")
         print(
             "\nA token for the API:\n"
             "  .venv/bin/mkr token --role coordinator --municipality elbasan\n"
             "  curl -H \"Authorization: Bearer $(.venv/bin/mkr token --role coordinator --municipality elbasan)\""
-            " http://127.0.0.1:8001/v1/cases\n\nCtrl-C stops everything.\n",
+            f" http://127.0.0.1:{port_of(self.settings, 'intake')}/v1/cases\n\nCtrl-C stops everything.\n",
             flush=True,
         )
 

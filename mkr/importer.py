@@ -34,8 +34,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 from pydantic import ValidationError
 
-from shared.settings import ServiceName
-
 # The plain template's columns (CONTRACT §12), in their order.
 TEMPLATE_COLUMNS = (
     "reported_at", "source", "first_name", "last_name", "sex", "date_of_birth", "age", "ethnicity",
@@ -641,11 +639,11 @@ async def import_file(
 # --- the commands ---
 
 
-def _default_url(service: ServiceName) -> str:
+def _default_url(service: str) -> str:
+    from mkr.registry import local_url
     from shared.settings import Settings
 
-    settings = Settings()
-    return f"http://127.0.0.1:{settings.port_of(service)}"
+    return local_url(Settings(), service)
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -745,7 +743,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def register_commands(sub: Any) -> None:
-    """Add `import` and `export` to the `mkr` parser (shared/cli.py)."""
+    """Add `import` and `export` to the `mkr` parser (mkr/cli.py)."""
     imp = sub.add_parser("import", help="import case records from a CSV or .xlsx file (CONTRACT §12)")
     imp_sub = imp.add_subparsers(dest="what", required=True)
     cases = imp_sub.add_parser("cases", help="POST each row to /v1/cases, idempotently")
