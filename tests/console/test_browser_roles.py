@@ -32,6 +32,12 @@ async def _fits_a_phone(page: Any) -> None:
     assert width <= PHONE["width"], f"{page.url} is {width}px wide on a 390px phone"
 
 
+async def _saved(page: Any, notice: str) -> None:
+    """The notice, or the page's error shown in the failure (a refusal of the API is a readable message)."""
+    await page.get_by_text(notice).or_(page.locator(".error")).first.wait_for()
+    assert not await page.locator(".error").count(), await page.locator(".error").inner_text()
+
+
 async def test_shelter_starts_and_ends_a_placement_on_a_phone_from_its_alert(live: Live, page_factory: Any) -> None:
     m = new_municipality()
     shelter_member = await member(live, m, "shelter")
@@ -132,7 +138,7 @@ async def test_housing_office_sets_budgets_per_year_and_decides_with_the_remaind
     await axe_clean(page)
     await page.get_by_label("Amount (ALL)").fill("250000")
     await page.get_by_role("button", name="Save the budget").click()
-    await page.get_by_text("The budget is saved.").wait_for()
+    await _saved(page, "The budget is saved.")
     assert "250,000 ALL" in await page.locator(f"#budget-{year}").inner_text()
     stored = await live.stack.shelter.get(f"/v1/rent-bonus/budgets/{m}/{year}",
                                           headers=live.auth("housing_officer", m))
@@ -144,7 +150,7 @@ async def test_housing_office_sets_budgets_per_year_and_decides_with_the_remaind
     await page.get_by_role("heading", name=f"Set the budget {year + 1}").wait_for()
     await page.get_by_label("Amount (ALL)").fill("90000")
     await page.get_by_role("button", name="Save the budget").click()
-    await page.get_by_text("The budget is saved.").wait_for()
+    await _saved(page, "The budget is saved.")
     assert "90,000 ALL" in await page.locator(f"#budget-{year + 1}").inner_text()
 
     async def apply() -> Any:
