@@ -3,7 +3,6 @@ coordinator) and its plan actions (list and complete)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -19,8 +18,8 @@ router = APIRouter(include_in_schema=False)
 
 REFERRAL_ACTIONS = ("acknowledge", "accept", "decline", "complete", "cancel")
 OPEN = ("pending", "acknowledged", "accepted")
-# The plan-actions page looks at the plans of this many of the institution's most recent cases.
-PLAN_CASES = 50
+# The plan-actions page shows the first this many actions by due date (the API's largest page).
+PLAN_ACTIONS = 200
 
 
 async def _my_referrals(caller: Caller) -> list[dict[str, Any]]:
@@ -61,23 +60,10 @@ async def referral_action(referral_id: str, action: str, posted: PostedForm) -> 
 
 
 async def _plan_actions(caller: Caller) -> list[dict[str, Any]]:
-    """The institution's actions in the plans of the cases referred to it (each plan lists only its own)."""
-    case_ids: list[str] = []
-    for referral in await _my_referrals(caller):
-        case_id = str(referral.get("case_id") or "")
-        if case_id and case_id not in case_ids and referral.get("status") in (*OPEN, "completed"):
-            case_ids.append(case_id)
-
-    async def plan(case_id: str) -> list[dict[str, Any]]:
-        try:
-            data = await caller.api.get("referral", f"/v1/cases/{case_id}/plan", caller.token, language=caller.lang)
-        except ApiError:
-            return []  # no action of theirs in this plan (404), or the case is no longer theirs
-        return [{**a, "case_number": a.get("case_number") or data.get("case_number")}
-                for a in (data or {}).get("actions") or [] if isinstance(a, dict)]
-
-    plans = await asyncio.gather(*(plan(c) for c in case_ids[:PLAN_CASES]))
-    actions = [action for actions in plans for action in actions]
+    """The institution's plan actions across its cases (`GET /v1/plan-actions`), open ones first."""
+    data = await caller.api.get("referral", "/v1/plan-actions", caller.token, language=caller.lang,
+                                params={"limit": PLAN_ACTIONS})
+    actions = items_of(data)
     actions.sort(key=lambda a: (a.get("status") != "open", str(a.get("due_date") or "")))
     return actions
 
