@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     # How far back the relay re-sends when the broker comes back without events it had acknowledged.
     outbox_replay_seconds: int = Field(default=3600, ge=0)
+    # Read-your-writes (shared/projection.py): how long a write about a case this service's projection does
+    # not know yet waits for intake's event before answering 409 with Retry-After; 0 = answer at once.
+    projection_wait_seconds: float = Field(default=2.0, ge=0, le=30)
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
     # A request body above this is refused with 413 before authentication and before parsing.
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)

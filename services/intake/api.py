@@ -47,6 +47,7 @@ from shared.auth import INSTITUTION_ROLES, Principal, Role, allow, require_own_m
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import SessionDep
 from shared.errors import Problem, conflict, forbidden, invalid, not_found
+from shared.paging import Cursor, Limit, Page
 
 router = APIRouter(prefix="/v1", tags=["cases"])
 Reporter = Annotated[Principal, Depends(allow(Role.coordinator, INSTITUTION_ROLES))]
@@ -162,18 +163,13 @@ async def list_cases(
     status: CaseStatus | None = None,
     risk_level: RiskLevel | None = None,
     q: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> CasePage:
-    after = None
-    if cursor is not None:
-        after = service.decode_cursor(cursor)
-        if after is None:
-            raise invalid(["query", "cursor"], "not a cursor of this list")
     query = q.strip() if q else None
     keys = _indexer(request).keyed(query, principal.municipality) if query else []
     async with session.begin():
-        rows = await service.search_cases(
+        page, next_cursor = await service.search_cases(
             session,
             municipality=principal.municipality,
             status=status.value if status else None,
@@ -181,10 +177,9 @@ async def list_cases(
             q=query,
             keys=keys,
             threshold=_config(request).search_threshold,
-            after=after,
-            limit=limit + 1,
+            cursor=cursor,
+            limit=limit,
         )
-        page = rows[:limit]
         await service.record_audit_many(session, principal, [case for case, _ in page], "case.listed")
     cipher = _cipher(request)
     items = []
@@ -204,7 +199,6 @@ async def list_cases(
                 score=score,
             )
         )
-    next_cursor = service.encode_cursor(page[-1][0].reported_at, page[-1][0].id) if len(rows) > limit else None
     return CasePage(items=items, next_cursor=next_cursor)
 
 
@@ -390,14 +384,17 @@ async def reopen_case(
 # --- audit trail and the risk screen ---
 
 
-@router.get("/audit", response_model=list[AuditEntry], summary="Who read or changed a case, when")
-async def get_audit(case_id: uuid.UUID, principal: AuditReader, session: SessionDep) -> list[AuditEntry]:
+@router.get("/audit", response_model=Page[AuditEntry], summary="Who read or changed a case, when (oldest first)")
+async def get_audit(
+    case_id: uuid.UUID, principal: AuditReader, session: SessionDep, limit: Limit = 50, cursor: Cursor = None
+) -> Page[AuditEntry]:
     async with session.begin():
         case = await session.get(Case, case_id)
         if case is None or not principal.sees_municipality(case.municipality):
             raise not_found("case")
-        rows = await service.audit_trail(session, case.id)
-    return [AuditEntry(at=r.at, sub=r.sub, role=r.role, action=r.action, case_id=case.id) for r in rows]
+        rows, next_cursor = await service.audit_trail(session, case.id, limit=limit, cursor=cursor)
+    items = [AuditEntry(at=r.at, sub=r.sub, role=r.role, action=r.action, case_id=case.id) for r in rows]
+    return Page[AuditEntry](items=items, next_cursor=next_cursor)
 
 
 def _screen_out(municipality: str, screen: domain.RiskScreen, is_default: bool) -> RiskScreenOut:

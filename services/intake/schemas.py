@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from shared.paging import Page
+
 
 class Sex(StrEnum):
     female = "female"
@@ -272,9 +274,7 @@ class CaseSummary(BaseModel):
     score: float | None = None
 
 
-class CasePage(BaseModel):
-    items: list[CaseSummary]
-    next_cursor: str | None = None
+CasePage = Page[CaseSummary]
 
 
 class RiskAssessmentIn(Strict):

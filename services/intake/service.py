@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import uuid
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ from services.intake.models import (
 )
 from shared.auth import Principal, Role
 from shared.errors import Problem, not_found
+from shared.paging import Keyset, fetch_page
 
 
 async def next_case_number(session: AsyncSession, *, municipality: str, year: int, prefix: str) -> str:
@@ -248,21 +246,7 @@ async def count_survivor_keys(session: AsyncSession) -> list[str]:
     return [municipality for municipality, _ in stale]
 
 
-def encode_cursor(reported_at: datetime, case_id: uuid.UUID) -> str:
-    raw = json.dumps([reported_at.isoformat(), str(case_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, case_id = json.loads(raw)
-        parsed = datetime.fromisoformat(at)
-        if parsed.tzinfo is None:
-            return None
-        return parsed, uuid.UUID(case_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        return None
+CASE_ORDER = Keyset("cases", (Case.reported_at, Case.id), descending=True)  # newest first
 
 
 async def search_cases(
@@ -274,10 +258,11 @@ async def search_cases(
     q: str | None,
     keys: list[str],
     threshold: float,
-    after: tuple[datetime, uuid.UUID] | None,
+    cursor: str | None,
     limit: int,
-) -> list[tuple[Case, float | None]]:
-    """Newest first, keyset-paginated; `q` matches names (keyed trigrams) or case numbers (pg_trgm/ILIKE)."""
+) -> tuple[list[tuple[Case, float | None]], str | None]:
+    """Newest first, keyset-paginated (`shared.paging`); `q` matches names (keyed trigrams) or case
+    numbers (pg_trgm/ILIKE). Returns the page and the next page's cursor (a bad cursor is a 422)."""
     score_sql = sa.literal(None, sa.Float).label("score")
     stmt = sa.select(Case).where(Case.municipality == municipality)  # type: ignore[arg-type]
     if status:
@@ -302,9 +287,7 @@ async def search_cases(
             score_sql = hits.c.score.label("score")
         else:
             stmt = stmt.where(by_number)
-    if after is not None:
-        stmt = stmt.where(sa.tuple_(Case.reported_at, Case.id) < sa.tuple_(after[0], after[1]))
-    stmt = stmt.add_columns(score_sql).order_by(Case.reported_at.desc(), Case.id.desc()).limit(limit)  # type: ignore[attr-defined]
+    stmt = stmt.add_columns(score_sql)
     params: dict[str, Any] = {
         "keys": keys,
         "n": max(len(keys), 1),
@@ -312,8 +295,8 @@ async def search_cases(
         "m": municipality,
         "threshold": threshold,
     }
-    rows: list[Any] = list((await session.execute(stmt, params)).all())
-    return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows]
+    rows, next_cursor = await fetch_page(session, stmt, CASE_ORDER, limit, cursor, params=params, scalars=False)
+    return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows], next_cursor
 
 
 # --- reading a case ---
@@ -434,10 +417,12 @@ def current_consent(records: list[ConsentRecord]) -> tuple[list[str], list[str]]
     return sorted(k for k, v in latest.items() if v), sorted(k for k, v in latest.items() if not v)
 
 
-async def audit_trail(session: AsyncSession, case_id: uuid.UUID) -> list[AuditEntry]:
-    rows = await session.execute(
-        sa.select(AuditEntry)
-        .where(AuditEntry.case_id == case_id)  # type: ignore[arg-type]
-        .order_by(AuditEntry.id)  # type: ignore[arg-type]
-    )
-    return list(rows.scalars())
+AUDIT_ORDER = Keyset("audit", (AuditEntry.id,))  # the order of the hash chain
+
+
+async def audit_trail(
+    session: AsyncSession, case_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> tuple[list[AuditEntry], str | None]:
+    """One page of a case's trail, oldest first, and the next page's cursor."""
+    stmt = sa.select(AuditEntry).where(AuditEntry.case_id == case_id)  # type: ignore[arg-type]
+    return await fetch_page(session, stmt, AUDIT_ORDER, limit, cursor)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlmodel import col
 
@@ -25,6 +25,7 @@ from services.notifications.schemas import (
 from shared.auth import INSTITUTION_ROLES, AnyRole, Principal, Role, allow
 from shared.db import SessionDep
 from shared.errors import Problem, forbidden, not_found, problem_response
+from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
 
 router = APIRouter(prefix="/v1")
 
@@ -40,7 +41,7 @@ def _language(accept_language: str | None, response: Response | None = None) -> 
     return language
 
 
-@router.get("/inbox", response_model=list[AlertOut], tags=["inbox"], summary="The caller's alerts, newest first")
+@router.get("/inbox", response_model=Page[AlertOut], tags=["inbox"], summary="The caller's alerts, newest first")
 async def list_inbox(
     principal: AnyRole,
     session: SessionDep,
@@ -48,22 +49,25 @@ async def list_inbox(
     response: Response,
     accept_language: AcceptLanguage = None,
     unread: bool = False,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
-) -> list[AlertOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[AlertOut]:
     """Alerts addressed to the caller's municipality + role, member, shelter or user (`sub`).
 
-    Pages: when more remain, the `X-Next-Cursor` header (and a `Link: rel="next"`) carries the
-    opaque cursor for the next, older page.
+    Pages: when more remain, `next_cursor` (also in the `X-Next-Cursor` header and a `Link: rel="next"`,
+    as before) carries the opaque cursor for the next, older page.
     """
     language = _language(accept_language, response)
-    before = inbox.decode_cursor(cursor) if cursor else None
-    rows, next_seq = await inbox.page(session, principal, unread=unread, limit=limit, before=before)
-    if next_seq is not None:
-        token = inbox.encode_cursor(next_seq)
-        response.headers["X-Next-Cursor"] = token
-        response.headers["Link"] = f'<{request.url.include_query_params(cursor=token)}>; rel="next"'
-    return [inbox.to_out(a, language) for a in rows]
+    rows, next_cursor = await inbox.page(session, principal, unread=unread, limit=limit, cursor=cursor)
+    _next_headers(request, response, next_cursor)
+    return Page[AlertOut](items=[inbox.to_out(a, language) for a in rows], next_cursor=next_cursor)
+
+
+def _next_headers(request: Request, response: Response, next_cursor: str | None) -> None:
+    """The next page's cursor in headers too, as the first release gave it (kept for one release)."""
+    if next_cursor is not None:
+        response.headers["X-Next-Cursor"] = next_cursor
+        response.headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
 
 
 @router.post("/inbox/{alert_id}/read", response_model=AlertOut, tags=["inbox"], summary="Mark an alert read")
@@ -239,26 +243,21 @@ async def create_subscription(
     return SubscriptionCreated(**_subscription_out(row).model_dump(), secret=secret)
 
 
-@router.get("/subscriptions", response_model=list[SubscriptionOut], tags=["webhooks"], summary="The caller's webhooks")
+SUBSCRIPTION_ORDER = Keyset("subscriptions", (col(Subscription.created_at), col(Subscription.id)))
+DELIVERY_ORDER = Keyset("deliveries", (col(Delivery.seq),), descending=True)  # newest first
+
+
+@router.get("/subscriptions", response_model=Page[SubscriptionOut], tags=["webhooks"], summary="The caller's webhooks")
 async def list_subscriptions(
     principal: SubscriberRole,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[SubscriptionOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[SubscriptionOut]:
     """Oldest first, at most `limit` (an owner holds at most `MKR_NOTIFICATIONS_MAX_SUBSCRIPTIONS`)."""
-    rows = (
-        (
-            await session.execute(
-                sa.select(Subscription)
-                .where(_owned_by(principal))
-                .order_by(col(Subscription.created_at), col(Subscription.id))
-                .limit(limit)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    return [_subscription_out(r) for r in rows]
+    query = sa.select(Subscription).where(_owned_by(principal))
+    rows, next_cursor = await fetch_page(session, query, SUBSCRIPTION_ORDER, limit, cursor)
+    return Page[SubscriptionOut](items=[_subscription_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=204, tags=["webhooks"], summary="Remove a webhook")
@@ -284,7 +283,7 @@ async def delete_subscription(subscription_id: uuid.UUID, principal: SubscriberR
     return Response(status_code=204)
 
 
-@router.get("/deliveries", response_model=list[DeliveryOut], tags=["webhooks"], summary="Webhook delivery attempts")
+@router.get("/deliveries", response_model=Page[DeliveryOut], tags=["webhooks"], summary="Webhook delivery attempts")
 async def list_deliveries(
     principal: SubscriberRole,
     session: SessionDep,
@@ -292,9 +291,9 @@ async def list_deliveries(
     request: Request,
     subscription_id: uuid.UUID | None = None,
     status: DeliveryState | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
-) -> list[DeliveryOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[DeliveryOut]:
     """Deliveries of the caller's subscriptions (one, with `subscription_id`), newest first.
 
     Another owner's subscription answers 404.
@@ -309,31 +308,25 @@ async def list_deliveries(
         query = sa.select(Delivery).where(col(Delivery.subscription_id).in_(owned.scalar_subquery()))
     if status is not None:
         query = query.where(col(Delivery.state) == status)
-    if cursor:
-        query = query.where(col(Delivery.seq) < inbox.decode_cursor(cursor))
-    rows = list((await session.execute(query.order_by(col(Delivery.seq).desc()).limit(limit + 1))).scalars().all())
-    if len(rows) > limit:
-        rows = rows[:limit]
-        assert rows[-1].seq is not None
-        token = inbox.encode_cursor(rows[-1].seq)
-        response.headers["X-Next-Cursor"] = token
-        response.headers["Link"] = f'<{request.url.include_query_params(cursor=token)}>; rel="next"'
-    return [
-        DeliveryOut(
-            id=d.id,
-            subscription_id=d.subscription_id,
-            channel=d.channel,
-            event_id=d.event_id,
-            event_type=d.event_type,
-            status=d.state,  # type: ignore[arg-type]
-            attempts=d.attempts,
-            next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
-            last_attempt_at=d.last_attempt_at,
-            last_status_code=d.last_status_code,
-            last_error=d.last_error,
-            delivered_at=d.delivered_at,
-            created_at=d.created_at,
-            history=d.history,
-        )
-        for d in rows
-    ]
+    rows, next_cursor = await fetch_page(session, query, DELIVERY_ORDER, limit, cursor)
+    _next_headers(request, response, next_cursor)
+    return Page[DeliveryOut](items=[_delivery_out(d) for d in rows], next_cursor=next_cursor)
+
+
+def _delivery_out(d: Delivery) -> DeliveryOut:
+    return DeliveryOut(
+        id=d.id,
+        subscription_id=d.subscription_id,
+        channel=d.channel,
+        event_id=d.event_id,
+        event_type=d.event_type,
+        status=d.state,  # type: ignore[arg-type]
+        attempts=d.attempts,
+        next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+        last_attempt_at=d.last_attempt_at,
+        last_status_code=d.last_status_code,
+        last_error=d.last_error,
+        delivered_at=d.delivered_at,
+        created_at=d.created_at,
+        history=d.history,
+    )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import time
@@ -26,7 +24,7 @@ from services.notifications.models import Alert
 from services.notifications.schemas import AlertOut
 from shared.app import ServiceRuntime
 from shared.auth import Principal
-from shared.errors import Problem
+from shared.paging import Keyset, fetch_page
 
 
 def addressed_to(principal: Principal) -> Any:
@@ -40,26 +38,7 @@ def addressed_to(principal: Principal) -> Any:
     return sa.and_(col(Alert.municipality) == principal.municipality, sa.or_(*claims))
 
 
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"a:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, number = raw.partition(":")
-        if prefix != "a":
-            raise ValueError(cursor)
-        value = int(number)
-        if not 0 <= value < 2**62:
-            raise ValueError(cursor)
-        return value
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-        raise Problem(
-            422,
-            "The cursor is not one this API issued.",
-            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
-        ) from exc
+INBOX_ORDER = Keyset("inbox", (col(Alert.seq),), descending=True)  # newest first
 
 
 def to_out(alert: Alert, language: domain.Language) -> AlertOut:
@@ -79,18 +58,13 @@ def to_out(alert: Alert, language: domain.Language) -> AlertOut:
 
 
 async def page(
-    session: AsyncSession, principal: Principal, *, unread: bool, limit: int, before: int | None
-) -> tuple[list[Alert], int | None]:
-    """Newest first; returns the rows and the seq to continue below (None at the end)."""
+    session: AsyncSession, principal: Principal, *, unread: bool, limit: int, cursor: str | None
+) -> tuple[list[Alert], str | None]:
+    """Newest first; returns the rows and the next page's cursor (None at the end)."""
     query = sa.select(Alert).where(addressed_to(principal))
     if unread:
         query = query.where(col(Alert.read_at).is_(None))
-    if before is not None:
-        query = query.where(col(Alert.seq) < before)
-    rows = list((await session.execute(query.order_by(col(Alert.seq).desc()).limit(limit + 1))).scalars().all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1].seq if more and rows else None)
+    return await fetch_page(session, query, INBOX_ORDER, limit, cursor)
 
 
 async def since(session: AsyncSession, principal: Principal, after: int, limit: int = 200) -> list[Alert]:

@@ -48,6 +48,8 @@ from services.referral.schemas import (
 from shared.auth import ALL_ROLES, INSTITUTION_ROLES, Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import conflict, forbidden, invalid, not_found
+from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
+from shared.projection import PROJECTION_RESPONSES, require_known, rows_exist
 from shared.sealed import TextSealer
 from shared.text import SLUG_PATTERN
 
@@ -143,17 +145,23 @@ async def create_member(body: MemberIn, principal: DirectoryWriter, session: Ses
     return member_out(member)
 
 
-@router.get("/members", response_model=list[MemberOut], tags=["directory"])
+MEMBER_ORDER = Keyset("members", (col(Member.created_at), col(Member.id)))
+REFERRAL_ORDER = Keyset("referrals", (col(Referral.created_at), col(Referral.id)))
+MEETING_ORDER = Keyset("meetings", (col(EtnMeeting.scheduled_for), col(EtnMeeting.id)))
+
+
+@router.get("/members", response_model=Page[MemberOut], tags=["directory"])
 async def list_members(
     principal: AnyRole,
     session: SessionDep,
     kind: domain.MemberKind | None = None,
     active: bool | None = None,
     municipality: Annotated[str | None, Query(pattern=SLUG_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[MemberOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[MemberOut]:
     """The directory of the caller's municipality (an auditor may name one), in directory order."""
-    query = sa.select(Member).order_by(Member.created_at, Member.id)  # type: ignore[arg-type]
+    query = sa.select(Member)
     if principal.municipality != "*":
         query = query.where(Member.municipality == principal.municipality)  # type: ignore[arg-type]
     elif municipality:
@@ -162,8 +170,8 @@ async def list_members(
         query = query.where(Member.kind == kind)  # type: ignore[arg-type]
     if active is not None:
         query = query.where(Member.active.is_(active))  # type: ignore[attr-defined]
-    rows = (await session.execute(query.limit(limit))).scalars().all()
-    return [member_out(m) for m in rows]
+    rows, next_cursor = await fetch_page(session, query, MEMBER_ORDER, limit, cursor)
+    return Page[MemberOut](items=[member_out(m) for m in rows], next_cursor=next_cursor)
 
 
 @router.get("/members/{member_id}", response_model=MemberOut, tags=["directory"])
@@ -319,7 +327,7 @@ async def _visibility(session: AsyncSession, principal: Principal) -> sa.ColumnE
     )
 
 
-@router.get("/referrals", response_model=list[ReferralOut], tags=["referrals"])
+@router.get("/referrals", response_model=Page[ReferralOut], tags=["referrals"])
 async def list_referrals(
     principal: ReferralReader,
     session: SessionDep,
@@ -327,8 +335,9 @@ async def list_referrals(
     case_id: uuid.UUID | None = None,
     to_member_id: uuid.UUID | None = None,
     status: ReferralStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[ReferralOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[ReferralOut]:
     """Coordinator: all of the municipality; institutions: addressed to or sent by their member;
     shelter staff: addressed to their shelter's member. Oldest first."""
     query = sa.select(Referral).where(await _visibility(session, principal))
@@ -338,9 +347,8 @@ async def list_referrals(
         query = query.where(Referral.to_member_id == to_member_id)  # type: ignore[arg-type]
     if status is not None:
         query = query.where(Referral.status == status)  # type: ignore[arg-type]
-    query = query.order_by(Referral.created_at, Referral.id).limit(limit)  # type: ignore[arg-type]
-    rows = (await session.execute(query)).scalars().all()
-    return [referral_out(r, _sealer(request)) for r in rows]
+    rows, next_cursor = await fetch_page(session, query, REFERRAL_ORDER, limit, cursor)
+    return Page[ReferralOut](items=[referral_out(r, _sealer(request)) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, tags=["referrals"])
@@ -377,7 +385,15 @@ async def _case_known_to(
     raise not_found("case")
 
 
-@router.post("/referrals", status_code=201, response_model=ReferralOut, tags=["referrals"])
+async def _await_cases(session: AsyncSession, request: Request, case_ids: list[uuid.UUID]) -> None:
+    """Read-your-writes (shared/projection.py): a case reported a moment ago may not be projected yet."""
+    wait = request.app.state.settings.projection_wait_seconds
+    await require_known(session, rows_exist(col(CaseFact.case_id), case_ids), wait_seconds=wait)
+
+
+@router.post(
+    "/referrals", status_code=201, response_model=ReferralOut, tags=["referrals"], responses=PROJECTION_RESPONSES
+)
 async def create_referral(
     body: ReferralIn, principal: ReferralSender, session: SessionDep, request: Request
 ) -> ReferralOut:
@@ -385,6 +401,7 @@ async def create_referral(
     `consent_override_reason` (409 without), unless a legal exception applies (child at risk → child
     protection, threat to life → police), which is recorded in `legal_exception`."""
     config = _config(request)
+    await _await_cases(session, request, [body.case_id])
     async with session.begin():
         # The case row lock serializes referrals of one case (two requests cannot both pass the check).
         case = await _case_known_to(session, principal, body.case_id, lock=True)
@@ -531,12 +548,15 @@ async def _check_known(
             raise invalid(["body", loc, index], "unknown in this municipality")
 
 
-@router.post("/etn-meetings", status_code=201, response_model=MeetingOut, tags=["meetings"])
+@router.post(
+    "/etn-meetings", status_code=201, response_model=MeetingOut, tags=["meetings"], responses=PROJECTION_RESPONSES
+)
 async def create_meeting(body: MeetingIn, principal: Coordinator, session: SessionDep, request: Request) -> MeetingOut:
     """Schedule an ETN or Steering Committee meeting; a past `scheduled_for` records one already held."""
     require_own_municipality(principal, body.municipality)
     if body.scheduled_for.tzinfo is None:
         raise invalid(["body", "scheduled_for"], "an instant needs an offset (RFC 3339)")
+    await _await_cases(session, request, body.case_ids)
     async with session.begin():
         await _check_known(session, principal.municipality, CaseFact, CaseFact.case_id, body.case_ids, "case_ids")
         await _check_known(session, principal.municipality, Member, Member.id, body.member_ids, "member_ids")
@@ -556,15 +576,16 @@ async def create_meeting(body: MeetingIn, principal: Coordinator, session: Sessi
     return meeting_out(meeting)
 
 
-@router.get("/etn-meetings", response_model=list[MeetingOut], tags=["meetings"])
+@router.get("/etn-meetings", response_model=Page[MeetingOut], tags=["meetings"])
 async def list_meetings(
     principal: Coordinator,
     session: SessionDep,
     from_: Annotated[date | None, Query(alias="from")] = None,
     to: date | None = None,
     kind: Literal["etn", "steering_committee"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[MeetingOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[MeetingOut]:
     """Meetings of the municipality by date (`from`/`to` inclusive, UTC dates)."""
     query = sa.select(EtnMeeting).where(EtnMeeting.municipality == principal.municipality)  # type: ignore[arg-type]
     day = sa.func.date(sa.func.timezone("UTC", EtnMeeting.scheduled_for))
@@ -574,8 +595,8 @@ async def list_meetings(
         query = query.where(day <= to)
     if kind is not None:
         query = query.where(EtnMeeting.kind == kind)  # type: ignore[arg-type]
-    rows = (await session.execute(query.order_by(EtnMeeting.scheduled_for, EtnMeeting.id).limit(limit))).scalars().all()  # type: ignore[arg-type]
-    return [meeting_out(m) for m in rows]
+    rows, next_cursor = await fetch_page(session, query, MEETING_ORDER, limit, cursor)
+    return Page[MeetingOut](items=[meeting_out(m) for m in rows], next_cursor=next_cursor)
 
 
 @router.get("/etn-meetings/{meeting_id}", response_model=MeetingOut, tags=["meetings"])
@@ -593,11 +614,18 @@ def action_out(action: PlanAction, sealer: TextSealer) -> PlanActionOut:
     return out
 
 
-@router.post("/etn-meetings/{meeting_id}/minutes", status_code=201, response_model=MinutesOut, tags=["meetings"])
+@router.post(
+    "/etn-meetings/{meeting_id}/minutes",
+    status_code=201,
+    response_model=MinutesOut,
+    tags=["meetings"],
+    responses=PROJECTION_RESPONSES,
+)
 async def record_minutes(
     meeting_id: uuid.UUID, body: MinutesIn, principal: Coordinator, session: SessionDep, request: Request
 ) -> MinutesOut:
     """Record who attended and what was decided; each decision becomes a case-plan action. Once per meeting."""
+    await _await_cases(session, request, [d.case_id for d in body.decisions])
     async with session.begin():
         meeting = await session.get(EtnMeeting, meeting_id, with_for_update=True)
         if meeting is None or meeting.municipality != principal.municipality:

@@ -199,13 +199,6 @@ class MinutesOut(BaseModel):
     actions: list[PlanActionOut]
 
 
-class PlanActionPage(BaseModel):
-    """A page of plan actions by due date; `next_cursor` continues after its last one (null: no more)."""
-
-    items: list[PlanActionOut]
-    next_cursor: str | None = None
-
-
 class CasePlanOut(BaseModel):
     case_id: uuid.UUID
     case_number: str

@@ -28,6 +28,8 @@ from shared import idempotency
 from shared.auth import ALL_ROLES, Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import Problem, conflict, forbidden, invalid, not_found
+from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
+from shared.projection import PROJECTION_RESPONSES, ProjectionBehind, require_known, row_exists
 from shared.sealed import TextSealer
 
 router = APIRouter(prefix="/v1", tags=["shelters"])
@@ -38,6 +40,7 @@ BedKeeper = Annotated[Principal, Depends(allow(Role.shelter_staff, Role.coordina
 
 SHELTERS = Shelter.__table__  # type: ignore[attr-defined]
 PLACEMENTS = Placement.__table__  # type: ignore[attr-defined]
+CASES = CaseProjection.__table__  # type: ignore[attr-defined]
 
 
 def config_of(request: Request) -> ShelterConfig:
@@ -166,7 +169,11 @@ async def register_shelter(
     return shelter_out(shelter, principal, sealer_of(request))
 
 
-@router.get("/shelters", response_model=list[ShelterOut], response_model_exclude_unset=True)
+SHELTER_ORDER = Keyset("shelters", (SHELTERS.c.municipality, SHELTERS.c.name, SHELTERS.c.id))
+PLACEMENT_ORDER = Keyset("placements", (PLACEMENTS.c.started_at, PLACEMENTS.c.id), descending=True)
+
+
+@router.get("/shelters", response_model=Page[ShelterOut], response_model_exclude_unset=True)
 async def list_shelters(
     principal: Anyone,
     session: SessionDep,
@@ -174,12 +181,16 @@ async def list_shelters(
     municipality: Slug | None = None,
     min_free_beds: Annotated[int | None, Query(ge=0, le=10_000)] = None,
     accepts_children: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[ShelterOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[ShelterOut]:
     """Shelters of the caller's municipality with their free beds; e.g. `min_free_beds=3&accepts_children=true`."""
+    if cursor is not None:
+        SHELTER_ORDER.decode(cursor)  # a bad cursor is a 422 whatever the filter
     if municipality is not None and not principal.sees_municipality(municipality):
-        return []  # another municipality's shelters do not exist for this caller
-    stmt = sa.select(Shelter).order_by(SHELTERS.c.municipality, SHELTERS.c.name, SHELTERS.c.id)
+        # Another municipality's shelters do not exist for this caller.
+        return Page[ShelterOut](items=[], next_cursor=None)
+    stmt = sa.select(Shelter)
     if municipality is not None:
         stmt = stmt.where(SHELTERS.c.municipality == municipality)
     elif principal.municipality != "*":
@@ -189,9 +200,9 @@ async def list_shelters(
     if accepts_children is not None:
         stmt = stmt.where(SHELTERS.c.accepts_children == accepts_children)
     async with session.begin():
-        shelters = (await session.execute(stmt.limit(limit))).scalars().all()
+        shelters, next_cursor = await fetch_page(session, stmt, SHELTER_ORDER, limit, cursor)
     sealer = sealer_of(request)
-    return [shelter_out(s, principal, sealer) for s in shelters]
+    return Page[ShelterOut](items=[shelter_out(s, principal, sealer) for s in shelters], next_cursor=next_cursor)
 
 
 @router.get("/shelters/{shelter_id}", response_model=ShelterOut, response_model_exclude_unset=True)
@@ -245,6 +256,15 @@ async def update_availability(
 # --- placements ----------------------------------------------------------------------------------
 
 
+async def await_case(session: AsyncSession, request: Request, case_id: uuid.UUID) -> None:
+    """Read-your-writes (shared/projection.py), where the case is required (`MKR_SHELTER_REQUIRE_KNOWN_CASE`):
+    wait for the projection, else 409 with Retry-After. Otherwise an unknown case is accepted at once, so a
+    broker outage never blocks an emergency placement."""
+    if config_of(request).require_known_case:
+        wait = request.app.state.settings.projection_wait_seconds
+        await require_known(session, row_exists(CASES.c.case_id, case_id), wait_seconds=wait)
+
+
 async def known_case(
     session: AsyncSession, case_id: uuid.UUID, municipality: str, config: ShelterConfig
 ) -> CaseProjection | None:
@@ -254,7 +274,7 @@ async def known_case(
     if case is not None and case.municipality != municipality:
         raise not_found("case")
     if case is None and config.require_known_case:
-        raise Problem(404, "Unknown case: intake has not reported it (yet).", title="Unknown case")
+        raise ProjectionBehind("case")  # the wait before the transaction (await_case) ran out
     if case is not None and case.closed_at is not None:
         raise conflict("The case is closed; reopen it at intake first.")
     return case
@@ -278,7 +298,7 @@ def placement_out(placement: Placement, case: CaseProjection | None, sealer: Tex
     )
 
 
-@router.post("/placements", status_code=201, response_model=PlacementOut)
+@router.post("/placements", status_code=201, response_model=PlacementOut, responses=PROJECTION_RESPONSES)
 async def place(
     body: PlacementCreate,
     principal: BedKeeper,
@@ -299,6 +319,7 @@ async def place(
     body_hash = idempotency.request_hash(body)
     scope = principal.municipality
     replayed = False
+    await await_case(session, request, body.case_id)
     async with session.begin():
         if idempotency_key is not None and not await idempotency.claim(
             session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
@@ -422,7 +443,7 @@ async def discharge(
     return placement_out(placement, case, text_sealer_of(request))
 
 
-@router.get("/placements", response_model=list[PlacementOut])
+@router.get("/placements", response_model=Page[PlacementOut])
 async def list_placements(
     principal: BedKeeper,
     session: SessionDep,
@@ -430,20 +451,21 @@ async def list_placements(
     shelter_id: uuid.UUID | None = None,
     case_id: uuid.UUID | None = None,
     active: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[PlacementOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[PlacementOut]:
     """Placements of the municipality (shelter staff: of their own shelter only), newest first."""
+    if cursor is not None:
+        PLACEMENT_ORDER.decode(cursor)  # a bad cursor is a 422 whatever the filter
     stmt = (
         sa.select(Placement, CaseProjection)
         .outerjoin(CaseProjection, CaseProjection.case_id == PLACEMENTS.c.case_id)  # type: ignore[arg-type]
         .where(PLACEMENTS.c.municipality == principal.municipality)
-        .order_by(PLACEMENTS.c.started_at.desc(), PLACEMENTS.c.id)
-        .limit(limit)
     )
     if principal.role is Role.shelter_staff:
         own = _uuid_or_none(principal.shelter_id)
         if own is None or (shelter_id is not None and shelter_id != own):
-            return []
+            return Page[PlacementOut](items=[])
         stmt = stmt.where(PLACEMENTS.c.shelter_id == own)
     if shelter_id is not None:
         stmt = stmt.where(PLACEMENTS.c.shelter_id == shelter_id)
@@ -454,9 +476,9 @@ async def list_placements(
     elif active is False:
         stmt = stmt.where(PLACEMENTS.c.ended_at.is_not(None))
     async with session.begin():
-        rows = (await session.execute(stmt)).all()
+        rows, next_cursor = await fetch_page(session, stmt, PLACEMENT_ORDER, limit, cursor, scalars=False)
     sealer = text_sealer_of(request)
-    return [placement_out(p, c, sealer) for p, c in rows]
+    return Page[PlacementOut](items=[placement_out(p, c, sealer) for p, c in rows], next_cursor=next_cursor)
 
 
 @router.get("/placements/{placement_id}", response_model=PlacementOut)

@@ -14,13 +14,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shelter import domain, events
-from services.shelter.api import config_of, known_case, text_sealer_of
+from services.shelter.api import await_case, config_of, known_case, text_sealer_of
 from services.shelter.models import CaseProjection, RentBonusApplication, RentBonusBudget, RentBonusPayment
 from services.shelter.schemas import ApplicationCreate, ApplicationOut, BudgetIn, BudgetOut, Decision, PaymentOut
 from shared import idempotency
 from shared.auth import Principal, Role, allow, require_own_municipality
 from shared.db import SessionDep
 from shared.errors import Problem, conflict, invalid, not_found
+from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
+from shared.projection import PROJECTION_RESPONSES
 from shared.sealed import TextSealer
 from shared.text import SLUG_PATTERN
 
@@ -113,7 +115,7 @@ def _payment_out(payment: RentBonusPayment) -> PaymentOut:
     )
 
 
-@router.post("/applications", status_code=201, response_model=ApplicationOut)
+@router.post("/applications", status_code=201, response_model=ApplicationOut, responses=PROJECTION_RESPONSES)
 async def apply(
     body: ApplicationCreate,
     principal: Applicant,
@@ -123,6 +125,7 @@ async def apply(
 ) -> ApplicationOut | JSONResponse:
     """Submit an application (pending). With `Idempotency-Key`, a retry returns the first application."""
     require_own_municipality(principal, body.municipality)
+    await await_case(session, request, body.case_id)
     if idempotency_key is None:
         async with session.begin():
             return await _submit(session, body, principal, request)
@@ -162,30 +165,30 @@ async def _submit(
     return await _application_out(session, app, text_sealer_of(request))
 
 
-@router.get("/applications", response_model=list[ApplicationOut])
+APPLICATION_ORDER = Keyset("applications", (APPS.c.submitted_at, APPS.c.id), descending=True)
+
+
+@router.get("/applications", response_model=Page[ApplicationOut])
 async def list_applications(
     principal: Applicant,
     session: SessionDep,
     request: Request,
     case_id: uuid.UUID | None = None,
     status: Annotated[str | None, Query(pattern="^(pending|approved|rejected)$")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[ApplicationOut]:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[ApplicationOut]:
     """Newest first; who may read which application is part of the WHERE, so `limit` rows are readable."""
-    stmt = (
-        sa.select(RentBonusApplication)
-        .where(_readable(principal))
-        .order_by(APPS.c.submitted_at.desc(), APPS.c.id)
-        .limit(limit)
-    )
+    stmt = sa.select(RentBonusApplication).where(_readable(principal))
     if case_id is not None:
         stmt = stmt.where(APPS.c.case_id == case_id)
     if status is not None:
         stmt = stmt.where(APPS.c.status == status)
     async with session.begin():
-        apps = (await session.execute(stmt)).scalars().all()
+        apps, next_cursor = await fetch_page(session, stmt, APPLICATION_ORDER, limit, cursor)
         sealer = text_sealer_of(request)
-        return [await _application_out(session, a, sealer) for a in apps]
+        items = [await _application_out(session, a, sealer) for a in apps]
+    return Page[ApplicationOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/applications/{application_id}", response_model=ApplicationOut)

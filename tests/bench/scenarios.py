@@ -80,6 +80,20 @@ async def _setup_members(http: httpx.AsyncClient, stack: LaunchedStack, municipa
     return ids
 
 
+async def _all_items(http: httpx.AsyncClient, url: str, params: dict[str, Any], headers: dict[str, str]) -> list[Any]:
+    """Every item of a paged list (CONTRACT §3), following `next_cursor` pages of 200."""
+    items: list[Any] = []
+    cursor: str | None = None
+    while True:
+        page = await http.get(url, params={**params, "limit": 200, **({"cursor": cursor} if cursor else {})},
+                              headers=headers)  # fmt: skip
+        page.raise_for_status()
+        items += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+        if not cursor:
+            return items
+
+
 async def _wait_until(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -131,7 +145,7 @@ async def settle(stack: LaunchedStack) -> float:
             inbox = await http.get(
                 f"{stack.url('notifications')}/v1/inbox", params={"limit": 200}, headers=_SETTLE["coordinator"]
             )
-            return inbox.status_code == 200 and case_ids <= {a.get("case_id") for a in inbox.json()}
+            return inbox.status_code == 200 and case_ids <= {a.get("case_id") for a in inbox.json()["items"]}
 
         await _wait_until(caught_up, 300, "the consumers' backlog")
     return time.perf_counter() - began
@@ -241,8 +255,8 @@ async def _referral_latency(
         barrier_ids.add(barrier.json()["id"])
 
     async def barrier_referred() -> bool:
-        response = await http.get(f"{stack.url('referral')}/v1/referrals", params={"limit": 1000}, headers=coordinator)
-        return response.status_code == 200 and barrier_ids <= {r["case_id"] for r in response.json()}
+        found = await _all_items(http, f"{stack.url('referral')}/v1/referrals", {}, coordinator)
+        return barrier_ids <= {r["case_id"] for r in found}
 
     await _wait_until(barrier_referred, 300, "the referral service's backlog")
     drained = time.time()
@@ -260,15 +274,10 @@ async def _referral_latency(
     first_referral: dict[str, float] = {}
 
     async def all_referred() -> bool:
-        # Per member: at most one automatic referral per case each, so a page of 1000 holds them all.
         for member_id in members:
-            response = await http.get(
-                f"{stack.url('referral')}/v1/referrals",
-                params={"to_member_id": member_id, "limit": 1000},
-                headers=coordinator,
-            )
-            response.raise_for_status()
-            for referral in response.json():
+            found = await _all_items(http, f"{stack.url('referral')}/v1/referrals", {"to_member_id": member_id},
+                                     coordinator)  # fmt: skip
+            for referral in found:
                 at = _at(referral["created_at"])
                 case = referral["case_id"]
                 first_referral[case] = min(at, first_referral.get(case, at))
@@ -368,7 +377,7 @@ async def event_to_inbox(stack: LaunchedStack, quick: bool) -> Outcome:
             response = await http.get(
                 f"{stack.url('notifications')}/v1/inbox", params={"limit": 20}, headers=coordinator
             )
-            return response.status_code == 200 and any(a.get("case_id") == barrier_id for a in response.json())
+            return response.status_code == 200 and any(a.get("case_id") == barrier_id for a in response.json()["items"])
 
         await _wait_until(barrier_alerted, 300, "the notifications service's backlog")
         waited = time.perf_counter() - waited
@@ -392,12 +401,12 @@ async def event_to_inbox(stack: LaunchedStack, quick: bool) -> Outcome:
                     params["cursor"] = cursor
                 response = await http.get(f"{stack.url('notifications')}/v1/inbox", params=params, headers=coordinator)
                 response.raise_for_status()
-                for alert in response.json():
+                for alert in response.json()["items"]:
                     case = alert.get("case_id")
                     if case in accepted:
                         at = _at(alert["created_at"])
                         alerted[case] = min(at, alerted.get(case, at))
-                cursor = response.headers.get("X-Next-Cursor")
+                cursor = response.json()["next_cursor"]
                 if not cursor:
                     break
             return set(accepted) <= set(alerted)
@@ -516,8 +525,8 @@ async def webhook_deliveries(stack: LaunchedStack, quick: bool) -> Outcome:
                 params: dict[str, Any] = {"limit": 200, **({"cursor": cursor} if cursor else {})}
                 page = await http.get(f"{stack.url('notifications')}/v1/deliveries", params=params, headers=coordinator)
                 page.raise_for_status()
-                rows_seen += page.json()
-                cursor = page.headers.get("X-Next-Cursor")
+                rows_seen += page.json()["items"]
+                cursor = page.json()["next_cursor"]
                 if not cursor:
                     break
     finally:
@@ -704,8 +713,8 @@ async def duplicate_search(stack: LaunchedStack, quick: bool) -> Outcome:
                     q=query,
                     keys=indexer.keyed(query, municipality),
                     threshold=0.5,
-                    after=None,
-                    limit=51,
+                    cursor=None,
+                    limit=50,
                 )
             return True
 

@@ -101,7 +101,7 @@ async def _count(client: httpx.AsyncClient, stack: LaunchedStack, municipality: 
                 break
             if response.status_code != 200:
                 break
-            for referral in response.json():
+            for referral in response.json()["items"]:
                 pairs[(case_id, str(referral.get("to_member_id")))] += 1
                 if referral.get("to_member_kind") == "social_services":
                     routed.add(case_id)

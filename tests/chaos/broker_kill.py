@@ -69,9 +69,9 @@ async def _routed(client: httpx.AsyncClient, stack: LaunchedStack, headers: dict
             continue
         if response.status_code != 200:
             continue
-        members = [str(r.get("to_member_id")) for r in response.json()]
+        members = [str(r.get("to_member_id")) for r in response.json()["items"]]
         duplicated += len(members) - len(set(members))
-        if any(r.get("to_member_kind") == "social_services" for r in response.json()):
+        if any(r.get("to_member_kind") == "social_services" for r in response.json()["items"]):
             routed.add(case_id)
     return routed, duplicated
 

@@ -37,8 +37,7 @@ async def referral_to(live: Live, municipality: str, case_id: str, member_id: st
         response = await live.stack.referral.get(
             "/v1/referrals", params={"case_id": case_id}, headers=live.auth("coordinator", municipality)
         )
-        data = response.json()
-        items = data["items"] if isinstance(data, dict) else data
+        items = response.json()["items"]
         return next((r for r in items if r["to_member_id"] == member_id), None)
 
     return await wait_for(probe, timeout=30, interval=0.2, what="the automatic referral")

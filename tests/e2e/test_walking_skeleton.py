@@ -33,7 +33,7 @@ async def test_reported_case_reaches_referral_and_coordinator_inbox(stack: Stack
     async def referrals() -> list[dict[str, object]]:
         response = await stack.referral.get("/v1/referrals", params={"case_id": case["id"]}, headers=coordinator)
         assert response.status_code == 200
-        return list(response.json())
+        return list(response.json()["items"])
 
     found = await wait_for(referrals, timeout=10, what="a referral for the reported case")
     assert found[0]["case_number"] == case["case_number"]
@@ -41,7 +41,7 @@ async def test_reported_case_reaches_referral_and_coordinator_inbox(stack: Stack
     async def alerts() -> list[dict[str, object]]:
         response = await stack.notifications.get("/v1/inbox", headers=coordinator)
         assert response.status_code == 200
-        return [a for a in response.json() if a["case_id"] == case["id"]]
+        return [a for a in response.json()["items"] if a["case_id"] == case["id"]]
 
     inbox = await wait_for(alerts, timeout=10, what="an inbox alert for the case")
     assert case["case_number"] in inbox[0]["body"]

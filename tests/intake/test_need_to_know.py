@@ -67,7 +67,7 @@ async def trail(stack: Stack, municipality: str, case_id: str) -> list[dict[str,
         "/v1/audit", params={"case_id": case_id}, headers=stack.auth("coordinator", municipality)
     )
     assert response.status_code == 200, response.text
-    return list(response.json())
+    return list(response.json()["items"])
 
 
 # --- access that ends ----------------------------------------------------------------------------

@@ -154,12 +154,12 @@ async def test_audit_trail_lists_every_read_and_write(intake: Stack) -> None:
     await intake.intake.get("/v1/cases", headers=coordinator)
     trail = await intake.intake.get("/v1/audit", params={"case_id": case["id"]}, headers=coordinator)
     assert trail.status_code == 200
-    entries = trail.json()
+    entries = trail.json()["items"]
     assert [e["action"] for e in entries] == ["case.reported", "case.read", "case.risk_assessed", "case.listed"]
     assert entries[0]["role"] == "police" and entries[1]["sub"] == "kvdhf"
     assert set(entries[0]) == {"at", "sub", "role", "action", "case_id"}
     auditor = await intake.intake.get("/v1/audit", params={"case_id": case["id"]}, headers=intake.auth("auditor", "*"))
-    assert auditor.status_code == 200 and len(auditor.json()) == 4
+    assert auditor.status_code == 200 and len(auditor.json()["items"]) == 4
     police = await intake.intake.get(
         "/v1/audit", params={"case_id": case["id"]}, headers=intake.auth("police", municipality)
     )
@@ -232,7 +232,7 @@ async def test_refused_attempts_on_a_case_are_in_its_audit_trail_and_look_like_a
     assert write.status_code == 404
     coordinator = intake.auth("coordinator", municipality)
     trail = await intake.intake.get("/v1/audit", params={"case_id": case["id"]}, headers=coordinator)
-    denied = [(e["sub"], e["role"]) for e in trail.json() if e["action"] == "case.access_denied"]
+    denied = [(e["sub"], e["role"]) for e in trail.json()["items"] if e["action"] == "case.access_denied"]
     assert denied == [("snoop-1", "coordinator"), ("snoop-2", "health"), ("snoop-1", "coordinator")]
     shown = await intake.intake.get(url, headers=coordinator)
     assert shown.json()["status"] == "open"  # the refused close changed nothing

@@ -225,7 +225,7 @@ async def consumer_ready(stack: Stack, produce: Produce) -> None:
 
     async def arrived() -> bool:
         response = await stack.notifications.get("/v1/inbox", headers=headers)
-        return any(a["case_id"] == case_id for a in response.json())
+        return any(a["case_id"] == case_id for a in response.json()["items"])
 
     await wait_for(arrived, timeout=45, what="the notifications consumer to start")
 

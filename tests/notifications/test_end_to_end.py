@@ -19,7 +19,7 @@ async def test_high_risk_report_at_intake_alerts_the_coordinator(ready: Stack) -
 
     async def alerts() -> list[dict[str, Any]]:
         response = await stack.notifications.get("/v1/inbox", headers=coordinator)
-        return [a for a in response.json() if a["case_id"] == case["id"] and a["type"] == "case.high_risk"]
+        return [a for a in response.json()["items"] if a["case_id"] == case["id"] and a["type"] == "case.high_risk"]
 
     [alert] = await wait_for(alerts, timeout=15, what="the coordinator's high-risk alert")
     assert alert["severity"] == "critical"

@@ -181,7 +181,7 @@ async def test_hanging_trickling_and_huge_receivers_delay_neither_other_deliveri
         # Each stalling attempt was cut at its deadline and recorded; the huge answer was not read to its end.
         async def cut_short() -> list[dict[str, Any]]:
             response = await stack.notifications.get("/v1/deliveries", headers=coordinator, params={"limit": 200})
-            rows = [d for d in response.json() if d["event_type"] == "mechanism.gap" and d["attempts"] >= 1]
+            rows = [d for d in response.json()["items"] if d["event_type"] == "mechanism.gap" and d["attempts"] >= 1]
             return rows if len(rows) == 12 else []
 
         rows = await wait_for(cut_short, timeout=30, what="an attempt recorded for every stalled delivery")
@@ -249,7 +249,7 @@ async def test_generated_whsec_secret_is_returned_once_and_sealed_at_rest(
     created = await subscribe(stack, coordinator, webhook_receiver.url(f"/sealed/{town}"), ["case.closed"], secret=None)
     given = await subscribe(stack, coordinator, webhook_receiver.url(f"/sealed2/{town}"), ["case.closed"])
     assert created.status_code == 201 and given.status_code == 201
-    listed = (await stack.notifications.get("/v1/subscriptions", headers=coordinator)).json()
+    listed = (await stack.notifications.get("/v1/subscriptions", headers=coordinator)).json()["items"]
     assert len(listed) == 2 and all("secret" not in s for s in listed)
     runtime = stack.apps["notifications"].state.runtime
     async with runtime.sessions() as session:
@@ -297,7 +297,7 @@ async def test_owner_beyond_max_subscriptions_is_409_even_when_racing(
     assert sorted(r.status_code for r in racing) == [201, 201, 409, 409, 409]
     refused = next(r for r in racing if r.status_code == 409)
     assert refused.headers["content-type"].startswith("application/problem+json")
-    listed = (await stack.notifications.get("/v1/subscriptions", headers=police, params={"limit": 200})).json()
+    listed = (await stack.notifications.get("/v1/subscriptions", headers=police, params={"limit": 200})).json()["items"]
     assert len(listed) == cap
     # Another institution of the same town, and the town's coordinator, are owners of their own.
     other = stack.auth("police", town, member_id=str(uuid.uuid4()))
@@ -318,7 +318,7 @@ async def test_subscription_and_delivery_lists_are_bounded_by_limit(
     for n in range(3):
         await subscribe(stack, coordinator, webhook_receiver.url(f"/lim/{n}/{town}"), ["case.closed"])
     first = (await stack.notifications.get("/v1/subscriptions", headers=coordinator, params={"limit": 2})).json()
-    assert len(first) == 2
+    assert len(first["items"]) == 2 and first["next_cursor"]
     for params in ({"limit": 0}, {"limit": 201}):
         for path in ("/v1/subscriptions", "/v1/deliveries", "/v1/inbox"):
             response = await stack.notifications.get(path, headers=coordinator, params=params)

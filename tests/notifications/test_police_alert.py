@@ -44,7 +44,7 @@ async def test_expiring_order_alert_reaches_only_the_reporting_police_member(fas
 
     async def alerts(headers: dict[str, str]) -> list[dict[str, Any]]:
         response = await stack.notifications.get("/v1/inbox", headers=headers)
-        return [a for a in response.json() if a["type"] == "protection_order.expiring"]
+        return [a for a in response.json()["items"] if a["type"] == "protection_order.expiring"]
 
     reporter_headers = stack.auth("police", town, member_id=reporter)
     [alert] = await wait_for(lambda: alerts(reporter_headers), timeout=15, what="the reporter's expiry alert")

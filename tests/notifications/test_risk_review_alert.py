@@ -21,7 +21,7 @@ async def test_lowering_reassessment_alerts_the_coordinator_to_review(ready: Sta
     coordinator = {**stack.auth("coordinator", m), "Accept-Language": "en"}
 
     async def review_alert() -> list[dict[str, object]]:
-        inbox = (await stack.notifications.get("/v1/inbox", headers=coordinator)).json()
+        inbox = (await stack.notifications.get("/v1/inbox", headers=coordinator)).json()["items"]
         return [a for a in inbox if a["case_id"] == case["id"] and a["type"] == "case.risk_review"]
 
     alerts = await wait_for(review_alert, timeout=30, what="the review alert in the coordinator's inbox")
@@ -29,5 +29,5 @@ async def test_lowering_reassessment_alerts_the_coordinator_to_review(ready: Sta
     text = f"{alerts[0]['title']} {alerts[0]['body']}"
     assert case["case_number"] in text and "low" in text and "high" in text and "police" in text
     assert "Hoxha" not in str(alerts[0]) and "Ermira" not in str(alerts[0])
-    albanian = (await stack.notifications.get("/v1/inbox", headers=stack.auth("coordinator", m))).json()
+    albanian = (await stack.notifications.get("/v1/inbox", headers=stack.auth("coordinator", m))).json()["items"]
     assert any(a["type"] == "case.risk_review" and "Rivlerësim" in a["title"] for a in albanian)

@@ -31,7 +31,7 @@ async def subscribe(fast: FastStack, headers: dict[str, str], url: str, types: l
 async def deliveries(fast: FastStack, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
     response = await fast.stack.notifications.get("/v1/deliveries", headers=headers, params=params)
     assert response.status_code == 200, response.text
-    return list(response.json())
+    return list(response.json()["items"])
 
 
 def case_data(**extra: Any) -> dict[str, Any]:
@@ -46,7 +46,7 @@ async def test_subscription_secret_is_shown_once_and_bad_requests_are_refused(
     police = stack.auth("police", town, member_id=member)
     created = await subscribe(fast, police, webhook_receiver.url("/once"), ["referral.created"])
     assert created["secret"] == SECRET and created["owner_member_id"] == member
-    listed = (await stack.notifications.get("/v1/subscriptions", headers=police)).json()
+    listed = (await stack.notifications.get("/v1/subscriptions", headers=police)).json()["items"]
     assert [s["id"] for s in listed] == [created["id"]]
     assert "secret" not in listed[0]
 
@@ -82,7 +82,8 @@ async def test_subscription_secret_is_shown_once_and_bad_requests_are_refused(
         )
         assert response.status_code == 404
     assert (await stack.notifications.delete(f"/v1/subscriptions/{created['id']}", headers=police)).status_code == 204
-    assert (await stack.notifications.get("/v1/subscriptions", headers=police)).json() == []
+    emptied = await stack.notifications.get("/v1/subscriptions", headers=police)
+    assert emptied.json() == {"items": [], "next_cursor": None}
 
 
 async def test_webhook_delivery_is_signed_with_the_subscription_secret(
@@ -184,7 +185,7 @@ async def test_dead_letter_after_max_attempts_is_listed_and_published_as_notific
 
     async def failure_alert() -> list[dict[str, Any]]:
         response = await fast.stack.notifications.get("/v1/inbox", headers=coordinator)
-        return [a for a in response.json() if a["type"] == "notification.failed"]
+        return [a for a in response.json()["items"] if a["type"] == "notification.failed"]
 
     await wait_for(failure_alert, timeout=10, what="the coordinator's notification.failed alert")
 
@@ -312,17 +313,17 @@ async def test_protection_order_expiring_within_fourteen_days_alerts_coordinator
 
         async def alerts(headers: dict[str, str] = headers) -> list[dict[str, Any]]:
             response = await stack.notifications.get("/v1/inbox", headers=headers)
-            return [a for a in response.json() if a["type"] == "protection_order.expiring"]
+            return [a for a in response.json()["items"] if a["type"] == "protection_order.expiring"]
 
         [alert] = await wait_for(alerts, timeout=15, what="the protection-order expiry alert")
         assert alert["case_id"] == soon["case_id"] and soon["case_number"] in alert["body"]
     await asyncio.sleep(1.5)  # several scans later: still one alert each
     for headers in (stack.auth("coordinator", town), stack.auth("police", town, member_id=police_member)):
         response = await stack.notifications.get("/v1/inbox", headers=headers)
-        assert len([a for a in response.json() if a["type"] == "protection_order.expiring"]) == 1
+        assert len([a for a in response.json()["items"] if a["type"] == "protection_order.expiring"]) == 1
     for headers in (stack.auth("police", town), stack.auth("police", town, member_id=other_police)):
         response = await stack.notifications.get("/v1/inbox", headers=headers)
-        assert [a for a in response.json() if a["type"] == "protection_order.expiring"] == []
+        assert [a for a in response.json()["items"] if a["type"] == "protection_order.expiring"] == []
 
 
 async def test_two_delivery_workers_send_each_event_exactly_once(

@@ -80,7 +80,7 @@ async def referrals_of(stack: Stack, municipality: str, case_id: str, count: int
             "/v1/referrals", params={"case_id": case_id}, headers=stack.auth("coordinator", municipality)
         )
         assert response.status_code == 200, response.text
-        found = list(response.json())
+        found = list(response.json()["items"])
         return found if len(found) >= count else []
 
     return await wait_for(probe, timeout=timeout, what=f"{count} referrals for case {case_id}")

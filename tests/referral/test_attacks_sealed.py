@@ -100,7 +100,7 @@ async def test_database_dump_shows_no_referral_free_text(stack: Stack, producer:
     plan = await stack.referral.get(f"/v1/cases/{case['case_id']}/plan", headers=coordinator)
     assert [a["action"] for a in plan.json()["actions"]] == [secrets["action"]]
     listed = await stack.referral.get("/v1/referrals", params={"case_id": case["case_id"]}, headers=coordinator)
-    shown = json.dumps(listed.json())
+    shown = json.dumps(listed.json()["items"])
     assert all(secrets[k] in shown for k in ("note", "override", "decline", "outcome"))
 
     dump = await dump_database(stack, "referral")
@@ -214,7 +214,7 @@ async def test_member_writes_that_poison_the_directory_are_refused(stack: Stack)
     assert refused.status_code == 422
     listed = await stack.referral.get("/v1/members", headers=coordinator)
     assert listed.status_code == 200, listed.text
-    assert listed.json() == written
+    assert listed.json()["items"] == written
     for member in written:
         one = await stack.referral.get(f"/v1/members/{member['id']}", headers=coordinator)
         assert one.status_code == 200 and one.json() == member
@@ -261,8 +261,8 @@ async def test_poisoned_directory_rows_are_repaired_by_the_migration(stack: Stac
         assert await conn.run_sync(repair) == 0
     listed = await stack.referral.get("/v1/members", headers=coordinator)
     assert listed.status_code == 200, listed.text
-    assert listed.json()[0] == good
-    assert listed.json()[1] == {"id": str(poisoned), "name": "Qendra Ngo", "kind": "ngo", "municipality": m,
+    assert listed.json()["items"][0] == good
+    assert listed.json()["items"][1] == {"id": str(poisoned), "name": "Qendra Ngo", "kind": "ngo", "municipality": m,
                                 "services": ["ok", "bad"], "contact": {"email": None, "phone": None},
                                 "active": True}  # fmt: skip
 

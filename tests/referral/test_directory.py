@@ -18,7 +18,7 @@ async def test_admin_registers_member_and_anyone_of_municipality_lists_it(stack:
             "/v1/members", params={"kind": "health"}, headers=stack.auth(role, m, **claims)
         )
         assert listed.status_code == 200
-        assert [x["id"] for x in listed.json()] == [member["id"]]
+        assert [x["id"] for x in listed.json()["items"]] == [member["id"]]
     one = await stack.referral.get(f"/v1/members/{member['id']}", headers=stack.auth("ngo", m))
     assert one.status_code == 200 and one.json()["name"] == "Qendra Shendetesore 1"
     saved = await published(stack, "member.saved", member_id=member["id"])
@@ -30,7 +30,7 @@ async def test_kind_filter_returns_only_that_kind(stack: Stack) -> None:
     await add_member(stack, m, "health")
     police = await add_member(stack, m, "police")
     listed = await stack.referral.get("/v1/members", params={"kind": "police"}, headers=stack.auth("coordinator", m))
-    assert [x["id"] for x in listed.json()] == [police["id"]]
+    assert [x["id"] for x in listed.json()["items"]] == [police["id"]]
     bad = await stack.referral.get("/v1/members", params={"kind": "wizard"}, headers=stack.auth("coordinator", m))
     assert bad.status_code == 422
 
@@ -40,7 +40,7 @@ async def test_member_of_another_municipality_is_404_and_not_listed(stack: Stack
     member = await add_member(stack, m, "police")
     headers = stack.auth("coordinator", other)
     assert (await stack.referral.get(f"/v1/members/{member['id']}", headers=headers)).status_code == 404
-    assert (await stack.referral.get("/v1/members", headers=headers)).json() == []
+    assert (await stack.referral.get("/v1/members", headers=headers)).json() == {"items": [], "next_cursor": None}
     patch = await stack.referral.patch(f"/v1/members/{member['id']}", json={"active": False}, headers=headers)
     assert patch.status_code == 404
 

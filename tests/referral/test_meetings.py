@@ -93,18 +93,28 @@ async def test_past_meeting_is_recorded_as_held_and_listed_by_date_and_kind(stac
         assert created.json()["held"] is (days < 0)
     since = (datetime.now(UTC) - timedelta(days=20)).date().isoformat()
     listed = await stack.referral.get("/v1/etn-meetings", params={"from": since}, headers=coordinator)
-    assert [x["kind"] for x in listed.json()] == ["etn", "etn"]
+    assert [x["kind"] for x in listed.json()["items"]] == ["etn", "etn"]
     steering = await stack.referral.get("/v1/etn-meetings", params={"kind": "steering_committee"}, headers=coordinator)
-    assert len(steering.json()) == 1
+    assert len(steering.json()["items"]) == 1
     other = await stack.referral.get("/v1/etn-meetings", headers=stack.auth("coordinator", new_municipality()))
-    assert other.json() == []
+    assert other.json() == {"items": [], "next_cursor": None}
 
 
-async def test_meeting_validation_and_roles(stack: Stack) -> None:
-    m = new_municipality()
+async def test_meeting_validation_and_roles(stack: Stack, producer: AIOKafkaProducer) -> None:
+    m, elsewhere = new_municipality(), new_municipality()
     coordinator = stack.auth("coordinator", m)
     unknown_case = {"municipality": m, "scheduled_for": datetime.now(UTC).isoformat(), "case_ids": [str(uuid.uuid4())]}
+    # A case the projection does not know (after the bounded wait) may yet exist: 409 + Retry-After.
     response = await stack.referral.post("/v1/etn-meetings", json=unknown_case, headers=coordinator)
+    assert response.status_code == 409 and response.headers["retry-after"] == "2"
+    assert response.json()["type"] == "https://mkr.al/problems/projection-behind"
+    # A case known to be of another municipality is a field error, as before.
+    theirs = reported(elsewhere)
+    await produce(producer, stack.settings, "case.reported", elsewhere, theirs)
+    await routing_of(stack, elsewhere, theirs["case_id"])
+    response = await stack.referral.post(
+        "/v1/etn-meetings", json={**unknown_case, "case_ids": [theirs["case_id"]]}, headers=coordinator
+    )
     assert response.status_code == 422 and response.json()["errors"][0]["loc"] == ["body", "case_ids", 0]
     naive = {"municipality": m, "scheduled_for": "2026-11-20T10:00:00"}
     assert (await stack.referral.post("/v1/etn-meetings", json=naive, headers=coordinator)).status_code == 422

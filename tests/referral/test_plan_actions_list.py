@@ -72,7 +72,7 @@ async def test_plan_actions_are_listed_per_responsible_institution_by_due_date_i
 async def test_plan_actions_list_refuses_bad_input_and_other_roles(stack: Stack) -> None:
     m = new_municipality()
     coordinator = stack.auth("coordinator", m)
-    for params in ({"cursor": "not-a-cursor"}, {"cursor": "x" * 201}, {"limit": 0}, {"limit": 201},
+    for params in ({"cursor": "not-a-cursor"}, {"cursor": "x" * 513}, {"limit": 0}, {"limit": 201},
                    {"status": "overdue"}):
         refused = await stack.referral.get("/v1/plan-actions", params=params, headers=coordinator)
         assert refused.status_code == 422, (params, refused.text)

@@ -53,13 +53,16 @@ async def test_manual_referral_under_legal_exception_needs_no_override(
     assert created.json()["legal_exception"] == "child_at_risk"
 
 
-async def test_unknown_case_or_other_municipality_is_404(stack: Stack, producer: AIOKafkaProducer) -> None:
+async def test_unknown_case_is_409_projection_behind_and_other_municipality_is_404(
+    stack: Stack, producer: AIOKafkaProducer
+) -> None:
     m = new_municipality()
     ss = await add_member(stack, m, "social_services")
     body = {"case_id": str(uuid.uuid4()), "to_member_id": ss["id"], "urgency": "normal"}
-    assert (
-        await stack.referral.post("/v1/referrals", json=body, headers=stack.auth("coordinator", m))
-    ).status_code == 404
+    # A case the projection does not know (after the bounded wait) may yet exist: 409 + Retry-After, not 404.
+    unknown = await stack.referral.post("/v1/referrals", json=body, headers=stack.auth("coordinator", m))
+    assert unknown.status_code == 409 and unknown.headers["retry-after"] == "2"
+    assert unknown.json()["type"] == "https://mkr.al/problems/projection-behind"
     case = await routed_case(stack, producer, m)
     other = stack.auth("coordinator", new_municipality())
     body["case_id"] = case["case_id"]
@@ -124,9 +127,9 @@ async def test_decline_needs_reason_and_sender_may_cancel(stack: Stack, producer
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     # The sender sees what it sent; the receiver what it received.
     sent = await stack.referral.get("/v1/referrals", params={"case_id": case["case_id"]}, headers=police)
-    assert {r["to_member_kind"] for r in sent.json()} == {"ngo"}
+    assert {r["to_member_kind"] for r in sent.json()["items"]} == {"ngo"}
     received = await stack.referral.get("/v1/referrals", params={"status": "declined"}, headers=receiver)
-    assert [r["id"] for r in received.json()] == [created.json()["id"]]
+    assert [r["id"] for r in received.json()["items"]] == [created.json()["id"]]
 
 
 async def test_listing_is_filtered_by_role_and_member(stack: Stack, producer: AIOKafkaProducer) -> None:
@@ -137,23 +140,23 @@ async def test_listing_is_filtered_by_role_and_member(stack: Stack, producer: AI
     found = await referrals_of(stack, m, case["case_id"], 2)
     to_shelter = next(r for r in found if r["to_member_kind"] == "shelter")
     ss_view = await stack.referral.get("/v1/referrals", headers=stack.auth("social_services", m, member_id=ss["id"]))
-    assert {r["to_member_kind"] for r in ss_view.json()} == {"social_services"}
+    assert {r["to_member_kind"] for r in ss_view.json()["items"]} == {"social_services"}
     no_member = await stack.referral.get("/v1/referrals", headers=stack.auth("health", m))
-    assert no_member.json() == []
+    assert no_member.json() == {"items": [], "next_cursor": None}
     # shelter_staff: by a member_id claim, or by the shelter → member projection of shelter's events.
     by_claim = await stack.referral.get(
         "/v1/referrals", headers=stack.auth("shelter_staff", m, member_id=shelter_member["id"])
     )
-    assert [r["id"] for r in by_claim.json()] == [to_shelter["id"]]
+    assert [r["id"] for r in by_claim.json()["items"]] == [to_shelter["id"]]
     shelter_id = str(uuid.uuid4())
     staff = stack.auth("shelter_staff", m, shelter_id=shelter_id)
-    assert (await stack.referral.get("/v1/referrals", headers=staff)).json() == []
+    assert (await stack.referral.get("/v1/referrals", headers=staff)).json() == {"items": [], "next_cursor": None}
     availability = {"shelter_id": shelter_id, "member_id": shelter_member["id"], "kind": "emergency", "capacity": 5,
                     "free_beds": 3, "accepts_children": True}  # fmt: skip
     await produce(producer, stack.settings, "shelter.availability_changed", m, availability, topic=SHELTER_TOPIC)
 
     async def staff_sees() -> list[Any]:
-        return list((await stack.referral.get("/v1/referrals", headers=staff)).json())
+        return list((await stack.referral.get("/v1/referrals", headers=staff)).json()["items"])
 
     seen = await wait_for(staff_sees, what="shelter staff seeing their shelter's referral")
     assert [r["id"] for r in seen] == [to_shelter["id"]]
@@ -164,7 +167,7 @@ async def test_listing_is_filtered_by_role_and_member(stack: Stack, producer: AI
     other = await stack.referral.get(
         "/v1/referrals", params={"case_id": case["case_id"]}, headers=stack.auth("coordinator", new_municipality())
     )
-    assert other.json() == []
+    assert other.json() == {"items": [], "next_cursor": None}
     one = await stack.referral.get(
         f"/v1/referrals/{to_shelter['id']}", headers=stack.auth("coordinator", new_municipality())
     )

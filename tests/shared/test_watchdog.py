@@ -151,7 +151,7 @@ async def test_consumers_route_again_after_the_broker_is_sigkilled_and_returns_e
             async def routed() -> bool:
                 found = await stack.referral.get("/v1/referrals", params={"case_id": case.json()["id"]},
                                                  headers=headers)
-                return found.status_code == 200 and len(found.json()) >= 1
+                return found.status_code == 200 and len(found.json()["items"]) >= 1
 
             await wait_for(routed, timeout=30, interval=0.5, what="the case routed within 30 s of the return")
             await wait_for(ready, timeout=30, what="readiness back")

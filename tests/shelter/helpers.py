@@ -117,7 +117,7 @@ async def wait_projected(stack: Stack, case_id: str, municipality: str, shelter_
 
     async def probe() -> dict[str, Any] | None:
         response = await stack.shelter.get("/v1/placements", params={"case_id": case_id}, headers=headers)
-        items = response.json()
+        items = response.json()["items"]
         return items[0] if items and items[0]["case_number"] else None
 
     return await wait_for(probe, timeout=20, what="the case projection")

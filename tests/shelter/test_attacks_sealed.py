@@ -51,7 +51,7 @@ async def test_database_dump_shows_no_shelter_free_text(stack: Stack) -> None:
     shown = await stack.shelter.get(f"/v1/placements/{placement_id}", headers=coordinator)
     assert shown.json()["end_reason"] == discharge
     listed = await stack.shelter.get("/v1/placements", params={"active": "false"}, headers=coordinator)
-    assert [p["end_reason"] for p in listed.json()] == [discharge]
+    assert [p["end_reason"] for p in listed.json()["items"]] == [discharge]
     app = await stack.shelter.get(f"/v1/rent-bonus/applications/{app_id}", headers=coordinator)
     assert app.json()["reason"] == decision
     dump = await dump_database(stack, "shelter")
@@ -112,9 +112,9 @@ async def test_rent_bonus_list_filters_in_sql_not_after_the_fetch(stack: Stack) 
     listed = await stack.shelter.get(
         "/v1/rent-bonus/applications", params={"limit": 3}, headers=stack.auth("social_services", m, sub="worker-mine")
     )
-    assert listed.status_code == 200 and [a["id"] for a in listed.json()] == [mine]
+    assert listed.status_code == 200 and [a["id"] for a in listed.json()["items"]] == [mine]
     everything = await stack.shelter.get("/v1/rent-bonus/applications", headers=stack.auth("coordinator", m))
-    assert len(everything.json()) == 5
+    assert len(everything.json()["items"]) == 5
     for path in ("/v1/rent-bonus/applications", "/v1/placements", "/v1/shelters"):
         too_many = await stack.shelter.get(path, params={"limit": 201}, headers=stack.auth("coordinator", m))
         assert too_many.status_code == 422, path
@@ -125,8 +125,8 @@ async def test_shelter_lists_are_bounded(stack: Stack) -> None:
     for _ in range(3):
         await register(stack, m)
     coordinator = stack.auth("coordinator", m)
-    assert len((await stack.shelter.get("/v1/shelters", params={"limit": 2}, headers=coordinator)).json()) == 2
-    assert len((await stack.shelter.get("/v1/shelters", headers=coordinator)).json()) == 3
+    assert len((await stack.shelter.get("/v1/shelters", params={"limit": 2}, headers=coordinator)).json()["items"]) == 2
+    assert len((await stack.shelter.get("/v1/shelters", headers=coordinator)).json()["items"]) == 3
 
 
 async def test_unslugged_municipality_in_budget_path_is_422(stack: Stack) -> None:
@@ -189,7 +189,7 @@ async def test_shelter_cannot_borrow_another_members_identity(stack: Stack) -> N
         assert refused.status_code == 422, (borrowed, refused.text)
         assert refused.json()["errors"][0]["loc"] == ["body", "member_id"]
     listed = await stack.shelter.get("/v1/shelters", headers=coordinator)
-    assert listed.json() == []
+    assert listed.json() == {"items": [], "next_cursor": None}
     created = await stack.shelter.post("/v1/shelters", json=shelter_body(m, member_id=own_shelter), headers=coordinator)
     assert created.status_code == 201, created.text
     assert created.json()["member_id"] == own_shelter

@@ -50,12 +50,12 @@ async def test_address_and_phone_only_for_coordinator_and_own_staff(stack: Stack
         assert one.status_code == 200
         assert "address" not in one.json() and "phone" not in one.json()
         listed = await stack.shelter.get("/v1/shelters", params={"municipality": m}, headers=headers)
-        by_id = {s["id"]: s for s in listed.json()}
+        by_id = {s["id"]: s for s in listed.json()["items"]}
         assert set(by_id) == {sid, other["id"]}
         assert "address" not in by_id[sid] and "phone" not in by_id[sid]
     # In a list, the staff see their own shelter's contact only.
     listed = await stack.shelter.get("/v1/shelters", headers=staff(stack, m, sid))
-    by_id = {s["id"]: s for s in listed.json()}
+    by_id = {s["id"]: s for s in listed.json()["items"]}
     assert "address" in by_id[sid] and "address" not in by_id[other["id"]]
 
 
@@ -80,8 +80,8 @@ async def test_list_filters_free_beds_and_children(stack: Stack) -> None:
         "/v1/shelters", params={"municipality": m, "min_free_beds": 3, "accepts_children": "true"}, headers=headers
     )
     assert response.status_code == 200
-    assert [s["id"] for s in response.json()] == [big["id"]]
-    assert response.json()[0]["free_beds"] == 6
+    assert [s["id"] for s in response.json()["items"]] == [big["id"]]
+    assert response.json()["items"][0]["free_beds"] == 6
 
 
 async def test_another_municipality_is_404_and_absent_from_lists(stack: Stack) -> None:
@@ -90,8 +90,8 @@ async def test_another_municipality_is_404_and_absent_from_lists(stack: Stack) -
     headers = stack.auth("coordinator", elsewhere)
     assert (await stack.shelter.get(f"/v1/shelters/{shelter['id']}", headers=headers)).status_code == 404
     listed = await stack.shelter.get("/v1/shelters", params={"municipality": m}, headers=headers)
-    assert listed.json() == []
-    assert (await stack.shelter.get("/v1/shelters", headers=headers)).json() == []
+    assert listed.json() == {"items": [], "next_cursor": None}
+    assert (await stack.shelter.get("/v1/shelters", headers=headers)).json() == {"items": [], "next_cursor": None}
 
 
 async def test_registering_for_another_municipality_is_refused(stack: Stack) -> None:

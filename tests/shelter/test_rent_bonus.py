@@ -327,4 +327,4 @@ async def test_a_retried_application_with_its_key_is_one_application(stack: Stac
     listed = await stack.shelter.get(
         "/v1/rent-bonus/applications", params={"case_id": body["case_id"]}, headers=officer(stack, m)
     )
-    assert [a["id"] for a in listed.json()] == [answers[0].json()["id"]]
+    assert [a["id"] for a in listed.json()["items"]] == [answers[0].json()["id"]]

@@ -62,7 +62,7 @@ async def _case_page(caller: Caller, case_id: str, **extra: Any) -> Response:
         part("referral", "/v1/referrals", {"case_id": cid}),
         part("referral", f"/v1/cases/{cid}/plan") if coordinator else nothing(),
         part("shelter", "/v1/placements", {"case_id": cid}) if coordinator else nothing(),
-        part("intake", "/v1/audit", {"case_id": cid}) if coordinator else nothing(),
+        part("intake", "/v1/audit", {"case_id": cid, "limit": 200}) if coordinator else nothing(),
         part("referral", "/v1/members") if coordinator else nothing(),
         part("shelter", "/v1/rent-bonus/applications", {"case_id": cid}) if coordinator else nothing(),
     )
