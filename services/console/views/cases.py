@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import URGENCIES, listing, nothing, shown_status, uuid_of
+from services.console.views.common import LIST_LIMIT, URGENCIES, listing, nothing, shown_status, uuid_of
 from services.console.web import api_details, api_message, new_key, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -59,11 +59,11 @@ async def _case_page(caller: Caller, case_id: str, **extra: Any) -> Response:
     coordinator = caller.role == "coordinator"
     case, referrals, plan, placements, audit, members, applications = await asyncio.gather(
         caller.api.get("intake", f"/v1/cases/{cid}", caller.token, language=caller.lang),
-        part("referral", "/v1/referrals", {"case_id": cid}),
+        part("referral", "/v1/referrals", {"case_id": cid, "limit": LIST_LIMIT}),
         part("referral", f"/v1/cases/{cid}/plan") if coordinator else nothing(),
         part("shelter", "/v1/placements", {"case_id": cid}) if coordinator else nothing(),
         part("intake", "/v1/audit", {"case_id": cid, "limit": 200}) if coordinator else nothing(),
-        part("referral", "/v1/members") if coordinator else nothing(),
+        part("referral", "/v1/members", {"limit": LIST_LIMIT}) if coordinator else nothing(),
         part("shelter", "/v1/rent-bonus/applications", {"case_id": cid}) if coordinator else nothing(),
     )
     member_list = listing(members)

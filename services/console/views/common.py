@@ -11,6 +11,8 @@ from services.console.upstream import ApiError, items_of
 from shared.errors import Problem
 
 URGENCIES = ("emergency", "high", "normal")
+# The largest page the services give (`shared.paging.MAX_LIMIT`): lists on a page ask for it, not the default 50.
+LIST_LIMIT = 200
 
 
 def uuid_of(value: str) -> str:

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import shown_status, uuid_of
+from services.console.views.common import LIST_LIMIT, shown_status, uuid_of
 from services.console.web import INSTITUTION_ROLES, api_details, api_message, redirect, render
 from shared.errors import Problem
 
@@ -23,7 +23,9 @@ PLAN_ACTIONS = 200
 
 
 async def _my_referrals(caller: Caller) -> list[dict[str, Any]]:
-    params = {"to_member_id": caller.session.member_id} if caller.session.member_id else {}
+    params: dict[str, Any] = {"limit": LIST_LIMIT}
+    if caller.session.member_id:
+        params["to_member_id"] = caller.session.member_id
     return items_of(await caller.api.get("referral", "/v1/referrals", caller.token, language=caller.lang,
                                          params=params))
 

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.i18n import TIMEZONE
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import uuid_of, whole
+from services.console.views.common import LIST_LIMIT, uuid_of, whole
 from services.console.web import api_details, api_message, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -33,7 +33,7 @@ def _context(referrals: list[dict[str, Any]], placements: list[dict[str, Any]]) 
 async def _referrals(caller: Caller, **params: str) -> list[dict[str, Any]]:
     with contextlib.suppress(ApiError):
         return items_of(await caller.api.get("referral", "/v1/referrals", caller.token, language=caller.lang,
-                                             params=params))
+                                             params={**params, "limit": LIST_LIMIT}))
     return []
 
 
