@@ -157,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     from mkr.importer import register_commands as register_import_commands
 
     register_import_commands(sub)
+    from mkr.backup import register_commands as register_backup_commands
+
+    register_backup_commands(sub)
+    from mkr.rekey import register_commands as register_rekey_commands
+
+    register_rekey_commands(sub)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

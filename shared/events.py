@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from shared import observability
 from shared.contracts import EVENT_TYPES, EventContracts, EventRejected, contracts_for
-from shared.kafka import client_options
+from shared.kafka import client_options, group_membership, leave_group
 from shared.observability import (
     CONSUMER_LAG,
     CONSUMER_PARTITION_LAG,
@@ -557,6 +557,10 @@ async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offs
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 
+# The consumer loop comes round at least every ~2.5 s when it handles nothing (getmany bounded at 2 s):
+# a longer gap between two watchdog checks means that the loop itself was frozen.
+_FROZEN_GAP = 5.0
+
 
 class ConsumerStalled(Exception):
     """Raised by a consumer's watchdog: the consumer is stuck and is to be recreated."""
@@ -615,8 +619,12 @@ class EventConsumer:
         self.last_recreated_reason: str | None = None
         self._committed: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
-        self._progress_at = time.monotonic()
+        # Since when the consumer has been behind at a position it has not left (None: it is not).
+        self._behind_since: float | None = None
         self._checked_at = 0.0
+        # When the watchdog last finished, and when it last found that the loop had been frozen.
+        self._watched_at = time.monotonic()
+        self._thawed_at = 0.0
         self._suspect = False
         self._failing_since = 0.0
         self._started_at = time.monotonic()
@@ -641,8 +649,8 @@ class EventConsumer:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._task, timeout=15)
-        await _stop(self.consumer)
-        self.consumer = None
+        if self.consumer is not None:
+            await self._retire(self.consumer)
         self.unassigned_since = time.monotonic()
 
     def _new_consumer(self) -> AIOKafkaConsumer:
@@ -666,11 +674,7 @@ class EventConsumer:
         while not self._stopping.is_set():
             consumer = self._new_consumer()
             self.consumer = consumer
-            self._committed = {}
-            self._positions = {}
-            self._progress_at = time.monotonic()
-            self._checked_at = 0.0
-            self._suspect = False
+            self._reset_watch()
             try:
                 # Also after every recreation: a broker that came back empty has lost the topics.
                 await asyncio.wait_for(ensure_topics(self.settings), timeout=20)
@@ -678,28 +682,7 @@ class EventConsumer:
                 self.healthy = True
                 self._started_at = time.monotonic()
                 while not self._stopping.is_set():
-                    try:
-                        # Bounded: during a rebalance getmany waits for the assignment however long it takes.
-                        batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500, max_records=200), 2.0)
-                    except TimeoutError:
-                        batches = {}
-                    if batches:
-                        # The broker was away: make sure it still has the group's offsets first.
-                        if self._suspect and await self._watch(consumer, force=True):
-                            continue
-                        # Partitions side by side, each in order: a case's events share a key, so a partition.
-                        await asyncio.gather(*(self._handle_all(records) for records in batches.values()))
-                        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-                        try:
-                            await asyncio.wait_for(consumer.commit(offsets), timeout=self._call_timeout)
-                        except CommitFailedError:
-                            # A rebalance (or a broker back empty, that knows no member): aiokafka rejoins
-                            # by itself, and these events come again (applied once). A new consumer here
-                            # would leave this member behind in the group and slow the join.
-                            log.info("offset commit refused by a rebalance; rejoining", extra={"consumer": self.name})
-                            continue
-                        self._committed.update(offsets)
-                        self._progress_at = time.monotonic()
+                    if await self._step(consumer):
                         attempt = 0
                     await self._watch(consumer)
             except asyncio.CancelledError:
@@ -707,25 +690,82 @@ class EventConsumer:
             except Exception as exc:
                 self.healthy = False
                 attempt += 1
-                reason = exc.reason if isinstance(exc, ConsumerStalled) else f"failed ({type(exc).__name__})"
-                self.last_recreated_reason = reason
-                CONSUMER_RECREATED.labels(
-                    self.name, exc.code if isinstance(exc, ConsumerStalled) else "error"
-                ).inc()
-                log.warning(
-                    f"consumer {reason}; recreating it",
-                    extra={"consumer": self.name, "error_class": type(exc).__name__, "attempt": attempt},
-                )
+                self._note_recreation(exc, attempt)
+                # The old member out of the group first: its replacement joins after the pause.
+                await self._retire(consumer)
                 await asyncio.sleep(_backoff(attempt, 0.5, 5.0))
             finally:
-                await _stop(consumer)
-                self.consumer = None
-                if self.unassigned_since is None:
-                    self.unassigned_since = time.monotonic()
+                await self._retire(consumer)
+
+    async def _step(self, consumer: AIOKafkaConsumer) -> bool:
+        """One fetch, applied and committed; True when records were committed."""
+        try:
+            # Bounded: during a rebalance getmany waits for the assignment however long it takes. The
+            # cancellation loses nothing: aiokafka hands records over (and moves the position) without
+            # an await in between, and fetches on in the background.
+            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500, max_records=200), 2.0)
+        except TimeoutError:
+            return False
+        if not batches:
+            return False
+        # The broker was away: make sure it still has the group's offsets first.
+        if self._suspect and await self._watch(consumer, force=True):
+            return False
+        # Partitions side by side, each in order: a case's events share a key, so a partition.
+        await asyncio.gather(*(self._handle_all(records) for records in batches.values()))
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), timeout=self._call_timeout)
+        except CommitFailedError:
+            # A rebalance (or a broker back empty, that knows no member): aiokafka rejoins by itself,
+            # and these events come again (applied once). A new consumer here would leave this member
+            # behind in the group and slow the join.
+            log.info("offset commit refused by a rebalance; rejoining", extra={"consumer": self.name})
+            return False
+        self._committed.update(offsets)
+        self._behind_since = None
+        return True
+
+    def _note_recreation(self, exc: Exception, attempt: int) -> None:
+        reason = exc.reason if isinstance(exc, ConsumerStalled) else f"failed ({type(exc).__name__})"
+        self.last_recreated_reason = reason
+        CONSUMER_RECREATED.labels(self.name, exc.code if isinstance(exc, ConsumerStalled) else "error").inc()
+        log.warning(
+            f"consumer {reason}; recreating it",
+            extra={"consumer": self.name, "error_class": type(exc).__name__, "attempt": attempt},
+        )
+
+    async def _retire(self, consumer: AIOKafkaConsumer) -> None:
+        """Stop `consumer` and take its member out of the group (a second call does nothing)."""
+        if consumer is self.consumer:
+            self.consumer = None
+        membership = group_membership(consumer)
+        await _stop(consumer)
+        if membership is not None and membership[1] == 0:
+            # aiokafka leaves only from generation 1 on; Tansu's first generation is 0 (shared/kafka.py).
+            await leave_group(self.settings, self.group_id, membership[0])
+        if self.unassigned_since is None:
+            self.unassigned_since = time.monotonic()
 
     @property
     def _call_timeout(self) -> float:
         return max(self.settings.kafka_request_timeout_ms / 1000, 5.0) + 5.0
+
+    def _reset_watch(self) -> None:
+        self._committed = {}
+        self._positions = {}
+        self._behind_since = None
+        self._checked_at = 0.0
+        self._watched_at = time.monotonic()
+        self._thawed_at = 0.0
+        self._suspect = False
+
+    def _note_freeze(self, now: float) -> None:
+        """A loop that did not come round for long was frozen (a synchronous stretch on it, a starved
+        process): nobody could fetch meanwhile, so that time counts for no stall clock."""
+        if now - self._watched_at > max(_FROZEN_GAP, self.settings.kafka_consumer_stall_seconds / 3):
+            self._thawed_at = now
+            self._behind_since = None
 
     async def _watch(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> bool:
         """The watchdog: raise ConsumerStalled when this consumer should be recreated.
@@ -735,28 +775,60 @@ class EventConsumer:
         that never completes), no fetch progress while the partitions' end offsets are ahead, offset
         requests unanswered. A broker that came back without the group's committed offsets (restarted
         empty) has its partitions read again from the start; returns True then, and the records in hand
-        are dropped (they come again, the consumer is idempotent).
+        are dropped (they come again, the consumer is idempotent). The clocks count only time the loop
+        ran: a frozen loop is no stalled consumer.
         """
         now = time.monotonic()
+        self._note_freeze(now)
+        try:
+            return await self._watch_now(consumer, now, force)
+        finally:
+            self._watched_at = time.monotonic()
+
+    async def _watch_now(self, consumer: AIOKafkaConsumer, now: float, force: bool) -> bool:
         stall = self.settings.kafka_consumer_stall_seconds
         assignment = consumer.assignment()
         if not assignment:
             if self.unassigned_since is None:
                 self.unassigned_since = now
             CONSUMER_LAG.labels(self.name).set(0)
-            # Measured from this consumer's start and from the broker's last silence too.
-            if now - max(self.unassigned_since, self._started_at, self._broker_down_at) > stall:
+            # Measured from this consumer's start, from the broker's last silence and from a freeze too.
+            if now - max(self.unassigned_since, self._started_at, self._broker_down_at, self._thawed_at) > stall:
                 if await broker_reachable(self.settings):
                     raise ConsumerStalled("no_assignment", f"had no partition assignment for {stall:g} s")
                 self._broker_down_at = time.monotonic()
             return False
         if self.unassigned_since is not None:
             self.unassigned_since = None
-            self._progress_at = now
+            self._behind_since = None
         if not force and now - self._checked_at < min(2.0, stall / 3):
             return False
         self._checked_at = now
-        partitions = sorted(assignment)
+        offsets = await self._offsets(consumer, sorted(assignment), now, force)
+        if offsets is None:
+            return False
+        ends, committed, positions = offsets
+        lost = [tp for tp, offset in committed.items() if offset is None or offset < self._committed[tp]]
+        if lost:
+            log.warning(
+                "consumer found the broker without the group's committed offsets (restarted empty?); "
+                "reading its partitions from the start",
+                extra={"consumer": self.name, "count": len(lost)},
+            )
+            await consumer.seek_to_beginning(*lost)
+            for tp in lost:
+                del self._committed[tp]
+            self._behind_since = None
+            return True
+        self._judge_progress(consumer, ends, positions, now)
+        return False
+
+    async def _offsets(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition], now: float, force: bool
+    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int | None], dict[TopicPartition, int]] | None:
+        """End offsets, committed offsets (of the partitions this consumer committed) and positions;
+        None while the broker does not answer them (ConsumerStalled once that lasts)."""
+        stall = self.settings.kafka_consumer_stall_seconds
         timeout = min(self._call_timeout, 5.0)
         try:
             ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout=timeout)
@@ -775,38 +847,38 @@ class EventConsumer:
                 self._failing_since = now
             if force:
                 raise ConsumerStalled("offsets_unanswered", "could not check the broker's offsets") from exc
-            if now - max(self._failing_since, self._broker_down_at) > stall:
+            if now - max(self._failing_since, self._broker_down_at, self._thawed_at) > stall:
                 if await broker_reachable(self.settings):
                     reason = f"got no offsets for {stall:g} s from a broker that answers"
                     raise ConsumerStalled("offsets_unanswered", reason) from exc
                 self._broker_down_at = time.monotonic()
-            return False
+            return None
         self._suspect = False
-        lost = [tp for tp in committed if committed[tp] is None or committed[tp] < self._committed[tp]]
-        if lost:
-            log.warning(
-                "consumer found the broker without the group's committed offsets (restarted empty?); "
-                "reading its partitions from the start",
-                extra={"consumer": self.name, "count": len(lost)},
-            )
-            await consumer.seek_to_beginning(*lost)
-            for tp in lost:
-                del self._committed[tp]
-            self._progress_at = now
-            return True
+        return ends, committed, positions
+
+    def _judge_progress(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int],
+                        positions: dict[TopicPartition, int], now: float) -> None:
+        """Raise ConsumerStalled when the position has stood still, behind, for the stall limit.
+
+        The clock starts at the first check that finds the consumer behind at a position it has not
+        left since: time caught up (lag 0) is no stall, so a record arriving after a long idle spell,
+        seen by a check before the loop drained it, is behind for 0 s, not for the idle spell.
+        """
+        stall = self.settings.kafka_consumer_stall_seconds
         # Tansu answers end offsets per batch (the last batch's base offset + 1): the fetched high-water
         # mark, when larger, is nearer the truth.
-        behind = {tp: max(0, max(ends.get(tp, 0), consumer.highwater(tp) or 0) - positions[tp]) for tp in partitions}
+        behind = {tp: max(0, max(ends.get(tp, 0), consumer.highwater(tp) or 0) - positions[tp]) for tp in positions}
         for tp, records in behind.items():
             CONSUMER_PARTITION_LAG.labels(self.name, tp.topic, str(tp.partition)).set(records)
         lag = sum(behind.values())
         CONSUMER_LAG.labels(self.name).set(lag)
-        if positions != self._positions:
+        if positions != self._positions or lag == 0:
             self._positions = positions
-            self._progress_at = now
-        elif lag > 0 and now - self._progress_at > stall:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = now
+        elif now - self._behind_since > stall:
             raise ConsumerStalled("no_progress", f"fetched nothing for {stall:g} s while {lag} records wait")
-        return False
 
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Envelope | EventRejected:
         """The record's envelope if it may be applied, else why not (nothing of its payload is kept)."""

@@ -3,15 +3,21 @@
 Every aiokafka producer, consumer and admin client (and the bare client of the readiness probe) is
 built with `**client_options(settings)`, so a broker that requires SASL/SCRAM or TLS is reached the
 same way by all of them. PLAINTEXT (the default) adds nothing: the embedded Tansu broker and the
-tests keep working unchanged.
+tests keep working unchanged. Also here: `leave_group`, the LeaveGroup that aiokafka leaves out for a
+group's generation 0 (Tansu's first), used when a consumer is stopped or recreated.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import ssl
 from typing import Any
 
 from shared.settings import Settings
+
+log = logging.getLogger("mkr.kafka")
 
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
@@ -44,4 +50,46 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-__all__ = ["client_options", "ssl_context"]
+def group_membership(consumer: Any) -> tuple[str, int] | None:
+    """The (member id, generation) a started group consumer holds now; None when it holds none."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    member_id = getattr(coordinator, "member_id", "")
+    generation = getattr(coordinator, "generation", -1)
+    return (member_id, generation) if member_id and generation >= 0 else None
+
+
+async def leave_group(settings: Settings, group_id: str, member_id: str, timeout: float = 5.0) -> bool:
+    """Take `member_id` out of `group_id` at once (LeaveGroup), from a bare client of its own.
+
+    aiokafka's `stop()` sends LeaveGroup only from generation 1 on (Apache Kafka's first generation);
+    Tansu numbers a group's generations from 0, so a consumer stopped in its group's first generation
+    stayed a member until its session timed out, and a replacement joining meanwhile was made a
+    follower of that dead leader: its SyncGroup waited out the session (10 s) before a second join.
+    Called after `stop()` for such a member; a failure only leaves the session timeout to do it.
+    """
+    from aiokafka.client import AIOKafkaClient, ConnectionGroup, CoordinationType
+    from aiokafka.errors import for_code
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap,
+                            request_timeout_ms=int(timeout * 1000), **client_options(settings))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout=timeout)
+        node = await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, group_id), timeout)
+        response = await asyncio.wait_for(
+            client.send(node, LeaveGroupRequest(group_id, member_id), group=ConnectionGroup.COORDINATION), timeout
+        )
+        error = for_code(response.error_code)
+        ok = error.errno == 0
+        if not ok:
+            log.info("LeaveGroup refused", extra={"group": group_id, "error_class": error.__name__})
+        return ok
+    except Exception as exc:
+        log.info("LeaveGroup not sent", extra={"group": group_id, "error_class": type(exc).__name__})
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), timeout=timeout)
+
+
+__all__ = ["client_options", "group_membership", "leave_group", "ssl_context"]

@@ -32,6 +32,22 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=8, ge=1, le=200)
     db_max_overflow: int = Field(default=8, ge=0, le=200)
 
+    # Retention (issue #17): a case closed longer than this many years is anonymised by intake's
+    # once-only job (data key destroyed, identity and free text gone, coded facts kept); 0 = never.
+    retention_years_after_closure: int = Field(default=5, ge=0, le=100)
+    # How often intake looks for cases past retention.
+    retention_scan_seconds: float = Field(default=3600, gt=0)
+
+    # Pruning (issue #17, shared/pruning.py): published outbox rows are kept this long (never less than
+    # outbox_replay_seconds, which replays them to a broker that lost events); consumed-event ids as long
+    # as the broker keeps events (a redelivery is possible only inside its retention) plus a day;
+    # idempotency keys this long. Each table is pruned in batches of prune_batch, every prune_seconds.
+    outbox_keep_hours: float = Field(default=24, ge=0)
+    broker_retention_hours: float = Field(default=168, gt=0)
+    idempotency_keep_hours: float = Field(default=24, ge=1)
+    prune_batch: int = Field(default=1000, ge=1, le=100_000)
+    prune_seconds: float = Field(default=600, gt=0)
+
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Where `mkr run` starts the embedded broker when MKR_KAFKA_BOOTSTRAP is not set.
     embedded_broker_port: int = Field(default=9092, ge=1, le=65535)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.intake import casefile, domain, events, service
+from services.intake import casefile, casekeys, domain, erasure, events, service, transfers
 from services.intake.config import IntakeConfig
 from services.intake.models import (
     Case,
@@ -30,6 +29,8 @@ from services.intake.schemas import (
     CloseIn,
     ConsentChange,
     ConsentOut,
+    ErasedOut,
+    EraseIn,
     ProtectionOrderIn,
     ProtectionOrderOut,
     ReopenIn,
@@ -150,9 +151,13 @@ async def get_case(case_id: uuid.UUID, principal: Reporter, session: SessionDep,
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id)
         records = await service.case_records(session, case.id)
+        previous = await transfers.previous_case_numbers(session, case.id)
         # The read is logged and committed before any byte of the case leaves (no audit, no answer).
         await service.record_audit(session, principal, case, "case.read")
-    return casefile.case_out(_cipher(request), principal, case, records)
+        cipher = await casekeys.cipher_for(session, _cipher(request), case.id)
+    return casefile.case_out(cipher, principal, case, records).model_copy(
+        update={"previous_case_numbers": previous}
+    )
 
 
 @router.get("/cases", response_model=CasePage, summary="Search the municipality's cases (coordinator)")
@@ -181,10 +186,10 @@ async def list_cases(
             limit=limit,
         )
         await service.record_audit_many(session, principal, [case for case, _ in page], "case.listed")
-    cipher = _cipher(request)
+        ciphers = await casekeys.ciphers(session, _cipher(request), [case.id for case, _ in page])
     items = []
     for case, score in page:
-        personal = json.loads(cipher.decrypt(case.personal, casefile.personal_context(case.id, "personal")))
+        personal = casefile.open_personal(ciphers[case.id], case) or {}
         items.append(
             CaseSummary(
                 id=case.id,
@@ -193,10 +198,11 @@ async def list_cases(
                 risk_level=RiskLevel(case.risk_level),
                 source=case.source,  # type: ignore[arg-type]
                 reported_at=case.reported_at,
-                first_name=personal["first_name"],
-                last_name=personal["last_name"],
+                first_name=personal.get("first_name"),
+                last_name=personal.get("last_name"),
                 age_group=case.facts.get("age_group", "unknown"),
                 score=score,
+                erased=case.erased_at is not None,
             )
         )
     return CasePage(items=items, next_cursor=next_cursor)
@@ -353,7 +359,8 @@ async def close_case(
             raise conflict("The case is already closed.")
         case.status = CaseStatus.closed.value
         case.closed_at = datetime.now(UTC)
-        case.close_reason = _cipher(request).encrypt(body.reason, casefile.personal_context(case.id, "close_reason"))
+        cipher = await casekeys.writable(session, _cipher(request), case)
+        case.close_reason = cipher.encrypt(body.reason, casefile.personal_context(case.id, "close_reason"))
         session.add(case)
         await session.flush()
         await service.record_audit(session, principal, case, "case.closed")
@@ -379,6 +386,25 @@ async def reopen_case(
         await events.case_reopened(session, request.app.state.settings, case)
     request.app.state.runtime.relay.wake()
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.open)
+
+
+@router.post("/cases/{case_id}/erase", response_model=ErasedOut, summary="Erase the case's identity and free text")
+async def erase_case(
+    case_id: uuid.UUID, body: EraseIn, principal: Coordinator, session: SessionDep, request: Request
+) -> ErasedOut:
+    """A lawful erasure request: the case's data key is destroyed, its index and free text removed
+    (the case keeps its number and coded facts); other services erase theirs on `case.anonymised`."""
+    async with session.begin():
+        case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        if case.erased_at is not None:
+            raise conflict("The case is already erased.")
+        await erasure.erase(
+            session, request.app.state.settings, _cipher(request), case,
+            reason=body.reason, cause="request", sub=principal.sub, role=principal.role.value,
+        )
+        assert case.erased_at is not None
+    request.app.state.runtime.relay.wake()
+    return ErasedOut(id=case.id, case_number=case.case_number, erased_at=case.erased_at)
 
 
 # --- audit trail and the risk screen ---

@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import domain, events, service
+from services.intake import casekeys, domain, events, numbering, service
+from services.intake.casekeys import CaseCipher
 from services.intake.config import IntakeConfig
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, SurvivorIndex
 from services.intake.schemas import (
@@ -18,6 +19,7 @@ from services.intake.schemas import (
     CaseReport,
     CaseStatus,
     ConsentOut,
+    ErasedSurvivor,
     IncidentOut,
     PossibleDuplicate,
     ProtectionOrderOut,
@@ -50,7 +52,8 @@ async def create_case(
     config: IntakeConfig,
 ) -> CaseCreated:
     """Store a validated report (encrypted identity, coded facts, search index, consent, first
-    assessment), then find possible duplicates, audit and publish — all in the caller's transaction."""
+    assessment), find possible duplicates and publish, then — last, so their locks are held for one
+    statement and the commit — take the case number and audit (numbering.py); all in the caller's transaction."""
     survivor = body.survivor
     incident = body.incident
     age = survivor.age
@@ -81,16 +84,15 @@ async def create_case(
         "needs": sorted({n.value for n in body.needs}),
         "consent_given_at": body.consent.given_at.isoformat() if body.consent and body.consent.given_at else None,
     }
-    prefix = domain.case_prefix(body.municipality, config.case_prefixes)
-    number = await service.next_case_number(session, municipality=body.municipality, year=local_day.year, prefix=prefix)
+    case_cipher = casekeys.new_cipher(cipher)
     case = Case(
         id=case_id,
         municipality=body.municipality,
-        case_number=number,
+        case_number=numbering.placeholder(case_id),  # numbered by the last statement (numbering.py)
         source=body.source.value,
         risk_level=result.risk_level,
         facts=facts,
-        personal=cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal")),
+        personal=case_cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal")),
         reported_at=reported_at,
         reported_by_sub=principal.sub,
         reported_by_role=principal.role.value,
@@ -98,6 +100,7 @@ async def create_case(
         created_at=datetime.now(UTC),
     )
     session.add(case)
+    casekeys.store(session, case_cipher, case_id)
     keys = indexer.keyed(f"{survivor.first_name} {survivor.last_name}", body.municipality)
     birth_year = (
         survivor.date_of_birth.year if survivor.date_of_birth else (local_day.year - age if age is not None else None)
@@ -139,8 +142,12 @@ async def create_case(
         threshold=config.duplicate_threshold,
         limit=config.max_duplicates,
     )
-    await service.record_audit(session, principal, case, "case.reported")
-    await events.case_reported(session, settings, case, share_with)
+    event_id = await events.case_reported(session, settings, case, share_with)
+    prefix = domain.case_prefix(body.municipality, config.case_prefixes)
+    await numbering.number_case(
+        session, case=case, year=local_day.year, prefix=prefix, event_id=event_id, principal=principal,
+        at=datetime.now(UTC),
+    )
     return CaseCreated(
         id=case.id,
         case_number=case.case_number,
@@ -175,9 +182,35 @@ def new_assessment(
     )
 
 
-def case_out(cipher: FieldCipher, principal: Principal, case: Case, records: service.CaseRecords) -> CaseOut:
+def open_personal(cipher: CaseCipher, case: Case) -> dict[str, Any] | None:
+    """The case's identity and narrative; None once the case is erased."""
+    if case.erased_at is not None:
+        return None
+    value: dict[str, Any] = json.loads(cipher.decrypt(case.personal, personal_context(case.id, "personal")))
+    return value
+
+
+def survivor_out(case: Case, personal: dict[str, Any] | None) -> SurvivorOut | ErasedSurvivor:
+    if personal is None:
+        return ErasedSurvivor()
+    facts = case.facts
+    return SurvivorOut(
+        first_name=personal["first_name"],
+        last_name=personal["last_name"],
+        sex=facts["sex"],
+        date_of_birth=personal.get("date_of_birth"),
+        age=facts.get("age"),
+        age_group=facts.get("age_group", "unknown"),
+        ethnicity=facts.get("ethnicity"),
+        phone=personal.get("phone"),
+        address=personal.get("address"),
+        disability=facts.get("disability"),
+    )
+
+
+def case_out(cipher: CaseCipher, principal: Principal, case: Case, records: service.CaseRecords) -> CaseOut:
     """The case as this caller may see it (the narrative only for the coordinator and the reporter)."""
-    personal: dict[str, Any] = json.loads(cipher.decrypt(case.personal, personal_context(case.id, "personal")))
+    personal = open_personal(cipher, case)
     facts = case.facts
     # "Share only what the recipient needs": the narrative goes to the coordinator and the reporter only.
     sees_narrative = principal.role is Role.coordinator or domain.is_reporter(
@@ -194,24 +227,13 @@ def case_out(cipher: FieldCipher, principal: Principal, case: Case, records: ser
         risk_level=RiskLevel(case.risk_level),
         source=case.source,  # type: ignore[arg-type]
         reported_at=case.reported_at,
-        survivor=SurvivorOut(
-            first_name=personal["first_name"],
-            last_name=personal["last_name"],
-            sex=facts["sex"],
-            date_of_birth=personal.get("date_of_birth"),
-            age=facts.get("age"),
-            age_group=facts.get("age_group", "unknown"),
-            ethnicity=facts.get("ethnicity"),
-            phone=personal.get("phone"),
-            address=personal.get("address"),
-            disability=facts.get("disability"),
-        ),
+        survivor=survivor_out(case, personal),
         children=facts.get("children", []),
         incident=IncidentOut(
             occurred_at=facts.get("occurred_at"),
             violence_types=facts.get("violence_types", []),
             perpetrator_relationship=facts.get("perpetrator_relationship"),
-            description=personal.get("description") if sees_narrative else None,
+            description=personal.get("description") if sees_narrative and personal else None,
         ),
         needs=facts.get("needs", []),
         consent=consent_out(records.consents, facts.get("consent_given_at")),

@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.intake.municipalities import ALBANIA
+
 
 class IntakeConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MKR_INTAKE_", extra="ignore")
@@ -23,8 +25,15 @@ class IntakeConfig(BaseSettings):
     # How often the key census behind the duplicate search is recounted (only municipalities with new
     # survivors are). A stale census never hides a duplicate; it only makes the search probe wider.
     key_census_seconds: float = Field(default=300, gt=0)
+    # Where intake reaches the other services' public API to gather the survivor's file
+    # (GET /v1/cases/{id}/export); unset: http://127.0.0.1:<the service's port>.
+    referral_url: str | None = None
+    shelter_url: str | None = None
+    notifications_url: str | None = None
     # The local calendar for the case-number year and the age at the report date.
     timezone: str = "Europe/Tirane"
+    # The slugs a case may be transferred to (CONTRACT §10), e.g. MKR_INTAKE_MUNICIPALITIES='["elbasan", "korce"]'.
+    municipalities: list[str] = Field(default_factory=lambda: list(ALBANIA), min_length=1)
 
     @field_validator("case_prefixes")
     @classmethod

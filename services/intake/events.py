@@ -16,7 +16,9 @@ from shared.settings import Settings
 SOURCE = "mkr/intake"
 
 
-async def _emit(session: AsyncSession, settings: Settings, case: Case, type_: str, data: dict[str, Any]) -> None:
+async def _emit(
+    session: AsyncSession, settings: Settings, case: Case, type_: str, data: dict[str, Any]
+) -> uuid.UUID:
     event = make_event(
         type_=type_,
         source=SOURCE,
@@ -25,12 +27,14 @@ async def _emit(session: AsyncSession, settings: Settings, case: Case, type_: st
         data={"case_id": str(case.id), "case_number": case.case_number, **data},
     )
     await publish(session, settings, INTAKE_TOPIC, event, key=str(case.id))
+    return event.id
 
 
-async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> None:
+async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> uuid.UUID:
+    """The event's id (the case number in it may still be the placeholder; see services/intake/numbering.py)."""
     facts = case.facts
     children = facts.get("children", [])
-    await _emit(
+    return await _emit(
         session,
         settings,
         case,
@@ -112,6 +116,11 @@ async def case_closed(session: AsyncSession, settings: Settings, case: Case) -> 
 
 async def case_reopened(session: AsyncSession, settings: Settings, case: Case) -> None:
     await _emit(session, settings, case, "case.reopened", {})
+
+
+async def case_anonymised(session: AsyncSession, settings: Settings, case: Case, *, cause: str) -> None:
+    """The case was erased (`request`) or passed retention (`retention`): every service erases its free text."""
+    await _emit(session, settings, case, "case.anonymised", {"cause": cause, "erased_at": _iso(case.erased_at)})
 
 
 async def risk_review_requested(

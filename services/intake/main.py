@@ -12,15 +12,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
-from services.intake import service
+from services.intake import erasure, service, survivor_api
 from services.intake.api import router
 from services.intake.config import IntakeConfig
 from services.intake.events import on_referral_event
+from services.intake.transfers import router as transfers_router
 from shared.app import ConsumerSpec, ServiceRuntime, create_service_app
 from shared.auth import Principal
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.errors import Problem, problem_response
 from shared.events import REFERRAL_TOPIC
+from shared.pruning import pruning_job, shared_targets
 from shared.scheduler import periodic
 from shared.settings import Settings, get_settings
 
@@ -87,18 +89,23 @@ def _audited_refusal(default: Any) -> Callable[..., Any]:
 def create_app(settings: Settings | None = None, config: IntakeConfig | None = None) -> FastAPI:
     settings = settings or get_settings()
     config = config or IntakeConfig()
+    cipher = FieldCipher.from_settings(settings)
     app = create_service_app(
         name="intake",
         settings=settings,
-        routers=[router],
+        routers=[router, transfers_router, survivor_api.router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("case-access", [REFERRAL_TOPIC], on_referral_event)],
-        background=[key_census(config)],
+        background=[
+            key_census(config),
+            erasure.retention_job(settings, cipher),
+            pruning_job(settings, shared_targets(settings, idempotency=True)),
+        ],
         title="MKR intake",
     )
     app.state.intake_config = config
     app.add_exception_handler(service.CaseHidden, _audited_denial)  # type: ignore[arg-type]
     app.add_exception_handler(Problem, _audited_refusal(app.exception_handlers[Problem]))
-    app.state.cipher = FieldCipher.from_settings(settings)
+    app.state.cipher = cipher
     app.state.indexer = SearchIndexer.from_settings(settings)
     return app

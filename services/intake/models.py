@@ -42,6 +42,35 @@ class Case(IntakeTable, table=True):
     closed_at: datetime | None = Field(default=None, sa_type=TZ)
     close_reason: str | None = None  # ciphertext
     created_at: datetime = Field(sa_type=TZ)
+    # Erased (on request or by retention): the data key is destroyed, `personal` holds no ciphertext.
+    erased_at: datetime | None = Field(default=None, sa_type=TZ)
+    erasure_reason: str | None = None  # sealed under the master key (the case's own key is gone)
+
+
+class CaseKey(IntakeTable, table=True):
+    """A case's own data key, wrapped by the master key (services/intake/casekeys.py). Deleting the row
+    crypto-shreds the case: its ciphertexts, in every copy and backup, no longer open."""
+
+    __tablename__ = "case_keys"
+
+    case_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id")
+    wrapped: str
+    created_at: datetime = Field(sa_type=TZ)
+
+
+class IdentityCorrection(IntakeTable, table=True):
+    """One correction of a survivor's identity fields (PATCH /v1/cases/{id}/survivor): who, when, which
+    fields; the values before are sealed under the case's own key (so erasure shreds them too)."""
+
+    __tablename__ = "identity_corrections"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    case_id: uuid.UUID = Field(foreign_key="cases.id", index=True)
+    at: datetime = Field(sa_type=TZ)
+    sub: str
+    role: str
+    fields: list[str] = Field(sa_column=sa.Column(postgresql.JSONB, nullable=False))
+    previous: str | None = None  # ciphertext of a JSON object; None once the case is erased
 
 
 class CaseCounter(IntakeTable, table=True):
@@ -152,3 +181,27 @@ class AuditEntry(IntakeTable, table=True):
     # None until the trigger sets them; NOT NULL in the table (the trigger runs before the check).
     seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=False))
     hash: str | None = Field(default=None, nullable=False)
+
+
+class CaseTransfer(IntakeTable, table=True):
+    """A request to move a case to another municipality (CONTRACT §10) and its outcome.
+
+    At most one `pending` per case (a partial unique index). The reasons are ciphertext (shared.crypto),
+    bound to the transfer id; the case numbers on both sides are kept (`previous_case_numbers`)."""
+
+    __tablename__ = "case_transfers"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    case_id: uuid.UUID = Field(foreign_key="cases.id", index=True)
+    from_municipality: str
+    to_municipality: str
+    status: str = "pending"  # pending → accepted | declined
+    reason: str  # ciphertext
+    consent_given_at: datetime = Field(sa_type=TZ)
+    from_case_number: str
+    to_case_number: str | None = None
+    requested_at: datetime = Field(sa_type=TZ)
+    requested_by_sub: str
+    decided_at: datetime | None = Field(default=None, sa_type=TZ)
+    decided_by_sub: str | None = None
+    decline_reason: str | None = None  # ciphertext

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -197,6 +197,12 @@ class SurvivorOut(BaseModel):
     disability: bool | None = None
 
 
+class ErasedSurvivor(BaseModel):
+    """The survivor of an erased case: nothing of her identity is left (CONTRACT §12)."""
+
+    erased: Literal[True] = True
+
+
 class IncidentOut(BaseModel):
     occurred_at: datetime | None = None
     violence_types: list[ViolenceType] = Field(default_factory=list)
@@ -250,7 +256,7 @@ class CaseOut(BaseModel):
     risk_level: RiskLevel
     source: Source
     reported_at: datetime
-    survivor: SurvivorOut
+    survivor: SurvivorOut | ErasedSurvivor
     children: list[Child]
     incident: IncidentOut
     needs: list[Need]
@@ -259,6 +265,8 @@ class CaseOut(BaseModel):
     risk_assessments: list[RiskAssessmentOut]
     closed_at: datetime | None = None
     close_reason: str | None = None
+    # The numbers the case had in the municipalities it was transferred from (CONTRACT §10), oldest first.
+    previous_case_numbers: list[str] = Field(default_factory=list)
 
 
 class CaseSummary(BaseModel):
@@ -268,10 +276,11 @@ class CaseSummary(BaseModel):
     risk_level: RiskLevel
     source: Source
     reported_at: datetime
-    first_name: str
-    last_name: str
+    first_name: str | None  # None once the case is erased
+    last_name: str | None
     age_group: str
     score: float | None = None
+    erased: bool = False
 
 
 CasePage = Page[CaseSummary]
@@ -314,6 +323,45 @@ class ProtectionOrderIn(Strict):
 
 class CloseIn(Strict):
     reason: str = Field(min_length=1, max_length=2000)
+
+
+class SurvivorPatch(Strict):
+    """Identity fields to correct; only those given change. Names may not be null; a null phone, address
+    or date of birth removes it."""
+
+    first_name: str | None = Field(default=None, min_length=1, max_length=100)
+    last_name: str | None = Field(default=None, min_length=1, max_length=100)
+    date_of_birth: date | None = None
+    phone: str | None = Field(default=None, min_length=3, max_length=40)
+    address: str | None = Field(default=None, min_length=1, max_length=300)
+
+    @model_validator(mode="after")
+    def _names_not_null(self) -> SurvivorPatch:
+        for name in ("first_name", "last_name"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to correct")
+        if self.date_of_birth is not None and self.date_of_birth.year < 1900:
+            raise ValueError("date_of_birth is before 1900")
+        return self
+
+
+class CorrectionOut(BaseModel):
+    at: datetime
+    sub: str
+    role: str
+    fields: list[str]
+
+
+class EraseIn(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ErasedOut(BaseModel):
+    id: uuid.UUID
+    case_number: str
+    erased_at: datetime
 
 
 class ReopenIn(Strict):
@@ -375,3 +423,56 @@ class RiskScreenOut(RiskScreenIn):
 
 def jsonable(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
+
+
+# --- transfers between municipalities (CONTRACT §10) ---
+
+
+class TransferStatus(StrEnum):
+    pending = "pending"
+    accepted = "accepted"
+    declined = "declined"
+
+
+class TransferIn(Strict):
+    to_municipality: str = Field(pattern=r"^[a-z][a-z0-9-]{1,62}$")
+    reason: str = Field(min_length=1, max_length=2000)
+    consent_given_at: AwareDatetime
+
+
+class TransferDecline(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class TransferFacts(BaseModel):
+    """What the receiving coordinator sees of a case before she accepts it: coded facts, never identity."""
+
+    risk_level: RiskLevel
+    source: str
+    sex: str | None = None
+    age_group: str = "unknown"
+    ethnicity: str | None = None
+    disability: bool | None = None
+    children_count: int = 0
+    violence_types: list[str] = Field(default_factory=list)
+    perpetrator_relationship: str | None = None
+    needs: list[str] = Field(default_factory=list)
+    reported_at: datetime
+
+
+class TransferOut(BaseModel):
+    id: uuid.UUID
+    case_id: uuid.UUID
+    case_number: str
+    from_municipality: str
+    to_municipality: str
+    status: TransferStatus
+    requested_at: datetime
+    consent_given_at: datetime
+    decided_at: datetime | None = None
+    new_case_number: str | None = None
+    # The request's and the decline's reasons: to the coordinator of the side that wrote them only.
+    reason: str | None = None
+    decline_reason: str | None = None
+    facts: TransferFacts | None = None
+

@@ -9,14 +9,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake import domain
 from services.intake.models import (
     AuditEntry,
     Case,
-    CaseCounter,
+    CaseTransfer,
     ConsentRecord,
     ProtectionOrder,
     ReferralAccess,
@@ -26,22 +25,6 @@ from services.intake.models import (
 from shared.auth import Principal, Role
 from shared.errors import Problem, not_found
 from shared.paging import Keyset, fetch_page
-
-
-async def next_case_number(session: AsyncSession, *, municipality: str, year: int, prefix: str) -> str:
-    """Gap-free per municipality and year: the counter row stays locked until the case commits."""
-    table = CaseCounter.__table__  # type: ignore[attr-defined]
-    seq = (
-        await session.execute(
-            pg_insert(table)
-            .values(municipality=municipality, year=year, last_seq=1)
-            .on_conflict_do_update(
-                index_elements=[table.c.municipality, table.c.year], set_={"last_seq": table.c.last_seq + 1}
-            )
-            .returning(table.c.last_seq)
-        )
-    ).scalar_one()
-    return domain.format_case_number(prefix, year, int(seq))
 
 
 async def load_screen(session: AsyncSession, municipality: str) -> domain.RiskScreen:
@@ -271,7 +254,17 @@ async def search_cases(
         stmt = stmt.where(Case.risk_level == risk_level)  # type: ignore[arg-type]
     if q:
         like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        by_number = Case.case_number.ilike(like)  # type: ignore[attr-defined]
+        # A transferred case is found under the number it had before too (the paper file says that one).
+        before = (
+            sa.select(sa.literal(1))
+            .where(
+                CaseTransfer.case_id == Case.id,  # type: ignore[arg-type]
+                CaseTransfer.status == "accepted",  # type: ignore[arg-type]
+                CaseTransfer.from_case_number.ilike(like),  # type: ignore[attr-defined]
+            )
+            .exists()
+        )
+        by_number = sa.or_(Case.case_number.ilike(like), before)  # type: ignore[attr-defined]
         if keys:
             hits = (
                 sa.text(

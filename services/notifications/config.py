@@ -14,6 +14,8 @@ class NotificationsConfig(BaseSettings):
     # Time-based alerts (protection orders about to expire).
     scan_seconds: float = Field(default=30.0, gt=0, le=3600)
     protection_order_warning_days: int = Field(default=14, ge=1, le=365)
+    # A transfer between municipalities still pending this many hours alerts both coordinators, once.
+    transfer_pending_hours: float = Field(default=72.0, gt=0, le=24 * 365)
 
     # Webhook and e-mail deliveries.
     delivery_poll_seconds: float = Field(default=2.0, gt=0, le=300)
@@ -32,6 +34,8 @@ class NotificationsConfig(BaseSettings):
     webhook_concurrency: int = Field(default=32, ge=1, le=1000)
     webhook_per_subscription: int = Field(default=2, ge=1, le=100)
     email_concurrency: int = Field(default=8, ge=1, le=200)
+    # Delivered and dead-lettered deliveries (webhook and e-mail attempts) are pruned after this many days.
+    delivery_keep_days: float = Field(default=30.0, gt=0, le=3650)
     # Webhook subscriptions one owner (an institution, or a municipality's coordinator) may hold.
     max_subscriptions: int = Field(default=20, ge=1, le=10000)
 

@@ -27,6 +27,7 @@ DELIVERY_STATES = ("pending", "succeeded", "dead", "cancelled")
 PROTECTION_ORDER_EXPIRING = "case.protection_order_expiring"
 NO_FREE_BED = "shelter.none_available"
 NOTIFICATION_FAILED = "notification.failed"
+TRANSFER_OVERDUE = "case.transfer_overdue"
 
 # What a subscription may name in `event_types` (CONTRACT §9 and the services' agreement).
 SUBSCRIBABLE_EVENT_TYPES = frozenset(
@@ -38,6 +39,10 @@ SUBSCRIBABLE_EVENT_TYPES = frozenset(
         "case.consent_changed",
         "case.closed",
         "case.reopened",
+        "case.transfer_requested",
+        "case.transferred",
+        "case.transfer_declined",
+        TRANSFER_OVERDUE,
         "member.saved",
         "referral.created",
         "referral.status_changed",
@@ -341,6 +346,62 @@ TEMPLATES: dict[str, dict[Language, tuple[str, str]]] = {
         "en": (
             "Mechanism gap: {case_number}",
             "Case {case_number} needs a member of kind {missing_kind}, and the municipality has none.",
+        ),
+    },
+    # Transfers between municipalities (services/notifications/transfers.py): one alert to each side.
+    "transfer.requested": {
+        "sq": (
+            "Kërkesë për transferim: {case_number}",
+            "U kërkua transferimi i rastit {case_number} në bashkinë {to_municipality}. Pritet përgjigja e saj.",
+        ),
+        "en": (
+            "Transfer requested: {case_number}",
+            "Case {case_number} was offered to {to_municipality}. Its coordinator is to accept or decline it.",
+        ),
+    },
+    "transfer.incoming": {
+        "sq": (
+            "Rast për t'u marrë në ngarkim: {case_number}",
+            "Bashkia {from_municipality} kërkon t'ju transferojë rastin {case_number} (rreziku: {risk_level}). "
+            "Pranojeni ose refuzojeni.",
+        ),
+        "en": (
+            "Incoming transfer: {case_number}",
+            "{from_municipality} asks you to take over case {case_number} (risk: {risk_level}). Accept or decline it.",
+        ),
+    },
+    "transfer.accepted": {
+        "sq": (
+            "Rasti u transferua: {previous_case_number}",
+            "Rasti {previous_case_number} i bashkisë {from_municipality} tani është rasti {case_number} "
+            "i bashkisë {to_municipality}.",
+        ),
+        "en": (
+            "Case transferred: {previous_case_number}",
+            "Case {previous_case_number} of {from_municipality} is now case {case_number} of {to_municipality}.",
+        ),
+    },
+    "transfer.declined": {
+        "sq": (
+            "Transferimi u refuzua: {case_number}",
+            "Bashkia {to_municipality} refuzoi transferimin e rastit {case_number}; "
+            "rasti mbetet në {from_municipality}.",
+        ),
+        "en": (
+            "Transfer declined: {case_number}",
+            "{to_municipality} declined the transfer of case {case_number}; it stays with {from_municipality}.",
+        ),
+    },
+    "transfer.overdue": {
+        "sq": (
+            "Transferim në pritje: {case_number}",
+            "Transferimi i rastit {case_number} nga {from_municipality} në {to_municipality} pret prej më shumë "
+            "se {hours} orësh.",
+        ),
+        "en": (
+            "Transfer still pending: {case_number}",
+            "The transfer of case {case_number} from {from_municipality} to {to_municipality} has waited more "
+            "than {hours} hours.",
         ),
     },
     "notification.failed": {

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.notifications import domain
+from services.notifications import domain, transfers
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import (
     Alert,
@@ -101,6 +101,8 @@ class EventHandler:
             await self._save_beds(session, event)
         elif event.type in ("case.reported", "referral.created"):
             await _save_case_police(session, event)
+        elif event.type in transfers.TRANSFER_EVENTS:
+            await transfers.on_transfer_event(session, event)
         await self._raise_alerts(session, event, data)
         await self._queue_webhooks(session, event)
 
@@ -298,11 +300,15 @@ class EventHandler:
     # --- webhooks ------------------------------------------------------------------------------
 
     async def _queue_webhooks(self, session: AsyncSession, event: Envelope) -> None:
+        # A transfer concerns two municipalities: both sides' subscribers receive its events.
+        municipalities = {event.municipality}
+        if event.type in transfers.TRANSFER_EVENTS:
+            municipalities |= {str(event.data.get(side)) for side in ("from_municipality", "to_municipality")}
         subscriptions = (
             (
                 await session.execute(
                     sa.select(Subscription).where(
-                        col(Subscription.municipality) == event.municipality,
+                        col(Subscription.municipality).in_(sorted(municipalities)),
                         col(Subscription.deleted_at).is_(None),
                         col(Subscription.event_types).any_() == event.type,
                     )
@@ -326,7 +332,7 @@ class EventHandler:
                     subscription_id=subscription.id,
                     event_id=event.id,
                     event_type=event.type,
-                    municipality=event.municipality,
+                    municipality=subscription.municipality,
                     payload=payload,
                     next_attempt_at=datetime.now(UTC),
                 )

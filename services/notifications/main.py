@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.notifications import case_alerts
 from services.notifications.api import router
 from services.notifications.config import NotificationsConfig
 from services.notifications.delivery import Broadcaster, DeliveryWorker, Notifier, secret_cipher
 from services.notifications.events import CONSUMED_TOPICS, EventHandler, protection_order_scheduler
+from services.notifications.transfers import transfer_scheduler
 from shared.app import ConsumerSpec, create_service_app
+from shared.pruning import PruneTarget, pruning_job, shared_targets
 from shared.settings import Settings, get_settings
+
+
+def prune_targets(settings: Settings, config: NotificationsConfig) -> list[PruneTarget]:
+    """The shared tables, and the webhook and e-mail deliveries once delivered or dead-lettered."""
+    finished = PruneTarget(
+        "deliveries",
+        "state IN ('succeeded', 'dead', 'cancelled') AND coalesce(delivered_at, last_attempt_at, created_at) < :cutoff",
+        lambda: timedelta(days=config.delivery_keep_days),
+    )
+    return [*shared_targets(settings, idempotency=False), finished]
 
 
 def create_app(settings: Settings | None = None, config: NotificationsConfig | None = None) -> FastAPI:
@@ -24,12 +38,13 @@ def create_app(settings: Settings | None = None, config: NotificationsConfig | N
     app = create_service_app(
         name="notifications",
         settings=settings,
-        routers=[router],
+        routers=[router, case_alerts.router],
         migrations=Path(__file__).parent / "migrations",
         # One event per transaction: alert inserts take a global lock and bed events a row lock, in an order
         # that differs between events, so batches of two partitions could deadlock each other.
         consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config), max_batch=1)],
-        background=[notifier.run, worker.run, protection_order_scheduler(config)],
+        background=[notifier.run, worker.run, protection_order_scheduler(config), transfer_scheduler(config),
+                    pruning_job(settings, prune_targets(settings, config))],
         title="MKR notifications",
     )
     app.state.notifications_config = config

@@ -167,3 +167,20 @@ class Delivery(SQLModel, table=True):
     history: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONB)  # type: ignore[call-overload]
     created_at: datetime = _tz(default_factory=_now)
     delivered_at: datetime | None = _tz(default=None)
+
+
+class PendingTransfer(SQLModel, table=True):
+    """Projection of intake's transfer events: which transfers are pending since when (the scan alerts
+    both coordinators once a transfer waits `transfer_pending_hours`)."""
+
+    __tablename__ = "pending_transfers"
+
+    transfer_id: str = Field(primary_key=True)
+    case_id: str
+    case_number: str
+    from_municipality: str
+    to_municipality: str
+    risk_level: str | None = None
+    requested_at: datetime = _tz()
+    status: str = "pending"  # pending | accepted | declined
+    overdue_raised_at: datetime | None = _tz(default=None)

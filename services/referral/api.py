@@ -609,7 +609,7 @@ async def get_meeting(meeting_id: uuid.UUID, principal: Coordinator, session: Se
 
 def action_out(action: PlanAction, sealer: TextSealer) -> PlanActionOut:
     out = PlanActionOut.model_validate(action)
-    out.action = sealer.open("plan_actions", action.id, "action", action.action) or ""
+    out.action = (sealer.open("plan_actions", action.id, "action", action.action) if action.action else None) or ""
     out.overdue = action.status == "open" and action.due_date < _now().date()
     return out
 
@@ -713,7 +713,7 @@ async def complete_plan_action(
             if action.responsible_member_id not in await member_ids_of(session, principal):
                 raise not_found("plan action")
         if action.status != "open":
-            raise conflict("The action is already completed.")
+            raise conflict(f"The action is already {action.status}.")
         action.status = "completed"
         action.completed_at = _now()
         action.completed_by = principal.sub

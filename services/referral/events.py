@@ -6,6 +6,7 @@ event changes nothing twice. Only ids, case numbers and coded facts go into even
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
@@ -17,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.referral import domain
+from services.referral import domain, erasure
 from services.referral.config import ReferralConfig
 from services.referral.models import (
     CaseFact,
@@ -270,6 +271,7 @@ async def route(
                     sa.select(col(RoutingDecision.kind))
                     .where(
                         col(RoutingDecision.case_id) == case.case_id,
+                        col(RoutingDecision.municipality) == case.municipality,
                         col(RoutingDecision.kind).in_(gaps),
                         col(RoutingDecision.outcome) == "no_member",
                     )
@@ -463,12 +465,14 @@ _CASE_UPSERT = _case_insert.on_conflict_do_update(
     set_={
         name: _case_insert.excluded[name]
         for name in CaseFact.model_fields
-        if name not in ("case_id", "closed_at")
+        if name not in ("case_id", "closed_at", "reported_municipality")
     },
 ).returning(CaseFact)
 
 
 def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
+    from services.referral import transfers  # it builds on this module's routing and publishing
+
     async def on_case_reported(session: AsyncSession, event: Envelope) -> None:
         d = event.data
         children_ages = d.get("children_ages") or []
@@ -476,6 +480,7 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
             "case_id": uuid.UUID(d["case_id"]),
             "case_number": d["case_number"],
             "municipality": event.municipality,
+            "reported_municipality": event.municipality,
             "reported_at": _dt(d.get("reported_at")) or event.time,
             "status": "open",
             "risk_level": d.get("risk_level") or "low",
@@ -639,6 +644,7 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
         "case.closed": on_case_changed,
         "case.reopened": on_case_changed,
         "case.consent_changed": on_case_changed,
+        "case.anonymised": erasure.on_case_anonymised,
         "case.protection_order_recorded": on_protection_order,
         "shelter.availability_changed": on_shelter,
         "shelter.full": on_shelter,
@@ -648,6 +654,7 @@ def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
         "rent_bonus.payment_due": on_rent_bonus,
         "rent_bonus.payment_paid": on_rent_bonus,
         "rent_bonus.paid": on_rent_bonus,
+        "case.transferred": functools.partial(transfers.on_case_transferred, settings, config),
     }
 
     async def on_event(session: AsyncSession, event: Envelope) -> None:

@@ -12,6 +12,7 @@ from services.referral.config import ReferralConfig
 from services.referral.events import CONSUMED_TOPICS, make_handler
 from services.referral.scheduler import deadline_scheduler
 from shared.app import ConsumerSpec, create_service_app
+from shared.pruning import pruning_job, shared_targets
 from shared.sealed import TextSealer
 from shared.settings import Settings, get_settings
 
@@ -25,7 +26,7 @@ def create_app(settings: Settings | None = None, config: ReferralConfig | None =
         routers=[router, plan_actions.router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("routing", CONSUMED_TOPICS, make_handler(settings, config))],
-        background=[deadline_scheduler(config)],
+        background=[deadline_scheduler(config), pruning_job(settings, shared_targets(settings, idempotency=False))],
         title="MKR referral",
     )
     app.state.referral_config = config

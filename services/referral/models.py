@@ -54,7 +54,9 @@ class CaseFact(SQLModel, table=True):
 
     case_id: uuid.UUID = Field(primary_key=True)
     case_number: str
-    municipality: str
+    municipality: str  # the municipality the case belongs to now (a transfer moves it, CONTRACT §10)
+    # Where it was reported: reports count it there for good (`cases.transferred_out` once it moved).
+    reported_municipality: str
     reported_at: datetime = Field(sa_type=TZ)
     status: str = "open"
     closed_at: datetime | None = Field(default=None, sa_type=TZ)
@@ -212,8 +214,22 @@ class PlanAction(SQLModel, table=True):
     action: str
     responsible_member_id: uuid.UUID
     due_date: date
-    status: str = "open"  # open | completed
+    status: str = "open"  # open | completed | cancelled (the case was transferred to another municipality)
     created_at: datetime = Field(default_factory=_now, sa_type=TZ)
     completed_at: datetime | None = Field(default=None, sa_type=TZ)
     completed_by: str | None = None
     overdue_raised_at: datetime | None = Field(default=None, sa_type=TZ)
+
+
+class CaseTransfer(SQLModel, table=True):
+    """Projection of `case.transferred`: each accepted move of a case (reports' `cases.transferred_in`)."""
+
+    __tablename__ = "case_transfers"
+
+    transfer_id: uuid.UUID = Field(primary_key=True)
+    case_id: uuid.UUID
+    from_municipality: str
+    to_municipality: str
+    from_case_number: str
+    to_case_number: str
+    accepted_at: datetime = Field(sa_type=TZ)

@@ -46,7 +46,7 @@ CASE_BREAKDOWNS = sa.text(
         SELECT coalesce(sex, 'unknown') AS s, coalesce(age_group, 'unknown') AS a,
                coalesce(ethnicity, 'undisclosed') AS e, risk_level AS r, coalesce(source, 'unknown') AS src
         FROM case_facts
-        WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
+        WHERE reported_municipality = :m AND reported_at >= :start AND reported_at < :end
     ) t
     GROUP BY 1, 2, 3, 4, 5
     """
@@ -55,15 +55,16 @@ CASE_TOTALS = sa.text(
     """
     SELECT count(*) AS total,
            count(*) FILTER (WHERE children_count > 0) AS with_children,
-           count(*) FILTER (WHERE status = 'closed') AS closed
-    FROM case_facts WHERE municipality = :m AND reported_at >= :start AND reported_at < :end
+           count(*) FILTER (WHERE status = 'closed') AS closed,
+           count(*) FILTER (WHERE municipality <> reported_municipality) AS transferred_out
+    FROM case_facts WHERE reported_municipality = :m AND reported_at >= :start AND reported_at < :end
     """
 )
 VIOLENCE_TYPES = sa.text(
     """
     SELECT c.violence_types AS vts, count(*) AS n
     FROM case_facts c
-    WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
+    WHERE c.reported_municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
     GROUP BY 1
     """
 )
@@ -122,9 +123,16 @@ RENT_PAID = sa.text(
 )
 
 
+# Cases transferred in: by the date the receiving coordinator accepted them (CONTRACT §10).
+TRANSFERRED_IN = sa.text(
+    """
+    SELECT count(*) FROM case_transfers
+    WHERE to_municipality = :m AND accepted_at >= :start AND accepted_at < :end
+    """
+)
 BY_MUNICIPALITY = sa.text(
     """
-    SELECT municipality, count(*) AS n FROM case_facts
+    SELECT reported_municipality AS municipality, count(*) AS n FROM case_facts
     WHERE reported_at >= :start AND reported_at < :end
     GROUP BY 1 ORDER BY 1
     """
@@ -134,7 +142,7 @@ BY_MUNICIPALITY = sa.text(
 @functools.cache
 def _national(sql: str) -> sa.TextClause:
     """The same statement over every municipality: its `[alias.]municipality = :m` condition dropped."""
-    return sa.text(re.sub(r"\b(?:\w+\.)?municipality = :m\b", "true", sql))
+    return sa.text(re.sub(r"\b(?:\w+\.)?(?:reported_|to_)?municipality = :m\b", "true", sql))
 
 
 def _scoped(statement: sa.TextClause, municipality: str) -> sa.TextClause:
@@ -198,6 +206,9 @@ async def summary(
             "by_violence_type": violence,
             "with_children": int(totals.with_children),
             "closed": int(totals.closed),
+            # Reported here in the period and since moved to another municipality (still counted above).
+            "transferred_out": int(totals.transferred_out),
+            "transferred_in": int((await session.execute(q(TRANSFERRED_IN), params)).scalar() or 0),
         },
         "referrals": {
             "total": sum(by_kind.values()),
@@ -298,8 +309,9 @@ CSV_COLUMNS = (
 )
 CASE_ROWS = sa.text(
     """
-    SELECT c.case_number, c.reported_at, c.status, c.closed_at, c.risk_level, c.sex, c.age_group, c.ethnicity,
-           c.municipality, c.disability, c.violence_types, c.perpetrator_relationship, c.source, c.needs,
+    SELECT coalesce(t.from_case_number, c.case_number) AS case_number, c.reported_at, c.status, c.closed_at,
+           c.risk_level, c.sex, c.age_group, c.ethnicity, c.reported_municipality AS municipality, c.disability,
+           c.violence_types, c.perpetrator_relationship, c.source, c.needs,
            c.children_count,
            coalesce(r.n, 0) AS referrals, coalesce(r.completed, 0) AS referrals_completed,
            coalesce(r.declined, 0) AS referrals_declined, coalesce(r.breaches, 0) AS sla_breaches,
@@ -313,7 +325,12 @@ CASE_ROWS = sa.text(
                string_agg(to_member_kind || ':' || status, ';' ORDER BY created_at, id) AS outcomes
         FROM referrals WHERE referrals.case_id = c.case_id
     ) r ON true
-    WHERE c.municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
+    LEFT JOIN LATERAL (  -- a transferred case keeps the number it was reported under (CONTRACT §10)
+        SELECT from_case_number FROM case_transfers
+        WHERE case_transfers.case_id = c.case_id AND case_transfers.from_municipality = c.reported_municipality
+        ORDER BY accepted_at LIMIT 1
+    ) t ON true
+    WHERE c.reported_municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
     ORDER BY c.reported_at, c.case_number
     """
 )

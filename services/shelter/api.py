@@ -396,10 +396,18 @@ async def load_placement(
     if for_update:
         stmt = stmt.with_for_update()
     placement = (await session.execute(stmt)).scalar_one_or_none()
-    if placement is None or placement.municipality != principal.municipality:
+    if placement is None:
         raise not_found("placement")
-    if principal.role is Role.shelter_staff and not works_at(principal, placement.shelter_id):
-        raise not_found("placement")  # staff see their own shelter's placements only
+    # Staff see their own shelter's placements only (also of a case transferred elsewhere since);
+    # the coordinator those of her municipality's cases.
+    if principal.role is Role.shelter_staff:
+        shelter = await session.get(Shelter, placement.shelter_id)
+        if not works_at(principal, placement.shelter_id) or shelter is None or (
+            shelter.municipality != principal.municipality
+        ):
+            raise not_found("placement")
+    elif placement.municipality != principal.municipality:
+        raise not_found("placement")
     return placement
 
 
@@ -460,13 +468,18 @@ async def list_placements(
     stmt = (
         sa.select(Placement, CaseProjection)
         .outerjoin(CaseProjection, CaseProjection.case_id == PLACEMENTS.c.case_id)  # type: ignore[arg-type]
-        .where(PLACEMENTS.c.municipality == principal.municipality)
     )
     if principal.role is Role.shelter_staff:
         own = _uuid_or_none(principal.shelter_id)
         if own is None or (shelter_id is not None and shelter_id != own):
             return Page[PlacementOut](items=[])
-        stmt = stmt.where(PLACEMENTS.c.shelter_id == own)
+        # Staff see their shelter's placements, also of a case transferred elsewhere since (CONTRACT §10).
+        in_own_municipality = sa.select(SHELTERS.c.id).where(
+            SHELTERS.c.id == own, SHELTERS.c.municipality == principal.municipality
+        )
+        stmt = stmt.where(PLACEMENTS.c.shelter_id == own, PLACEMENTS.c.shelter_id.in_(in_own_municipality))
+    else:
+        stmt = stmt.where(PLACEMENTS.c.municipality == principal.municipality)
     if shelter_id is not None:
         stmt = stmt.where(PLACEMENTS.c.shelter_id == shelter_id)
     if case_id is not None:

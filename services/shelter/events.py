@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.shelter import domain
+from services.shelter import domain, erasure, transfers
 from services.shelter.models import (
     CaseProjection,
     DirectoryMember,
@@ -163,6 +163,12 @@ def make_handler(settings: Settings) -> Callable[[AsyncSession, Envelope], Await
             return
         if event.type in ("case.closed", "case.reopened"):
             await _closed(session, event)
+            return
+        if event.type == "case.transferred":
+            await transfers.on_case_transferred(session, event)
+            return
+        if event.type == "case.anonymised":
+            await erasure.on_case_anonymised(session, event)
             return
         if event.type != "case.reported":
             return

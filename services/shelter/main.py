@@ -13,6 +13,7 @@ from services.shelter.events import CONSUMED_TOPICS, make_handler
 from services.shelter.scheduler import rent_bonus_scheduler
 from shared.app import ConsumerSpec, create_service_app
 from shared.crypto import FieldCipher
+from shared.pruning import pruning_job, shared_targets
 from shared.sealed import TextSealer
 from shared.settings import Settings, get_settings
 
@@ -26,7 +27,7 @@ def create_app(settings: Settings | None = None, config: ShelterConfig | None = 
         routers=[api.router, rent_bonus.router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("cases", CONSUMED_TOPICS, make_handler(settings))],
-        background=[rent_bonus_scheduler(config)],
+        background=[rent_bonus_scheduler(config), pruning_job(settings, shared_targets(settings, idempotency=True))],
         title="MKR shelter",
     )
     app.state.shelter_config = config

@@ -99,6 +99,42 @@ class CaseReopened(CaseEventData):
     pass
 
 
+Municipality = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,62}$")]
+
+
+class TransferEventData(CaseEventData):
+    """A transfer between municipalities (CONTRACT §10): coded facts only, never the reason's text."""
+
+    transfer_id: uuid.UUID
+    from_municipality: Municipality
+    to_municipality: Municipality
+    risk_level: RiskLevel | None = None
+
+
+class TransferRequested(TransferEventData):
+    requested_at: datetime
+
+
+class CaseTransferred(TransferEventData):
+    previous_case_number: CaseNumber
+    accepted_at: datetime
+    needs: Codes = []
+    violence_types: Codes = []
+    children_count: Count | None = None
+    consent_share_with: Codes = []
+
+
+class TransferDeclined(TransferEventData):
+    declined_at: datetime
+
+
+class CaseAnonymised(CaseEventData):
+    """The case's identity and free text are erased (a lawful request, or retention after closure)."""
+
+    cause: Literal["request", "retention"]
+    erased_at: datetime | None = None
+
+
 # --- mkr.referral.events ----------------------------------------------------------------------------
 
 
@@ -215,6 +251,11 @@ class NoFreeBed(EventData):
     free_beds: Count
 
 
+class TransferOverdue(TransferEventData):
+    requested_at: datetime
+    hours: Count
+
+
 class NotificationFailed(EventData):
     delivery_id: uuid.UUID
     subscription_id: uuid.UUID | None = None
@@ -233,6 +274,10 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.consent_changed": ("mkr.intake.events", ConsentChanged),
     "case.closed": ("mkr.intake.events", CaseClosed),
     "case.reopened": ("mkr.intake.events", CaseReopened),
+    "case.transfer_requested": ("mkr.intake.events", TransferRequested),
+    "case.transferred": ("mkr.intake.events", CaseTransferred),
+    "case.transfer_declined": ("mkr.intake.events", TransferDeclined),
+    "case.anonymised": ("mkr.intake.events", CaseAnonymised),
     "member.saved": ("mkr.referral.events", MemberSaved),
     "referral.created": ("mkr.referral.events", ReferralCreated),
     "referral.status_changed": ("mkr.referral.events", ReferralStatusChanged),
@@ -251,6 +296,7 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "rent_bonus.ending": ("mkr.shelter.events", RentBonusEnding),
     "case.protection_order_expiring": ("mkr.notifications.events", ProtectionOrderExpiring),
     "shelter.none_available": ("mkr.notifications.events", NoFreeBed),
+    "case.transfer_overdue": ("mkr.notifications.events", TransferOverdue),
     "notification.failed": ("mkr.notifications.events", NotificationFailed),
 }
 

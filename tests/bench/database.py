@@ -20,11 +20,12 @@ from unittest import mock
 import asyncpg
 
 from services.intake import domain as intake_domain
+from services.intake import numbering
 from services.intake import service as intake_service
 from services.intake.casefile import personal_context
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import asyncpg_dsn, service_url
-from shared.events import INTAKE_TOPIC, make_event
+from shared.events import INTAKE_TOPIC, Envelope, make_event
 from shared.settings import Settings
 from tests.processes import LaunchedStack
 
@@ -146,7 +147,10 @@ async def pool(stack: LaunchedStack, service: str, size: int) -> asyncpg.Pool:
 
 # --- the intake ceiling: one report's transaction, issued directly --------------------------------------
 
-DUPLICATE_PARAMS = ["keys", "n", "probe", "m", "exclude", "by", "bdk", "threshold", "limit"]
+DUPLICATE_PARAMS = [
+    "keys", "n", "probe", "m", "exclude", "by", "bdk", "threshold", "limit",
+    "everything", "viewer_sub", "viewer_member",
+]
 
 
 def positional(sql: str, names: list[str]) -> str:
@@ -157,7 +161,7 @@ def positional(sql: str, names: list[str]) -> str:
 
 
 # Intake's own duplicate search, positional: keys, n, probe keys, municipality, exclude, birth year, birth-date
-# key, threshold, limit.
+# key, threshold, limit, and the viewer (coordinator?, sub, member id).
 DUPLICATES_SQL = positional(intake_service.DUPLICATES_SQL, DUPLICATE_PARAMS)
 KEY_COUNTS_SQL = positional(intake_service.KEY_COUNTS_SQL, ["m", "keys"])
 SCREEN_SQL = (
@@ -192,6 +196,9 @@ AUDIT_SQL = (
     "VALUES ($1, $2, $3, $4, 'police', 'case.reported')"
 )
 OUTBOX_SQL = "INSERT INTO outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4)"
+NUMBER_SQL = positional(
+    numbering.NUMBER_CASE_SQL.text, ["m", "year", "prefix", "case_id", "placeholder", "event_id", "at", "sub", "role"]
+)
 
 
 class CeilingReport:
@@ -235,22 +242,12 @@ class CeilingReport:
         birth_key = self.indexer.token(dob.isoformat(), self.municipality)
         sealed = self.cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal"))
         sub = "bench-ceiling"
+        number = numbering.placeholder(case_id)
         async with conn.transaction():
             await conn.fetchrow(SCREEN_SQL, self.municipality)
-            seq = await conn.fetchval(COUNTER_SQL, self.municipality, now.year)
-            number = intake_domain.format_case_number(self.prefix, now.year, int(seq))
             await conn.execute(
-                CASE_SQL,
-                case_id,
-                self.municipality,
-                number,
-                "low",
-                json.dumps(facts),
-                sealed,
-                now,
-                sub,
-                "bench-police",
-                now,
+                CASE_SQL, case_id, self.municipality, number, "low", json.dumps(facts), sealed, now, sub,
+                "bench-police", now,
             )
             await conn.execute(INDEX_SQL, case_id, self.municipality, keys, dob.year, birth_key)
             await conn.execute(ASSESSMENT_SQL, uuid.uuid4(), case_id, json.dumps(RISK_ANSWERS), now, sub)
@@ -259,35 +256,42 @@ class CeilingReport:
             counts = {key: survivors for key, survivors in await conn.fetch(KEY_COUNTS_SQL, self.municipality, keys)}
             probe = intake_service.rarest(keys, counts, 0.45)
             await conn.fetch(
-                DUPLICATES_SQL, keys, len(keys), probe, self.municipality, case_id, dob.year, birth_key, 0.45, 5
+                DUPLICATES_SQL, keys, len(keys), probe, self.municipality, case_id, dob.year, birth_key, 0.45, 5,
+                False, sub, "bench-police",
             )
-            await conn.execute(AUDIT_SQL, now, case_id, self.municipality, sub)
-            event = make_event(
-                type_="case.reported",
-                source="mkr/intake",
-                subject=str(case_id),
-                municipality=self.municipality,
-                data={
-                    "case_id": str(case_id),
-                    "case_number": number,
-                    "source": "police",
-                    "reported_at": now.isoformat(),
-                    "risk_level": "low",
-                    "sex": "female",
-                    "age_group": "25-39",
-                    "ethnicity": "roma",
-                    "disability": False,
-                    "violence_types": facts["violence_types"],
-                    "perpetrator_relationship": "spouse",
-                    "needs": facts["needs"],
-                    "children_count": 1,
-                    "children_ages": [7],
-                    "consent_share_with": SHARE_WITH,
-                    "reported_by_role": "police",
-                    "reported_by_member_id": "bench-police",
-                },
-            )
+            event = self.event(case_id, number, now, facts)
             await conn.execute(OUTBOX_SQL, event.id, self.topic, str(case_id), event.model_dump_json())
+            # The service's last statement: counter, number, event payload and audit row (numbering.py).
+            await conn.fetchrow(
+                NUMBER_SQL, self.municipality, now.year, self.prefix, case_id, number, event.id, now, sub, "police"
+            )
+
+    def event(self, case_id: uuid.UUID, number: str, now: datetime, facts: dict[str, Any]) -> Envelope:
+        return make_event(
+            type_="case.reported",
+            source="mkr/intake",
+            subject=str(case_id),
+            municipality=self.municipality,
+            data={
+                "case_id": str(case_id),
+                "case_number": number,
+                "source": "police",
+                "reported_at": now.isoformat(),
+                "risk_level": "low",
+                "sex": "female",
+                "age_group": "25-39",
+                "ethnicity": "roma",
+                "disability": False,
+                "violence_types": facts["violence_types"],
+                "perpetrator_relationship": "spouse",
+                "needs": facts["needs"],
+                "children_count": 1,
+                "children_ages": [7],
+                "consent_share_with": SHARE_WITH,
+                "reported_by_role": "police",
+                "reported_by_member_id": "bench-police",
+            },
+        )
 
 
 # --- 100 000 survivors in one municipality -------------------------------------------------------------
@@ -444,6 +448,7 @@ async def load_case_facts(
                 json.dumps(["police", "social_services"]),
                 "police",
                 None,
+                municipality,
             )
         )
         kind = rng.choice(KINDS)
@@ -499,6 +504,7 @@ async def load_case_facts(
                     "consent_share_with",
                     "reported_by_role",
                     "reported_by_member_id",
+                    "reported_municipality",
                 ],
             )
             await conn.copy_records_to_table(

@@ -24,7 +24,7 @@ from services.referral import reports as referral_reports
 from shared.auth import Principal, Role
 from shared.crypto import SearchIndexer
 from shared.db import service_url
-from tests.bench import database
+from tests.bench import database, reference
 from tests.bench.harness import Recorder, closed_loop, open_loop, sequential, summarise
 from tests.processes import SERVICES, LaunchedStack
 from tests.support import contract_report
@@ -154,56 +154,61 @@ async def settle(stack: LaunchedStack) -> float:
 # --- intake throughput and its ceiling -------------------------------------------------------------------
 
 
-async def intake_throughput(stack: LaunchedStack, quick: bool) -> Outcome:
-    """Intake: reports per second over HTTP, against the same transactions issued directly (the ceiling)."""
-    rows = []
-    seconds = 3 if quick else 8
+async def _direct_rate(
+    stack: LaunchedStack, concurrency: int, seconds: float, report: Callable[[asyncpg.Connection, int], Awaitable[None]]
+) -> tuple[Recorder, float]:
+    """A closed loop of `report` transactions over as many asyncpg connections as clients."""
+    pool = await database.pool(stack, "intake", concurrency)
+    try:
+
+        async def direct(i: int) -> bool:
+            async with pool.acquire() as conn:
+                await report(conn, i)
+            return True
+
+        return await closed_loop(direct, concurrency=concurrency, seconds=seconds)
+    finally:
+        await pool.close()
+
+
+async def _intake_row(stack: LaunchedStack, concurrency: int, seconds: float, pids: dict[str, int]) -> dict[str, Any]:
+    """One row: HTTP (load generator in a child process, CPU per service), the ceiling, the plain reference."""
     settings = database.stack_settings(stack)
+    municipality = new_municipality("in")
+    headers = stack.headers("police", municipality, "--member-id", "bench-police")
+    cpu_before = reference.cpu_snapshot(pids)
+    http = await reference.http_load_in_child(stack.url("intake"), headers, municipality, concurrency, seconds)
+    cpu = reference.cpu_ms_per_report(cpu_before, reference.cpu_snapshot(pids), http["made"])
+    BACKLOG["reports"] += http["made"]
+    ceiling = database.CeilingReport(settings, new_municipality("ceil"))
+    ceiling_recorder, ceiling_rate = await _direct_rate(stack, concurrency, seconds, ceiling.report)
+    BACKLOG["reports"] += len(ceiling_recorder.samples)  # a lower bound: warm-up reports are not counted
+    plain = reference.PlainReport(settings, new_municipality("plain"))
+    plain_recorder, plain_rate = await _direct_rate(stack, concurrency, seconds, plain.report)
+    rate = float(http["rate"])
+    return {
+        "clients": concurrency,
+        "HTTP reports/s": round(rate, 1),
+        "HTTP p50_ms": http["summary"]["p50_ms"],
+        "HTTP p99_ms": http["summary"]["p99_ms"],
+        "HTTP errors": http["errors"],
+        "ceiling reports/s": round(ceiling_rate, 1),
+        "% of ceiling": round(100 * rate / ceiling_rate, 1) if ceiling_rate else "n/a",
+        "plain reports/s": round(plain_rate, 1),
+        "plain p99_ms": plain_recorder.summary_ms()["p99_ms"],
+        "% of plain": round(100 * rate / plain_rate, 1) if plain_rate else "n/a",
+        **{f"{name} CPU ms/report": cpu[name] for name in ("intake", "referral", "notifications") if name in cpu},
+    }
+
+
+async def intake_throughput(stack: LaunchedStack, quick: bool) -> Outcome:
+    """Intake: reports per second over HTTP, against the same transactions issued directly (the ceiling)
+    and against a plain three-insert transaction (the plain reference)."""
+    seconds = 3 if quick else 8
     BACKLOG["since"] = time.time()
-    async with client() as http:
-        for concurrency in (16, 64):
-            municipality = new_municipality("in")
-            headers = stack.headers("police", municipality, "--member-id", "bench-police")
-
-            async def report(i: int, municipality: str = municipality, headers: dict[str, str] = headers) -> bool:
-                response = await http.post(
-                    f"{stack.url('intake')}/v1/cases", json=varied_report(municipality, i), headers=headers
-                )
-                BACKLOG["reports"] += response.status_code == 201
-                return response.status_code == 201
-
-            recorder, rate = await closed_loop(report, concurrency=concurrency, seconds=seconds)
-
-            ceiling = database.CeilingReport(settings, new_municipality("ceil"))
-            pool = await database.pool(stack, "intake", concurrency)
-            try:
-
-                async def direct(i: int, pool: asyncpg.Pool = pool, ceiling: database.CeilingReport = ceiling) -> bool:
-                    async with pool.acquire() as conn:
-                        await ceiling.report(conn, i)
-                    BACKLOG["reports"] += 1
-                    return True
-
-                direct_recorder, direct_rate = await closed_loop(direct, concurrency=concurrency, seconds=seconds)
-            finally:
-                await pool.close()
-            http_row = recorder.summary_ms()
-            direct_row = direct_recorder.summary_ms()
-            rows.append(
-                {
-                    "clients": concurrency,
-                    "HTTP reports/s": round(rate, 1),
-                    "HTTP p50_ms": http_row["p50_ms"],
-                    "HTTP p99_ms": http_row["p99_ms"],
-                    "HTTP errors": recorder.errors,
-                    "ceiling reports/s": round(direct_rate, 1),
-                    "ceiling p50_ms": direct_row["p50_ms"],
-                    "ceiling p99_ms": direct_row["p99_ms"],
-                    "% of ceiling": round(100 * rate / direct_rate, 1) if direct_rate else "n/a",
-                }
-            )
+    pids = reference.service_pids(stack)
+    rows = [await _intake_row(stack, concurrency, seconds, pids) for concurrency in (16, 32)]
     INTAKE_MAX["reports/s"] = max(float(r["HTTP reports/s"]) for r in rows)
-    met = all(isinstance(r["% of ceiling"], float) and r["% of ceiling"] >= 30 for r in rows)
     # What one commit costs on this disk: it bounds the counter-row critical section and every consumer.
     conn = await database.connect(stack, "intake")
     commits = Recorder()
@@ -218,18 +223,20 @@ async def intake_throughput(stack: LaunchedStack, quick: bool) -> Outcome:
     reading = (
         f"Closed loop, {seconds} s per row after 1 s warm-up, one municipality per row. HTTP: POST /v1/cases with "
         "the full contract body (validation, AES-GCM, keyed trigrams, duplicate search, audit, outbox; no "
-        "Idempotency-Key). Ceiling: the same statements in one transaction per report, issued with asyncpg over "
-        "as many connections as clients (risk-screen read, counter upsert, case, survivor index, risk "
-        "assessment, 3 consent rows, duplicate search, audit, outbox) — intake itself has at most 16 "
-        "connections (pool 8 + overflow 8). Both are bounded by the per-municipality counter row, locked from "
-        f"the upsert to the commit. Target: ≥ 30 % of the ceiling — **{'met' if met else 'missed'}**. "
+        "Idempotency-Key), the load generator in a child process of its own. Ceiling: the same statements in "
+        "the service's order, one transaction per report, asyncpg over as many connections as clients "
+        "(risk-screen read, case with a placeholder number, survivor index, risk assessment, 3 consent rows, "
+        "duplicate search, outbox, then the counter, number and audit row in one last statement). Plain: one "
+        "transaction per report of three inserts (case row with ~1 KB JSON, person row, outbox row), asyncpg, "
+        "same connections — what the database itself commits. Intake has at most 16 connections (pool 8 + "
+        "overflow 8). CPU ms/report: utime + stime of each service process (/proc/<pid>/stat) over the HTTP "
+        "run, divided by the reports it created (the consumers' share is the events they applied meanwhile). "
+        "Issue #16's target (HTTP ≥ 30 % of plain at 32 clients) is not judged here: these figures come from "
+        "a shared machine (see the load average above); a quiet-machine run is due. "
         f"For scale: a one-row INSERT + COMMIT takes {_ms(commits.percentile(50))} ms p50 / "
         f"{_ms(commits.percentile(99))} ms p99 on this machine's disk (30 sequential commits)."
-        " With 64 connections the direct run queues more transactions on the counter row than intake, whose pool "
-        "caps it at 16 connections, so the 64-client ceiling can come out below HTTP; the 16-client ceiling is "
-        "then the meaningful bound."
     )
-    return ("Intake: reports per second (HTTP vs the database ceiling)", rows, reading)
+    return ("Intake: reports per second (HTTP vs the same-statements ceiling and the plain reference)", rows, reading)
 
 
 # --- event latencies -----------------------------------------------------------------------------------------
@@ -748,6 +755,9 @@ async def duplicate_search(stack: LaunchedStack, quick: bool) -> Outcome:
                 None,
                 0.45,
                 5,
+                True,
+                "bench-coordinator",
+                None,
             )
             print("\n".join(r[0] for r in plan), flush=True)
         finally:

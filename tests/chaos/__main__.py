@@ -7,7 +7,8 @@ Three runs, each on a fresh `mkr run` (loopback only, bounded in time):
 For each: accepted (201 at intake), routed (cases with their social-services referral), duplicated
 (a member referred twice for one case, or a second new-case alert), lost (accepted but never routed).
 Then `broker_kill` (tests/chaos/broker_kill.py) BROKER_KILL_RUNS times: the stack on an external Tansu
-broker SIGKILLed at a random moment 0-10 s after ready, started again empty; with the recovery time from
+broker SIGKILLed at a random moment 0-10 s after ready, started again empty, waited for until every case is
+routed and alerted (bounded; late is counted apart from lost); with the recovery time from
 the broker's return to the first routed case (p50, max).
 Exit status 1 when anything is lost or duplicated.
 
@@ -34,13 +35,13 @@ import httpx
 import psutil
 
 from shared.embedded import ensure_postgres, stop_postgres
-from tests.chaos.broker_kill import broker_kill_run, percentile, verdict
+from tests.chaos.broker_kill import LATE_SECONDS, SETTLE_SECONDS, broker_kill_run, percentile, verdict
+from tests.chaos.launch import launched_stack
 from tests.processes import LaunchedStack
 from tests.support import contract_report
 
 STREAM_SECONDS = 45.0
 RATE = 4.0  # reports per second during the stream
-SETTLE_SECONDS = 90.0
 
 
 def _child(stack: LaunchedStack, predicate: Callable[[list[str]], bool]) -> psutil.Process | None:
@@ -203,7 +204,7 @@ async def broker_kill_runs(runs: int, seed: int) -> int:
     """The broker-kill scenario `runs` times; returns the number of failed runs."""
     rng = random.Random(seed)
     failures = 0
-    recoveries: list[float] = []
+    results: list[dict[str, Any]] = []
     database_url = os.environ.get("MKR_CHAOS_DATABASE_URL")  # a server of one's own: faster than embedded
     for n in range(1, runs + 1):
         with tempfile.TemporaryDirectory(prefix="mkr-chaos-") as tmp:
@@ -214,15 +215,24 @@ async def broker_kill_runs(runs: int, seed: int) -> int:
                 print(f"  run {n}: {exc!r}", flush=True)
         ok = "error" not in counts and verdict(counts)
         failures += not ok
-        if counts.get("recovery") is not None:
-            recoveries.append(float(counts["recovery"]))
+        results.append(counts)
         print(f"broker_kill {n:>2}/{runs} " + " ".join(f"{k}={v}" for k, v in counts.items())
               + f"  {'ok' if ok else 'FAILED'}", flush=True)
-    if recoveries:
-        print(f"broker_kill recovery from the broker's return to the first routed case: "
-              f"p50={percentile(recoveries, 0.5):.1f}s max={max(recoveries):.1f}s over {len(recoveries)} runs; "
-              f"{runs - failures}/{runs} runs ok", flush=True)
+    _summary(results, runs - failures)
     return failures
+
+
+def _summary(results: list[dict[str, Any]], ok: int) -> None:
+    """Recovery (first case routed after the return) and convergence (all routed and alerted), p50/max."""
+    for key, what in (("recovery", "to the first routed case"), ("converged", "to every case routed and alerted")):
+        values = [float(r[key]) for r in results if r.get(key) is not None]
+        if values:
+            print(f"broker_kill {key} from the broker's return {what}: p50={percentile(values, 0.5):.1f}s "
+                  f"max={max(values):.1f}s over {len(values)} runs", flush=True)
+    totals = {key: sum(max(0, int(r.get(key) or 0)) for r in results) for key in ("lost", "late", "duplicated")}
+    print(f"broker_kill totals: lost={totals['lost']} late={totals['late']} duplicated={totals['duplicated']} "
+          f"(late: routed > {LATE_SECONDS:g} s after the return; lost: not routed within {SETTLE_SECONDS:g} s); "
+          f"{ok}/{len(results)} runs ok", flush=True)
 
 
 async def main_async(argv: list[str] | None = None) -> int:
@@ -237,14 +247,8 @@ async def main_async(argv: list[str] | None = None) -> int:
         if args.only and args.only != run.__name__:
             continue
         with tempfile.TemporaryDirectory(prefix="mkr-chaos-") as tmp:
-            stack = LaunchedStack(state=Path(tmp) / "state")
-            log = open(Path(tmp) / "stack.log", "wb")
-            stack.start(output=log)
-            try:
+            async with launched_stack(Path(tmp), timeout=90) as stack:
                 counts = await run(stack)
-            finally:
-                stack.stop()
-                log.close()
         verdict_ = "ok" if counts["lost"] == 0 and counts["duplicated"] == 0 else "FAILED"
         failures += verdict_ != "ok"
         print(f"{run.__name__:<18} " + " ".join(f"{k}={v}" for k, v in counts.items()) + f"  {verdict_}",

@@ -5,8 +5,8 @@ lists the first of them by deadline. Without an index for it both were a sequent
 municipality's referrals (about 200 ms each with 100 000 referrals, `make bench` console_pages); a partial
 index on the pending ones, by municipality and deadline, answers both from a short range.
 
-Revision ID: 0005_h14_pending
-Revises: 0004_rule_service
+Revision ID: 0006_h14_pending
+Revises: 0005_h17_prune
 Create Date: 2026-12-02
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0005_h14_pending"
-down_revision: str | None = "0004_rule_service"
+revision: str = "0006_h14_pending"
+down_revision: str | None = "0005_h17_prune"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

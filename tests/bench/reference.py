@@ -1,0 +1,136 @@
+"""The intake bench's plain reference, its load generator in a process of its own, and CPU per report.
+
+Plain reference (issue #16): what PostgreSQL itself commits when each report is one transaction of three
+inserts — a case row with ~1 KB of JSON, a person row (the survivor index), an outbox row — over asyncpg,
+with no counter, no duplicate search, no audit chain. The HTTP rate is reported as a share of it.
+
+The HTTP load runs in a child process (spawned, its own event loop), so the bench's own work does not
+slow the clients; the services' CPU time is read from /proc/<pid>/stat (utime + stime) around the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import psutil
+
+from shared.events import INTAKE_TOPIC
+from shared.settings import Settings
+from tests.processes import SERVICES, LaunchedStack
+
+PLAIN_CASE_SQL = (
+    "INSERT INTO cases (id, municipality, case_number, status, risk_level, source, facts, personal, reported_at, "
+    "reported_by_sub, reported_by_role, reported_by_member_id, created_at) "
+    "VALUES ($1, $2, $3, 'open', 'low', 'police', $4::jsonb, $5, $6, 'bench-plain', 'police', NULL, $6)"
+)
+PLAIN_PERSON_SQL = (
+    "INSERT INTO survivor_index (case_id, municipality, name_keys, birth_year, birth_date_key) "
+    "VALUES ($1, $2, $3, 1991, NULL)"
+)
+PLAIN_OUTBOX_SQL = "INSERT INTO outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4)"
+FACTS = {
+    "sex": "female",
+    "age": 35,
+    "age_group": "25-39",
+    "violence_types": ["physical", "psychological"],
+    "needs": ["legal_aid", "shelter"],
+    "notes": "x" * 800,  # pads the row's JSON to about 1 KB
+}
+NAME_KEYS = [f"k{n:02d}" for n in range(12)]
+
+
+class PlainReport:
+    """One report as three inserts in one transaction, nothing else."""
+
+    def __init__(self, settings: Settings, municipality: str) -> None:
+        self.municipality = municipality
+        self.topic = settings.topic(INTAKE_TOPIC)
+        self.facts = json.dumps(FACTS)
+        self.personal = "p" * 300  # the size of a sealed identity
+
+    async def report(self, conn: asyncpg.Connection, i: int) -> None:
+        case_id, now = uuid.uuid4(), datetime.now(UTC)
+        payload = json.dumps({"type": "case.reported", "case_id": str(case_id), "facts": FACTS})
+        async with conn.transaction():
+            await conn.execute(PLAIN_CASE_SQL, case_id, self.municipality, case_id.hex, self.facts, self.personal, now)
+            await conn.execute(PLAIN_PERSON_SQL, case_id, self.municipality, NAME_KEYS)
+            await conn.execute(PLAIN_OUTBOX_SQL, uuid.uuid4(), self.topic, str(case_id), payload)
+
+
+# --- CPU per service -----------------------------------------------------------------------------------------
+
+
+def service_pids(stack: LaunchedStack) -> dict[str, int]:
+    """The launcher's service processes (`mkr serve --service <name>`), by name."""
+    assert stack.proc is not None
+    found: dict[str, int] = {}
+    for child in psutil.Process(stack.proc.pid).children(recursive=True):
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        for name in SERVICES:
+            if "serve" in cmdline and name in cmdline:
+                found[name] = child.pid
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15, after the command's parentheses)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def cpu_ms_per_report(before: dict[str, float], after: dict[str, float], reports: int) -> dict[str, float]:
+    return {name: round(1000 * (after[name] - before[name]) / max(reports, 1), 2) for name in before}
+
+
+# --- the HTTP load in a process of its own ----------------------------------------------------------------
+
+
+def _http_load(
+    url: str, headers: dict[str, str], municipality: str, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """In the child: a closed loop of POST /v1/cases; the rate, latency summary, errors and every 201 made."""
+    import httpx
+
+    from tests.bench.harness import closed_loop
+    from tests.bench.scenarios import varied_report
+
+    async def run() -> dict[str, Any]:
+        made = 0
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+
+            async def report(i: int) -> bool:
+                nonlocal made
+                response = await http.post(f"{url}/v1/cases", json=varied_report(municipality, i), headers=headers)
+                made += response.status_code == 201
+                return response.status_code == 201
+
+            recorder, rate = await closed_loop(report, concurrency=concurrency, seconds=seconds)
+        return {"rate": rate, "summary": recorder.summary_ms(), "errors": recorder.errors, "made": made}
+
+    return asyncio.run(run())
+
+
+async def http_load_in_child(
+    url: str, headers: dict[str, str], municipality: str, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """`_http_load` in a spawned child process (its own interpreter and event loop)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_http_load, url, headers, municipality, concurrency, seconds)
+        return await asyncio.wrap_future(future)
