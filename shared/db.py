@@ -166,10 +166,22 @@ async def migrate(engine: AsyncEngine, migrations: Path, settings: Settings | No
         _MIGRATION_LOCK.release()
 
 
+def table_of(model: type[Any]) -> Table:
+    """The Core table of a SQLModel class, typed: for Core statements (bulk inserts, upserts, `.c` columns).
+
+    One column style across the services: `col(Model.field)` in ORM queries of a model, and
+    `table_of(Model).c.field` where a statement works on the table itself.
+    """
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    return table
+
+
 def model_metadata(models: ModuleType, *shared_tables: Table, unmodelled: Iterable[str] = ()) -> MetaData:
     """What a service's migrations must produce: the tables its `models` module declares, plus the
-    shared tables it carries (the outbox, idempotency keys), copied into one MetaData. Copied, because
-    some services declare on SQLModel's default metadata, which holds every such service's tables.
+    shared tables it carries (the outbox, idempotency keys), copied into one MetaData (the shared tables
+    live on their own MetaData, which a test may extend with tables of its own).
     `unmodelled`: tables the service reaches by plain SQL only (no model to compare them with)."""
     target = MetaData(info={"unmodelled": frozenset(unmodelled)})
     for obj in vars(models).values():

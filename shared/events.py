@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from shared import observability
 from shared.contracts import EVENT_TYPES, EventContracts, EventRejected, contracts_for
 from shared.kafka import client_options, group_membership, leave_group
+from shared.listener import Listener
 from shared.observability import (
     CONSUMER_LAG,
     CONSUMER_PARTITION_LAG,
@@ -263,6 +264,11 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
+        # Woken by the outbox's NOTIFY trigger, and at each (re)connect: rows may have arrived meanwhile.
+        self.listener = Listener(
+            f"{name}.outbox", listen_dsn, {"mkr_outbox": lambda _: self._wake.set()}, self._stopping,
+            on_connect=self._wake.set,
+        )
         self.healthy = False
         self.pending = 0
         # Since when every attempt has failed (None: the last one succeeded), and the last failure's cause.
@@ -276,11 +282,12 @@ class OutboxRelay:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
     def wake(self) -> None:
+        """Publish now. Not needed after a commit: the outbox's NOTIFY trigger wakes the relay (any replica)."""
         self._wake.set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
-        self._listen_task = asyncio.create_task(self._listen(), name="outbox-listen")
+        self._listen_task = asyncio.create_task(self.listener.run(), name="outbox-listen")
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -292,32 +299,6 @@ class OutboxRelay:
                     await asyncio.wait_for(task, timeout=10)
         await _stop(self.producer)
         self.producer = None
-
-    async def _listen(self) -> None:
-        import asyncpg
-
-        attempt = 0
-        while not self._stopping.is_set():
-            conn = None
-            try:
-                conn = await asyncpg.connect(**self.listen_dsn, timeout=10)  # type: ignore[arg-type]
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda *_, lost=lost: lost.set())
-                await conn.add_listener("mkr_outbox", lambda *_: self._wake.set())
-                self._wake.set()  # rows may have arrived while we were not listening
-                attempt = 0
-                while not self._stopping.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=5)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                attempt += 1
-                await asyncio.sleep(_backoff(attempt, 0.5, 10))
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), timeout=5)
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self.producer is None:
@@ -390,6 +371,8 @@ class OutboxRelay:
         attempt = 0
         checked_at = 0.0
         while not self._stopping.is_set():
+            # Cleared before the batch reads: a NOTIFY arriving while it runs wakes the wait below at once.
+            self._wake.clear()
             try:
                 sent = await self.publish_batch()
                 if sent == 0 and time.monotonic() - checked_at > self.LOSS_CHECK_SECONDS:
@@ -429,7 +412,6 @@ class OutboxRelay:
             self.failing_since = None
             self.last_error = None
             if sent == 0:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_poll_seconds)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -56,41 +57,67 @@ def request_hash(body: BaseModel) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def claim(session: AsyncSession, *, scope: str, caller: str, key: str, body_hash: str) -> bool:
-    """Take the key inside the caller's transaction; False when it was taken before (replay it)."""
-    inserted = await session.execute(
-        pg_insert(idempotency_keys)
-        .values(scope=scope, caller=caller, key=key, request_hash=body_hash)
-        .on_conflict_do_nothing()
-        .returning(idempotency_keys.c.key)
-    )
-    return inserted.first() is not None
+@dataclass(frozen=True)
+class IdempotentRequest:
+    """One creating call under `Idempotency-Key`: (scope, caller, key, body hash) as one object.
 
+    The flow every idempotent POST follows, inside the transaction of its change:
 
-async def remember(
-    session: AsyncSession, *, scope: str, caller: str, key: str, status_code: int, answer: Any
-) -> None:
-    await session.execute(
-        idempotency_keys.update()
-        .where(idempotency_keys.c.scope == scope, idempotency_keys.c.caller == caller,
-               idempotency_keys.c.key == key)
-        .values(status_code=status_code, response=jsonable_encoder(answer))
-    )
+        once = IdempotentRequest.of(scope=..., caller=principal.sub, key=idempotency_key, body=body)
+        async with session.begin():
+            if await once.claim(session):        # first time (or no key): do the work
+                answer = ...                     # the change, its events
+                await once.remember(session, 201, answer)
+                return answer
+        return await once.replay(session)        # a retry: the first answer, or 409
 
+    Without a key, `claim` is always True and `remember` does nothing: the call simply runs.
+    """
 
-async def replay(session: AsyncSession, *, scope: str, caller: str, key: str, body_hash: str) -> JSONResponse:
-    """The first answer for this key, or 409 when the body differs or the first is still running."""
-    async with session.begin():
-        row = (
-            await session.execute(
-                sa.select(idempotency_keys).where(
-                    idempotency_keys.c.scope == scope, idempotency_keys.c.caller == caller,
-                    idempotency_keys.c.key == key,
-                )
-            )
-        ).first()
-    if row is None or row.status_code is None:
-        raise conflict("A request with this Idempotency-Key is still in progress; retry.")
-    if row.request_hash != body_hash:
-        raise conflict("This Idempotency-Key was used with another request body.")
-    return JSONResponse(row.response, status_code=row.status_code)
+    scope: str
+    caller: str
+    key: str | None
+    body_hash: str
+
+    @classmethod
+    def of(cls, *, scope: str, caller: str, key: str | None, body: BaseModel) -> IdempotentRequest:
+        return cls(scope=scope, caller=caller, key=key, body_hash=request_hash(body))
+
+    def _where(self) -> list[sa.ColumnElement[bool]]:
+        return [
+            idempotency_keys.c.scope == self.scope,
+            idempotency_keys.c.caller == self.caller,
+            idempotency_keys.c.key == self.key,
+        ]
+
+    async def claim(self, session: AsyncSession) -> bool:
+        """Take the key inside the caller's transaction; False when it was taken before (replay it)."""
+        if self.key is None:
+            return True
+        inserted = await session.execute(
+            pg_insert(idempotency_keys)
+            .values(scope=self.scope, caller=self.caller, key=self.key, request_hash=self.body_hash)
+            .on_conflict_do_nothing()
+            .returning(idempotency_keys.c.key)
+        )
+        return inserted.first() is not None
+
+    async def remember(self, session: AsyncSession, status_code: int, answer: Any) -> None:
+        """Store the answer with the claim, in the same transaction as the change."""
+        if self.key is None:
+            return
+        await session.execute(
+            idempotency_keys.update()
+            .where(*self._where())
+            .values(status_code=status_code, response=jsonable_encoder(answer))
+        )
+
+    async def replay(self, session: AsyncSession) -> JSONResponse:
+        """The first answer for this key, or 409 when the body differs or the first is still running."""
+        async with session.begin():
+            row = (await session.execute(sa.select(idempotency_keys).where(*self._where()))).first()
+        if row is None or row.status_code is None:
+            raise conflict("A request with this Idempotency-Key is still in progress; retry.")
+        if row.request_hash != self.body_hash:
+            raise conflict("This Idempotency-Key was used with another request body.")
+        return JSONResponse(row.response, status_code=row.status_code)

@@ -34,8 +34,7 @@ def periodic(
     async def job(runtime: ServiceRuntime) -> None:
         while not runtime.stopping.is_set():
             if await scan(runtime):
-                runtime.relay.wake()
-                continue  # more may be due
+                continue  # more may be due (what it published wakes the relay: the outbox's NOTIFY trigger)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runtime.stopping.wait(), timeout=every())
 

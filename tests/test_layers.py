@@ -27,7 +27,9 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from a import b` names a.b too: b may be a module (`from services.shelter import api`).
             found.append((node.lineno, node.module))
+            found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
             "import_module", "__import__"
         ) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
@@ -64,7 +66,7 @@ def test_the_scan_sees_an_upward_import(tmp_path: Path) -> None:
         assert [m for _, m in imported_modules(probe) if m.split(".")[0] in ABOVE_SHARED], source
     clean = tmp_path / "clean.py"
     clean.write_text("import shared.db\nfrom sqlalchemy import text\n")
-    assert imported_modules(clean) == [(1, "shared.db"), (2, "sqlalchemy")]
+    assert imported_modules(clean) == [(1, "shared.db"), (2, "sqlalchemy"), (2, "sqlalchemy.text")]
 
 
 def test_services_do_not_import_the_composition_package() -> None:
@@ -115,3 +117,64 @@ def test_ports_and_console_urls_come_from_the_environment(monkeypatch: pytest.Mo
     assert "public" not in upstreams and settings.console_public_url == "https://mkr.example.org"
     with pytest.raises(ValueError, match="unknown service"):
         registry.spec("billing")
+
+
+def test_no_module_of_a_service_imports_its_router() -> None:
+    # Routes are adapters: what two route modules share lives in a module both import (e.g. shelter's
+    # context.py), and only main.py assembles the routers.
+    arrows = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in sorted((ROOT / "services").rglob("*.py"))
+        if path.name != "main.py"
+        for line, module in imported_modules(path)
+        if module.startswith("services.") and module.endswith(".api")
+    ]
+    assert arrows == []
+
+
+@pytest.mark.parametrize("name", registry.SERVICES)
+def test_each_service_declares_its_tables_on_its_own_registry(name: str) -> None:
+    # One table registry per service (a SQLModel base with `registry=registry()`), never SQLModel's
+    # default metadata, which every service imported into one process would share.
+    import importlib
+
+    from sqlmodel import SQLModel
+
+    models = importlib.import_module(f"{registry.spec(name).package}.models")
+    tables = [
+        obj for obj in vars(models).values()
+        if isinstance(obj, type) and obj.__module__ == models.__name__ and hasattr(obj, "__table__")
+    ]
+    assert tables, f"{name} declares no table"
+    metadatas = {id(obj.__table__.metadata) for obj in tables}
+    assert len(metadatas) == 1, f"{name}'s tables sit on {len(metadatas)} registries"
+    assert all(obj.__table__.metadata is not SQLModel.metadata for obj in tables)
+
+
+def test_one_column_style_no_raw_table_attribute() -> None:
+    # Columns: `col(Model.field)` in ORM queries, `table_of(Model).c.field` in Core statements
+    # (shared/db.py); `Model.__table__` with a type-ignore is the third style this replaces.
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "services").rglob("*.py"))
+        if "migrations" not in path.parts and ".__table__" in path.read_text()
+    ]
+    assert offenders == []
+
+
+def test_plumbing_is_written_once() -> None:
+    # The outbox's NOTIFY trigger wakes the relay (tests/shared/test_outbox_notify.py): no hand-written wake;
+    # every LISTEN goes through shared/listener.py.
+    sources = {
+        path: path.read_text()
+        for root in ("services", "shared")
+        for path in sorted((ROOT / root).rglob("*.py"))
+        if "migrations" not in path.parts
+    }
+    woken = [str(p.relative_to(ROOT)) for p, text in sources.items() if "relay.wake()" in text]
+    assert woken == []
+    listening = [
+        str(p.relative_to(ROOT)) for p, text in sources.items()
+        if "add_listener(" in text and p != ROOT / "shared" / "listener.py"
+    ]
+    assert listening == []

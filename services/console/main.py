@@ -120,19 +120,8 @@ def create_app(
         if settings.console_oidc_issuer and settings.console_oidc_client_id else None
     )
     install_error_handlers(app)
-
-    _install_error_pages(app)
-
-    @app.get("/healthz", tags=["probes"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["probes"])
-    async def readyz() -> JSONResponse:
-        checks = await app.state.upstream.ready()
-        ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "unready", "checks": checks}, status_code=200 if ok else 503)
-
+    _install_console_errors(app)
+    _install_probes(app)
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
@@ -144,3 +133,23 @@ def create_app(
     app.add_middleware(SecurityHeaders, form_targets=form_targets)
     app.add_middleware(RequestContextMiddleware, service="console")
     return app
+
+
+def _install_console_errors(app: FastAPI) -> None:
+    """The console answers pages, not problem+json: sign-in redirects, and a message page for refusals."""
+
+    _install_error_pages(app)
+
+
+def _install_probes(app: FastAPI) -> None:
+    """/healthz (alive) and /readyz (each service it calls answers its /healthz)."""
+
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz() -> JSONResponse:
+        checks = await app.state.upstream.ready()
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "unready", "checks": checks}, status_code=200 if ok else 503)

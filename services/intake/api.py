@@ -100,9 +100,10 @@ async def report_case(
     local_day = reported_at.astimezone(ZoneInfo(_config(request).timezone)).date()
     if body.survivor.date_of_birth is not None and body.survivor.date_of_birth > local_day:
         raise invalid(["body", "survivor", "date_of_birth"], "date_of_birth is after the report date")
-    body_hash = idempotency.request_hash(body)
+    once = idempotency.IdempotentRequest.of(
+        scope=body.municipality, caller=principal.sub, key=idempotency_key, body=body
+    )
     config = _config(request)
-    replay = False
     async with session.begin():
         screen = await service.load_screen(session, body.municipality)
         if body.risk_answers is not None and (unknown := domain.unknown_answers(screen, body.risk_answers)):
@@ -111,11 +112,7 @@ async def report_case(
                 "The request has invalid fields.",
                 errors=[{"loc": ["body", "risk_answers", qid], "msg": "unknown risk question"} for qid in unknown],
             )
-        if idempotency_key is not None:
-            replay = not await idempotency.claim(
-                session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-            )
-        if not replay:
+        if await once.claim(session):
             created = await casefile.create_case(
                 session,
                 settings=request.app.state.settings,
@@ -129,18 +126,9 @@ async def report_case(
                 config=config,
             )
             answer = jsonable(created)
-            if idempotency_key is not None:
-                await idempotency.remember(
-                    session, scope=body.municipality, caller=principal.sub, key=idempotency_key, status_code=201,
-                    answer=answer,
-                )
-    if replay:
-        assert idempotency_key is not None
-        return await idempotency.replay(
-            session, scope=body.municipality, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        )
-    request.app.state.runtime.relay.wake()
-    return JSONResponse(answer, status_code=201)
+            await once.remember(session, 201, answer)
+            return JSONResponse(answer, status_code=201)
+    return await once.replay(session)
 
 
 # --- reading ---
@@ -262,7 +250,6 @@ async def assess_risk(
                 yes_count=result.yes_count,
                 red_flags=result.red_flags,
             )
-    request.app.state.runtime.relay.wake()
     return RiskAssessmentResult(
         id=assessment.id,
         risk_level=RiskLevel(case.risk_level),
@@ -302,7 +289,6 @@ async def record_protection_order(
         await session.flush()
         await service.record_audit(session, principal, case, "case.protection_order_recorded")
         await events.protection_order_recorded(session, request.app.state.settings, case, order)
-    request.app.state.runtime.relay.wake()
     return casefile.order_out(order)
 
 
@@ -345,7 +331,6 @@ async def change_consent(
             share_with=share_with,
             withdrawn=sorted({kind.value for kind in body.withdraw}),
         )
-    request.app.state.runtime.relay.wake()
     return casefile.consent_out(records.consents, case.facts.get("consent_given_at"))
 
 
@@ -365,7 +350,6 @@ async def close_case(
         await session.flush()
         await service.record_audit(session, principal, case, "case.closed")
         await events.case_closed(session, request.app.state.settings, case)
-    request.app.state.runtime.relay.wake()
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.closed, closed_at=case.closed_at)
 
 
@@ -384,7 +368,6 @@ async def reopen_case(
         await session.flush()
         await service.record_audit(session, principal, case, "case.reopened")
         await events.case_reopened(session, request.app.state.settings, case)
-    request.app.state.runtime.relay.wake()
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.open)
 
 
@@ -403,7 +386,6 @@ async def erase_case(
             reason=body.reason, cause="request", sub=principal.sub, role=principal.role.value,
         )
         assert case.erased_at is not None
-    request.app.state.runtime.relay.wake()
     return ErasedOut(id=case.id, case_number=case.case_number, erased_at=case.erased_at)
 
 

@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import casekeys
 from services.intake.casefile import personal_context
 from services.intake.events import case_anonymised
-from services.intake.models import AuditEntry, Case, IdentityCorrection, ProtectionOrder, SurvivorIndex
+from services.intake.models import AuditEntry, Case, CaseTransfer, IdentityCorrection, ProtectionOrder, SurvivorIndex
 from shared.crypto import FieldCipher
+from shared.db import table_of
 from shared.scheduler import claim_due, periodic
 from shared.settings import Settings
 
@@ -61,13 +62,18 @@ async def erase(
         .where(IdentityCorrection.case_id == case.id)  # type: ignore[arg-type]
         .values(previous=None)
     )
+    await session.execute(  # a transfer's reasons may tell her circumstances: gone with the rest
+        sa.update(CaseTransfer)
+        .where(CaseTransfer.case_id == case.id)  # type: ignore[arg-type]
+        .values(reason=ERASED, decline_reason=None)
+    )
     case.personal = ERASED
     case.close_reason = None
     case.erased_at = now
     case.erasure_reason = master.encrypt(reason, personal_context(case.id, "erasure_reason"))
     session.add(case)
     await session.flush()
-    table = AuditEntry.__table__  # type: ignore[attr-defined]
+    table = table_of(AuditEntry)
     await session.execute(
         table.insert().values(
             at=now, case_id=case.id, municipality=case.municipality, sub=sub, role=role, action=f"case.erased.{cause}"

@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake.models import Case, ProtectionOrder, ReferralAccess
+from shared.db import table_of
 from shared.events import INTAKE_TOPIC, Envelope, make_event, publish
 from shared.settings import Settings
 
@@ -158,7 +159,7 @@ async def on_referral_event(session: AsyncSession, event: Envelope) -> None:
         member_id = str(data["to_member_id"])
     except (KeyError, ValueError):
         return
-    table = ReferralAccess.__table__  # type: ignore[attr-defined]
+    table = table_of(ReferralAccess)
     stage = REFERRAL_STAGES[status]
     insert = pg_insert(table).values(
         referral_id=referral_id,

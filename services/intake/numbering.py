@@ -26,6 +26,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.intake import domain
 from services.intake.models import Case, CaseCounter
 from shared.auth import Principal
+from shared.db import table_of
 
 
 def placeholder(case_id: uuid.UUID) -> str:
@@ -91,7 +92,7 @@ async def number_case(
 
 async def next_case_number(session: AsyncSession, *, municipality: str, year: int, prefix: str) -> str:
     """A number taken on its own (a transfer's new number): the counter row stays locked until commit."""
-    table = CaseCounter.__table__  # type: ignore[attr-defined]
+    table = table_of(CaseCounter)
     seq = (
         await session.execute(
             pg_insert(table)

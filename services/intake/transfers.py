@@ -20,8 +20,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import casefile, domain, numbering, service
+from services.intake import casefile, casekeys, domain, numbering, service
 from services.intake.config import IntakeConfig
+from services.intake.erasure import ERASED
 from services.intake.models import Case, CaseTransfer, SurvivorIndex
 from services.intake.schemas import (
     TransferDecline,
@@ -121,7 +122,8 @@ def transfer_out(cipher: FieldCipher, principal: Principal, transfer: CaseTransf
         )
     # The request's reason may name the survivor's circumstances: the receiver reads it once the case is hers.
     reads_reason = sender or transfer.status == "accepted"
-    reason = cipher.decrypt(transfer.reason, reason_context(transfer.id, "reason")) if reads_reason else None
+    readable = reads_reason and transfer.reason != ERASED  # an erased case's reasons are gone (erasure.py)
+    reason = cipher.decrypt(transfer.reason, reason_context(transfer.id, "reason")) if readable else None
     decline_reason = (
         cipher.decrypt(transfer.decline_reason, reason_context(transfer.id, "decline_reason"))
         if transfer.decline_reason
@@ -192,7 +194,6 @@ async def request_transfer(
         await service.record_audit(session, principal, case, "case.transfer_requested")
         await _emit(session, settings, case, transfer, "case.transfer_requested", {"requested_at": now.isoformat()})
         answer = jsonable(transfer_out(cipher, principal, transfer, case))
-    request.app.state.runtime.relay.wake()
     return JSONResponse(answer, status_code=201)
 
 
@@ -261,10 +262,11 @@ async def _rekey_survivor(
 ) -> None:
     """Name keys are keyed per municipality (shared/crypto.py): the receiving one's search and duplicate
     check find the survivor only under its own keys."""
-    personal = json.loads(cipher.decrypt(case.personal, casefile.personal_context(case.id, "personal")))
     row = await session.get(SurvivorIndex, case.id, with_for_update=True)
-    if row is None:
+    if row is None or case.erased_at is not None:  # an erased case has no index row and no identity left
         return
+    case_cipher = await casekeys.cipher_for(session, cipher, case.id)
+    personal = json.loads(case_cipher.decrypt(case.personal, casefile.personal_context(case.id, "personal")))
     row.municipality = municipality
     row.name_keys = indexer.keyed(f"{personal['first_name']} {personal['last_name']}", municipality)
     birth = personal.get("date_of_birth")
@@ -308,7 +310,6 @@ async def accept_transfer(
             {**facts, "previous_case_number": previous, "accepted_at": now.isoformat()},
         )
         answer = transfer_out(cipher, principal, transfer, case)
-    request.app.state.runtime.relay.wake()
     return answer
 
 
@@ -329,7 +330,6 @@ async def decline_transfer(
         await service.record_audit(session, principal, case, "case.transfer_declined")
         await _emit(session, settings, case, transfer, "case.transfer_declined", {"declined_at": now.isoformat()})
         answer = transfer_out(cipher, principal, transfer, case)
-    request.app.state.runtime.relay.wake()
     return answer
 
 

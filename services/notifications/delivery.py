@@ -37,6 +37,7 @@ from services.notifications.models import Alert, Delivery, Subscription
 from shared import db, observability
 from shared.app import ServiceRuntime
 from shared.crypto import FieldCipher
+from shared.listener import Listener as PgListener
 from shared.settings import Settings
 
 log = logging.getLogger("mkr.notifications")
@@ -154,41 +155,22 @@ class Notifier:
         self.deliveries_due = asyncio.Event()
 
     async def run(self, runtime: ServiceRuntime) -> None:
-        dsn = db.asyncpg_dsn(db.service_url(runtime.settings, runtime.name))
+        listener = PgListener(
+            f"{runtime.name}.notifier",
+            db.asyncpg_dsn(db.service_url(runtime.settings, runtime.name)),
+            {"mkr_alerts": self.broadcaster.notified, "mkr_deliveries": lambda _: self.deliveries_due.set()},
+            runtime.stopping,
+            on_connect=self._caught_up,
+        )
         try:
-            await self._listen(runtime, dsn)
+            await listener.run()
         finally:
             self.broadcaster.wake_all()  # open streams notice the shutdown now, not at their next heartbeat
 
-    async def _listen(self, runtime: ServiceRuntime, dsn: dict[str, object]) -> None:
-        import asyncpg
-
-        attempt = 0
-        while not runtime.stopping.is_set():
-            conn = None
-            try:
-                conn = await asyncpg.connect(**dsn, timeout=10)  # type: ignore[arg-type]
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda *_, lost=lost: lost.set())
-                await conn.add_listener("mkr_alerts", lambda *args: self.broadcaster.notified(str(args[-1] or "")))
-                await conn.add_listener("mkr_deliveries", lambda *_: self.deliveries_due.set())
-                # Whatever arrived while we were not listening is caught up now.
-                self.broadcaster.wake_all()
-                self.deliveries_due.set()
-                attempt = 0
-                while not runtime.stopping.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.warning("notification listener failed", extra={"error_class": type(exc).__name__})
-                await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), timeout=5)
+    def _caught_up(self) -> None:
+        """Whatever arrived while we were not listening is caught up now."""
+        self.broadcaster.wake_all()
+        self.deliveries_due.set()
 
 
 class SendFailed(Exception):
@@ -466,7 +448,6 @@ class DeliveryWorker:
             if error:
                 entry["error"] = error
             delivery.history = [*delivery.history, entry][-HISTORY_KEPT:]
-            published = False
             outcome = "succeeded" if ok else "retry"
             if ok:
                 delivery.state = "succeeded"
@@ -485,7 +466,6 @@ class DeliveryWorker:
                 # Never a failure about a failure: that could chase a dead endpoint for ever.
                 if delivery.event_type != domain.NOTIFICATION_FAILED:
                     await notification_failed(session, runtime.settings, delivery)
-                    published = True
             else:
                 delivery.next_attempt_at = now + timedelta(
                     seconds=domain.backoff_seconds(
@@ -496,8 +476,6 @@ class DeliveryWorker:
                 )
             session.add(delivery)
         DELIVERY_ATTEMPTS.labels(delivery.channel, outcome).inc()
-        if published:
-            runtime.relay.wake()
 
 
 Resolver = Callable[[str, int], Any]

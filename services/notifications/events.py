@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ from services.notifications.models import (
     Subscription,
 )
 from shared import observability
-from shared.app import ServiceRuntime
+from shared.db import table_of
 from shared.events import (
     INTAKE_TOPIC,
     NOTIFICATIONS_TOPIC,
@@ -42,7 +42,6 @@ from shared.events import (
     make_event,
     publish,
 )
-from shared.scheduler import claim_due, periodic
 from shared.settings import Settings
 
 log = logging.getLogger("mkr.notifications")
@@ -141,7 +140,7 @@ class EventHandler:
             "expires_at": _parse_time(data.get("expires_at")),
         }
         stmt = pg_insert(ProtectionOrder).values(**values)
-        table = ProtectionOrder.__table__  # type: ignore[attr-defined]
+        table = table_of(ProtectionOrder)
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=["order_id"],
@@ -373,7 +372,7 @@ async def _save_case_police(session: AsyncSession, event: Envelope) -> None:
         return
     if not case_id or not member_id:
         return
-    table = CasePolice.__table__  # type: ignore[attr-defined]
+    table = table_of(CasePolice)
     stmt = pg_insert(table).values(
         {"case_id": str(case_id), "municipality": event.municipality, column: str(member_id)}
     )
@@ -387,51 +386,3 @@ async def police_member_of(session: AsyncSession, case_id: str) -> str | None:
         return None
     return row.referred_member_id or row.reporting_member_id
 
-
-# --- the protection-order scheduler ---------------------------------------------------------------
-
-
-async def raise_expiring_protection_orders(runtime: ServiceRuntime, config: NotificationsConfig) -> int:
-    """Publish `case.protection_order_expiring` once per issued order within the warning window."""
-    horizon = datetime.now(UTC) + timedelta(days=config.protection_order_warning_days)
-    async with runtime.sessions() as session, session.begin():
-        due = await claim_due(
-            session,
-            sa.select(ProtectionOrder)
-            .where(
-                col(ProtectionOrder.status) == "issued",
-                col(ProtectionOrder.expiry_raised_at).is_(None),
-                col(ProtectionOrder.expires_at).is_not(None),
-                col(ProtectionOrder.expires_at) <= horizon,
-            )
-            .order_by(col(ProtectionOrder.expires_at)),
-        )
-        for order in due:
-            order.expiry_raised_at = datetime.now(UTC)
-            assert order.expires_at is not None
-            event = make_event(
-                type_=domain.PROTECTION_ORDER_EXPIRING,
-                source=SOURCE,
-                subject=order.case_id,
-                municipality=order.municipality,
-                data={
-                    "case_id": order.case_id,
-                    "case_number": order.case_number,
-                    "order_id": order.order_id,
-                    "kind": order.kind,
-                    "expires_at": order.expires_at.isoformat(),
-                    "police_member_id": await police_member_of(session, order.case_id),
-                },
-            )
-            event.id = domain.derived_event_id("po-expiring", order.order_id, order.expires_at.isoformat())
-            await publish(session, runtime.settings, NOTIFICATIONS_TOPIC, event, key=order.case_id)
-    if due:
-        runtime.relay.wake()
-    return len(due)
-
-
-def protection_order_scheduler(config: NotificationsConfig) -> Any:
-    async def scan(runtime: ServiceRuntime) -> int:
-        return await raise_expiring_protection_orders(runtime, config)
-
-    return periodic("protection_order_scheduler", scan, lambda: config.scan_seconds)

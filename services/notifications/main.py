@@ -11,7 +11,8 @@ from services.notifications import case_alerts
 from services.notifications.api import router
 from services.notifications.config import NotificationsConfig
 from services.notifications.delivery import Broadcaster, DeliveryWorker, Notifier, secret_cipher
-from services.notifications.events import CONSUMED_TOPICS, EventHandler, protection_order_scheduler
+from services.notifications.events import CONSUMED_TOPICS, EventHandler
+from services.notifications.scheduler import protection_order_scheduler
 from services.notifications.transfers import transfer_scheduler
 from shared.app import ConsumerSpec, create_service_app
 from shared.pruning import PruneTarget, pruning_job, shared_targets

@@ -8,7 +8,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
+
+
+class NotificationsTable(SQLModel, registry=registry()):
+    """Notifications' own metadata, like every service's: table names never clash with another service's when several
+    services are imported into one process (tests, the permission renderer)."""
 
 
 def _now() -> datetime:
@@ -19,7 +25,7 @@ def _tz(**kwargs: Any) -> Any:
     return Field(sa_type=sa.DateTime(timezone=True), **kwargs)  # type: ignore[call-overload]
 
 
-class AlertRuleRow(SQLModel, table=True):
+class AlertRuleRow(NotificationsTable, table=True):
     """An alert rule as data (seeded from `domain.DEFAULT_RULES`)."""
 
     __tablename__ = "alert_rules"
@@ -36,7 +42,7 @@ class AlertRuleRow(SQLModel, table=True):
     enabled: bool = True
 
 
-class Alert(SQLModel, table=True):
+class Alert(NotificationsTable, table=True):
     """One alert to one addressee; the text is rendered at read time from type + params."""
 
     __tablename__ = "alerts"
@@ -61,7 +67,7 @@ class Alert(SQLModel, table=True):
     read_at: datetime | None = _tz(default=None)
 
 
-class MemberContact(SQLModel, table=True):
+class MemberContact(NotificationsTable, table=True):
     """Projection of `member.saved`: where an institution's e-mail alerts go."""
 
     __tablename__ = "member_contacts"
@@ -73,7 +79,7 @@ class MemberContact(SQLModel, table=True):
     updated_at: datetime = _tz(default_factory=_now)
 
 
-class ShelterBeds(SQLModel, table=True):
+class ShelterBeds(NotificationsTable, table=True):
     """Projection of `shelter.availability_changed` / `shelter.full`: free beds per shelter."""
 
     __tablename__ = "shelter_free_beds"
@@ -85,7 +91,7 @@ class ShelterBeds(SQLModel, table=True):
     updated_at: datetime = _tz(default_factory=_now)
 
 
-class MunicipalityBeds(SQLModel, table=True):
+class MunicipalityBeds(NotificationsTable, table=True):
     """Whether the no-free-bed alert is raised for a municipality (once, until a bed frees up)."""
 
     __tablename__ = "municipality_bed_alerts"
@@ -95,7 +101,7 @@ class MunicipalityBeds(SQLModel, table=True):
     episode: int = 0
 
 
-class ProtectionOrder(SQLModel, table=True):
+class ProtectionOrder(NotificationsTable, table=True):
     """Projection of `case.protection_order_recorded`; the scheduler warns before `expires_at`."""
 
     __tablename__ = "expiring_orders"
@@ -110,7 +116,7 @@ class ProtectionOrder(SQLModel, table=True):
     expiry_raised_at: datetime | None = _tz(default=None)
 
 
-class CasePolice(SQLModel, table=True):
+class CasePolice(NotificationsTable, table=True):
     """The police members involved in a case: the latest one referred to (`referral.created`), the one
     that reported it (`case.reported`). An expiring protection order alerts that member, not all police."""
 
@@ -122,7 +128,7 @@ class CasePolice(SQLModel, table=True):
     reporting_member_id: str | None = None
 
 
-class Subscription(SQLModel, table=True):
+class Subscription(NotificationsTable, table=True):
     """A webhook: events of `event_types` of the owner's municipality (and member) are POSTed to `url`."""
 
     __tablename__ = "subscriptions"
@@ -141,7 +147,7 @@ class Subscription(SQLModel, table=True):
     deleted_at: datetime | None = _tz(default=None)
 
 
-class Delivery(SQLModel, table=True):
+class Delivery(NotificationsTable, table=True):
     """One event to one webhook, or one alert to one e-mail address, with its retry state."""
 
     __tablename__ = "deliveries"
@@ -169,7 +175,7 @@ class Delivery(SQLModel, table=True):
     delivered_at: datetime | None = _tz(default=None)
 
 
-class PendingTransfer(SQLModel, table=True):
+class PendingTransfer(NotificationsTable, table=True):
     """Projection of intake's transfer events: which transfers are pending since when (the scan alerts
     both coordinators once a transfer waits `transfer_pending_hours`)."""
 

@@ -22,6 +22,7 @@ from services.notifications import domain
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import Alert, CasePolice, MemberContact, PendingTransfer, ProtectionOrder
 from shared.app import ServiceRuntime
+from shared.db import table_of
 from shared.events import NOTIFICATIONS_TOPIC, Envelope, make_event, publish
 from shared.scheduler import claim_due, periodic
 
@@ -89,7 +90,7 @@ async def _project(session: AsyncSession, event: Envelope) -> None:
         requested_at=datetime.fromisoformat(str(requested_at)),
         status=status,
     )
-    table = PendingTransfer.__table__  # type: ignore[attr-defined]
+    table = table_of(PendingTransfer)
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=["transfer_id"],
@@ -161,8 +162,6 @@ async def raise_overdue_transfers(runtime: ServiceRuntime, config: Notifications
             )
             event.id = domain.derived_event_id("transfer-overdue", transfer.transfer_id)
             await publish(session, runtime.settings, NOTIFICATIONS_TOPIC, event, key=transfer.case_id)
-    if due:
-        runtime.relay.wake()
     return len(due)
 
 

@@ -78,10 +78,6 @@ def _sealer(request: Request) -> TextSealer:
     return sealer
 
 
-def _wake(request: Request) -> None:
-    request.app.state.runtime.relay.wake()
-
-
 async def member_ids_of(session: AsyncSession, principal: Principal) -> set[uuid.UUID]:
     """The directory members the caller acts for: the `member_id` claim, and for shelter staff
     also the member their shelter is (from `shelter.availability_changed`)."""
@@ -141,7 +137,6 @@ async def create_member(body: MemberIn, principal: DirectoryWriter, session: Ses
         session.add(member)
         await session.flush()
         await events.member_saved(session, request.app.state.settings, member)
-    _wake(request)
     return member_out(member)
 
 
@@ -195,7 +190,6 @@ async def _save_member(
         member.updated_at = _now()
         await session.flush()
         await events.member_saved(session, request.app.state.settings, member)
-    _wake(request)
     return member_out(member)
 
 
@@ -457,7 +451,6 @@ async def create_referral(
         session.add(referral)
         await session.flush()
         await events.referral_created(session, request.app.state.settings, referral)
-    _wake(request)
     return referral_out(referral, _sealer(request))
 
 
@@ -514,7 +507,6 @@ async def act_on_referral(
         await events.referral_status_changed(
             session, request.app.state.settings, referral, previous, principal.role.value, now
         )
-    _wake(request)
     return referral_out(referral, _sealer(request))
 
 
@@ -572,7 +564,6 @@ async def create_meeting(body: MeetingIn, principal: Coordinator, session: Sessi
         session.add(meeting)
         await session.flush()
         await events.meeting_scheduled(session, request.app.state.settings, meeting)
-    _wake(request)
     return meeting_out(meeting)
 
 
@@ -677,7 +668,6 @@ async def record_minutes(
         meeting.held = True
         await session.flush()
         await events.minutes_recorded(session, request.app.state.settings, meeting, actions)
-    _wake(request)
     return MinutesOut(meeting=meeting_out(meeting), actions=[action_out(a, sealer) for a in actions])
 
 

@@ -34,6 +34,7 @@ from services.referral.models import (
     RoutingRuleSet,
     ShelterMember,
 )
+from shared.db import table_of
 from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish, publish_many
 from shared.settings import Settings
 
@@ -354,7 +355,7 @@ async def route(
 
 
 # Statements built once (compiled once); the rows go as parameters, in one multi-row INSERT each.
-_referrals = Referral.__table__  # type: ignore[attr-defined]
+_referrals = table_of(Referral)
 _AUTO_REFERRAL_INSERT = (
     pg_insert(_referrals)
     .on_conflict_do_nothing(
@@ -362,7 +363,7 @@ _AUTO_REFERRAL_INSERT = (
     )
     .returning(_referrals.c.id)
 )
-_DECISION_INSERT = sa.insert(RoutingDecision.__table__)  # type: ignore[attr-defined]
+_DECISION_INSERT = sa.insert(table_of(RoutingDecision))
 
 
 def _auto_referral(config: ReferralConfig, case: CaseFact, decision: domain.Decision, now: datetime) -> Referral:

@@ -9,7 +9,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
+
+
+class ReferralTable(SQLModel, registry=registry()):
+    """Referral's own metadata, like every service's: table names never clash with another service's when several
+    services are imported into one process (tests, the permission renderer)."""
 
 
 def _now() -> datetime:
@@ -23,7 +29,7 @@ def _jsonb(default: Any = None) -> Any:
 TZ = sa.DateTime(timezone=True)
 
 
-class Member(SQLModel, table=True):
+class Member(ReferralTable, table=True):
     __tablename__ = "members"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -38,7 +44,7 @@ class Member(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=_now, sa_type=TZ)
 
 
-class RoutingRuleSet(SQLModel, table=True):
+class RoutingRuleSet(ReferralTable, table=True):
     __tablename__ = "routing_rules"
 
     municipality: str = Field(primary_key=True)
@@ -47,7 +53,7 @@ class RoutingRuleSet(SQLModel, table=True):
     updated_by: str
 
 
-class CaseFact(SQLModel, table=True):
+class CaseFact(ReferralTable, table=True):
     """Projection of intake's case events: coded facts only, never identities."""
 
     __tablename__ = "case_facts"
@@ -75,7 +81,7 @@ class CaseFact(SQLModel, table=True):
     reported_by_member_id: str | None = None
 
 
-class Referral(SQLModel, table=True):
+class Referral(ReferralTable, table=True):
     __tablename__ = "referrals"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -105,7 +111,7 @@ class Referral(SQLModel, table=True):
     history: list[dict[str, Any]] = _jsonb()
 
 
-class RoutingDecision(SQLModel, table=True):
+class RoutingDecision(ReferralTable, table=True):
     """Why routing did or did not refer a case to a kind: what GET /v1/cases/{id}/routing shows."""
 
     __tablename__ = "routing_decisions"
@@ -127,7 +133,7 @@ class RoutingDecision(SQLModel, table=True):
     at: datetime = Field(default_factory=_now, sa_type=TZ)
 
 
-class ShelterMember(SQLModel, table=True):
+class ShelterMember(ReferralTable, table=True):
     """Projection of `shelter.availability_changed`: which directory member a shelter is."""
 
     __tablename__ = "shelter_members"
@@ -137,7 +143,7 @@ class ShelterMember(SQLModel, table=True):
     municipality: str
 
 
-class ProtectionOrder(SQLModel, table=True):
+class ProtectionOrder(ReferralTable, table=True):
     __tablename__ = "protection_orders"
 
     order_id: uuid.UUID = Field(primary_key=True)
@@ -150,7 +156,7 @@ class ProtectionOrder(SQLModel, table=True):
     expires_at: datetime | None = Field(default=None, sa_type=TZ)
 
 
-class Placement(SQLModel, table=True):
+class Placement(ReferralTable, table=True):
     __tablename__ = "placements"
 
     placement_id: uuid.UUID = Field(primary_key=True)
@@ -163,7 +169,7 @@ class Placement(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, sa_type=TZ)
 
 
-class RentBonus(SQLModel, table=True):
+class RentBonus(ReferralTable, table=True):
     __tablename__ = "rent_bonuses"
 
     application_id: uuid.UUID = Field(primary_key=True)
@@ -175,7 +181,7 @@ class RentBonus(SQLModel, table=True):
     months: int = 0
 
 
-class RentBonusPayment(SQLModel, table=True):
+class RentBonusPayment(ReferralTable, table=True):
     __tablename__ = "rent_bonus_payments"
 
     payment_id: uuid.UUID = Field(primary_key=True)
@@ -187,7 +193,7 @@ class RentBonusPayment(SQLModel, table=True):
     paid_at: datetime | None = Field(default=None, sa_type=TZ)
 
 
-class EtnMeeting(SQLModel, table=True):
+class EtnMeeting(ReferralTable, table=True):
     __tablename__ = "etn_meetings"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -203,7 +209,7 @@ class EtnMeeting(SQLModel, table=True):
     created_at: datetime = Field(default_factory=_now, sa_type=TZ)
 
 
-class PlanAction(SQLModel, table=True):
+class PlanAction(ReferralTable, table=True):
     __tablename__ = "plan_actions"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -221,7 +227,7 @@ class PlanAction(SQLModel, table=True):
     overdue_raised_at: datetime | None = Field(default=None, sa_type=TZ)
 
 
-class CaseTransfer(SQLModel, table=True):
+class CaseTransfer(ReferralTable, table=True):
     """Projection of `case.transferred`: each accepted move of a case (reports' `cases.transferred_in`)."""
 
     __tablename__ = "case_transfers"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from sqlmodel import col
 
 from services.referral import events
 from services.referral.config import ReferralConfig
@@ -30,11 +31,11 @@ async def raise_missed_acknowledgements(runtime: ServiceRuntime) -> int:
             session,
             sa.select(Referral)
             .where(
-                Referral.status == "pending",  # type: ignore[arg-type]
-                Referral.sla_breached_at.is_(None),  # type: ignore[union-attr]
-                Referral.ack_due_at < now,  # type: ignore[arg-type]
+                col(Referral.status) == "pending",
+                col(Referral.sla_breached_at).is_(None),
+                col(Referral.ack_due_at) < now,
             )
-            .order_by(Referral.ack_due_at),  # type: ignore[arg-type]
+            .order_by(col(Referral.ack_due_at)),
         )
         for referral in rows:
             referral.sla_breached_at = now
@@ -52,11 +53,11 @@ async def raise_overdue_plan_actions(runtime: ServiceRuntime) -> int:
             session,
             sa.select(PlanAction)
             .where(
-                PlanAction.status == "open",  # type: ignore[arg-type]
-                PlanAction.overdue_raised_at.is_(None),  # type: ignore[union-attr]
-                PlanAction.due_date < today,  # type: ignore[arg-type]
+                col(PlanAction.status) == "open",
+                col(PlanAction.overdue_raised_at).is_(None),
+                col(PlanAction.due_date) < today,
             )
-            .order_by(PlanAction.due_date),  # type: ignore[arg-type]
+            .order_by(col(PlanAction.due_date)),
         )
         for action in rows:
             action.overdue_raised_at = now

@@ -10,10 +10,11 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from services.shelter import domain, events
-from services.shelter.config import ShelterConfig
 from services.shelter.contact import ContactSealer
+from services.shelter.context import await_case, config_of, known_case, text_sealer_of
 from services.shelter.models import CaseProjection, DirectoryMember, Placement, Shelter
 from services.shelter.schemas import (
     AvailabilityUpdate,
@@ -26,10 +27,10 @@ from services.shelter.schemas import (
 )
 from shared import idempotency
 from shared.auth import ALL_ROLES, Principal, Role, allow, require_own_municipality
-from shared.db import SessionDep
+from shared.db import SessionDep, table_of
 from shared.errors import Problem, conflict, forbidden, invalid, not_found
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
-from shared.projection import PROJECTION_RESPONSES, ProjectionBehind, require_known, row_exists
+from shared.projection import PROJECTION_RESPONSES
 from shared.sealed import TextSealer
 
 router = APIRouter(prefix="/v1", tags=["shelters"])
@@ -38,14 +39,8 @@ Anyone = Annotated[Principal, Depends(allow(ALL_ROLES))]
 Registrar = Annotated[Principal, Depends(allow(Role.admin, Role.coordinator))]
 BedKeeper = Annotated[Principal, Depends(allow(Role.shelter_staff, Role.coordinator))]
 
-SHELTERS = Shelter.__table__  # type: ignore[attr-defined]
-PLACEMENTS = Placement.__table__  # type: ignore[attr-defined]
-CASES = CaseProjection.__table__  # type: ignore[attr-defined]
-
-
-def config_of(request: Request) -> ShelterConfig:
-    config: ShelterConfig = request.app.state.shelter_config
-    return config
+SHELTERS = table_of(Shelter)
+PLACEMENTS = table_of(Placement)
 
 
 def _now() -> datetime:
@@ -67,12 +62,6 @@ def works_at(principal: Principal, shelter_id: uuid.UUID) -> bool:
 
 def sealer_of(request: Request) -> ContactSealer:
     sealer: ContactSealer = request.app.state.shelter_sealer
-    return sealer
-
-
-def text_sealer_of(request: Request) -> TextSealer:
-    """Free text at rest (discharge and decision reasons): sealed like names (shared/sealed.py)."""
-    sealer: TextSealer = request.app.state.text_sealer
     return sealer
 
 
@@ -163,7 +152,6 @@ async def register_shelter(
         session.add(shelter)
         await session.flush()
         await events.availability_changed(session, request.app.state.settings, shelter, previous_free_beds=free)
-    request.app.state.runtime.relay.wake()
     response.headers["ETag"] = domain.etag(shelter.version)
     response.headers["Location"] = f"/v1/shelters/{shelter.id}"
     return shelter_out(shelter, principal, sealer_of(request))
@@ -248,36 +236,11 @@ async def update_availability(
         await session.flush()
         if previous != shelter.free_beds:
             await events.availability_changed(session, request.app.state.settings, shelter, previous_free_beds=previous)
-    request.app.state.runtime.relay.wake()
     response.headers["ETag"] = domain.etag(shelter.version)
     return shelter_out(shelter, principal, sealer_of(request))
 
 
 # --- placements ----------------------------------------------------------------------------------
-
-
-async def await_case(session: AsyncSession, request: Request, case_id: uuid.UUID) -> None:
-    """Read-your-writes (shared/projection.py), where the case is required (`MKR_SHELTER_REQUIRE_KNOWN_CASE`):
-    wait for the projection, else 409 with Retry-After. Otherwise an unknown case is accepted at once, so a
-    broker outage never blocks an emergency placement."""
-    if config_of(request).require_known_case:
-        wait = request.app.state.settings.projection_wait_seconds
-        await require_known(session, row_exists(CASES.c.case_id, case_id), wait_seconds=wait)
-
-
-async def known_case(
-    session: AsyncSession, case_id: uuid.UUID, municipality: str, config: ShelterConfig
-) -> CaseProjection | None:
-    """The projected case for a new placement or application, or None while intake's event has not arrived
-    (allowed unless configured); 409 while the case is closed."""
-    case = await session.get(CaseProjection, case_id)
-    if case is not None and case.municipality != municipality:
-        raise not_found("case")
-    if case is None and config.require_known_case:
-        raise ProjectionBehind("case")  # the wait before the transaction (await_case) ran out
-    if case is not None and case.closed_at is not None:
-        raise conflict("The case is closed; reopen it at intake first.")
-    return case
 
 
 def placement_out(placement: Placement, case: CaseProjection | None, sealer: TextSealer) -> PlacementOut:
@@ -316,29 +279,17 @@ async def place(
         raise invalid(["body", "adults"], "a placement needs at least one bed")
     if body.planned_until < date.today():
         raise invalid(["body", "planned_until"], "planned_until may not be in the past")
-    body_hash = idempotency.request_hash(body)
-    scope = principal.municipality
-    replayed = False
+    once = idempotency.IdempotentRequest.of(
+        scope=principal.municipality, caller=principal.sub, key=idempotency_key, body=body
+    )
     await await_case(session, request, body.case_id)
     async with session.begin():
-        if idempotency_key is not None and not await idempotency.claim(
-            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        ):
-            replayed = True
-        else:
+        if await once.claim(session):
             placement, out = await _take_beds(session, body, principal, request, beds)
-            if idempotency_key is not None:
-                await idempotency.remember(
-                    session, scope=scope, caller=principal.sub, key=idempotency_key, status_code=201, answer=out
-                )
-    if replayed:
-        assert idempotency_key is not None
-        return await idempotency.replay(
-            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        )
-    request.app.state.runtime.relay.wake()
-    response.headers["Location"] = f"/v1/placements/{placement.id}"
-    return out
+            await once.remember(session, 201, out)
+            response.headers["Location"] = f"/v1/placements/{placement.id}"
+            return out
+    return await once.replay(session)
 
 
 async def _take_beds(
@@ -447,7 +398,6 @@ async def discharge(
         assert shelter is not None
         if before != shelter.free_beds:
             await events.availability_changed(session, settings, shelter, previous_free_beds=before)
-    request.app.state.runtime.relay.wake()
     return placement_out(placement, case, text_sealer_of(request))
 
 
@@ -467,7 +417,7 @@ async def list_placements(
         PLACEMENT_ORDER.decode(cursor)  # a bad cursor is a 422 whatever the filter
     stmt = (
         sa.select(Placement, CaseProjection)
-        .outerjoin(CaseProjection, CaseProjection.case_id == PLACEMENTS.c.case_id)  # type: ignore[arg-type]
+        .outerjoin(CaseProjection, col(CaseProjection.case_id) == PLACEMENTS.c.case_id)
     )
     if principal.role is Role.shelter_staff:
         own = _uuid_or_none(principal.shelter_id)

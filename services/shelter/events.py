@@ -21,6 +21,7 @@ from services.shelter.models import (
     RentBonusPayment,
     Shelter,
 )
+from shared.db import table_of
 from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish
 from shared.settings import Settings
 
@@ -187,7 +188,7 @@ def make_handler(settings: Settings) -> Callable[[AsyncSession, Envelope], Await
             "needs": needs,
             "children_count": children if isinstance(children, int) else None,
         }
-        table = CaseProjection.__table__  # type: ignore[attr-defined]
+        table = table_of(CaseProjection)
         stmt = pg_insert(table).values(**values)
         await session.execute(
             stmt.on_conflict_do_update(
@@ -209,7 +210,7 @@ async def _member_saved(session: AsyncSession, event: Envelope) -> None:
     member_id, kind, active = data.get("member_id"), data.get("kind"), data.get("active")
     if not isinstance(member_id, str) or not isinstance(kind, str) or not isinstance(active, bool):
         return
-    table = DirectoryMember.__table__  # type: ignore[attr-defined]
+    table = table_of(DirectoryMember)
     stmt = pg_insert(table).values(
         member_id=member_id, municipality=event.municipality, kind=kind, active=active, saved_at=event.time
     )
@@ -236,5 +237,5 @@ async def _closed(session: AsyncSession, event: Envelope) -> None:
             closed_at = event.time
         if closed_at.tzinfo is None:
             closed_at = event.time
-    table = CaseProjection.__table__  # type: ignore[attr-defined]
+    table = table_of(CaseProjection)
     await session.execute(sa.update(table).where(table.c.case_id == case_id).values(closed_at=closed_at))

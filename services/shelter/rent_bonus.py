@@ -14,12 +14,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shelter import domain, events
-from services.shelter.api import await_case, config_of, known_case, text_sealer_of
+from services.shelter.context import await_case, config_of, known_case, text_sealer_of
 from services.shelter.models import CaseProjection, RentBonusApplication, RentBonusBudget, RentBonusPayment
 from services.shelter.schemas import ApplicationCreate, ApplicationOut, BudgetIn, BudgetOut, Decision, PaymentOut
 from shared import idempotency
 from shared.auth import Principal, Role, allow, require_own_municipality
-from shared.db import SessionDep
+from shared.db import SessionDep, table_of
 from shared.errors import Problem, conflict, invalid, not_found
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
 from shared.projection import PROJECTION_RESPONSES
@@ -34,9 +34,9 @@ BudgetReader = Annotated[Principal, Depends(allow(Role.housing_officer, Role.coo
 Year = Annotated[int, Path(ge=2000, le=2100)]
 MunicipalityPath = Annotated[str, Path(pattern=SLUG_PATTERN)]
 
-APPS = RentBonusApplication.__table__  # type: ignore[attr-defined]
-PAYMENTS = RentBonusPayment.__table__  # type: ignore[attr-defined]
-BUDGETS = RentBonusBudget.__table__  # type: ignore[attr-defined]
+APPS = table_of(RentBonusApplication)
+PAYMENTS = table_of(RentBonusPayment)
+BUDGETS = table_of(RentBonusBudget)
 
 
 def _now() -> datetime:
@@ -126,23 +126,16 @@ async def apply(
     """Submit an application (pending). With `Idempotency-Key`, a retry returns the first application."""
     require_own_municipality(principal, body.municipality)
     await await_case(session, request, body.case_id)
-    if idempotency_key is None:
-        async with session.begin():
-            return await _submit(session, body, principal, request)
     # Its own scope: a key a caller also used for a placement is not mistaken for this request.
-    scope, body_hash = f"{body.municipality}:rent-bonus", idempotency.request_hash(body)
-    async with session.begin():
-        if await idempotency.claim(
-            session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
-        ):
-            out = await _submit(session, body, principal, request)
-            await idempotency.remember(
-                session, scope=scope, caller=principal.sub, key=idempotency_key, status_code=201, answer=out
-            )
-            return out
-    return await idempotency.replay(
-        session, scope=scope, caller=principal.sub, key=idempotency_key, body_hash=body_hash
+    once = idempotency.IdempotentRequest.of(
+        scope=f"{body.municipality}:rent-bonus", caller=principal.sub, key=idempotency_key, body=body
     )
+    async with session.begin():
+        if await once.claim(session):
+            out = await _submit(session, body, principal, request)
+            await once.remember(session, 201, out)
+            return out
+    return await once.replay(session)
 
 
 async def _submit(
@@ -226,6 +219,30 @@ async def _lock_budget(session: AsyncSession, municipality: str, year: int) -> R
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def _require_budget(session: AsyncSession, municipality: str, start: date, months: int, amount: Decimal) -> None:
+    """409 unless each calendar year's budget has room for its share of the approval.
+
+    Budget rows are locked in year order: concurrent decisions queue here and never deadlock."""
+    for year, share in domain.commitment_by_year(start, months, amount).items():
+        budget = await _lock_budget(session, municipality, year)
+        if budget is None:
+            raise conflict(
+                f"No rent-bonus budget is set for {year}.",
+                type_="https://mkr.al/problems/budget-exhausted",
+                year=year,
+            )
+        committed, _ = await _committed(session, municipality, year)
+        left = domain.remaining(budget.amount, committed)
+        if share > left:
+            raise conflict(
+                f"The {year} budget has {left} left; this approval needs {share}.",
+                type_="https://mkr.al/problems/budget-exhausted",
+                year=year,
+                remaining=str(left),
+                needed=str(share),
+            )
+
+
 @router.post("/applications/{application_id}/decision", response_model=ApplicationOut)
 async def decide(
     application_id: uuid.UUID, body: Decision, principal: HousingOfficer, session: SessionDep, request: Request
@@ -248,25 +265,7 @@ async def decide(
                 raise conflict("The case is closed; reopen it at intake first, or reject the application.")
             assert body.monthly_amount is not None and body.start_month is not None and body.months is not None
             start = domain.parse_month(body.start_month)
-            # Budget rows locked in year order: concurrent decisions queue here and never deadlock.
-            for year, share in domain.commitment_by_year(start, body.months, body.monthly_amount).items():
-                budget = await _lock_budget(session, app.municipality, year)
-                if budget is None:
-                    raise conflict(
-                        f"No rent-bonus budget is set for {year}.",
-                        type_="https://mkr.al/problems/budget-exhausted",
-                        year=year,
-                    )
-                committed, _ = await _committed(session, app.municipality, year)
-                left = domain.remaining(budget.amount, committed)
-                if share > left:
-                    raise conflict(
-                        f"The {year} budget has {left} left; this approval needs {share}.",
-                        type_="https://mkr.al/problems/budget-exhausted",
-                        year=year,
-                        remaining=str(left),
-                        needed=str(share),
-                    )
+            await _require_budget(session, app.municipality, start, body.months, body.monthly_amount)
             months = domain.payment_months(start, body.months)
             for month in months:
                 session.add(
@@ -290,7 +289,6 @@ async def decide(
         case = await session.get(CaseProjection, app.case_id)
         await events.rent_bonus_decided(session, request.app.state.settings, app, case.case_number if case else None)
         out = await _application_out(session, app, text_sealer_of(request))
-    request.app.state.runtime.relay.wake()
     return out
 
 
@@ -328,7 +326,6 @@ async def pay(payment_id: uuid.UUID, principal: HousingOfficer, session: Session
             case_number=case.case_number if case else None,
             paid_at=now,
         )
-    request.app.state.runtime.relay.wake()
     return _payment_out(payment)
 
 

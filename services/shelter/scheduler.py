@@ -12,14 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.shelter import events
 from services.shelter.config import ShelterConfig
 from services.shelter.models import CaseProjection, RentBonusApplication, RentBonusPayment
+from shared.db import table_of
 from shared.scheduler import claim_due, periodic
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.app import ServiceRuntime
 
-APPS = RentBonusApplication.__table__  # type: ignore[attr-defined]
-PAYMENTS = RentBonusPayment.__table__  # type: ignore[attr-defined]
+APPS = table_of(RentBonusApplication)
+PAYMENTS = table_of(RentBonusPayment)
 
 
 async def _case_number(session: AsyncSession, case_id: object) -> str | None:

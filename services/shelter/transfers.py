@@ -16,12 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shelter.models import CaseProjection, Placement, RentBonusApplication, RentBonusPayment
+from shared.db import table_of
 from shared.events import Envelope
 
-CASES = CaseProjection.__table__  # type: ignore[attr-defined]
-PLACEMENTS = Placement.__table__  # type: ignore[attr-defined]
-APPS = RentBonusApplication.__table__  # type: ignore[attr-defined]
-PAYMENTS = RentBonusPayment.__table__  # type: ignore[attr-defined]
+CASES = table_of(CaseProjection)
+PLACEMENTS = table_of(Placement)
+APPS = table_of(RentBonusApplication)
+PAYMENTS = table_of(RentBonusPayment)
 
 
 async def on_case_transferred(session: AsyncSession, event: Envelope) -> None:

@@ -229,3 +229,25 @@ async def test_transfer_list_pages_by_cursor_newest_first(places: Places) -> Non
     assert second.json()["next_cursor"] is None
     ids = [t["id"] for t in first.json()["items"] + second.json()["items"]]
     assert ids == list(reversed(made))
+
+
+async def test_erasing_a_case_removes_its_transfer_reasons(places: Places) -> None:
+    """A transfer's reasons can tell the survivor's circumstances: an erasure takes them with the rest."""
+    stack = places.stack
+    case = await _case(places)
+    transfer = (await _request(places, case["id"], reason="Fled to her aunt in Pogradec")).json()
+    receiver = stack.auth("coordinator", places.receiver)
+    declined = await stack.intake.post(
+        f"/v1/transfers/{transfer['id']}/decline", json={"reason": "Aunt's flat is known to him"}, headers=receiver
+    )
+    assert declined.status_code == 200, declined.text
+    sender = stack.auth("coordinator", places.sender)
+    erased = await stack.intake.post(
+        f"/v1/cases/{case['id']}/erase", json={"reason": "Her lawful request"}, headers=sender
+    )
+    assert erased.status_code == 200, erased.text
+    outgoing = await stack.intake.get("/v1/transfers", params={"direction": "outgoing"}, headers=sender)
+    assert outgoing.status_code == 200, outgoing.text
+    [mine] = [t for t in outgoing.json()["items"] if t["id"] == transfer["id"]]
+    assert mine["reason"] is None and mine["decline_reason"] is None
+    assert mine["case_number"] == case["case_number"]

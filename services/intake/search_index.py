@@ -1,0 +1,174 @@
+"""Duplicates and case search over the survivor index: keyed trigrams compared in SQL, and the key census."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.auth import Principal, Role
+
+# --- duplicates and search: keyed trigrams compared in SQL -------------------------------------------------
+#
+# A name is a set of keyed trigrams (shared/crypto.py). Both searches ask for names holding at least
+# `need` of the query's n keys: the duplicate search because Jaccard(A, B) >= t implies |A ∩ B| >= t·|A ∪ B|
+# >= t·n, the case search because its score is |A ∩ B| / n. By pigeonhole, such a name holds at least one
+# of ANY n - need + 1 of the query's keys, so the GIN index is probed with only that many keys — the
+# rarest ones by the key census, looked up first — and no match is missed whatever the census says (a
+# stale census only makes the probe wider). The probe keys are a plain parameter, so the planner sees
+# them. Scores are then computed once per remaining row, and `cases` is joined only for the rows returned.
+
+KEY_COUNTS_SQL = (
+    "SELECT key, survivors FROM survivor_key_counts WHERE municipality = :m AND key = ANY(CAST(:keys AS text[]))"
+)
+SHARED_KEYS = "(SELECT count(*) FROM unnest(s.name_keys) AS k WHERE k = ANY(CAST(:keys AS text[])))"
+
+
+def probe_size(n: int, share: float) -> int:
+    """How many of a query's n keys the index must be probed with so that no name sharing
+    at least ⌈share·n⌉ of them is missed (pigeonhole): n - ⌈share·n⌉ + 1."""
+    need = max(1, math.ceil(share * n - 1e-9))
+    return max(1, n - need + 1)
+
+
+def rarest(keys: list[str], counts: dict[str, int], share: float) -> list[str]:
+    """The keys to probe the index with: the `probe_size` rarest by the census (unknown keys count as rare)."""
+    return sorted(keys, key=lambda key: (counts.get(key, 0), key))[: probe_size(len(keys), share)]
+
+
+async def probe_keys(session: AsyncSession, municipality: str, keys: list[str], share: float) -> list[str]:
+    """The probe keys of a query, and plans made for them: a prepared statement's generic plan cannot see
+    which keys (or how rare) it will be probed with, and measured twice as slow (asyncpg prepares every
+    statement, and PostgreSQL switches to the generic plan after five executions)."""
+    await session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    rows = await session.execute(sa.text(KEY_COUNTS_SQL), {"m": municipality, "keys": keys})
+    return rarest(keys, {key: survivors for key, survivors in rows.all()}, share)
+
+
+DUPLICATES_SQL = f"""
+    WITH candidates AS (
+        SELECT s.case_id, s.birth_date_key, cardinality(s.name_keys) AS size, o.shared
+        FROM survivor_index s CROSS JOIN LATERAL {SHARED_KEYS} AS o(shared)
+        WHERE s.municipality = :m
+          AND s.name_keys && CAST(:probe AS text[])
+          AND s.case_id <> :exclude
+          AND (CAST(:by AS int) IS NULL OR s.birth_year IS NULL
+               OR s.birth_year BETWEEN CAST(:by AS int) - 1 AND CAST(:by AS int) + 1)
+    ), scored AS (
+        SELECT case_id, birth_date_key, shared::float / (size + :n - shared) AS name_score FROM candidates
+    ), top AS (
+        SELECT case_id,
+               LEAST(1.0, name_score + CASE WHEN birth_date_key = :bdk THEN 0.1 ELSE 0 END) AS score
+        FROM scored WHERE name_score >= :threshold
+    )
+    SELECT c.id, c.case_number, t.score FROM top t JOIN cases c ON c.id = t.case_id
+    WHERE CAST(:everything AS boolean)
+       OR c.reported_by_sub = :viewer_sub
+       OR (CAST(:viewer_member AS text) IS NOT NULL AND (
+            c.reported_by_member_id = CAST(:viewer_member AS text)
+            OR EXISTS (SELECT 1 FROM referral_access a
+                       WHERE a.case_id = c.id AND a.member_id = CAST(:viewer_member AS text)
+                         AND a.status IN ('pending', 'acknowledged', 'accepted', 'completed'))))
+    ORDER BY t.score DESC, c.reported_at DESC, c.id
+    LIMIT :limit
+    """
+
+
+@dataclass(frozen=True)
+class Match:
+    id: uuid.UUID
+    case_number: str
+    score: float
+
+
+async def possible_duplicates(
+    session: AsyncSession,
+    *,
+    viewer: Principal,
+    municipality: str,
+    keys: list[str],
+    birth_year: int | None,
+    birth_date_key: str | None,
+    exclude: uuid.UUID,
+    threshold: float,
+    limit: int,
+) -> list[Match]:
+    """Earlier cases whose survivor's name is similar (Jaccard of keyed trigrams) and birth year fits,
+    among those `viewer` may read (CONTRACT §2: no oracle of who has a case elsewhere)."""
+    if not keys:
+        return []
+    params = {
+        "keys": keys,
+        "n": len(keys),
+        "probe": await probe_keys(session, municipality, keys, threshold),
+        "m": municipality,
+        "exclude": exclude,
+        "by": birth_year,
+        "bdk": birth_date_key,
+        "threshold": threshold,
+        "limit": limit,
+        "everything": viewer.role is Role.coordinator,
+        "viewer_sub": viewer.sub,
+        "viewer_member": viewer.member_id if viewer.is_institution else None,
+    }
+    rows = (await session.execute(sa.text(DUPLICATES_SQL), params)).all()
+    return [Match(row.id, row.case_number, round(float(row.score), 3)) for row in rows]
+
+
+# The census keeps no exact count per key at rest: each is rounded up to a power of two (1, 2, 4, 8, …),
+# enough to tell rare keys from common ones. Rounding up is monotonic, so the probe stays correct.
+CENSUS_BUCKET = "CAST(power(2, ceil(log(2.0, GREATEST({count}, 1)::numeric))) AS int)"
+
+
+def census_bucket(count: int) -> int:
+    """What the census stores for `count` survivors holding a key: the power of two at or above it."""
+    return 1 << max(0, count - 1).bit_length()
+
+
+async def count_survivor_keys(session: AsyncSession) -> list[str]:
+    """Recount the key census of each municipality whose number of survivors changed since its last count.
+
+    One replica at a time (a transaction-scoped advisory lock; the others skip). Returns the
+    municipalities recounted."""
+    got = await session.scalar(sa.text("SELECT pg_try_advisory_xact_lock(hashtext('mkr.intake.key_census'))"))
+    if not got:
+        return []
+    stale = (
+        await session.execute(
+            sa.text(
+                """
+                SELECT s.municipality, count(*) AS survivors
+                FROM survivor_index s LEFT JOIN survivor_key_census c ON c.municipality = s.municipality
+                GROUP BY s.municipality, c.survivors
+                HAVING c.survivors IS DISTINCT FROM count(*)
+                """
+            )
+        )
+    ).all()
+    for municipality, _ in stale:
+        await session.execute(sa.text("DELETE FROM survivor_key_counts WHERE municipality = :m"), {"m": municipality})
+        await session.execute(
+            sa.text(
+                f"""
+                INSERT INTO survivor_key_counts (municipality, key, survivors)
+                SELECT :m, k, {CENSUS_BUCKET.format(count="count(*)")} FROM survivor_index s, unnest(s.name_keys) AS k
+                WHERE s.municipality = :m GROUP BY k
+                """
+            ),
+            {"m": municipality},
+        )
+        await session.execute(
+            sa.text(
+                """
+                INSERT INTO survivor_key_census (municipality, survivors, counted_at)
+                SELECT :m, count(*), now() FROM survivor_index WHERE municipality = :m
+                ON CONFLICT (municipality) DO UPDATE
+                SET survivors = EXCLUDED.survivors, counted_at = EXCLUDED.counted_at
+                """
+            ),
+            {"m": municipality},
+        )
+    return [municipality for municipality, _ in stale]
