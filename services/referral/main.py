@@ -6,7 +6,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.referral import plan_actions
 from services.referral.api import router
 from services.referral.config import ReferralConfig
 from services.referral.events import CONSUMED_TOPICS, make_handler
@@ -23,7 +22,7 @@ def create_app(settings: Settings | None = None, config: ReferralConfig | None =
     app = create_service_app(
         name="referral",
         settings=settings,
-        routers=[router, plan_actions.router],
+        routers=[router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("routing", CONSUMED_TOPICS, make_handler(settings, config))],
         background=[deadline_scheduler(config), pruning_job(settings, shared_targets(settings, idempotency=False))],
