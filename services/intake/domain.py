@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from shared.auth import Principal, Role
+from shared.vocab import AgeGroup
 
 # DOMAIN.md "The risk screen": the defaults; a municipality may replace them (risk_screen_configs).
 DEFAULT_QUESTIONS: tuple[tuple[str, bool], ...] = (
@@ -75,12 +76,15 @@ def age_on(birth: date, day: date) -> int:
 
 
 def age_group(age: int | None) -> str:
+    """The report's age group (shared.vocab.AgeGroup) of an age."""
     if age is None or age < 0:
-        return "unknown"
-    for upper, label in ((11, "0-11"), (17, "12-17"), (24, "18-24"), (39, "25-39"), (59, "40-59")):
+        return AgeGroup.unknown.value
+    bounds = ((11, AgeGroup.child), (17, AgeGroup.adolescent), (24, AgeGroup.young_adult), (39, AgeGroup.adult),
+              (59, AgeGroup.middle_aged))  # fmt: skip
+    for upper, group in bounds:
         if age <= upper:
-            return label
-    return "60+"
+            return group.value
+    return AgeGroup.older.value
 
 
 def case_prefix(municipality: str, configured: dict[str, str]) -> str:
