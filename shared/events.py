@@ -10,19 +10,34 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError
 from prometheus_client import Counter
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, PrivateAttr, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import observability
-from shared.contracts import EVENT_TYPES, EventContracts, EventRejected, contracts_for
+from shared.contracts import (
+    ALL_TOPICS,
+    EVENT_TYPES,
+    INTAKE_TOPIC,
+    NOTIFICATIONS_TOPIC,
+    REFERRAL_TOPIC,
+    SCHEMA_VERSION,
+    SHELTER_TOPIC,
+    TOPIC_SOURCES,
+    EventContracts,
+    EventData,
+    EventRejected,
+    contracts_for,
+    validate_data,
+)
+from shared.contracts.instant import EnvelopeInstant
 from shared.kafka import client_options, group_membership, leave_group
 from shared.listener import Listener
 from shared.observability import (
@@ -37,12 +52,6 @@ from shared.settings import Settings
 
 log = logging.getLogger("mkr.events")
 
-INTAKE_TOPIC = "mkr.intake.events"
-REFERRAL_TOPIC = "mkr.referral.events"
-SHELTER_TOPIC = "mkr.shelter.events"
-NOTIFICATIONS_TOPIC = "mkr.notifications.events"
-ALL_TOPICS = (INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, NOTIFICATIONS_TOPIC)
-SCHEMA_VERSION = 1
 # Events a consumer refused to apply (shared/contracts): `reason` is one of contracts.REJECTION_REASONS.
 EVENTS_REJECTED = Counter("mkr_events_rejected_total", "Events rejected unapplied by a consumer", ["reason"])
 # Rejected records are kept in processed_events under an id derived from their position, never under the
@@ -52,18 +61,54 @@ _REJECTED_NAMESPACE = uuid.UUID("5b0c8a52-6f3e-4c1e-9d55-2f1d0e7a9c31")
 
 
 class Envelope(BaseModel):
-    """CloudEvents-style envelope; `source` + `id` identify an event for de-duplication."""
+    """A CloudEvents 1.0 event in structured JSON mode (CONTRACT §9); `source` + `id` identify it.
 
+    `municipality`, `schemaversion` and `traceparent` are extension attributes (lower-case letters and
+    digits only). The former `schema_version` is still read, for one release; it is written as
+    `schemaversion`.
+    """
+
+    specversion: Literal["1.0"] = "1.0"
     id: uuid.UUID = Field(default_factory=uuid.uuid4)
     type: str
     source: str
-    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    time: EnvelopeInstant = Field(default_factory=lambda: datetime.now(UTC))
     subject: str
     municipality: str
-    schema_version: int = SCHEMA_VERSION
+    schemaversion: int = Field(
+        default=SCHEMA_VERSION, validation_alias=AliasChoices("schemaversion", "schema_version")
+    )
+    datacontenttype: Literal["application/json"] = "application/json"
     data: dict[str, Any] = Field(default_factory=dict)
     # CloudEvents distributed-tracing extension: the W3C trace context of the change (only with tracing on).
     traceparent: str | None = Field(default=None, max_length=128, exclude_if=lambda value: value is None)
+    # The data as its contract model, once validated (by the consumer's check or by typed()).
+    _typed: EventData | None = PrivateAttr(default=None)
+
+    def typed(self) -> EventData:
+        """`data` as the model of this event's type (shared/contracts); EventRejected if it is not one."""
+        if self._typed is None:
+            known = EVENT_TYPES.get(self.type)
+            if known is None:
+                raise EventRejected("unknown_type")
+            self._typed = validate_data(known[1], self.data)
+        return self._typed
+
+
+def event_of(
+    data: EventData, *, subject: str, municipality: str, event_id: uuid.UUID | None = None
+) -> Envelope:
+    """The envelope of a typed event: its type, and its `source` (the topic's service), come from the model."""
+    envelope = Envelope(
+        id=event_id or uuid.uuid4(),
+        type=data.TYPE,
+        source=TOPIC_SOURCES[data.TOPIC],
+        subject=subject,
+        municipality=municipality,
+        data=data.model_dump(mode="json", exclude_unset=True),
+    )
+    envelope._typed = data
+    return envelope
 
 
 # Tables every service carries in its own database (created by its first migration).
@@ -174,23 +219,51 @@ async def publish_many(
     session: AsyncSession, settings: Settings, topic: str, events: Sequence[tuple[Envelope, str]]
 ) -> None:
     """`publish` for several events in one statement; they get outbox ids (so go out) in the given order."""
-    if not events:
+    await _insert_outbox(session, settings, [(topic, event, key) for event, key in events])
+
+
+async def _insert_outbox(
+    session: AsyncSession, settings: Settings, rows: Sequence[tuple[str, Envelope, str]]
+) -> None:
+    if not rows:
         return
     if (traceparent := observability.current_traceparent()) is not None:
-        for event, _ in events:
+        for _, event, _ in rows:
             event.traceparent = event.traceparent or traceparent
     await session.execute(
         _OUTBOX_INSERT,
         [
             {"event_id": event.id, "topic": settings.topic(topic), "key": key, "payload": event.model_dump_json()}
-            for event, key in events
+            for topic, event, key in rows
         ],
     )
+
+
+async def emit(
+    session: AsyncSession,
+    settings: Settings,
+    data: EventData,
+    *,
+    subject: str,
+    municipality: str,
+    key: str | None = None,
+    event_id: uuid.UUID | None = None,
+) -> Envelope:
+    """Publish a typed event (the producers' one way): on its model's topic, keyed by `key` (else `subject`)."""
+    envelope = event_of(data, subject=subject, municipality=municipality, event_id=event_id)
+    await publish_events(session, settings, [(envelope, key or subject)])
+    return envelope
+
+
+async def publish_events(session: AsyncSession, settings: Settings, events: Sequence[tuple[Envelope, str]]) -> None:
+    """`publish_many` for contract events (with their keys): each on the topic of its type, in one statement."""
+    await _insert_outbox(session, settings, [(EVENT_TYPES[event.type][0], event, key) for event, key in events])
 
 
 def make_event(
     *, type_: str, source: str, subject: str, municipality: str, data: dict[str, Any]
 ) -> Envelope:
+    """An envelope of untyped data (tests and tools; the services publish typed events with `emit`)."""
     return Envelope(type=type_, source=source, subject=subject, municipality=municipality, data=data)
 
 
@@ -870,7 +943,7 @@ class EventConsumer:
             return EventRejected("malformed")
         if self.contracts is not None:
             try:
-                self.contracts.check(record.topic, event)
+                event._typed = self.contracts.check(record.topic, event)
             except EventRejected as rejected:
                 return rejected
         return event
@@ -940,6 +1013,17 @@ class EventConsumer:
                 return
             except asyncio.CancelledError:
                 raise
+            except EventRejected as why:
+                # A poison event that passed the envelope's check (its handler found it unusable): the same
+                # rule as for one refused on arrival — recorded as rejected with its reason, counted, not retried.
+                await self._record(event, status=f"rejected:{why.reason}")
+                EVENTS_REJECTED.labels(why.reason).inc()
+                EVENTS_CONSUMED.labels(self.name, "rejected").inc()
+                log.warning(
+                    f"event rejected: {why.reason}",
+                    extra={"consumer": self.name, "event_id": str(event.id), "event_type": event.type},
+                )
+                return
             except Exception as exc:
                 if _is_outage(exc):
                     raise  # the database is away: recreate the consumer, the event comes again
@@ -1048,8 +1132,11 @@ __all__ = [
     "OutboxRelay",
     "broker_reachable",
     "create_event_tables",
+    "emit",
     "ensure_topics",
+    "event_of",
     "make_event",
     "publish",
+    "publish_events",
     "publish_many",
 ]

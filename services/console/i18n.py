@@ -14,7 +14,10 @@ from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 
 LOCALE_DIR = Path(__file__).parent / "locale"
-LANGUAGES = ("sq", "en")
+LANGUAGES = ("sq", "en", "sr")
+# The catalogue's language as Babel and HTML name it: Serbian in Latin script (the profile's other language).
+BABEL_LOCALES = {"sq": "sq", "en": "en", "sr": "sr_Latn"}
+HTML_LANGS = {"sq": "sq", "en": "en", "sr": "sr-Latn"}
 DEFAULT_LANGUAGE = "sq"
 TIMEZONE = ZoneInfo("Europe/Tirane")
 
@@ -23,7 +26,7 @@ TIMEZONE = ZoneInfo("Europe/Tirane")
 def catalogue(language: str) -> dict[str, str]:
     path = LOCALE_DIR / language / "LC_MESSAGES" / "messages.po"
     with path.open("rb") as handle:
-        catalog = read_po(handle, locale=language)
+        catalog = read_po(handle, locale=BABEL_LOCALES.get(language, language))
     texts: dict[str, str] = {}
     for message in catalog:
         if message.id and isinstance(message.id, str) and isinstance(message.string, str) and message.string:
@@ -59,6 +62,8 @@ class Translator:
     def __init__(self, language: str) -> None:
         self.language = language if language in LANGUAGES else DEFAULT_LANGUAGE
         self._texts = catalogue(self.language)
+        self.locale = BABEL_LOCALES[self.language]
+        self.html_lang = HTML_LANGS[self.language]
 
     def gettext(self, message: str, **values: Any) -> str:
         text = self._texts.get(message, message)
@@ -71,8 +76,8 @@ class Translator:
         if isinstance(moment, datetime):
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=ZoneInfo("UTC"))
-            return format_datetime(moment, "dd.MM.yyyy HH:mm", tzinfo=TIMEZONE, locale=self.language)
-        return format_date(moment, "dd.MM.yyyy", locale=self.language)
+            return format_datetime(moment, "dd.MM.yyyy HH:mm", tzinfo=TIMEZONE, locale=self.locale)
+        return format_date(moment, "dd.MM.yyyy", locale=self.locale)
 
     def date(self, value: str | date | None) -> str:
         moment = _parse(value)
@@ -82,13 +87,13 @@ class Translator:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=ZoneInfo("UTC"))
             moment = moment.astimezone(TIMEZONE).date()
-        return format_date(moment, "dd.MM.yyyy", locale=self.language)
+        return format_date(moment, "dd.MM.yyyy", locale=self.locale)
 
     def money(self, value: str | float | int | None) -> str:
         if value in (None, ""):
             return ""
         try:
-            return format_decimal(float(value), format="#,##0.##", locale=self.language) + " ALL"  # type: ignore[arg-type]
+            return format_decimal(float(value), format="#,##0.##", locale=self.locale) + " ALL"  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return str(value)
 
@@ -117,4 +122,4 @@ def _parse(value: str | date | datetime | None) -> date | datetime | None:
         return None
 
 
-LANG_NAMES = {"sq": "Shqip", "en": "English"}
+LANG_NAMES = {"sq": "Shqip", "en": "English", "sr": "Srpski"}

@@ -66,6 +66,29 @@ class SecurityHeaders:
         await self.app(scope, receive, _send)
 
 
+def _install_error_pages(app: FastAPI) -> None:
+    """No sign-in: to /login; a refused form or page: a readable 403; the API's refusals as pages."""
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, _: SignInRequired) -> Response:
+        return redirect("/login")
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, _: Forbidden) -> Response:
+        t = translator(request)
+        return render(request, "message.html", status=403, message=t.gettext("You are not allowed to do this."),
+                      details=[], back="/")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> Response:
+        if error.status == 401:
+            return redirect("/login")
+        t = translator(request)
+        status = error.status if 400 <= error.status < 500 else 502
+        return render(request, "message.html", status=status, message=api_message(t, error),
+                      details=api_details(error), back="/")
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -115,24 +138,7 @@ def create_app(
 def _install_console_errors(app: FastAPI) -> None:
     """The console answers pages, not problem+json: sign-in redirects, and a message page for refusals."""
 
-    @app.exception_handler(SignInRequired)
-    async def _sign_in(request: Request, _: SignInRequired) -> Response:
-        return redirect("/login")
-
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, _: Forbidden) -> Response:
-        t = translator(request)
-        return render(request, "message.html", status=403, message=t.gettext("You are not allowed to do this."),
-                      details=[], back="/")
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, error: ApiError) -> Response:
-        if error.status == 401:
-            return redirect("/login")
-        t = translator(request)
-        status = error.status if 400 <= error.status < 500 else 502
-        return render(request, "message.html", status=status, message=api_message(t, error),
-                      details=api_details(error), back="/")
+    _install_error_pages(app)
 
 
 def _install_probes(app: FastAPI) -> None:

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
 
-from services.console.i18n import LANG_NAMES, Translator, choose_language
+from services.console.i18n import HTML_LANGS, LANG_NAMES, Translator, choose_language
 from services.console.session import COOKIE, LANG_COOKIE, Session, SessionCodec
 from services.console.upstream import ApiError, Upstream
 from shared.settings import Settings
@@ -65,16 +65,18 @@ def current_session(request: Request) -> Session | None:
     return cached  # type: ignore[no-any-return]
 
 
-def signed_in(request: Request) -> Session:
-    session = current_session(request)
-    if session is None or not session.signed_in:
-        raise SignInRequired
-    return session
-
-
-def require_role(session: Session, *roles: str) -> None:
-    if session.role not in roles:
-        raise Forbidden
+def case_href_prefix(session: Session | None) -> str:
+    """Where an alert about a case leads, by role: a page the person can open (CONTRACT §2). Shelter staff
+    never read intake records: their view of the case (referrals to them, placements there); the housing
+    office: the case's rent-bonus records; the auditor and the admin read no case at all."""
+    role = session.role if session is not None else None
+    if role == "shelter_staff":
+        return "/shelter/cases/"
+    if role == "housing_officer":
+        return "/rent-bonus/cases/"
+    if role in ("auditor", "admin", None):
+        return ""
+    return "/cases/"
 
 
 def nav_for(session: Session | None) -> list[tuple[str, str]]:
@@ -84,9 +86,11 @@ def nav_for(session: Session | None) -> list[tuple[str, str]]:
     items: list[tuple[str, str]] = [("/", "Home")]
     if role == "coordinator":
         items += [("/cases", "Cases"), ("/meetings", "Meetings"), ("/directory", "Directory"),
-                  ("/reports", "Reports"), ("/rent-bonus", "Rent bonus")]
+                  ("/routing-rules", "Routing rules"), ("/reports", "Reports"), ("/rent-bonus", "Rent bonus")]
     elif role in INSTITUTION_ROLES:
-        items += [("/report", "Report a case")]
+        items += [("/report", "Report a case"), ("/plan-actions", "Plan actions")]
+    elif role == "housing_officer":
+        items += [("/rent-bonus/budgets", "Budgets")]
     elif role == "auditor":
         items += [("/reports", "Reports")]
     items.append(("/inbox", "Inbox"))
@@ -122,9 +126,11 @@ def render(
         t=t,
         lang=t.language,
         languages=LANG_NAMES,
+        html_langs=HTML_LANGS,
         session=session,
         csrf=session.csrf,
         nav=nav_for(session),
+        case_href=case_href_prefix(session if session.signed_in else None),
         path=request.url.path,
         **context,
     )

@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 
 from shared import profiles
 from shared.auth import Principal, Role
+from shared.vocab import AgeGroup
 
 
 # DOMAIN.md "The risk screen": the defaults are the country profile's (shared/profiles/<name>.toml); a
@@ -71,12 +72,15 @@ def age_on(birth: date, day: date) -> int:
 
 
 def age_group(age: int | None) -> str:
+    """The report's age group (shared.vocab.AgeGroup) of an age."""
     if age is None or age < 0:
-        return "unknown"
-    for upper, label in ((11, "0-11"), (17, "12-17"), (24, "18-24"), (39, "25-39"), (59, "40-59")):
+        return AgeGroup.unknown.value
+    bounds = ((11, AgeGroup.child), (17, AgeGroup.adolescent), (24, AgeGroup.young_adult), (39, AgeGroup.adult),
+              (59, AgeGroup.middle_aged))  # fmt: skip
+    for upper, group in bounds:
         if age <= upper:
-            return label
-    return "60+"
+            return group.value
+    return AgeGroup.older.value
 
 
 def case_prefix(municipality: str, configured: dict[str, str]) -> str:

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake.models import Case, ProtectionOrder, ReferralAccess
+from shared.contracts import events as contract
 from shared.db import table_of
-from shared.events import INTAKE_TOPIC, Envelope, make_event, publish
+from shared.dispatch import EventHandlers, Received
+from shared.events import emit
 from shared.settings import Settings
+from shared.vocab import MemberKind, RiskLevel
 
-SOURCE = "mkr/intake"
 
-
-async def _emit(
-    session: AsyncSession, settings: Settings, case: Case, type_: str, data: dict[str, Any]
-) -> uuid.UUID:
-    event = make_event(
-        type_=type_,
-        source=SOURCE,
-        subject=str(case.id),
-        municipality=case.municipality,
-        data={"case_id": str(case.id), "case_number": case.case_number, **data},
-    )
-    await publish(session, settings, INTAKE_TOPIC, event, key=str(case.id))
-    return event.id
+async def _emit(session: AsyncSession, settings: Settings, case: Case, data: contract.CaseEventData) -> uuid.UUID:
+    envelope = await emit(session, settings, data, subject=str(case.id), municipality=case.municipality)
+    return envelope.id
 
 
 async def case_reported(
@@ -37,30 +28,27 @@ async def case_reported(
     """The event's id (the case number in it may still be the placeholder; see services/intake/numbering.py)."""
     facts = case.facts
     children = facts.get("children", [])
-    return await _emit(
-        session,
-        settings,
-        case,
-        "case.reported",
-        {
-            "source": case.source,
-            "reported_at": case.reported_at.isoformat(),
-            "risk_level": case.risk_level,
-            "sex": facts.get("sex"),
-            "age_group": facts.get("age_group", "unknown"),
-            "ethnicity": facts.get("ethnicity"),
-            "disability": facts.get("disability"),
-            "violence_types": facts.get("violence_types", []),
-            "perpetrator_relationship": facts.get("perpetrator_relationship"),
-            "needs": facts.get("needs", []),
-            "children_count": len(children),
-            "children_ages": [child["age"] for child in children],
-            "consent_share_with": share_with,
-            "reported_by_role": case.reported_by_role,
-            "reported_by_member_id": case.reported_by_member_id,
-            "pending_duplicates": pending_duplicates,
-        },
+    data = contract.CaseReported(
+        case_id=case.id,
+        case_number=case.case_number,
+        source=case.source,
+        reported_at=case.reported_at,
+        risk_level=RiskLevel(case.risk_level),
+        sex=facts.get("sex"),
+        age_group=facts.get("age_group", "unknown"),
+        ethnicity=facts.get("ethnicity"),
+        disability=facts.get("disability"),
+        violence_types=facts.get("violence_types", []),
+        perpetrator_relationship=facts.get("perpetrator_relationship"),
+        needs=facts.get("needs", []),
+        children_count=len(children),
+        children_ages=[child["age"] for child in children],
+        consent_share_with=[MemberKind(kind) for kind in share_with],
+        reported_by_role=case.reported_by_role,
+        reported_by_member_id=case.reported_by_member_id,
+        pending_duplicates=pending_duplicates,
     )
+    return await _emit(session, settings, case, data)
 
 
 async def case_risk_assessed(
@@ -72,59 +60,59 @@ async def case_risk_assessed(
     yes_count: int,
     red_flags: list[str],
 ) -> None:
-    await _emit(
-        session,
-        settings,
-        case,
-        "case.risk_assessed",
-        {
-            "risk_level": case.risk_level,
-            "previous_risk_level": previous,
-            "yes_count": yes_count,
-            "red_flags": red_flags,
-        },
+    data = contract.CaseRiskAssessed(
+        case_id=case.id,
+        case_number=case.case_number,
+        risk_level=RiskLevel(case.risk_level),
+        previous_risk_level=RiskLevel(previous),
+        yes_count=yes_count,
+        red_flags=red_flags,
     )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    await _emit(session, settings, case, data)
 
 
 async def protection_order_recorded(
     session: AsyncSession, settings: Settings, case: Case, order: ProtectionOrder
 ) -> None:
-    await _emit(
-        session,
-        settings,
-        case,
-        "case.protection_order_recorded",
-        {
-            "order_id": str(order.id),
-            "kind": order.kind,
-            "status": order.status,
-            "issued_at": _iso(order.issued_at),
-            "expires_at": _iso(order.expires_at),
-        },
+    data = contract.ProtectionOrderRecorded(
+        case_id=case.id,
+        case_number=case.case_number,
+        order_id=order.id,
+        kind=order.kind,
+        status=order.status,
+        issued_at=order.issued_at,
+        expires_at=order.expires_at,
     )
+    await _emit(session, settings, case, data)
 
 
 async def consent_changed(
     session: AsyncSession, settings: Settings, case: Case, *, share_with: list[str], withdrawn: list[str]
 ) -> None:
-    await _emit(session, settings, case, "case.consent_changed", {"share_with": share_with, "withdrawn": withdrawn})
+    data = contract.ConsentChanged(
+        case_id=case.id,
+        case_number=case.case_number,
+        share_with=[MemberKind(kind) for kind in share_with],
+        withdrawn=[MemberKind(kind) for kind in withdrawn],
+    )
+    await _emit(session, settings, case, data)
 
 
 async def case_closed(session: AsyncSession, settings: Settings, case: Case) -> None:
-    await _emit(session, settings, case, "case.closed", {"closed_at": _iso(case.closed_at)})
+    data = contract.CaseClosed(case_id=case.id, case_number=case.case_number, closed_at=case.closed_at)
+    await _emit(session, settings, case, data)
 
 
 async def case_reopened(session: AsyncSession, settings: Settings, case: Case) -> None:
-    await _emit(session, settings, case, "case.reopened", {})
+    await _emit(session, settings, case, contract.CaseReopened(case_id=case.id, case_number=case.case_number))
 
 
 async def case_anonymised(session: AsyncSession, settings: Settings, case: Case, *, cause: str) -> None:
     """The case was erased (`request`) or passed retention (`retention`): every service erases its free text."""
-    await _emit(session, settings, case, "case.anonymised", {"cause": cause, "erased_at": _iso(case.erased_at)})
+    data = contract.CaseAnonymised(
+        case_id=case.id, case_number=case.case_number, cause=cause, erased_at=case.erased_at  # type: ignore[arg-type]
+    )
+    await _emit(session, settings, case, data)
 
 
 async def risk_review_requested(
@@ -132,13 +120,14 @@ async def risk_review_requested(
 ) -> None:
     """A reassessment by someone other than the coordinator would have lowered the level: kept, not
     applied, and the coordinator asked to review it (CONTRACT §2)."""
-    await _emit(
-        session,
-        settings,
-        case,
-        "case.risk_review_requested",
-        {"risk_level": case.risk_level, "proposed_risk_level": proposed, "assessed_by_role": assessed_by_role},
+    data = contract.RiskReviewRequested(
+        case_id=case.id,
+        case_number=case.case_number,
+        risk_level=RiskLevel(case.risk_level),
+        proposed_risk_level=RiskLevel(proposed),
+        assessed_by_role=assessed_by_role,
     )
+    await _emit(session, settings, case, data)
 
 
 async def case_links_changed(
@@ -153,13 +142,15 @@ async def case_links_changed(
 ) -> None:
     """`case.linked` / `case.unlinked`: the case's state after the coordinator's duplicate decision (or its
     undoing). Flags and counts only: never which other case, let alone whose (CONTRACT §10)."""
-    assert type_ in ("case.linked", "case.unlinked")
+    model = {"case.linked": contract.CaseLinked, "case.unlinked": contract.CaseUnlinked}[type_]
     await _emit(
         session,
         settings,
         case,
-        type_,
-        {"repeat": repeat_of is not None, "linked_count": linked_count, "pending_duplicates": pending_duplicates},
+        model(
+            case_id=case.id, case_number=case.case_number, repeat=repeat_of is not None,
+            linked_count=linked_count, pending_duplicates=pending_duplicates,
+        ),
     )
 
 
@@ -168,28 +159,22 @@ async def case_links_changed(
 REFERRAL_STAGES = {"pending": 0, "acknowledged": 1, "accepted": 2, "completed": 3, "declined": 3, "cancelled": 3}
 
 
-async def on_referral_event(session: AsyncSession, event: Envelope) -> None:
+async def _referral_access(
+    session: AsyncSession, event: Received[contract.ReferralCreated] | Received[contract.ReferralStatusChanged]
+) -> None:
     """`referral.created` and `referral.status_changed` → what each referral lets its institution read.
 
     Idempotent (an upsert) and order-safe: a referral's row only moves to a later stage of its life cycle."""
-    if event.type not in ("referral.created", "referral.status_changed"):
-        return
     data = event.data
-    status = str(data.get("status") or ("pending" if event.type == "referral.created" else ""))
+    status = data.status
     if status not in REFERRAL_STAGES:
-        return
-    try:
-        referral_id = uuid.UUID(str(data["referral_id"]))
-        case_id = uuid.UUID(str(data["case_id"]))
-        member_id = str(data["to_member_id"])
-    except (KeyError, ValueError):
         return
     table = table_of(ReferralAccess)
     stage = REFERRAL_STAGES[status]
     insert = pg_insert(table).values(
-        referral_id=referral_id,
-        case_id=case_id,
-        member_id=member_id,
+        referral_id=data.referral_id,
+        case_id=data.case_id,
+        member_id=data.to_member_id,
         status=status,
         stage=stage,
         updated_at=datetime.now(UTC),
@@ -202,3 +187,9 @@ async def on_referral_event(session: AsyncSession, event: Envelope) -> None:
             where=table.c.stage < insert.excluded.stage,
         )
     )
+
+
+# Intake's consumer: who may see a case, from referral's events.
+on_referral_event = EventHandlers(
+    {contract.ReferralCreated: _referral_access, contract.ReferralStatusChanged: _referral_access}
+)

@@ -10,12 +10,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from shared.paging import Page
-
-
-class Sex(StrEnum):
-    female = "female"
-    male = "male"
-    other = "other"
+from shared.vocab import MemberKind, RiskLevel, Sex
 
 
 class Ethnicity(StrEnum):
@@ -74,27 +69,6 @@ class Need(StrEnum):
     housing = "housing"
     childcare = "childcare"
     protection_order = "protection_order"
-
-
-class RiskLevel(StrEnum):
-    low = "low"
-    medium = "medium"
-    high = "high"
-
-
-class MemberKind(StrEnum):
-    police = "police"
-    social_services = "social_services"
-    child_protection = "child_protection"
-    health = "health"
-    education = "education"
-    employment = "employment"
-    legal_aid = "legal_aid"
-    ngo = "ngo"
-    shelter = "shelter"
-    housing = "housing"
-    prosecution = "prosecution"
-    court = "court"
 
 
 class CaseStatus(StrEnum):

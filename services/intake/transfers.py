@@ -33,16 +33,16 @@ from services.intake.schemas import (
     jsonable,
 )
 from shared.auth import Principal, Role, allow
+from shared.contracts import events as contract
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import SessionDep
 from shared.errors import conflict, forbidden, invalid, not_found
-from shared.events import INTAKE_TOPIC, make_event, publish
+from shared.events import emit
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["transfers"])
 Coordinator = Annotated[Principal, Depends(allow(Role.coordinator))]
-SOURCE = "mkr/intake"
 CLOCK_SKEW = timedelta(minutes=2)
 
 
@@ -81,19 +81,23 @@ def coded_facts(case: Case) -> dict[str, Any]:
 
 
 async def _emit(
-    session: AsyncSession, settings: Settings, case: Case, transfer: CaseTransfer, type_: str, data: dict[str, Any]
+    session: AsyncSession,
+    settings: Settings,
+    case: Case,
+    transfer: CaseTransfer,
+    model: type[contract.TransferEventData],
+    data: dict[str, Any],
 ) -> None:
     payload = {
-        "case_id": str(case.id),
+        "case_id": case.id,
         "case_number": case.case_number,
-        "transfer_id": str(transfer.id),
+        "transfer_id": transfer.id,
         "from_municipality": transfer.from_municipality,
         "to_municipality": transfer.to_municipality,
         "risk_level": case.risk_level,
         **data,
     }
-    event = make_event(type_=type_, source=SOURCE, subject=str(case.id), municipality=case.municipality, data=payload)
-    await publish(session, settings, INTAKE_TOPIC, event, key=str(case.id))
+    await emit(session, settings, model.model_validate(payload), subject=str(case.id), municipality=case.municipality)
 
 
 # --- shaping a transfer for the caller ------------------------------------------------------------
@@ -192,7 +196,7 @@ async def request_transfer(
         session.add(transfer)
         await session.flush()
         await service.record_audit(session, principal, case, "case.transfer_requested")
-        await _emit(session, settings, case, transfer, "case.transfer_requested", {"requested_at": now.isoformat()})
+        await _emit(session, settings, case, transfer, contract.TransferRequested, {"requested_at": now.isoformat()})
         answer = jsonable(transfer_out(cipher, principal, transfer, case))
     return JSONResponse(answer, status_code=201)
 
@@ -306,7 +310,7 @@ async def accept_transfer(
         share_with, _ = service.current_consent((await service.case_records(session, case.id)).consents)
         facts = {**coded_facts(case), "consent_share_with": share_with}
         await _emit(
-            session, settings, case, transfer, "case.transferred",
+            session, settings, case, transfer, contract.CaseTransferred,
             {**facts, "previous_case_number": previous, "accepted_at": now.isoformat()},
         )
         answer = transfer_out(cipher, principal, transfer, case)
@@ -328,7 +332,7 @@ async def decline_transfer(
         session.add(transfer)
         await session.flush()
         await service.record_audit(session, principal, case, "case.transfer_declined")
-        await _emit(session, settings, case, transfer, "case.transfer_declined", {"declined_at": now.isoformat()})
+        await _emit(session, settings, case, transfer, contract.TransferDeclined, {"declined_at": now.isoformat()})
         answer = transfer_out(cipher, principal, transfer, case)
     return answer
 

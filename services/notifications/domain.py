@@ -17,6 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from shared import profiles
+from shared.contracts import events as ev
 
 Severity = Literal["info", "warning", "critical"]
 Channel = Literal["inbox", "email"]
@@ -26,44 +27,45 @@ Language = profiles.Language
 DELIVERY_STATES = ("pending", "succeeded", "dead", "cancelled")
 
 # Events this service publishes itself (mkr.notifications.events); it consumes them too.
-PROTECTION_ORDER_EXPIRING = "case.protection_order_expiring"
-NO_FREE_BED = "shelter.none_available"
-NOTIFICATION_FAILED = "notification.failed"
-TRANSFER_OVERDUE = "case.transfer_overdue"
+PROTECTION_ORDER_EXPIRING = ev.ProtectionOrderExpiring.TYPE
+NO_FREE_BED = ev.NoFreeBed.TYPE
+NOTIFICATION_FAILED = ev.NotificationFailed.TYPE
+TRANSFER_OVERDUE = ev.TransferOverdue.TYPE
 
 # What a subscription may name in `event_types` (CONTRACT §9 and the services' agreement).
 SUBSCRIBABLE_EVENT_TYPES = frozenset(
-    {
-        "case.reported",
-        "case.risk_assessed",
-        "case.risk_review_requested",
-        "case.protection_order_recorded",
-        "case.consent_changed",
-        "case.closed",
-        "case.reopened",
-        "case.transfer_requested",
-        "case.transferred",
-        "case.transfer_declined",
-        TRANSFER_OVERDUE,
-        "member.saved",
-        "referral.created",
-        "referral.status_changed",
-        "referral.sla_breached",
-        "mechanism.gap",
-        "etn.meeting_scheduled",
-        "etn.minutes_recorded",
-        "plan.action_overdue",
-        "shelter.availability_changed",
-        "shelter.full",
-        "placement.started",
-        "placement.ended",
-        "rent_bonus.decided",
-        "rent_bonus.payment_due",
-        "rent_bonus.ending",
-        NOTIFICATION_FAILED,
-        PROTECTION_ORDER_EXPIRING,
-        NO_FREE_BED,
-    }
+    model.TYPE
+    for model in (
+        ev.CaseReported,
+        ev.CaseRiskAssessed,
+        ev.RiskReviewRequested,
+        ev.ProtectionOrderRecorded,
+        ev.ConsentChanged,
+        ev.CaseClosed,
+        ev.CaseReopened,
+        ev.MemberSaved,
+        ev.ReferralCreated,
+        ev.ReferralStatusChanged,
+        ev.ReferralSlaBreached,
+        ev.MechanismGap,
+        ev.MeetingScheduled,
+        ev.MinutesRecorded,
+        ev.PlanActionOverdue,
+        ev.ShelterAvailabilityChanged,
+        ev.ShelterFull,
+        ev.PlacementStarted,
+        ev.PlacementEnded,
+        ev.RentBonusDecided,
+        ev.RentBonusPaymentDue,
+        ev.RentBonusEnding,
+        ev.TransferRequested,
+        ev.CaseTransferred,
+        ev.TransferDeclined,
+        ev.TransferOverdue,
+        ev.NotificationFailed,
+        ev.ProtectionOrderExpiring,
+        ev.NoFreeBed,
+    )
 )
 
 # Alert parameters copied from event data: coded facts and case numbers only, never identities.
@@ -124,10 +126,10 @@ EMERGENCY = {"urgency": {"in": ["emergency"]}}
 NOT_EMERGENCY = {"urgency": {"not_in": ["emergency"]}}
 
 DEFAULT_RULES: tuple[AlertRule, ...] = (
-    AlertRule("case.reported", "case.high_risk", "role", "coordinator", "critical", condition=HIGH, priority=10),
+    AlertRule(ev.CaseReported.TYPE, "case.high_risk", "role", "coordinator", "critical", condition=HIGH, priority=10),
     # Every other new case still reaches the coordinator, quietly.
     AlertRule(
-        "case.reported",
+        ev.CaseReported.TYPE,
         "case.new",
         "role",
         "coordinator",
@@ -136,7 +138,7 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         priority=20,
     ),
     AlertRule(
-        "case.risk_assessed",
+        ev.CaseRiskAssessed.TYPE,
         "case.high_risk",
         "role",
         "coordinator",
@@ -145,16 +147,16 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         priority=10,
     ),
     # A reassessment that would have lowered the level (by anyone but the coordinator): review it.
-    AlertRule("case.risk_review_requested", "case.risk_review", "role", "coordinator", "warning", priority=10),
+    AlertRule(ev.RiskReviewRequested.TYPE, "case.risk_review", "role", "coordinator", "warning", priority=10),
     AlertRule(
-        "referral.created", "referral.new", "member", "to_member_id", "critical", ("inbox", "email"), EMERGENCY, 10
+        ev.ReferralCreated.TYPE, "referral.new", "member", "to_member_id", "critical", ("inbox", "email"), EMERGENCY, 10
     ),
     AlertRule(
-        "referral.created", "referral.new", "member", "to_member_id", "info", ("inbox", "email"), NOT_EMERGENCY, 20
+        ev.ReferralCreated.TYPE, "referral.new", "member", "to_member_id", "info", ("inbox", "email"), NOT_EMERGENCY, 20
     ),
-    AlertRule("referral.sla_breached", "referral.sla_breached", "role", "coordinator", "critical", priority=10),
+    AlertRule(ev.ReferralSlaBreached.TYPE, "referral.sla_breached", "role", "coordinator", "critical", priority=10),
     AlertRule(
-        "referral.sla_breached",
+        ev.ReferralSlaBreached.TYPE,
         "referral.sla_breached",
         "member",
         "to_member_id",
@@ -167,9 +169,9 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
     AlertRule(
         PROTECTION_ORDER_EXPIRING, "protection_order.expiring", "member", "police_member_id", "warning", priority=10
     ),
-    AlertRule("plan.action_overdue", "plan.action_overdue", "role", "coordinator", "warning", priority=10),
+    AlertRule(ev.PlanActionOverdue.TYPE, "plan.action_overdue", "role", "coordinator", "warning", priority=10),
     AlertRule(
-        "plan.action_overdue",
+        ev.PlanActionOverdue.TYPE,
         "plan.action_overdue",
         "member",
         "responsible_member_id",
@@ -177,13 +179,13 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         ("inbox", "email"),
         priority=10,
     ),
-    AlertRule("shelter.full", "shelter.full", "role", "coordinator", "warning", priority=10),
+    AlertRule(ev.ShelterFull.TYPE, "shelter.full", "role", "coordinator", "warning", priority=10),
     AlertRule(NO_FREE_BED, "shelter.none_available", "role", "coordinator", "critical", priority=10),
-    AlertRule("rent_bonus.ending", "rent_bonus.ending", "role", "housing_officer", "info", priority=10),
-    AlertRule("rent_bonus.ending", "rent_bonus.ending", "role", "coordinator", "info", priority=10),
-    AlertRule("rent_bonus.payment_due", "rent_bonus.payment_due", "role", "housing_officer", "warning", priority=10),
-    AlertRule("rent_bonus.payment_due", "rent_bonus.payment_due", "role", "coordinator", "warning", priority=10),
-    AlertRule("mechanism.gap", "mechanism.gap", "role", "coordinator", "warning", priority=10),
+    AlertRule(ev.RentBonusEnding.TYPE, "rent_bonus.ending", "role", "housing_officer", "info", priority=10),
+    AlertRule(ev.RentBonusEnding.TYPE, "rent_bonus.ending", "role", "coordinator", "info", priority=10),
+    AlertRule(ev.RentBonusPaymentDue.TYPE, "rent_bonus.payment_due", "role", "housing_officer", "warning", priority=10),
+    AlertRule(ev.RentBonusPaymentDue.TYPE, "rent_bonus.payment_due", "role", "coordinator", "warning", priority=10),
+    AlertRule(ev.MechanismGap.TYPE, "mechanism.gap", "role", "coordinator", "warning", priority=10),
     AlertRule(NOTIFICATION_FAILED, "notification.failed", "role", "coordinator", "warning", priority=10),
 )
 

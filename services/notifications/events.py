@@ -32,35 +32,20 @@ from services.notifications.models import (
     Subscription,
 )
 from shared import observability
+from shared.contracts import ALL_TOPICS, EventData
+from shared.contracts import events as contract
 from shared.db import table_of
-from shared.events import (
-    INTAKE_TOPIC,
-    NOTIFICATIONS_TOPIC,
-    REFERRAL_TOPIC,
-    SHELTER_TOPIC,
-    Envelope,
-    make_event,
-    publish,
-)
+from shared.dispatch import EventHandlers, Received
+from shared.events import Envelope, emit
 from shared.settings import Settings
 
 log = logging.getLogger("mkr.notifications")
 
-SOURCE = "mkr/notifications"
-CONSUMED_TOPICS = (INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, NOTIFICATIONS_TOPIC)
+# Every topic, its own included.
+CONSUMED_TOPICS = ALL_TOPICS
 # Alert inserts are serialized so that `seq` order is commit order (the SSE stream resumes by seq).
 ALERT_INSERT_LOCK = 7310401
 ALERTS_RAISED = Counter("mkr_alerts_raised_total", "Inbox alerts raised", ["type", "severity"])
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _uuid_or_none(value: Any) -> uuid.UUID | None:
@@ -84,91 +69,47 @@ def _rule(row: AlertRuleRow) -> domain.AlertRule:
 
 
 class EventHandler:
-    """The consumer's handler: projections, alerts, e-mail and webhook delivery rows."""
+    """The consumer's handler: projections (typed, by event model), then for every event its alerts, e-mail
+    and webhook delivery rows (alert rules and subscriptions are data, matched by event type)."""
 
     def __init__(self, settings: Settings, config: NotificationsConfig) -> None:
         self.settings = settings
         self.config = config
+        self.registry = EventHandlers(
+            {
+                contract.MemberSaved: _save_member,
+                contract.ProtectionOrderRecorded: _save_protection_order,
+                contract.ShelterAvailabilityChanged: self._save_beds,
+                contract.ShelterFull: self._save_beds,
+                contract.CaseReported: _save_reporting_police,
+                contract.ReferralCreated: _save_referred_police,
+                contract.TransferRequested: _on_transfer,
+                contract.CaseTransferred: _on_transfer,
+                contract.TransferDeclined: _on_transfer,
+                contract.TransferOverdue: _on_transfer,
+            },
+            every=self._alert_and_deliver,
+            topics=CONSUMED_TOPICS,
+        )
 
     async def __call__(self, session: AsyncSession, event: Envelope) -> None:
-        data = event.data
-        if event.type == "member.saved":
-            await self._save_member(session, event)
-        elif event.type == "case.protection_order_recorded":
-            await self._save_protection_order(session, event)
-        elif event.type in ("shelter.availability_changed", "shelter.full"):
-            await self._save_beds(session, event)
-        elif event.type in ("case.reported", "referral.created"):
-            await _save_case_police(session, event)
-        elif event.type in transfers.TRANSFER_EVENTS:
-            await transfers.on_transfer_event(session, event)
-        await self._raise_alerts(session, event, data)
-        await self._queue_webhooks(session, event)
+        await self.registry(session, event)
+
+    async def _alert_and_deliver(self, session: AsyncSession, event: Received[EventData]) -> None:
+        await self._raise_alerts(session, event.envelope, event.envelope.data)
+        await self._queue_webhooks(session, event.envelope)
 
     # --- projections ---------------------------------------------------------------------------
 
-    async def _save_member(self, session: AsyncSession, event: Envelope) -> None:
-        member_id = event.data.get("member_id")
-        if not member_id:
-            return
-        values = {
-            "member_id": str(member_id),
-            "municipality": event.municipality,
-            "kind": event.data.get("kind"),
-            "email": event.data.get("email") or None,
-            "updated_at": datetime.now(UTC),
-        }
-        stmt = pg_insert(MemberContact).values(**values)
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["member_id"],
-                set_={k: stmt.excluded[k] for k in ("municipality", "kind", "email", "updated_at")},
-            )
-        )
-
-    async def _save_protection_order(self, session: AsyncSession, event: Envelope) -> None:
+    async def _save_beds(
+        self, session: AsyncSession, event: Received[contract.ShelterAvailability]
+    ) -> None:
         data = event.data
-        if not data.get("order_id") or not data.get("case_id"):
-            return
-        values = {
-            "order_id": str(data["order_id"]),
-            "case_id": str(data["case_id"]),
-            "case_number": data.get("case_number"),
-            "municipality": event.municipality,
-            "kind": data.get("kind"),
-            "status": str(data.get("status") or "issued"),
-            "expires_at": _parse_time(data.get("expires_at")),
-        }
-        stmt = pg_insert(ProtectionOrder).values(**values)
-        table = table_of(ProtectionOrder)
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["order_id"],
-                set_={
-                    **{k: stmt.excluded[k] for k in ("case_number", "kind", "status", "expires_at")},
-                    # A renewed order (new expiry) is warned about again.
-                    "expiry_raised_at": sa.case(
-                        (table.c.expires_at.is_distinct_from(stmt.excluded.expires_at), None),
-                        else_=table.c.expiry_raised_at,
-                    ),
-                },
-            )
-        )
-
-    async def _save_beds(self, session: AsyncSession, event: Envelope) -> None:
-        data = event.data
-        shelter_id = data.get("shelter_id")
-        if not shelter_id:
-            return
-        try:
-            free_beds = max(0, int(data.get("free_beds") or 0))
-        except (TypeError, ValueError):
-            free_beds = 0
         stmt = pg_insert(ShelterBeds).values(
-            shelter_id=str(shelter_id),
+            shelter_id=str(data.shelter_id),
             municipality=event.municipality,
-            member_id=str(data["member_id"]) if data.get("member_id") else None,
-            free_beds=free_beds,
+            member_id=data.member_id or None,
+            free_beds=data.free_beds,
             updated_at=datetime.now(UTC),
         )
         await session.execute(
@@ -177,21 +118,21 @@ class EventHandler:
                 set_={k: stmt.excluded[k] for k in ("municipality", "member_id", "free_beds", "updated_at")},
             )
         )
+        await self._watch_free_beds(session, event.municipality)
+
+    async def _watch_free_beds(self, session: AsyncSession, municipality: str) -> None:
+        """`shelter.none_available` once when a municipality's last free bed is taken (again after one frees)."""
         # One row per municipality, locked: two replicas never both raise (or both miss) the alert.
-        await session.execute(
-            pg_insert(MunicipalityBeds).values(municipality=event.municipality).on_conflict_do_nothing()
-        )
+        await session.execute(pg_insert(MunicipalityBeds).values(municipality=municipality).on_conflict_do_nothing())
         state = (
             await session.execute(
-                sa.select(MunicipalityBeds)
-                .where(col(MunicipalityBeds.municipality) == event.municipality)
-                .with_for_update()
+                sa.select(MunicipalityBeds).where(col(MunicipalityBeds.municipality) == municipality).with_for_update()
             )
         ).scalar_one()
         beds = (
             await session.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(col(ShelterBeds.free_beds)), 0), sa.func.count()).where(
-                    col(ShelterBeds.municipality) == event.municipality
+                    col(ShelterBeds.municipality) == municipality
                 )
             )
         ).one()
@@ -199,15 +140,14 @@ class EventHandler:
         if total == 0 and state.none_free_since is None:
             state.none_free_since = datetime.now(UTC)
             state.episode += 1
-            derived = make_event(
-                type_=domain.NO_FREE_BED,
-                source=SOURCE,
-                subject=event.municipality,
-                municipality=event.municipality,
-                data={"municipality": event.municipality, "shelters": shelters, "free_beds": 0},
+            await emit(
+                session,
+                self.settings,
+                contract.NoFreeBed(municipality=municipality, shelters=shelters, free_beds=0),
+                subject=municipality,
+                municipality=municipality,
+                event_id=domain.derived_event_id("no-free-bed", municipality, str(state.episode)),
             )
-            derived.id = domain.derived_event_id("no-free-bed", event.municipality, str(state.episode))
-            await publish(session, self.settings, NOTIFICATIONS_TOPIC, derived, key=event.municipality)
         elif total > 0 and state.none_free_since is not None:
             state.none_free_since = None
         session.add(state)
@@ -341,40 +281,88 @@ class EventHandler:
 
 async def notification_failed(session: AsyncSession, settings: Settings, delivery: Delivery) -> None:
     """Announce a dead-lettered delivery (in the transaction that marks it dead)."""
-    event = make_event(
-        type_=domain.NOTIFICATION_FAILED,
-        source=SOURCE,
-        subject=str(delivery.id),
-        municipality=delivery.municipality,
-        data={
-            "delivery_id": str(delivery.id),
-            "subscription_id": str(delivery.subscription_id) if delivery.subscription_id else None,
-            "event_id": str(delivery.event_id),
-            "event_type": delivery.event_type,
-            "channel": delivery.channel,
-            "attempts": delivery.attempts,
-        },
+    data = contract.NotificationFailed(
+        delivery_id=delivery.id,
+        subscription_id=delivery.subscription_id if delivery.subscription_id else None,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        channel=delivery.channel,
+        attempts=delivery.attempts,
     )
-    await publish(session, settings, NOTIFICATIONS_TOPIC, event, key=str(delivery.subscription_id or delivery.id))
+    await emit(
+        session, settings, data, subject=str(delivery.id), municipality=delivery.municipality,
+        key=str(delivery.subscription_id or delivery.id),
+    )
 
 
-# --- the police member of a case -------------------------------------------------------------------
+# --- projections: directory contacts, protection orders, the police member of a case ----------------
 
 
-async def _save_case_police(session: AsyncSession, event: Envelope) -> None:
+async def _save_member(session: AsyncSession, event: Received[contract.MemberSaved]) -> None:
     data = event.data
-    case_id = data.get("case_id")
-    if event.type == "referral.created" and data.get("to_member_kind") == "police":
-        column, member_id = "referred_member_id", data.get("to_member_id")
-    elif event.type == "case.reported" and data.get("reported_by_role") == "police":
-        column, member_id = "reporting_member_id", data.get("reported_by_member_id")
-    else:
-        return
-    if not case_id or not member_id:
-        return
+    values = {
+        "member_id": str(data.member_id),
+        "municipality": event.municipality,
+        "kind": str(data.kind),
+        "email": data.email or None,
+        "updated_at": datetime.now(UTC),
+    }
+    stmt = pg_insert(MemberContact).values(**values)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["member_id"],
+            set_={k: stmt.excluded[k] for k in ("municipality", "kind", "email", "updated_at")},
+        )
+    )
+
+
+async def _save_protection_order(session: AsyncSession, event: Received[contract.ProtectionOrderRecorded]) -> None:
+    data = event.data
+    values = {
+        "order_id": str(data.order_id),
+        "case_id": str(data.case_id),
+        "case_number": data.case_number,
+        "municipality": event.municipality,
+        "kind": data.kind,
+        "status": data.status or "issued",
+        "expires_at": data.expires_at,
+    }
+    stmt = pg_insert(ProtectionOrder).values(**values)
+    table = table_of(ProtectionOrder)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["order_id"],
+            set_={
+                **{k: stmt.excluded[k] for k in ("case_number", "kind", "status", "expires_at")},
+                # A renewed order (new expiry) is warned about again.
+                "expiry_raised_at": sa.case(
+                    (table.c.expires_at.is_distinct_from(stmt.excluded.expires_at), None),
+                    else_=table.c.expiry_raised_at,
+                ),
+            },
+        )
+    )
+
+
+async def _on_transfer(session: AsyncSession, event: Received[contract.TransferEventData]) -> None:
+    """A transfer's events (services/notifications/transfers.py reads their envelope)."""
+    await transfers.on_transfer_event(session, event.envelope)
+
+
+async def _save_referred_police(session: AsyncSession, event: Received[contract.ReferralCreated]) -> None:
+    if event.data.to_member_kind == "police":
+        await _save_case_police(session, event, "referred_member_id", event.data.to_member_id)
+
+
+async def _save_reporting_police(session: AsyncSession, event: Received[contract.CaseReported]) -> None:
+    if event.data.reported_by_role == "police" and event.data.reported_by_member_id:
+        await _save_case_police(session, event, "reporting_member_id", event.data.reported_by_member_id)
+
+
+async def _save_case_police(session: AsyncSession, event: Received[Any], column: str, member_id: str) -> None:
     table = table_of(CasePolice)
     stmt = pg_insert(table).values(
-        {"case_id": str(case_id), "municipality": event.municipality, column: str(member_id)}
+        {"case_id": str(event.data.case_id), "municipality": event.municipality, column: member_id}
     )
     await session.execute(stmt.on_conflict_do_update(index_elements=["case_id"], set_={column: stmt.excluded[column]}))
 
@@ -385,4 +373,3 @@ async def police_member_of(session: AsyncSession, case_id: str) -> str | None:
     if row is None:
         return None
     return row.referred_member_id or row.reporting_member_id
-

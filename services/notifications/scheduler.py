@@ -6,6 +6,7 @@ mark and the event; `periodic` repeats it every MKR_NOTIFICATIONS_SCAN_SECONDS).
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,10 +15,11 @@ from sqlmodel import col
 
 from services.notifications import domain
 from services.notifications.config import NotificationsConfig
-from services.notifications.events import SOURCE, police_member_of
+from services.notifications.events import police_member_of
 from services.notifications.models import ProtectionOrder
 from shared.app import ServiceRuntime
-from shared.events import NOTIFICATIONS_TOPIC, make_event, publish
+from shared.contracts import events as contract
+from shared.events import emit
 from shared.scheduler import claim_due, periodic
 
 
@@ -39,22 +41,18 @@ async def raise_expiring_protection_orders(runtime: ServiceRuntime, config: Noti
         for order in due:
             order.expiry_raised_at = datetime.now(UTC)
             assert order.expires_at is not None
-            event = make_event(
-                type_=domain.PROTECTION_ORDER_EXPIRING,
-                source=SOURCE,
-                subject=order.case_id,
-                municipality=order.municipality,
-                data={
-                    "case_id": order.case_id,
-                    "case_number": order.case_number,
-                    "order_id": order.order_id,
-                    "kind": order.kind,
-                    "expires_at": order.expires_at.isoformat(),
-                    "police_member_id": await police_member_of(session, order.case_id),
-                },
+            data = contract.ProtectionOrderExpiring(
+                case_id=uuid.UUID(order.case_id),
+                case_number=order.case_number,
+                order_id=uuid.UUID(order.order_id),
+                kind=order.kind,
+                expires_at=order.expires_at,
+                police_member_id=await police_member_of(session, order.case_id),
             )
-            event.id = domain.derived_event_id("po-expiring", order.order_id, order.expires_at.isoformat())
-            await publish(session, runtime.settings, NOTIFICATIONS_TOPIC, event, key=order.case_id)
+            await emit(
+                session, runtime.settings, data, subject=order.case_id, municipality=order.municipality,
+                event_id=domain.derived_event_id("po-expiring", order.order_id, order.expires_at.isoformat()),
+            )
     return len(due)
 
 

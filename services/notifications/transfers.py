@@ -22,12 +22,13 @@ from services.notifications import domain
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import Alert, CasePolice, MemberContact, PendingTransfer, ProtectionOrder
 from shared.app import ServiceRuntime
+from shared.contracts import events as contract
 from shared.db import table_of
-from shared.events import NOTIFICATIONS_TOPIC, Envelope, make_event, publish
+from shared.events import Envelope, emit
 from shared.scheduler import claim_due, periodic
 
-SOURCE = "mkr/notifications"
-REQUESTED, TRANSFERRED, DECLINED = "case.transfer_requested", "case.transferred", "case.transfer_declined"
+REQUESTED, TRANSFERRED = contract.TransferRequested.TYPE, contract.CaseTransferred.TYPE
+DECLINED = contract.TransferDeclined.TYPE
 TRANSFER_EVENTS = (REQUESTED, TRANSFERRED, DECLINED, domain.TRANSFER_OVERDUE)
 ALERT_INSERT_LOCK = 7310401  # services/notifications/events.py: alert inserts in commit order
 
@@ -144,24 +145,20 @@ async def raise_overdue_transfers(runtime: ServiceRuntime, config: Notifications
         )
         for transfer in due:
             transfer.overdue_raised_at = datetime.now(UTC)
-            event = make_event(
-                type_=domain.TRANSFER_OVERDUE,
-                source=SOURCE,
-                subject=transfer.case_id,
-                municipality=transfer.from_municipality,
-                data={
-                    "case_id": transfer.case_id,
-                    "case_number": transfer.case_number,
-                    "transfer_id": transfer.transfer_id,
-                    "from_municipality": transfer.from_municipality,
-                    "to_municipality": transfer.to_municipality,
-                    "risk_level": transfer.risk_level,
-                    "requested_at": transfer.requested_at.isoformat(),
-                    "hours": int(config.transfer_pending_hours),
-                },
+            data = contract.TransferOverdue.model_validate({
+                "case_id": transfer.case_id,
+                "case_number": transfer.case_number,
+                "transfer_id": transfer.transfer_id,
+                "from_municipality": transfer.from_municipality,
+                "to_municipality": transfer.to_municipality,
+                "risk_level": transfer.risk_level,
+                "requested_at": transfer.requested_at,
+                "hours": int(config.transfer_pending_hours),
+            })
+            await emit(
+                session, runtime.settings, data, subject=transfer.case_id, municipality=transfer.from_municipality,
+                event_id=domain.derived_event_id("transfer-overdue", transfer.transfer_id),
             )
-            event.id = domain.derived_event_id("transfer-overdue", transfer.transfer_id)
-            await publish(session, runtime.settings, NOTIFICATIONS_TOPIC, event, key=transfer.case_id)
     return len(due)
 
 

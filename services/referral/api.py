@@ -690,6 +690,30 @@ async def case_plan(case_id: uuid.UUID, principal: PlanReader, session: SessionD
     return CasePlanOut(case_id=case.case_id, case_number=case.case_number, actions=actions)
 
 
+PLAN_ACTION_ORDER = Keyset("plan_actions", (col(PlanAction.due_date), col(PlanAction.id)))
+
+
+@router.get("/plan-actions", response_model=Page[PlanActionOut], tags=["meetings"])
+async def list_plan_actions(
+    principal: PlanReader,
+    session: SessionDep,
+    request: Request,
+    status: Literal["open", "completed"] | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[PlanActionOut]:
+    """The caller's plan actions by due date, so an institution finds its ETN tasks without knowing which
+    cases hold them: the coordinator's municipality's all; an institution's those it is responsible for."""
+    query = sa.select(PlanAction).where(col(PlanAction.municipality) == principal.municipality)
+    if status is not None:
+        query = query.where(col(PlanAction.status) == status)
+    if principal.role is not Role.coordinator:
+        query = query.where(col(PlanAction.responsible_member_id).in_(await member_ids_of(session, principal)))
+    rows, next_cursor = await fetch_page(session, query, PLAN_ACTION_ORDER, limit, cursor)
+    sealer = _sealer(request)
+    return Page[PlanActionOut](items=[action_out(a, sealer) for a in rows], next_cursor=next_cursor)
+
+
 @router.post("/plan-actions/{action_id}/complete", response_model=PlanActionOut, tags=["meetings"])
 async def complete_plan_action(
     action_id: uuid.UUID, principal: PlanReader, session: SessionDep, request: Request

@@ -12,25 +12,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from shared import profiles
+from shared.vocab import RISK_ORDER, MemberKind, RiskLevel
 
-RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
 URGENCY_ORDER = {"normal": 0, "high": 1, "emergency": 2}
 URGENCY_BY_RISK = {"high": "emergency", "medium": "high", "low": "normal"}
 
-MemberKind = Literal[
-    "police",
-    "social_services",
-    "child_protection",
-    "health",
-    "education",
-    "employment",
-    "legal_aid",
-    "ngo",
-    "shelter",
-    "housing",
-    "prosecution",
-    "court",
-]
 Urgency = Literal["emergency", "high", "normal"]
 # What a referral asks for: one of the case's `needs` codes or a member kind (CONTRACT §6) — a code,
 # never free text, since it travels in events, webhooks and alerts.
@@ -39,7 +25,6 @@ ServiceCode = Literal[
     "protection_order", "police", "social_services", "child_protection", "education", "ngo", "prosecution",
     "court",
 ]
-RiskLevel = Literal["low", "medium", "high"]
 
 
 class Condition(BaseModel):

@@ -6,9 +6,7 @@ event changes nothing twice. Only ids, case numbers and coded facts go into even
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,12 +32,14 @@ from services.referral.models import (
     RoutingRuleSet,
     ShelterMember,
 )
+from shared.contracts import EventRejected
+from shared.contracts import events as contract
 from shared.db import table_of
-from shared.events import INTAKE_TOPIC, REFERRAL_TOPIC, SHELTER_TOPIC, Envelope, make_event, publish, publish_many
+from shared.dispatch import EventHandlers, Received
+from shared.events import Envelope, emit, event_of, publish_events
 from shared.settings import Settings
+from shared.vocab import MemberKind
 
-SOURCE = "mkr/referral"
-CONSUMED_TOPICS = (INTAKE_TOPIC, SHELTER_TOPIC)
 SYSTEM = "system:routing"
 
 
@@ -47,33 +47,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _emit(
-    session: AsyncSession, settings: Settings, type_: str, municipality: str, key: str, data: dict[str, Any]
-) -> None:
-    event = make_event(type_=type_, source=SOURCE, subject=key, municipality=municipality, data=data)
-    await publish(session, settings, REFERRAL_TOPIC, event, key=key)
-
-
 # --- what referral publishes -------------------------------------------------------------------
 
 
 async def member_saved(session: AsyncSession, settings: Settings, member: Member) -> None:
-    data = {
-        "member_id": str(member.id),
-        "name": member.name,  # an institution's name, not a person's
-        "kind": member.kind,
-        "services": member.services,
-        "email": member.email,
-        "active": member.active,
-    }
-    await _emit(session, settings, "member.saved", member.municipality, str(member.id), data)
+    data = contract.MemberSaved(
+        member_id=member.id,
+        name=member.name,  # an institution's name, not a person's
+        kind=MemberKind(member.kind),
+        services=member.services,
+        email=member.email,
+        active=member.active,
+    )
+    await emit(session, settings, data, subject=str(member.id), municipality=member.municipality)
 
 
-def _referral_fields(referral: Referral) -> dict[str, str]:
+def _referral_fields(referral: Referral) -> dict[str, Any]:
     """What every referral event says about the referral it concerns."""
     return {
-        "referral_id": str(referral.id),
-        "case_id": str(referral.case_id),
+        "referral_id": referral.id,
+        "case_id": referral.case_id,
         "case_number": referral.case_number,
         "to_member_id": str(referral.to_member_id),
         "to_member_kind": referral.to_member_kind,
@@ -81,24 +74,21 @@ def _referral_fields(referral: Referral) -> dict[str, str]:
 
 
 def _referral_created_event(referral: Referral) -> Envelope:
-    data = {
+    data = contract.ReferralCreated(
         **_referral_fields(referral),
-        "service": referral.service,
-        "urgency": referral.urgency,
-        "reason": referral.reason,
-        "status": referral.status,
-        "ack_due_at": referral.ack_due_at.isoformat(),
-        "consent_override": referral.consent_override_reason is not None,
-        "legal_exception": referral.legal_exception,
-    }
-    key = str(referral.case_id)
-    return make_event(
-        type_="referral.created", source=SOURCE, subject=key, municipality=referral.municipality, data=data
+        service=referral.service,
+        urgency=referral.urgency,
+        reason=referral.reason,
+        status=referral.status,
+        ack_due_at=referral.ack_due_at,
+        consent_override=referral.consent_override_reason is not None,
+        legal_exception=referral.legal_exception,
     )
+    return event_of(data, subject=str(referral.case_id), municipality=referral.municipality)
 
 
 async def referral_created(session: AsyncSession, settings: Settings, referral: Referral) -> None:
-    await publish(session, settings, REFERRAL_TOPIC, _referral_created_event(referral), key=str(referral.case_id))
+    await publish_events(session, settings, [(_referral_created_event(referral), str(referral.case_id))])
 
 
 async def referral_status_changed(
@@ -110,68 +100,57 @@ async def referral_status_changed(
     at: datetime,
     reason: str | None = None,
 ) -> None:
-    data = {
-        **_referral_fields(referral),
-        "previous_status": previous,
-        "status": referral.status,
-        "by_role": by_role,
-        "at": at.isoformat(),
-    }
+    facts = {**_referral_fields(referral), "previous_status": previous, "status": referral.status,
+             "by_role": by_role, "at": at}  # fmt: skip
     if reason is not None:  # a coded reason (e.g. `consent_withdrawn`), never free text
-        data["reason"] = reason
-    await _emit(session, settings, "referral.status_changed", referral.municipality, str(referral.case_id), data)
+        facts["reason"] = reason
+    data = contract.ReferralStatusChanged(**facts)
+    await emit(session, settings, data, subject=str(referral.case_id), municipality=referral.municipality)
 
 
 async def sla_breached(session: AsyncSession, settings: Settings, referral: Referral) -> None:
-    data = {
-        **_referral_fields(referral),
-        "urgency": referral.urgency,
-        "ack_due_at": referral.ack_due_at.isoformat(),
-    }
-    await _emit(session, settings, "referral.sla_breached", referral.municipality, str(referral.case_id), data)
+    data = contract.ReferralSlaBreached(
+        **_referral_fields(referral), urgency=referral.urgency, ack_due_at=referral.ack_due_at
+    )
+    await emit(session, settings, data, subject=str(referral.case_id), municipality=referral.municipality)
 
 
 async def meeting_scheduled(session: AsyncSession, settings: Settings, meeting: EtnMeeting) -> None:
-    data = {
-        "meeting_id": str(meeting.id),
-        "kind": meeting.kind,
-        "scheduled_for": meeting.scheduled_for.isoformat(),
-        "held": meeting.held,
-        "case_ids": meeting.case_ids,
-        "member_ids": meeting.member_ids,
+    data = contract.MeetingScheduled(
+        meeting_id=meeting.id,
+        kind=meeting.kind,
+        scheduled_for=meeting.scheduled_for,
+        held=meeting.held,
+        case_ids=[uuid.UUID(case_id) for case_id in meeting.case_ids],
+        member_ids=meeting.member_ids,
+    )
+    await emit(session, settings, data, subject=str(meeting.id), municipality=meeting.municipality)
+
+
+def _action(action: PlanAction) -> dict[str, Any]:
+    return {
+        "action_id": action.id,
+        "case_id": action.case_id,
+        "case_number": action.case_number,
+        "responsible_member_id": str(action.responsible_member_id),
+        "due_date": action.due_date,
     }
-    await _emit(session, settings, "etn.meeting_scheduled", meeting.municipality, str(meeting.id), data)
 
 
 async def minutes_recorded(
     session: AsyncSession, settings: Settings, meeting: EtnMeeting, actions: list[PlanAction]
 ) -> None:
-    data = {
-        "meeting_id": str(meeting.id),
-        "kind": meeting.kind,
-        "actions": [
-            {
-                "action_id": str(a.id),
-                "case_id": str(a.case_id),
-                "case_number": a.case_number,
-                "responsible_member_id": str(a.responsible_member_id),
-                "due_date": a.due_date.isoformat(),
-            }
-            for a in actions
-        ],
-    }
-    await _emit(session, settings, "etn.minutes_recorded", meeting.municipality, str(meeting.id), data)
+    data = contract.MinutesRecorded(
+        meeting_id=meeting.id,
+        kind=meeting.kind,
+        actions=[contract.PlanActionData(**_action(a)) for a in actions],
+    )
+    await emit(session, settings, data, subject=str(meeting.id), municipality=meeting.municipality)
 
 
 async def plan_action_overdue(session: AsyncSession, settings: Settings, action: PlanAction) -> None:
-    data = {
-        "action_id": str(action.id),
-        "case_id": str(action.case_id),
-        "case_number": action.case_number,
-        "responsible_member_id": str(action.responsible_member_id),
-        "due_date": action.due_date.isoformat(),
-    }
-    await _emit(session, settings, "plan.action_overdue", action.municipality, str(action.case_id), data)
+    data = contract.PlanActionOverdue(**_action(action))
+    await emit(session, settings, data, subject=str(action.case_id), municipality=action.municipality)
 
 
 # --- routing -------------------------------------------------------------------------------------
@@ -240,7 +219,8 @@ async def directory(session: AsyncSession, municipality: str, profile: str = "al
 
 
 async def route(
-    session: AsyncSession, settings: Settings, config: ReferralConfig, case: CaseFact, event: Envelope
+    session: AsyncSession, settings: Settings, config: ReferralConfig, case: CaseFact,
+    event: Received[Any] | Envelope,
 ) -> None:
     """Apply the routing rules to a case and store every decision, made or not.
 
@@ -319,18 +299,12 @@ async def route(
         if i in new and new[i].id in inserted:
             announcements.append((_referral_created_event(new[i]), str(case.case_id)))
         elif decision.outcome == "no_member" and decision.kind not in announced:
-            data = {
-                "case_id": str(case.case_id),
-                "case_number": case.case_number,
-                "missing_kind": decision.kind,
-                "rule": decision.reason,
-            }
-            gap = make_event(
-                type_="mechanism.gap", source=SOURCE, subject=str(case.case_id), municipality=case.municipality,
-                data=data,
+            data = contract.MechanismGap(
+                case_id=case.case_id, case_number=case.case_number, missing_kind=decision.kind, rule=decision.reason
             )
+            gap = event_of(data, subject=str(case.case_id), municipality=case.municipality)
             announcements.append((gap, str(case.case_id)))
-    await publish_many(session, settings, REFERRAL_TOPIC, announcements)
+    await publish_events(session, settings, announcements)
     if decisions:
         await session.execute(
             _DECISION_INSERT,
@@ -442,25 +416,25 @@ async def end_withdrawn_referrals(
 # --- the projection of other services' events -------------------------------------------------------
 
 
-def _dt(value: Any) -> datetime | None:
-    if value in (None, ""):
+def _month(value: str | None) -> date | None:
+    if not value:
         return None
-    parsed = datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return date.fromisoformat(value + "-01" if len(value) == 7 else value)
 
 
-def _month(value: Any) -> date | None:
-    if value in (None, ""):
+def _member_uuid(value: str | None) -> uuid.UUID | None:
+    """A shelter's directory member id; one that is not a UUID makes the event unusable here."""
+    if not value:
         return None
-    text = str(value)
-    return date.fromisoformat(text + "-01" if len(text) == 7 else text)
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise EventRejected("invalid_data") from None
 
 
-def _uuid(value: Any) -> uuid.UUID | None:
-    return uuid.UUID(str(value)) if value not in (None, "") else None
+def _money(value: str | None) -> Decimal:
+    return Decimal(value or "0")
 
-
-Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 
 # A report (or a repeated one) sets every projected fact but `closed_at`; built once, compiled once.
 _case_insert = pg_insert(CaseFact)
@@ -474,211 +448,238 @@ _CASE_UPSERT = _case_insert.on_conflict_do_update(
 ).returning(CaseFact)
 
 
-def make_handler(settings: Settings, config: ReferralConfig) -> Handler:
-    from services.referral import transfers  # it builds on this module's routing and publishing
+def _codes(values: Any) -> list[str]:
+    return [str(value) for value in values]
 
-    async def on_case_reported(session: AsyncSession, event: Envelope) -> None:
-        d = event.data
-        children_ages = d.get("children_ages") or []
-        values = {
-            "case_id": uuid.UUID(d["case_id"]),
-            "case_number": d["case_number"],
-            "municipality": event.municipality,
-            "reported_municipality": event.municipality,
-            "reported_at": _dt(d.get("reported_at")) or event.time,
-            "status": "open",
-            "risk_level": d.get("risk_level") or "low",
-            "source": d.get("source"),
-            "sex": d.get("sex"),
-            "age_group": d.get("age_group"),
-            "ethnicity": d.get("ethnicity"),
-            "disability": d.get("disability"),
-            "violence_types": list(d.get("violence_types") or []),
-            "perpetrator_relationship": d.get("perpetrator_relationship"),
-            "needs": list(d.get("needs") or []),
-            "children_count": int(d.get("children_count") or len(children_ages)),
-            # No consent given (or an older producer without the field): only the legal exceptions apply.
-            "consent_share_with": list(d.get("consent_share_with") or []),
-            "reported_by_role": d.get("reported_by_role"),
-            "reported_by_member_id": d.get("reported_by_member_id"),
-            "pending_duplicates": int(d.get("pending_duplicates") or 0),
-        }
+
+def _case_facts(event: Received[contract.CaseReported]) -> dict[str, Any]:
+    d = event.data
+    return {
+        "case_id": d.case_id,
+        "case_number": d.case_number,
+        "municipality": event.municipality,
+        "reported_municipality": event.municipality,
+        "reported_at": d.reported_at or event.time,
+        "status": "open",
+        "risk_level": str(d.risk_level),
+        "source": d.source,
+        "sex": None if d.sex is None else str(d.sex),
+        "age_group": None if d.age_group is None else str(d.age_group),
+        "ethnicity": d.ethnicity,
+        "disability": d.disability,
+        "violence_types": _codes(d.violence_types),
+        "perpetrator_relationship": d.perpetrator_relationship,
+        "needs": _codes(d.needs),
+        "children_count": d.children_count or len(d.children_ages),
+        # No consent given (or an older producer without the field): only the legal exceptions apply.
+        "consent_share_with": _codes(d.consent_share_with),
+        "reported_by_role": d.reported_by_role,
+        "reported_by_member_id": d.reported_by_member_id,
+        "pending_duplicates": d.pending_duplicates,
+    }
+
+
+class CaseProjection:
+    """Referral's consumer: intake's cases (projected, then routed) and shelter's facts (for plans and reports)."""
+
+    def __init__(self, settings: Settings, config: ReferralConfig) -> None:
+        self.settings = settings
+        self.config = config
+
+    async def case_reported(self, session: AsyncSession, event: Received[contract.CaseReported]) -> None:
         # The projection row as stored, without reading it back.
         case = (
-            await session.execute(_CASE_UPSERT, values, execution_options={"populate_existing": True})
+            await session.execute(_CASE_UPSERT, _case_facts(event), execution_options={"populate_existing": True})
         ).scalar_one()
-        await route(session, settings, config, case, event)
+        await route(session, self.settings, self.config, case, event)
 
-    async def on_risk_assessed(session: AsyncSession, event: Envelope) -> None:
-        case = await session.get(CaseFact, uuid.UUID(event.data["case_id"]), with_for_update=True)
+    async def risk_assessed(self, session: AsyncSession, event: Received[contract.CaseRiskAssessed]) -> None:
+        case = await session.get(CaseFact, event.data.case_id, with_for_update=True)
         if case is None:
             return  # not reported here (yet): nothing to route
-        level = event.data["risk_level"]
+        level = str(event.data.risk_level)
         rose = domain.risk_rose(case.risk_level, level)
         case.risk_level = level
         await session.flush()
         if rose:
-            await route(session, settings, config, case, event)
+            await route(session, self.settings, self.config, case, event)
 
-    async def on_case_changed(session: AsyncSession, event: Envelope) -> None:
-        case = await session.get(CaseFact, uuid.UUID(event.data["case_id"]), with_for_update=True)
-        if case is None:
-            return
-        if event.type == "case.closed":
+    async def case_closed(self, session: AsyncSession, event: Received[contract.CaseClosed]) -> None:
+        case = await session.get(CaseFact, event.data.case_id, with_for_update=True)
+        if case is not None:
             case.status = "closed"
-            case.closed_at = _dt(event.data.get("closed_at")) or event.time
-        elif event.type == "case.reopened":
+            case.closed_at = event.data.closed_at or event.time
+            await session.flush()
+
+    async def case_reopened(self, session: AsyncSession, event: Received[contract.CaseReopened]) -> None:
+        case = await session.get(CaseFact, event.data.case_id, with_for_update=True)
+        if case is not None:
             case.status = "open"
             case.closed_at = None
-        elif event.type == "case.consent_changed":
-            case.consent_share_with = list(event.data.get("share_with") or [])
-            withdrawn = set(event.data.get("withdrawn") or []) - set(case.consent_share_with)
-            if withdrawn:
-                await session.flush()
-                await end_withdrawn_referrals(session, settings, case, withdrawn)
+            await session.flush()
+
+    async def consent_changed(self, session: AsyncSession, event: Received[contract.ConsentChanged]) -> None:
+        case = await session.get(CaseFact, event.data.case_id, with_for_update=True)
+        if case is None:
+            return
+        case.consent_share_with = _codes(event.data.share_with)
+        withdrawn = set(_codes(event.data.withdrawn)) - set(case.consent_share_with)
+        if withdrawn:
+            await session.flush()
+            await end_withdrawn_referrals(session, self.settings, case, withdrawn)
         await session.flush()
 
-    async def on_links_changed(session: AsyncSession, event: Envelope) -> None:
-        """`case.linked` / `case.unlinked` carry the case's state after the decision: applied as it is
-        (a redelivery sets the same values). A raised risk comes as its own `case.risk_assessed`."""
-        await session.execute(
-            sa.update(CaseFact)
-            .where(col(CaseFact.case_id) == uuid.UUID(event.data["case_id"]))
-            .values(
-                repeat=bool(event.data["repeat"]),
-                pending_duplicates=int(event.data.get("pending_duplicates") or 0),
-            )
-        )
+    def registry(self) -> EventHandlers:
+        return EventHandlers({
+            contract.CaseReported: self.case_reported,
+            contract.CaseRiskAssessed: self.risk_assessed,
+            contract.CaseClosed: self.case_closed,
+            contract.CaseReopened: self.case_reopened,
+            contract.ConsentChanged: self.consent_changed,
+            contract.ProtectionOrderRecorded: on_protection_order,
+            contract.ShelterAvailabilityChanged: on_shelter,
+            contract.ShelterFull: on_shelter,
+            contract.PlacementStarted: on_placement_started,
+            contract.PlacementEnded: on_placement_ended,
+            contract.RentBonusDecided: on_rent_bonus_decided,
+            contract.RentBonusPaymentDue: on_payment_due,
+            contract.RentBonusPaymentPaid: on_payment_paid,
+            contract.CaseTransferred: self.case_transferred,
+            contract.CaseAnonymised: on_case_anonymised,
+            contract.CaseLinked: on_links_changed,
+            contract.CaseUnlinked: on_links_changed,
+        })
 
-    async def on_protection_order(session: AsyncSession, event: Envelope) -> None:
-        d = event.data
-        values = {
-            "order_id": uuid.UUID(d["order_id"]),
-            "case_id": uuid.UUID(d["case_id"]),
-            "case_number": d.get("case_number") or "",
-            "municipality": event.municipality,
-            "kind": d["kind"],
-            "status": d.get("status") or "issued",
-            "issued_at": _dt(d.get("issued_at")),
-            "expires_at": _dt(d.get("expires_at")),
-        }
-        await session.execute(
-            pg_insert(ProtectionOrder).values(**values).on_conflict_do_update(index_elements=["order_id"], set_=values)
-        )
+    async def case_transferred(self, session: AsyncSession, event: Received[contract.CaseTransferred]) -> None:
+        from services.referral import transfers  # it builds on this module's routing and publishing
 
-    async def on_shelter(session: AsyncSession, event: Envelope) -> None:
-        d = event.data
-        values = {
-            "shelter_id": uuid.UUID(d["shelter_id"]),
-            "member_id": _uuid(d.get("member_id")),
-            "municipality": event.municipality,
-        }
-        await session.execute(
-            pg_insert(ShelterMember).values(**values).on_conflict_do_update(index_elements=["shelter_id"], set_=values)
-        )
+        await transfers.on_case_transferred(self.settings, self.config, session, event.envelope)
 
-    async def on_placement(session: AsyncSession, event: Envelope) -> None:
-        d = event.data
-        placement_id = uuid.UUID(d["placement_id"])
-        if event.type == "placement.started":
-            await session.execute(
-                pg_insert(Placement)
-                .values(
-                    placement_id=placement_id,
-                    case_id=uuid.UUID(d["case_id"]),
-                    municipality=event.municipality,
-                    shelter_id=_uuid(d.get("shelter_id")),
-                    adults=int(d.get("adults") or 0),
-                    children=int(d.get("children") or 0),
-                    started_at=_dt(d.get("started_at")) or event.time,
-                )
-                .on_conflict_do_nothing()
-            )
-        else:
-            await session.execute(
-                sa.update(Placement)
-                .where(Placement.placement_id == placement_id)  # type: ignore[arg-type]
-                .values(ended_at=_dt(d.get("ended_at")) or event.time)
-            )
 
-    async def on_rent_bonus(session: AsyncSession, event: Envelope) -> None:
-        d = event.data
-        if event.type == "rent_bonus.decided":
-            values = {
-                "application_id": uuid.UUID(d["application_id"]),
-                "case_id": uuid.UUID(d["case_id"]),
-                "municipality": event.municipality,
-                "approved": bool(d.get("approved")),
-                "monthly_amount": Decimal(str(d.get("monthly_amount") or "0")),
-                "start_month": _month(d.get("start_month")),
-                "months": int(d.get("months") or 0),
-            }
-            await session.execute(
-                pg_insert(RentBonus)
-                .values(**values)
-                .on_conflict_do_update(index_elements=["application_id"], set_=values)
-            )
-        elif event.type == "rent_bonus.payment_due":
-            month = _month(d.get("month"))
-            if month is None:
-                return
-            await session.execute(
-                pg_insert(RentBonusPayment)
-                .values(
-                    payment_id=uuid.UUID(d["payment_id"]),
-                    application_id=uuid.UUID(d["application_id"]),
-                    case_id=uuid.UUID(d["case_id"]),
-                    municipality=event.municipality,
-                    month=month,
-                    amount=Decimal(str(d.get("amount") or "0")),
-                )
-                .on_conflict_do_nothing()
-            )
-        else:  # a payment marked paid (if shelter announces it): counts in the report's paid_amount
-            payment_id = _uuid(d.get("payment_id"))
-            month = _month(d.get("month"))
-            if payment_id is None or month is None:
-                return
-            paid_at = _dt(d.get("paid_at")) or event.time
-            values = {
-                "payment_id": payment_id,
-                "application_id": uuid.UUID(d["application_id"]),
-                "case_id": uuid.UUID(d["case_id"]),
-                "municipality": event.municipality,
-                "month": month,
-                "amount": Decimal(str(d.get("amount") or "0")),
-                "paid_at": paid_at,
-            }
-            await session.execute(
-                pg_insert(RentBonusPayment)
-                .values(**values)
-                .on_conflict_do_update(index_elements=["payment_id"], set_={"paid_at": paid_at})
-            )
+async def on_links_changed(session: AsyncSession, event: Received[contract.CaseLinksChanged]) -> None:
+    """`case.linked` / `case.unlinked` carry the case's state after the decision: applied as it is (a
+    redelivery sets the same values). A raised risk comes as its own `case.risk_assessed`."""
+    await session.execute(
+        sa.update(CaseFact)
+        .where(col(CaseFact.case_id) == event.data.case_id)
+        .values(repeat=event.data.repeat, pending_duplicates=event.data.pending_duplicates)
+    )
 
-    handlers: dict[str, Handler] = {
-        "case.reported": on_case_reported,
-        "case.risk_assessed": on_risk_assessed,
-        "case.closed": on_case_changed,
-        "case.reopened": on_case_changed,
-        "case.consent_changed": on_case_changed,
-        "case.anonymised": erasure.on_case_anonymised,
-        "case.protection_order_recorded": on_protection_order,
-        "case.linked": on_links_changed,
-        "case.unlinked": on_links_changed,
-        "shelter.availability_changed": on_shelter,
-        "shelter.full": on_shelter,
-        "placement.started": on_placement,
-        "placement.ended": on_placement,
-        "rent_bonus.decided": on_rent_bonus,
-        "rent_bonus.payment_due": on_rent_bonus,
-        "rent_bonus.payment_paid": on_rent_bonus,
-        "rent_bonus.paid": on_rent_bonus,
-        "case.transferred": functools.partial(transfers.on_case_transferred, settings, config),
+
+async def on_case_anonymised(session: AsyncSession, event: Received[contract.CaseAnonymised]) -> None:
+    await erasure.on_case_anonymised(session, event.envelope)
+
+
+async def on_protection_order(session: AsyncSession, event: Received[contract.ProtectionOrderRecorded]) -> None:
+    d = event.data
+    values = {
+        "order_id": d.order_id,
+        "case_id": d.case_id,
+        "case_number": d.case_number or "",
+        "municipality": event.municipality,
+        "kind": d.kind,
+        "status": d.status or "issued",
+        "issued_at": d.issued_at,
+        "expires_at": d.expires_at,
     }
+    await session.execute(
+        pg_insert(ProtectionOrder).values(**values).on_conflict_do_update(index_elements=["order_id"], set_=values)
+    )
 
-    async def on_event(session: AsyncSession, event: Envelope) -> None:
-        handler = handlers.get(event.type)
-        if handler is not None:  # unknown types are ignored (§ event data)
-            await handler(session, event)
 
-    return on_event
+async def on_shelter(
+    session: AsyncSession, event: Received[contract.ShelterAvailability]
+) -> None:
+    values = {
+        "shelter_id": event.data.shelter_id,
+        "member_id": _member_uuid(event.data.member_id),
+        "municipality": event.municipality,
+    }
+    await session.execute(
+        pg_insert(ShelterMember).values(**values).on_conflict_do_update(index_elements=["shelter_id"], set_=values)
+    )
+
+
+async def on_placement_started(session: AsyncSession, event: Received[contract.PlacementStarted]) -> None:
+    d = event.data
+    await session.execute(
+        pg_insert(Placement)
+        .values(
+            placement_id=d.placement_id,
+            case_id=d.case_id,
+            municipality=event.municipality,
+            shelter_id=d.shelter_id,
+            adults=d.adults,
+            children=d.children,
+            started_at=d.started_at or event.time,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def on_placement_ended(session: AsyncSession, event: Received[contract.PlacementEnded]) -> None:
+    await session.execute(
+        sa.update(Placement)
+        .where(Placement.placement_id == event.data.placement_id)  # type: ignore[arg-type]
+        .values(ended_at=event.data.ended_at or event.time)
+    )
+
+
+async def on_rent_bonus_decided(session: AsyncSession, event: Received[contract.RentBonusDecided]) -> None:
+    d = event.data
+    values = {
+        "application_id": d.application_id,
+        "case_id": d.case_id,
+        "municipality": event.municipality,
+        "approved": d.approved,
+        "monthly_amount": _money(d.monthly_amount),
+        "start_month": _month(d.start_month),
+        "months": d.months or 0,
+    }
+    await session.execute(
+        pg_insert(RentBonus).values(**values).on_conflict_do_update(index_elements=["application_id"], set_=values)
+    )
+
+
+async def on_payment_due(session: AsyncSession, event: Received[contract.RentBonusPaymentDue]) -> None:
+    d = event.data
+    await session.execute(
+        pg_insert(RentBonusPayment)
+        .values(
+            payment_id=d.payment_id,
+            application_id=d.application_id,
+            case_id=d.case_id,
+            municipality=event.municipality,
+            month=_month(d.month),
+            amount=_money(d.amount),
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def on_payment_paid(session: AsyncSession, event: Received[contract.RentBonusPaymentPaid]) -> None:
+    """A payment marked paid: counts in the report's paid_amount."""
+    d = event.data
+    paid_at = d.paid_at or event.time
+    values = {
+        "payment_id": d.payment_id,
+        "application_id": d.application_id,
+        "case_id": d.case_id,
+        "municipality": event.municipality,
+        "month": _month(d.month),
+        "amount": _money(d.amount),
+        "paid_at": paid_at,
+    }
+    await session.execute(
+        pg_insert(RentBonusPayment)
+        .values(**values)
+        .on_conflict_do_update(index_elements=["payment_id"], set_={"paid_at": paid_at})
+    )
+
+
+def make_handler(settings: Settings, config: ReferralConfig) -> EventHandlers:
+    return CaseProjection(settings, config).registry()
+
+
+# Intake's cases and shelter's facts.
+CONSUMED_TOPICS = (contract.INTAKE_TOPIC, contract.SHELTER_TOPIC)

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referral import disclosure, rollups
 from services.referral.schemas import Dashboard, ReportSummary
+from shared.vocab import AGE_GROUPS
 
 SEXES = ("female", "male", "other")
-AGE_GROUPS = ("0-11", "12-17", "18-24", "25-39", "40-59", "60+", "unknown")
 RISK_LEVELS = ("low", "medium", "high")
 ITEMS = 50  # the dashboard lists at most this many of each; `count` is always the full number
 NATIONAL = "*"  # the auditor's `municipality=*`: every municipality summed (CONTRACT.md §10)

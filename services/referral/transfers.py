@@ -21,8 +21,13 @@ from sqlmodel import col
 from services.referral import domain, events
 from services.referral.config import ReferralConfig
 from services.referral.models import CaseFact, CaseTransfer, PlanAction, ProtectionOrder, Referral
+from shared.contracts import parse_instant
 from shared.events import Envelope
 from shared.settings import Settings
+
+
+def _instant(value: object) -> datetime | None:
+    return parse_instant(value) if value else None
 
 TRANSFER_SYSTEM = "system:transfer"
 REASON = "transferred"
@@ -33,7 +38,7 @@ async def on_case_transferred(
 ) -> None:
     d = event.data
     transfer_id, case_id = uuid.UUID(str(d["transfer_id"])), uuid.UUID(str(d["case_id"]))
-    accepted_at = events._dt(d.get("accepted_at")) or event.time
+    accepted_at = _instant(d.get("accepted_at")) or event.time
     first = await session.execute(
         pg_insert(CaseTransfer)
         .values(
@@ -81,7 +86,7 @@ async def _move_case(session: AsyncSession, event: Envelope) -> CaseFact:
             case_number=str(d["case_number"]),
             municipality=event.municipality,
             reported_municipality=str(d["from_municipality"]),
-            reported_at=events._dt(d.get("reported_at")) or event.time,
+            reported_at=_instant(d.get("reported_at")) or event.time,
             risk_level=str(d.get("risk_level") or "low"),
             source=d.get("source"),
             sex=d.get("sex"),

@@ -32,6 +32,7 @@ from shared.errors import Problem, conflict, forbidden, invalid, not_found
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
 from shared.projection import PROJECTION_RESPONSES
 from shared.sealed import TextSealer
+from shared.vocab import MemberKind
 
 router = APIRouter(prefix="/v1", tags=["shelters"])
 
@@ -115,7 +116,7 @@ async def _require_shelter_member(session: AsyncSession, member_id: str, municip
     the police or of another town's shelter and read the referrals addressed to it."""
     async with session.begin():
         member = await session.get(DirectoryMember, member_id)
-    if member is None or member.municipality != municipality or member.kind != "shelter" or not member.active:
+    if member is None or member.municipality != municipality or member.kind != MemberKind.shelter or not member.active:
         raise invalid(["body", "member_id"], "not an active directory member of kind shelter in this municipality")
 
 

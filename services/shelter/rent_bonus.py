@@ -317,10 +317,9 @@ async def pay(payment_id: uuid.UUID, principal: HousingOfficer, session: Session
         app = await session.get(RentBonusApplication, payment.application_id)
         assert app is not None
         case = await session.get(CaseProjection, app.case_id)
-        await events.payment_event(
+        await events.payment_paid(
             session,
             request.app.state.settings,
-            "rent_bonus.payment_paid",
             payment,
             case_id=app.case_id,
             case_number=case.case_number if case else None,

@@ -60,10 +60,9 @@ async def raise_due(
             payment.due_raised_at = now
             app = await session.get(RentBonusApplication, payment.application_id)
             assert app is not None
-            await events.payment_event(
+            await events.payment_due(
                 session,
                 settings,
-                "rent_bonus.payment_due",
                 payment,
                 case_id=app.case_id,
                 case_number=await _case_number(session, app.case_id),

@@ -404,8 +404,13 @@ KINDS = ["social_services", "police", "shelter", "health", "legal_aid", "child_p
 STATUSES = ["pending", "acknowledged", "accepted", "completed", "completed", "declined"]
 
 
-async def load_case_facts(stack: LaunchedStack, municipality: str, count: int, seed: int = 11) -> tuple[int, int]:
-    """COPY `count` projected cases (and one referral each) of 2026 into referral's tables."""
+async def load_case_facts(
+    stack: LaunchedStack, municipality: str, count: int, seed: int = 11,
+    cases: list[tuple[uuid.UUID, str, datetime, str]] | None = None,
+) -> tuple[int, int]:
+    """COPY `count` projected cases (and one referral each) of 2026 into referral's tables; with `cases`
+    (id, case number, reported at, risk level; all open), the projection of those intake cases, so both
+    services agree on every case."""
     rng = random.Random(seed)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     span = (datetime(2026, 11, 20, tzinfo=UTC) - start).total_seconds()
@@ -413,11 +418,13 @@ async def load_case_facts(stack: LaunchedStack, municipality: str, count: int, s
     facts: list[tuple[Any, ...]] = []
     referrals: list[tuple[Any, ...]] = []
     for seq in range(1, count + 1):
-        case_id = uuid.uuid4()
-        number = f"SUM-2026-{seq:06d}"
+        case_id, number = uuid.uuid4(), f"SUM-2026-{seq:06d}"
         at = start + timedelta(seconds=span * seq / count)
         closed = rng.random() < 0.15
         risk = rng.choice(["low", "low", "medium", "high"])
+        if cases:
+            case_id, number, at, risk = cases[seq - 1]
+            closed = False
         violence = sorted(set(rng.sample(VIOLENCE, rng.randint(1, 3))))
         children = rng.choice([0, 0, 0, 1, 2, 3])
         facts.append(
@@ -530,3 +537,26 @@ async def load_case_facts(stack: LaunchedStack, municipality: str, count: int, s
     finally:
         await conn.close()
     return len(facts), len(referrals)
+
+
+# --- 100 000 cases in one municipality, in intake and in referral's projection alike --------------------
+
+
+async def load_municipality(stack: LaunchedStack, municipality: str, count: int) -> list[tuple[uuid.UUID, str]]:
+    """Intake's cases and search index (`load_survivors`), then referral's projection of the very same cases
+    with one referral each (`load_case_facts`), as the consumers would have built it; returns (id, number)."""
+    await load_survivors(stack, municipality, count)
+    conn = await connect(stack, "intake")
+    try:
+        # Risk levels as a register has them (load_survivors makes every case low), the same in both services.
+        await conn.execute(
+            "UPDATE cases SET risk_level = (ARRAY['low', 'low', 'medium', 'high'])[1 + (hashtext(id::text) & 3)] "
+            "WHERE municipality = $1", municipality)
+        await conn.execute("ANALYZE cases")
+        rows = await conn.fetch("SELECT id, case_number, reported_at, risk_level FROM cases WHERE municipality = $1 "
+                                "ORDER BY case_number", municipality)
+    finally:
+        await conn.close()
+    cases = [(row["id"], row["case_number"], row["reported_at"], row["risk_level"]) for row in rows]
+    await load_case_facts(stack, municipality, len(cases), cases=cases)
+    return [(case_id, number) for case_id, number, _, _ in cases]

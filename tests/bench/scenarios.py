@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -1023,6 +1024,111 @@ async def memory(stack: LaunchedStack, quick: bool) -> Outcome:
     )
 
 
+# --- the console's pages with 100 000 cases in the municipality ----------------------------------------------
+
+CONSOLE_TARGET = 0.300
+
+
+async def _console_session(http: httpx.AsyncClient, console: str, municipality: str) -> None:
+    """Sign in through the console's development form, as a person would: the session cookie stays in `http`."""
+    page = await http.get(f"{console}/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf, "no CSRF token on /login"
+    answer = await http.post(f"{console}/login/local",
+                             data={"csrf": csrf.group(1), "role": "coordinator", "municipality": municipality})
+    assert answer.status_code == 303, answer.text[:300]
+
+
+async def console_pages(stack: LaunchedStack, quick: bool) -> Outcome:
+    """Console page render (dashboard, case page) with 100 000 cases in the municipality."""
+    municipality = new_municipality("con")
+    loaded_at = time.perf_counter()
+    cases = await database.load_municipality(stack, municipality, SURVIVORS)
+    load_seconds = time.perf_counter() - loaded_at
+    calls = 20 if quick else 100
+    rng = random.Random(5)
+    picks = [str(rng.choice(cases)[0]) for _ in range(calls + 5)]
+    console = stack.url("console")
+    rows: list[dict[str, Any]] = []
+    async with client() as http:
+        await _console_session(http, console, municipality)
+        coordinator = stack.headers("coordinator", municipality)
+
+        def timed(url: str, headers: dict[str, str] | None, check: str) -> Callable[[int], Awaitable[bool]]:
+            async def call(i: int) -> bool:
+                response = await http.get(url.format(case=picks[i]), headers=headers)
+                return response.status_code == 200 and check in response.text
+            return call
+
+        measured = {
+            "console GET / (dashboard)": timed(f"{console}/", None, 'class="tiles"'),
+            "reference: GET /v1/dashboard": timed(f"{stack.url('referral')}/v1/dashboard", coordinator,
+                                                  "open_cases_by_risk_level"),
+            "console GET /cases/{id} (case page)": timed(f"{console}/cases/{{case}}", None, "survivor-title"),
+            "reference: GET /v1/cases/{id}": timed(f"{stack.url('intake')}/v1/cases/{{case}}", coordinator,
+                                                   "case_number"),
+        }
+        recorders: dict[str, Recorder] = {}
+        for what, call in measured.items():
+            await sequential(call, count=5)  # warm-up: connections, caches, the templates
+            recorders[what] = await sequential(call, count=calls)
+    recorders["reference: reports.dashboard() SQL alone"], plans = await _dashboard_sql(stack, municipality, calls)
+    for what, recorder in recorders.items():
+        rows.append({"measured": what, **recorder.summary_ms(), "errors": recorder.errors})
+    dashboard, case = recorders["console GET / (dashboard)"], recorders["console GET /cases/{id} (case page)"]
+    ratio_dash = dashboard.percentile(99) / recorders["reference: GET /v1/dashboard"].percentile(99)
+    ratio_case = case.percentile(99) / recorders["reference: GET /v1/cases/{id}"].percentile(99)
+    met = max(dashboard.percentile(99), case.percentile(99)) < CONSOLE_TARGET and not (dashboard.errors or case.errors)
+    return (
+        "Console page render with 100 000 cases in the municipality",
+        rows,
+        f"{len(cases)} cases COPY'd into intake (cases, survivor index) and, for the very same ids, referral's "
+        f"`case_facts` projection with one referral each ({load_seconds:.0f} s, then ANALYZE). The console is "
+        f"signed in through its development form (a real session cookie); one client, {calls} calls each after "
+        "5 warm-up calls, the case page for cases drawn at random. The case page makes seven API calls "
+        "(case, referrals, plan, placements, audit, members, rent bonus) at once; the dashboard one. "
+        f"p99 console / p99 of its main API call alone: dashboard {ratio_dash:.2f}×, case page {ratio_case:.2f}×. "
+        f"Target: p99 < 300 ms for both pages — **{'met' if met else 'missed'}**. The dashboard's statements "
+        f"one by one (EXPLAIN ANALYZE, server time): {plans}.",
+    )
+
+
+async def _dashboard_sql(stack: LaunchedStack, municipality: str, calls: int) -> tuple[Recorder, str]:
+    """referral's own dashboard function over SQLAlchemy (no HTTP), and each of its statements' server time."""
+    engine = create_async_engine(service_url(database.stack_settings(stack), "referral"), pool_size=1)
+    sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+    async def call(i: int) -> bool:
+        async with sessions() as session, session.begin():
+            await referral_reports.dashboard(session, municipality, 14)
+        return True
+
+    statements = {
+        "open cases by risk": "SELECT risk_level, count(*) FROM case_facts WHERE municipality = $1 AND status = 'open' "
+                              "GROUP BY 1",
+        "overdue referrals (count)": "SELECT count(*) FROM referrals WHERE municipality = $1 AND status = 'pending' "
+                                     "AND ack_due_at < now()",
+        "overdue referrals (first items)": "SELECT id FROM referrals WHERE municipality = $1 AND status = 'pending' "
+                                           "AND ack_due_at < now() ORDER BY ack_due_at LIMIT 20",
+    }
+    try:
+        await sequential(call, count=3)
+        recorder = await sequential(call, count=calls)
+    finally:
+        await engine.dispose()
+    conn = await database.connect(stack, "referral")
+    parts = []
+    try:
+        for name, sql in statements.items():
+            plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, municipality)
+            lines = [r[0] for r in plan]
+            print(name, *lines, sep="\n", flush=True)
+            parts.append(f"{name} {next((x.split(':')[1].strip() for x in lines if 'Execution Time' in x), '?')}")
+    finally:
+        await conn.close()
+    return recorder, ", ".join(parts)
+
+
 ALL: list[Callable[[LaunchedStack, bool], Awaitable[Outcome]]] = [
     intake_throughput,  # type: ignore[list-item]
     report_to_referral,  # type: ignore[list-item]
@@ -1031,6 +1137,7 @@ ALL: list[Callable[[LaunchedStack, bool], Awaitable[Outcome]]] = [
     placements_under_contention,  # type: ignore[list-item]
     duplicate_search,  # type: ignore[list-item]
     summary_report,  # type: ignore[list-item]
+    console_pages,  # type: ignore[list-item]
     import_rate,  # type: ignore[list-item]
     national_summary,  # type: ignore[list-item]
     memory,  # type: ignore[list-item]

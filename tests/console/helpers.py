@@ -43,12 +43,18 @@ async def referral_to(live: Live, municipality: str, case_id: str, member_id: st
     return await wait_for(probe, timeout=30, interval=0.2, what="the automatic referral")
 
 
+SIGN_IN_LABELS = {
+    "en": ("Role", "Municipality", "Member ID", "Shelter ID", "Sign in"),
+    "sq": ("Roli", "Bashkia", "ID e anëtarit", "ID e strehës", "Hyr"),
+    "sr": ("Uloga", "Opština", "ID člana", "ID skloništa", "Prijavi se"),
+}
+
+
 async def sign_in(page: Any, role: str, municipality: str, *, member_id: str = "", shelter_id: str = "",
-                  english: bool = False) -> None:
-    """The development sign-in form of CONTRACT §11, by its labels."""
+                  english: bool = False, language: str | None = None) -> None:
+    """The development sign-in form of CONTRACT §11, by its labels (in the page's language)."""
     await page.goto("/login")
-    labels = ("Role", "Municipality", "Member ID", "Shelter ID", "Sign in") if english else (
-        "Roli", "Bashkia", "ID e anëtarit", "ID e strehës", "Hyr")
+    labels = SIGN_IN_LABELS[language or ("en" if english else "sq")]
     await page.get_by_label(labels[0], exact=True).select_option(role)
     await page.get_by_label(labels[1], exact=True).fill(municipality)
     await page.get_by_label(labels[2], exact=True).fill(member_id)
@@ -86,3 +92,37 @@ async def http_sign_in(client: httpx.AsyncClient, role: str, municipality: str, 
     token = CSRF.search(home.text)
     assert token
     return token.group(1)
+
+
+async def register_shelter(live: Live, municipality: str, member_id: str, capacity: int = 8) -> dict[str, Any]:
+    """A shelter of the directory's shelter member (the shelter service learns of the member a moment later:
+    a 422 until then, which stores nothing, so asking again is safe)."""
+    body = {"name": "Streha e Testit", "operator": "Invented NGO", "kind": "emergency", "municipality": municipality,
+            "capacity": capacity, "accepts_children": True, "address": "Rruga 1", "phone": "+355690000002",
+            "member_id": member_id}
+    attempts: list[httpx.Response] = []
+
+    async def registered() -> bool:
+        attempts.append(await live.stack.shelter.post("/v1/shelters", headers=live.auth("coordinator", municipality),
+                                                      json=body))
+        return attempts[-1].status_code != 422
+
+    await wait_for(registered, timeout=30, what="the shelter service to know the new shelter member")
+    assert attempts[-1].status_code == 201, attempts[-1].text
+    return dict(attempts[-1].json())
+
+
+async def notifications_know_shelter(live: Live, shelter_id: str) -> None:
+    """Wait until the notifications service has the shelter's member in its projection, so that an alert
+    about a referral to that member reaches the shelter's staff."""
+    import sqlalchemy as sa
+
+    engine = live.stack.apps["notifications"].state.runtime.engine
+
+    async def known() -> bool:
+        async with engine.connect() as conn:
+            found = await conn.scalar(sa.text("SELECT member_id FROM shelter_free_beds WHERE shelter_id = :s"),
+                                      {"s": shelter_id})
+        return found is not None
+
+    await wait_for(known, timeout=30, interval=0.2, what="the notifications service to know the shelter")

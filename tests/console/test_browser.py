@@ -54,7 +54,7 @@ async def test_coordinator_dashboard_search_case_page_referral_reports(live: Liv
     await page.get_by_label("Shënim").fill("invented note")
     await page.get_by_role("button", name="Refero").click()
     await page.wait_for_url(f"**/cases/{case['id']}")
-    await page.get_by_role("cell", name="Komisariati i Testit").wait_for()
+    await page.get_by_role("cell", name="Komisariati i Testit", exact=True).wait_for()
 
     await page.goto("/reports")
     assert await page.locator("svg.chart").count() >= 5

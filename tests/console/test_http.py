@@ -103,7 +103,7 @@ async def test_pages_carry_csp_without_inline_script_no_store_and_nothing_from_a
     await http_sign_in(http, "coordinator", m)
     case = await report(live, m)
     for path in ("/", "/cases", f"/cases/{case['id']}", "/reports", "/meetings", "/directory", "/inbox",
-                 "/rent-bonus", "/login"):
+                 "/rent-bonus", "/rent-bonus/budgets", "/routing-rules", "/login"):
         response = await http.get(path)
         assert response.status_code == 200, (path, response.text[:500])
         csp = response.headers["content-security-policy"]
@@ -206,16 +206,18 @@ async def test_an_institution_sees_its_queue_and_acts_on_a_referral(live: Live, 
     assert again.status_code == 409 and 'role="alert"' in again.text
 
 
-def test_every_text_of_the_pages_is_in_both_catalogues() -> None:
+def test_every_text_of_the_pages_is_in_every_catalogue() -> None:
     used: set[str] = set()
     for template in TEMPLATES.glob("*.html"):
         used |= set(re.findall(r"_\(\"([^\"]+)\"\)", template.read_text()))
         used |= set(re.findall(r"_\('([^']+)'\)", template.read_text()))
-    source = "".join(p.read_text() for p in TEMPLATES.parent.glob("*.py"))
+    source = "".join(p.read_text() for p in TEMPLATES.parent.rglob("*.py"))
     used |= set(re.findall(r"gettext\(\s*\"([^\"]+)\"", source))
     assert len(used) > 150
-    albanian, english = catalogue("sq"), catalogue("en")
+    albanian, english, serbian = catalogue("sq"), catalogue("en"), catalogue("sr")
     assert sorted(used - set(albanian)) == [] and sorted(used - set(english)) == []
+    assert sorted(used - set(serbian)) == [] and set(serbian) == set(english)  # every text, codes too
+    assert serbian["Free beds"] == "Slobodni kreveti"
     assert albanian["Free beds"] == "Shtretër të lirë" and english["Free beds"] == "Free beds"
 
 
@@ -286,3 +288,33 @@ async def test_coordinator_schedules_a_meeting_and_its_decision_becomes_a_plan_a
     assert "home visit" in case_page.text and "Shërbimi Social" in case_page.text
     reports = await http.get("/reports")
     assert reports.status_code == 200 and "Rastet sipas muajit" in reports.text and "<svg" in reports.text
+
+
+async def test_the_role_pages_refuse_other_roles_and_bad_input_with_a_4xx(live: Live, http: httpx.AsyncClient) -> None:
+    m = new_municipality()
+    csrf = await http_sign_in(http, "coordinator", m)
+    for path in ("/plan-actions", f"/shelter/cases/{'0' * 8}-0000-0000-0000-{'0' * 12}"):
+        assert (await http.get(path)).status_code == 403, path  # not the coordinator's pages
+    budget = await http.post("/rent-bonus/budgets", data={"csrf": csrf, "year": "2026", "amount": "5"})
+    assert budget.status_code == 403  # only the housing office sets a budget
+    placement = await http.post("/placements", data={"csrf": csrf, "case_id": "x"})
+    assert placement.status_code == 403  # only shelter staff start one here
+    assert (await http.get("/shelter/cases/not-a-uuid")).status_code in (403, 404)
+    bad = await http.post("/routing-rules/save", data={"csrf": csrf, "name": "x", "refer_to": "ngo",
+                                                       "urgency": "normal", "when": "{not json"})
+    assert bad.status_code == 422 and 'role="alert"' in bad.text
+    wrong = await http.post("/routing-rules/save", data={"csrf": csrf, "name": "Not A Slug", "refer_to": "ngo",
+                                                         "urgency": "normal", "when": "[{}]"})
+    assert wrong.status_code == 422 and 'role="alert"' in wrong.text  # the referral service's refusal
+    gone = await http.post("/routing-rules/remove", data={"csrf": csrf, "original": "no_such_rule"})
+    assert gone.status_code == 409
+    table = await live.stack.referral.get("/v1/routing-rules", headers=live.auth("coordinator", m))
+    assert table.json()["is_default"]  # nothing of the above changed the table
+
+    housing = httpx.AsyncClient(base_url=live.url, timeout=30)
+    async with housing:
+        token = await http_sign_in(housing, "housing_officer", m)
+        refused = await housing.post("/rent-bonus/budgets", data={"csrf": token, "year": "2026", "amount": "-5"})
+        assert refused.status_code == 422 and 'role="alert"' in refused.text
+        assert (await housing.get("/rent-bonus/budgets?year=abc")).status_code == 200  # falls back to this year
+        assert (await housing.get("/routing-rules")).status_code == 403

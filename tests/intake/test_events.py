@@ -78,7 +78,10 @@ async def test_events_carry_coded_facts_and_no_personal_data(intake: Stack) -> N
         "case.reopened",
     ]
     reported_event = events[0]
-    assert set(reported_event) == {"id", "type", "source", "time", "subject", "municipality", "schema_version", "data"}
+    assert set(reported_event) == {
+        "specversion", "id", "type", "source", "time", "subject", "municipality", "schemaversion", "datacontenttype",
+        "data",
+    }  # fmt: skip
     assert reported_event["source"] == "mkr/intake" and reported_event["municipality"] == municipality
     data = reported_event["data"]
     assert set(data) == CASE_REPORTED_FIELDS

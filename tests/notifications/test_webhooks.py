@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
+from cloudevents.core.formats.json import JSONFormat
 
 from tests.notifications.conftest import MAX_ATTEMPTS, FastStack, Mailbox, WebhookReceiver
 from tests.support import new_municipality, wait_for
@@ -102,6 +103,10 @@ async def test_webhook_delivery_is_signed_with_the_subscription_secret(
     assert received.headers["content-type"] == "application/json"
     body = json.loads(received.body)
     assert body["id"] == event["id"] and body["type"] == "case.reported" and body["data"] == event["data"]
+    # The envelope of §9, a strict CloudEvents 1.0 event (the producer's legacy `schema_version` is renamed).
+    delivered = JSONFormat().read(None, received.body)
+    assert delivered.get_id() == event["id"] and delivered.get_specversion() == "1.0"
+    assert delivered.get_extension("schemaversion") == 1 and delivered.get_data() == event["data"]
 
 
 async def _at(receiver: WebhookReceiver, path: str, n: int) -> list[Any]:

@@ -218,7 +218,8 @@ async def test_a_failing_event_in_a_batch_holds_back_nothing(settings: Settings,
 async def test_event_rows_never_hold_personal_fields() -> None:
     envelope = Envelope(type="t", source="s", subject="x", municipality="m")
     assert set(json.loads(envelope.model_dump_json())) == {
-        "id", "type", "source", "time", "subject", "municipality", "schema_version", "data"
+        "specversion", "id", "type", "source", "time", "subject", "municipality", "schemaversion",
+        "datacontenttype", "data",
     }
 
 

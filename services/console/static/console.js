@@ -6,6 +6,8 @@
   var list = document.getElementById("live-alerts");
   if (!list) { return; }
   var linkText = document.body.dataset.caseLink || "";
+  // Where an alert's case leads depends on the role (the server says: a page this person can open).
+  var caseHref = document.body.dataset.caseHref || "";
   var source = new EventSource("/events");
   source.addEventListener("ready", function () { document.body.dataset.live = "ready"; });
   source.addEventListener("alert", function (event) {
@@ -13,10 +15,11 @@
     try { alert = JSON.parse(event.data); } catch (e) { return; }
     var item = document.createElement("li");
     item.className = "alert severity-" + String(alert.severity || "info").replace(/[^a-z]/g, "");
-    var title = document.createElement(alert.case_id ? "a" : "span");
+    var linked = caseHref && alert.case_id && /^[0-9a-f-]{36}$/.test(alert.case_id);
+    var title = document.createElement(linked ? "a" : "span");
     title.textContent = alert.title || "";
-    if (alert.case_id && /^[0-9a-f-]{36}$/.test(alert.case_id)) {
-      title.href = "/cases/" + alert.case_id;
+    if (linked) {
+      title.href = caseHref + alert.case_id;
       title.setAttribute("aria-label", (alert.title || "") + " — " + linkText);
     }
     item.appendChild(title);

@@ -1,0 +1,56 @@
+"""Small helpers the pages share: ids from paths, form values, API refusals as statuses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from services.console.i18n import TIMEZONE
+from services.console.upstream import ApiError, items_of
+from shared.errors import Problem
+
+URGENCIES = ("emergency", "high", "normal")
+# The largest page the services give (`shared.paging.MAX_LIMIT`): lists on a page ask for it, not the default 50.
+LIST_LIMIT = 200
+
+
+def uuid_of(value: str) -> str:
+    """A path id as a UUID; anything else is 404 (nothing is sent upstream)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise Problem(404, "Not found.") from exc
+
+
+def instant(value: str) -> str | None:
+    """A `datetime-local` value, read in Europe/Tirane, as RFC 3339 with its offset."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value  # the service refuses it with a clear message
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=TIMEZONE)
+    return moment.isoformat()
+
+
+def whole(value: Any) -> int | None:
+    text = str(value or "").strip()
+    return int(text) if text.isdigit() and len(text) < 9 else None
+
+
+def shown_status(error: ApiError) -> int:
+    """The status a page shows for a refusal: the service's 4xx, or 502 when the service failed."""
+    return error.status if error.status < 500 else 502
+
+
+def listing(value: Any) -> list[dict[str, Any]]:
+    if value is None or isinstance(value, ApiError):
+        return []
+    return items_of(value)
+
+
+async def nothing() -> None:
+    return None

@@ -1,0 +1,103 @@
+"""A service's consumer as one registry `{event model: handler}`: handlers receive validated, typed events.
+
+    handlers = EventHandlers({CaseReported: on_case_reported, CaseClosed: on_case_closed})
+    ConsumerSpec("cases", handlers.topics, handlers)
+
+    async def on_case_reported(session: AsyncSession, event: Received[CaseReported]) -> None:
+        event.data.case_id  # a UUID, validated against shared/contracts before the handler runs
+
+The consumer (`shared.events.EventConsumer`) has already checked the envelope against the contract
+and rejected what fails it (recorded, counted, never retried). A contract event the registry has no
+handler for is acknowledged and changes nothing. A handler that finds an event unusable raises
+`EventRejected(reason)`: the same rule applies (recorded as rejected, counted, not retried).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.contracts import EventData, EventRejected
+from shared.events import Envelope
+
+D = TypeVar("D", bound=EventData)
+
+
+@dataclass(frozen=True)
+class Received(Generic[D]):
+    """An event as a handler receives it: the envelope's attributes and its data as the contract's model."""
+
+    envelope: Envelope
+    data: D
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.envelope.id
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+    @property
+    def municipality(self) -> str:
+        return self.envelope.municipality
+
+    @property
+    def subject(self) -> str:
+        return self.envelope.subject
+
+    @property
+    def time(self) -> datetime:
+        return self.envelope.time
+
+
+TypedHandler = Callable[[AsyncSession, Received[Any]], Awaitable[None]]
+
+
+class EventHandlers:
+    """The registry of one consumer: which event models it acts on and the handler of each.
+
+    `every`, if given, runs after the typed handler for every contract event the consumer reads
+    (notifications: alert rules and webhooks are data, matched by event type).
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[type[EventData], TypedHandler],
+        *,
+        every: TypedHandler | None = None,
+        topics: tuple[str, ...] = (),
+    ) -> None:
+        self._by_type: dict[str, tuple[type[EventData], TypedHandler]] = {}
+        for model, handler in handlers.items():
+            if model.__dict__.get("TYPE") is None:
+                raise TypeError(f"{model.__name__} is not an event type of shared/contracts (EVENT_TYPES)")
+            self._by_type[model.TYPE] = (model, handler)
+        self.every = every
+        # The topics to read: those of the handled models, and any the caller adds (for `every`).
+        self.topics: tuple[str, ...] = tuple(dict.fromkeys([*(m.TOPIC for m, _ in self._by_type.values()), *topics]))
+
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset(self._by_type)
+
+    async def __call__(self, session: AsyncSession, envelope: Envelope) -> None:
+        entry = self._by_type.get(envelope.type)
+        if entry is None and self.every is None:
+            return  # a contract event this consumer does not act on
+        data = envelope.typed()
+        if entry is not None:
+            model, handler = entry
+            if not isinstance(data, model):
+                raise EventRejected("invalid_data")
+            await handler(session, Received(envelope, data))
+        if self.every is not None:
+            await self.every(session, Received(envelope, data))
+
+
+__all__ = ["EventHandlers", "Received", "TypedHandler"]
