@@ -13,7 +13,7 @@ The acknowledgement times are counted per bucket (8 per doubling of the seconds)
 finds one bucket's referrals, from which the exact median is read.
 
 Revision ID: 0005_h15lp_links
-Revises: 0005_h17_prune
+Revises: 0006_h14_pending
 Create Date: 2026-12-02
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_h15lp_links"
-down_revision: str | None = "0005_h17_prune"
+down_revision: str | None = "0006_h14_pending"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
