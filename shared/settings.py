@@ -8,9 +8,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from shared import profiles
 
 MIN_INDEX_KEY_BYTES = 32  # production refuses a shorter MKR_INDEX_KEY
 
@@ -116,6 +118,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
     # Reports for the auditor: a count from 1 to this - 1 is suppressed, CSV rows are k-anonymous for k = this.
     reports_min_cell: int = Field(default=5, ge=2, le=1000)
+    # The country profile (shared/profiles/<name>.toml): languages, timezone, case prefixes, default risk
+    # screen and routing rules, names of member kinds and orders. An unknown one fails at start.
+    profile: str = "albania"
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_exists(cls, value: str) -> str:
+        profiles.load(value)  # raises ProfileError (a ValueError) naming the profile and the choices
+        return value
+
+    @property
+    def country(self) -> profiles.Profile:
+        return profiles.load(self.profile)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

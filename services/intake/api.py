@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.intake import casefile, casekeys, domain, erasure, events, service, transfers
+from services.intake import casefile, casekeys, domain, erasure, events, linking, service, transfers
 from services.intake.config import IntakeConfig
 from services.intake.models import (
     Case,
@@ -63,6 +63,11 @@ def _config(request: Request) -> IntakeConfig:
     return config
 
 
+def _default_screen(request: Request) -> domain.RiskScreen:
+    screen: domain.RiskScreen = request.app.state.default_screen
+    return screen
+
+
 def _cipher(request: Request) -> FieldCipher:
     cipher: FieldCipher = request.app.state.cipher
     return cipher
@@ -105,7 +110,7 @@ async def report_case(
     )
     config = _config(request)
     async with session.begin():
-        screen = await service.load_screen(session, body.municipality)
+        screen = await service.load_screen(session, body.municipality, _default_screen(request))
         if body.risk_answers is not None and (unknown := domain.unknown_answers(screen, body.risk_answers)):
             raise Problem(
                 422,
@@ -139,11 +144,12 @@ async def get_case(case_id: uuid.UUID, principal: Reporter, session: SessionDep,
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id)
         records = await service.case_records(session, case.id)
+        links = await linking.link_state(session, case)
         previous = await transfers.previous_case_numbers(session, case.id)
         # The read is logged and committed before any byte of the case leaves (no audit, no answer).
         await service.record_audit(session, principal, case, "case.read")
         cipher = await casekeys.cipher_for(session, _cipher(request), case.id)
-    return casefile.case_out(cipher, principal, case, records).model_copy(
+    return casefile.case_out(cipher, principal, case, records, links).model_copy(
         update={"previous_case_numbers": previous}
     )
 
@@ -210,7 +216,7 @@ async def assess_risk(
 ) -> RiskAssessmentResult:
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id, for_update=True)
-        screen = await service.load_screen(session, case.municipality)
+        screen = await service.load_screen(session, case.municipality, _default_screen(request))
         if unknown := domain.unknown_answers(screen, body.risk_answers):
             raise Problem(
                 422,
@@ -412,14 +418,16 @@ def _screen_out(municipality: str, screen: domain.RiskScreen, is_default: bool) 
         questions=[RiskQuestion(id=qid, red_flag=red) for qid, red in screen.questions],
         high_yes_count=screen.high_yes_count,
         medium_yes_count=screen.medium_yes_count,
+        escalation_cases=screen.escalation_cases,
+        escalation_window_days=screen.escalation_window_days,
     )
 
 
 @router.get("/risk-screen", response_model=RiskScreenOut, tags=["risk screen"], summary="The risk screen in use")
-async def get_risk_screen(principal: Reporter, session: SessionDep) -> RiskScreenOut:
+async def get_risk_screen(principal: Reporter, session: SessionDep, request: Request) -> RiskScreenOut:
     async with session.begin():
         row = await session.get(RiskScreenConfig, principal.municipality)
-        screen = await service.load_screen(session, principal.municipality)
+        screen = await service.load_screen(session, principal.municipality, _default_screen(request))
     return _screen_out(principal.municipality, screen, row is None)
 
 
@@ -431,6 +439,8 @@ async def put_risk_screen(body: RiskScreenIn, principal: Coordinator, session: S
             "questions": [q.model_dump() for q in body.questions],
             "high_yes_count": body.high_yes_count,
             "medium_yes_count": body.medium_yes_count,
+            "escalation_cases": body.escalation_cases,
+            "escalation_window_days": body.escalation_window_days,
             "updated_at": datetime.now(UTC),
             "updated_by_sub": principal.sub,
         }
@@ -444,5 +454,7 @@ async def put_risk_screen(body: RiskScreenIn, principal: Coordinator, session: S
         questions=tuple((q.id, q.red_flag) for q in body.questions),
         high_yes_count=body.high_yes_count,
         medium_yes_count=body.medium_yes_count,
+        escalation_cases=body.escalation_cases,
+        escalation_window_days=body.escalation_window_days,
     )
     return _screen_out(principal.municipality, screen, False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from datetime import UTC, date, datetime
@@ -9,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import casekeys, domain, events, numbering, service
+from services.intake import casekeys, domain, events, linking, numbering, service
 from services.intake.casekeys import CaseCipher
 from services.intake.config import IntakeConfig
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, SurvivorIndex
@@ -131,7 +132,8 @@ async def create_case(
             )
         )
     await session.flush()
-    duplicates = await service.possible_duplicates(
+    search = functools.partial(
+        service.possible_duplicates,
         session,
         viewer=principal,
         municipality=body.municipality,
@@ -142,7 +144,11 @@ async def create_case(
         threshold=config.duplicate_threshold,
         limit=config.max_duplicates,
     )
-    event_id = await events.case_reported(session, settings, case, share_with)
+    # Every possible duplicate awaits the coordinator's decision; the reporter is shown only those she may read.
+    candidates = await search(everything=True)
+    duplicates = candidates if principal.role is Role.coordinator else await search()
+    await linking.record_candidates(session, case, candidates)
+    event_id = await events.case_reported(session, settings, case, share_with, pending_duplicates=len(candidates))
     prefix = domain.case_prefix(body.municipality, config.case_prefixes)
     await numbering.number_case(
         session, case=case, year=local_day.year, prefix=prefix, event_id=event_id, principal=principal,
@@ -208,8 +214,15 @@ def survivor_out(case: Case, personal: dict[str, Any] | None) -> SurvivorOut | E
     )
 
 
-def case_out(cipher: CaseCipher, principal: Principal, case: Case, records: service.CaseRecords) -> CaseOut:
-    """The case as this caller may see it (the narrative only for the coordinator and the reporter)."""
+def case_out(
+    cipher: CaseCipher,
+    principal: Principal,
+    case: Case,
+    records: service.CaseRecords,
+    links: linking.LinkState | None = None,
+) -> CaseOut:
+    """The case as this caller may see it (the narrative only for the coordinator and the reporter; the
+    other cases of the same person and the possible duplicates only for the coordinator)."""
     personal = open_personal(cipher, case)
     facts = case.facts
     # "Share only what the recipient needs": the narrative goes to the coordinator and the reporter only.
@@ -254,7 +267,23 @@ def case_out(cipher: CaseCipher, principal: Principal, case: Case, records: serv
         ],
         closed_at=case.closed_at,
         close_reason=close_reason if principal.role is Role.coordinator else None,
+        **_links_out(principal, links),
     )
+
+
+def _links_out(principal: Principal, links: linking.LinkState | None) -> dict[str, Any]:
+    if links is None:
+        return {}
+    repeat_of = links.repeat_of
+    if principal.role is not Role.coordinator:
+        return {"repeat": repeat_of is not None}
+    return {
+        "repeat": repeat_of is not None,
+        "repeat_of": repeat_of,
+        "linked_case_ids": [c.id for c in links.linked],
+        "possible_duplicates": [PossibleDuplicate(id=m.id, case_number=m.case_number, score=m.score)
+                                for m in links.possible],
+    }
 
 
 def consent_out(records: list[ConsentRecord], given_at: str | None) -> ConsentOut:

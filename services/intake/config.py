@@ -9,13 +9,14 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.intake.municipalities import ALBANIA
+from shared.profiles import Profile
 
 
 class IntakeConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MKR_INTAKE_", extra="ignore")
 
-    # Case-number prefix per municipality, e.g. MKR_INTAKE_CASE_PREFIXES='{"elbasan": "ELB"}';
-    # others use the first three letters of the slug, upper-case.
+    # Case-number prefix per municipality, e.g. MKR_INTAKE_CASE_PREFIXES='{"elbasan": "ELB"}', over the
+    # country profile's (MKR_PROFILE); others use the first three letters of the slug, upper-case.
     case_prefixes: dict[str, str] = Field(default_factory=dict)
     # Name similarity (0..1, overlap of keyed trigrams) from which an earlier case is a possible duplicate.
     duplicate_threshold: float = Field(default=0.45, gt=0, le=1)
@@ -30,8 +31,9 @@ class IntakeConfig(BaseSettings):
     referral_url: str | None = None
     shelter_url: str | None = None
     notifications_url: str | None = None
-    # The local calendar for the case-number year and the age at the report date.
-    timezone: str = "Europe/Tirane"
+    # The local calendar for the case-number year and the age at the report date; empty: the country
+    # profile's (MKR_PROFILE; Albania: Europe/Tirane).
+    timezone: str = ""
     # The slugs a case may be transferred to (CONTRACT §10), e.g. MKR_INTAKE_MUNICIPALITIES='["elbasan", "korce"]'.
     municipalities: list[str] = Field(default_factory=lambda: list(ALBANIA), min_length=1)
 
@@ -46,5 +48,15 @@ class IntakeConfig(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        ZoneInfo(value)  # raises for an unknown zone
+        if value:
+            ZoneInfo(value)  # raises for an unknown zone
         return value
+
+    def for_profile(self, profile: Profile) -> IntakeConfig:
+        """These settings with what they leave open taken from the country profile."""
+        return self.model_copy(
+            update={
+                "timezone": self.timezone or profile.timezone,
+                "case_prefixes": {**profile.case_prefixes, **self.case_prefixes},
+            }
+        )

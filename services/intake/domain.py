@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 
+from shared import profiles
 from shared.auth import Principal, Role
 from shared.vocab import AgeGroup
 
-# DOMAIN.md "The risk screen": the defaults; a municipality may replace them (risk_screen_configs).
-DEFAULT_QUESTIONS: tuple[tuple[str, bool], ...] = (
-    ("threats_to_kill", True),
-    ("strangulation", True),
-    ("weapon_used_or_threatened", True),
-    ("afraid_of_being_killed", True),
-    ("violence_escalating", False),
-    ("pregnant_or_newborn", False),
-    ("separation_recent_or_planned", False),
-    ("perpetrator_weapon_access", False),
-    ("threats_to_children", False),
-    ("perpetrator_substance_abuse", False),
-    ("perpetrator_prior_violence", False),
-    ("protection_order_breached", False),
-    ("controlling_or_isolating", False),
-    ("stalking_or_harassment", False),
-    ("sexual_violence", False),
-    ("perpetrator_suicidal", False),
-)
+
+# DOMAIN.md "The risk screen": the defaults are the country profile's (shared/profiles/<name>.toml); a
+# municipality may replace them (risk_screen_configs). DEFAULT_QUESTIONS: Albania's, the default profile.
+def profile_questions(profile: profiles.Profile) -> tuple[tuple[str, bool], ...]:
+    return tuple((str(q["id"]), bool(q.get("red_flag"))) for q in profile.risk_screen.questions)
+
+
+DEFAULT_QUESTIONS: tuple[tuple[str, bool], ...] = profile_questions(profiles.load("albania"))
 LEVELS = ("low", "medium", "high")
 
 
@@ -35,6 +27,10 @@ class RiskScreen:
     questions: tuple[tuple[str, bool], ...] = DEFAULT_QUESTIONS
     high_yes_count: int = 8
     medium_yes_count: int = 4
+    # MARAC's "potential escalation": the `escalation_cases`-th case of the same person (linked by the
+    # coordinator) within `escalation_window_days` is high risk.
+    escalation_cases: int = 3
+    escalation_window_days: int = 365
 
     @property
     def ids(self) -> set[str]:
@@ -110,3 +106,47 @@ def is_reporter(principal: Principal, reported_by_sub: str, reported_by_member_i
     if principal.member_id is not None and principal.member_id == reported_by_member_id:
         return True
     return principal.sub == reported_by_sub
+
+
+# --- repeats and escalation (CONTRACT §10, DOMAIN.md "Repeats") ---------------------------------------------
+
+ESCALATION_FLAG = "potential_escalation"  # the red flag an escalation adds to the risk history
+
+
+@dataclass(frozen=True)
+class LinkedCase:
+    id: uuid.UUID
+    reported_at: datetime
+
+
+def year_before(at: datetime) -> datetime:
+    """The same instant twelve months earlier (29 February → 28 February)."""
+    try:
+        return at.replace(year=at.year - 1)
+    except ValueError:
+        return at.replace(year=at.year - 1, day=28)
+
+
+def repeat_of(case: LinkedCase, same_person: Sequence[LinkedCase]) -> uuid.UUID | None:
+    """The latest case of the same person reported in the 12 months before `case` (MARAC's repeat), if any."""
+    since = year_before(case.reported_at)
+    earlier = [c for c in same_person if c.id != case.id and since <= c.reported_at <= case.reported_at
+               and (c.reported_at, str(c.id)) < (case.reported_at, str(case.id))]
+    return max(earlier, key=lambda c: (c.reported_at, str(c.id))).id if earlier else None
+
+
+def escalates(case: LinkedCase, same_person: Sequence[LinkedCase], screen: RiskScreen) -> bool:
+    """`case` is at least the `escalation_cases`-th case of the person within the window ending at its report."""
+    since = case.reported_at - timedelta(days=screen.escalation_window_days)
+    earlier = [c for c in same_person if c.id != case.id and since <= c.reported_at <= case.reported_at
+               and (c.reported_at, str(c.id)) < (case.reported_at, str(case.id))]
+    return len(earlier) + 1 >= screen.escalation_cases
+
+
+def default_screen(profile: profiles.Profile) -> RiskScreen:
+    """The risk screen of a municipality that has not configured its own, in this country."""
+    return RiskScreen(
+        questions=profile_questions(profile),
+        high_yes_count=profile.risk_screen.high_yes_count,
+        medium_yes_count=profile.risk_screen.medium_yes_count,
+    )

@@ -22,7 +22,9 @@ async def _emit(session: AsyncSession, settings: Settings, case: Case, data: con
     return envelope.id
 
 
-async def case_reported(session: AsyncSession, settings: Settings, case: Case, share_with: list[str]) -> uuid.UUID:
+async def case_reported(
+    session: AsyncSession, settings: Settings, case: Case, share_with: list[str], pending_duplicates: int = 0
+) -> uuid.UUID:
     """The event's id (the case number in it may still be the placeholder; see services/intake/numbering.py)."""
     facts = case.facts
     children = facts.get("children", [])
@@ -44,6 +46,7 @@ async def case_reported(session: AsyncSession, settings: Settings, case: Case, s
         consent_share_with=[MemberKind(kind) for kind in share_with],
         reported_by_role=case.reported_by_role,
         reported_by_member_id=case.reported_by_member_id,
+        pending_duplicates=pending_duplicates,
     )
     return await _emit(session, settings, case, data)
 
@@ -125,6 +128,30 @@ async def risk_review_requested(
         assessed_by_role=assessed_by_role,
     )
     await _emit(session, settings, case, data)
+
+
+async def case_links_changed(
+    session: AsyncSession,
+    settings: Settings,
+    case: Case,
+    type_: str,
+    *,
+    repeat_of: uuid.UUID | None,
+    linked_count: int,
+    pending_duplicates: int,
+) -> None:
+    """`case.linked` / `case.unlinked`: the case's state after the coordinator's duplicate decision (or its
+    undoing). Flags and counts only: never which other case, let alone whose (CONTRACT §10)."""
+    model = {"case.linked": contract.CaseLinked, "case.unlinked": contract.CaseUnlinked}[type_]
+    await _emit(
+        session,
+        settings,
+        case,
+        model(
+            case_id=case.id, case_number=case.case_number, repeat=repeat_of is not None,
+            linked_count=linked_count, pending_duplicates=pending_duplicates,
+        ),
+    )
 
 
 # The referral life cycle as stages: a status only ever moves to a later stage, so applying the latest

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
-from services.intake import erasure, service, survivor_api
+from services.intake import domain, erasure, links_api, service, survivor_api
 from services.intake.api import router
 from services.intake.config import IntakeConfig
 from services.intake.events import on_referral_event
@@ -88,12 +88,12 @@ def _audited_refusal(default: Any) -> Callable[..., Any]:
 
 def create_app(settings: Settings | None = None, config: IntakeConfig | None = None) -> FastAPI:
     settings = settings or get_settings()
-    config = config or IntakeConfig()
+    config = (config or IntakeConfig()).for_profile(settings.country)
     cipher = FieldCipher.from_settings(settings)
     app = create_service_app(
         name="intake",
         settings=settings,
-        routers=[router, transfers_router, survivor_api.router],
+        routers=[router, transfers_router, survivor_api.router, links_api.router],
         migrations=Path(__file__).parent / "migrations",
         consumers=[ConsumerSpec("case-access", [REFERRAL_TOPIC], on_referral_event)],
         background=[
@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
         title="MKR intake",
     )
     app.state.intake_config = config
+    app.state.default_screen = domain.default_screen(settings.country)
     app.add_exception_handler(service.CaseHidden, _audited_denial)  # type: ignore[arg-type]
     app.add_exception_handler(Problem, _audited_refusal(app.exception_handlers[Problem]))
     app.state.cipher = cipher

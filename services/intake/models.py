@@ -163,6 +163,35 @@ class RiskScreenConfig(IntakeTable, table=True):
     medium_yes_count: int
     updated_at: datetime = Field(sa_type=TZ)
     updated_by_sub: str
+    escalation_cases: int = Field(default=3, sa_column_kwargs={"server_default": "3"})
+    escalation_window_days: int = Field(default=365, sa_column_kwargs={"server_default": "365"})
+
+
+class DuplicateCandidate(IntakeTable, table=True):
+    """An earlier case the duplicate search found alike when `case_id` was reported: awaiting the
+    coordinator's decision until a `case_links` row names the pair."""
+
+    __tablename__ = "duplicate_candidates"
+
+    case_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id")
+    other_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id", index=True)
+    municipality: str
+    score: float
+    found_at: datetime = Field(sa_type=TZ)
+
+
+class CaseLink(IntakeTable, table=True):
+    """The coordinator's decision on a pair of cases (`low_id` < `high_id`): `same_person` or
+    `not_same_person`. Deleting the row undoes the decision (the audit trail keeps both)."""
+
+    __tablename__ = "case_links"
+
+    low_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id")
+    high_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id", index=True)
+    municipality: str
+    relation: str
+    decided_at: datetime = Field(sa_type=TZ)
+    decided_by_sub: str
 
 
 class AuditEntry(IntakeTable, table=True):

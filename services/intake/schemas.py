@@ -241,6 +241,36 @@ class CaseOut(BaseModel):
     close_reason: str | None = None
     # The numbers the case had in the municipalities it was transferred from (CONTRACT §10), oldest first.
     previous_case_numbers: list[str] = Field(default_factory=list)
+    # The coordinator's duplicate decisions (CONTRACT §10). The other cases' ids and the undecided possible
+    # duplicates are shown to the coordinator only; `repeat` to everyone who reads the case.
+    repeat: bool = False
+    repeat_of: uuid.UUID | None = None
+    linked_case_ids: list[uuid.UUID] = Field(default_factory=list)
+    possible_duplicates: list[PossibleDuplicate] = Field(default_factory=list)
+
+
+class LinkRelation(StrEnum):
+    same_person = "same_person"
+    not_same_person = "not_same_person"
+
+
+class LinkIn(Strict):
+    case_id: uuid.UUID
+    relation: LinkRelation
+
+
+class LinksOut(BaseModel):
+    """A case among its possible duplicates: whom the coordinator linked it to (directly or through
+    another case), whom she ruled apart, what still awaits her decision, and whether it is a repeat."""
+
+    case_id: uuid.UUID
+    case_number: str
+    risk_level: RiskLevel
+    repeat: bool
+    repeat_of: uuid.UUID | None = None
+    linked_case_ids: list[uuid.UUID]
+    not_same_person_case_ids: list[uuid.UUID]
+    possible_duplicates: list[PossibleDuplicate]
 
 
 class CaseSummary(BaseModel):
@@ -379,6 +409,9 @@ class RiskScreenIn(Strict):
     questions: list[RiskQuestion] = Field(min_length=1, max_length=100)
     high_yes_count: int = Field(ge=1, le=100)
     medium_yes_count: int = Field(ge=1, le=100)
+    # MARAC's "potential escalation": the n-th case of the same person within the window is high risk.
+    escalation_cases: int = Field(default=3, ge=2, le=100)
+    escalation_window_days: int = Field(default=365, ge=1, le=3660)
 
     @model_validator(mode="after")
     def _consistent(self) -> RiskScreenIn:

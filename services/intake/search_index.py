@@ -95,6 +95,7 @@ async def possible_duplicates(
     exclude: uuid.UUID,
     threshold: float,
     limit: int,
+    everything: bool = False,
 ) -> list[Match]:
     """Earlier cases whose survivor's name is similar (Jaccard of keyed trigrams) and birth year fits,
     among those `viewer` may read (CONTRACT §2: no oracle of who has a case elsewhere)."""
@@ -110,7 +111,7 @@ async def possible_duplicates(
         "bdk": birth_date_key,
         "threshold": threshold,
         "limit": limit,
-        "everything": viewer.role is Role.coordinator,
+        "everything": everything or viewer.role is Role.coordinator,
         "viewer_sub": viewer.sub,
         "viewer_member": viewer.member_id if viewer.is_institution else None,
     }

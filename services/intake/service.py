@@ -27,14 +27,19 @@ from services.intake.models import (
 from shared.paging import Keyset, fetch_page
 
 
-async def load_screen(session: AsyncSession, municipality: str) -> domain.RiskScreen:
+async def load_screen(
+    session: AsyncSession, municipality: str, default: domain.RiskScreen | None = None
+) -> domain.RiskScreen:
+    """The municipality's risk screen, or `default` (the country profile's; Albania's when not given)."""
     row = await session.get(RiskScreenConfig, municipality)
     if row is None:
-        return domain.RiskScreen()
+        return default or domain.RiskScreen()
     return domain.RiskScreen(
         questions=tuple((str(q["id"]), bool(q.get("red_flag"))) for q in row.questions),
         high_yes_count=row.high_yes_count,
         medium_yes_count=row.medium_yes_count,
+        escalation_cases=row.escalation_cases,
+        escalation_window_days=row.escalation_window_days,
     )
 
 

@@ -22,6 +22,7 @@ from services.notifications.schemas import (
     SubscriptionIn,
     SubscriptionOut,
 )
+from shared import profiles
 from shared.auth import INSTITUTION_ROLES, AnyRole, Principal, Role, allow
 from shared.db import SessionDep
 from shared.errors import Problem, forbidden, not_found, problem_response
@@ -33,8 +34,14 @@ SubscriberRole = Annotated[Principal, Depends(allow(INSTITUTION_ROLES, Role.coor
 AcceptLanguage = Annotated[str | None, Header(alias="Accept-Language")]
 
 
-def _language(accept_language: str | None, response: Response | None = None) -> domain.Language:
-    language = domain.language_of(accept_language)
+def _profile(request: Request) -> profiles.Profile:
+    return request.app.state.settings.country  # type: ignore[no-any-return]
+
+
+def _language(
+    accept_language: str | None, request: Request, response: Response | None = None
+) -> domain.Language:
+    language = domain.language_of(accept_language, _profile(request))
     if response is not None:
         response.headers["Content-Language"] = language
         response.headers["Vary"] = "Accept-Language"
@@ -57,10 +64,10 @@ async def list_inbox(
     Pages: when more remain, `next_cursor` (also in the `X-Next-Cursor` header and a `Link: rel="next"`,
     as before) carries the opaque cursor for the next, older page.
     """
-    language = _language(accept_language, response)
+    language = _language(accept_language, request, response)
     rows, next_cursor = await inbox.page(session, principal, unread=unread, limit=limit, cursor=cursor)
     _next_headers(request, response, next_cursor)
-    return Page[AlertOut](items=[inbox.to_out(a, language) for a in rows], next_cursor=next_cursor)
+    return Page[AlertOut](items=[inbox.to_out(a, language, _profile(request)) for a in rows], next_cursor=next_cursor)
 
 
 def _next_headers(request: Request, response: Response, next_cursor: str | None) -> None:
@@ -75,11 +82,12 @@ async def mark_read(
     alert_id: uuid.UUID,
     principal: AnyRole,
     session: SessionDep,
+    request: Request,
     response: Response,
     accept_language: AcceptLanguage = None,
 ) -> AlertOut:
     """Only the addressee may; anyone else gets 404. Reading twice keeps the first `read_at`."""
-    language = _language(accept_language, response)
+    language = _language(accept_language, request, response)
     async with session.begin():
         alert = (
             await session.execute(
@@ -91,7 +99,7 @@ async def mark_read(
         if alert.read_at is None:
             alert.read_at = datetime.now(UTC)
             session.add(alert)
-    return inbox.to_out(alert, language)
+    return inbox.to_out(alert, language, _profile(request))
 
 
 @router.get(
@@ -148,7 +156,8 @@ async def stream_inbox(
         broadcaster,
         listener,
         principal,
-        language=domain.language_of(accept_language),
+        language=domain.language_of(accept_language, _profile(request)),
+        profile=_profile(request),
         last_event_id=resume,
         heartbeat_seconds=config.sse_heartbeat_seconds,
         ends_at=inbox.token_expiry(request),

@@ -403,8 +403,11 @@ class DeliveryWorker:
             alert = await session.get(Alert, delivery.alert_id)
         if alert is None or not delivery.address:
             raise SendFailed("alert missing")
-        title_sq, body_sq = domain.render(alert.type, alert.params, "sq")
-        title_en, body_en = domain.render(alert.type, alert.params, "en")
+        # The profile's own language first, English below it (Albania: Albanian, then English).
+        profile = runtime.settings.country
+        second = "en" if profile.language != "en" else profile.languages[-1]
+        title_sq, body_sq = domain.render(alert.type, alert.params, profile.language, profile)
+        title_en, body_en = domain.render(alert.type, alert.params, second, profile)
         message = EmailMessage()
         message["From"] = self.config.smtp_from
         message["To"] = delivery.address

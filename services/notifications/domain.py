@@ -16,12 +16,13 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from shared import profiles
 from shared.contracts import events as ev
 
 Severity = Literal["info", "warning", "critical"]
 Channel = Literal["inbox", "email"]
 RecipientKind = Literal["role", "member", "shelter", "user"]
-Language = Literal["sq", "en"]
+Language = profiles.Language
 
 DELIVERY_STATES = ("pending", "succeeded", "dead", "cancelled")
 
@@ -246,188 +247,10 @@ def derived_event_id(*parts: str) -> uuid.UUID:
 
 
 # --- texts -----------------------------------------------------------------------------------
+# The words are data of the country profile (shared/profiles: texts/<language>.toml, the profile's names of
+# orders and member kinds); `ALBANIA`, the default profile, is what callers without one get.
 
-TEMPLATES: dict[str, dict[Language, tuple[str, str]]] = {
-    "case.new": {
-        "sq": ("Rast i ri {case_number}", "U raportua rasti {case_number} (rreziku: {risk_level})."),
-        "en": ("New case {case_number}", "Case {case_number} was reported (risk: {risk_level})."),
-    },
-    "case.high_risk": {
-        "sq": (
-            "Rast me rrezik të lartë {case_number}",
-            "Rasti {case_number} është me rrezik të lartë. Kërkohet veprim i menjëhershëm.",
-        ),
-        "en": ("High-risk case {case_number}", "Case {case_number} is high risk. Act at once."),
-    },
-    "case.risk_review": {
-        "sq": (
-            "Rivlerësim për t'u shqyrtuar: {case_number}",
-            "Një rivlerësim i rastit {case_number} ({assessed_by_role}) do ta ulte rrezikun në "
-            "{proposed_risk_level}. Niveli mbetet {risk_level} derisa ta shqyrtoni.",
-        ),
-        "en": (
-            "Reassessment to review: {case_number}",
-            "A reassessment of case {case_number} ({assessed_by_role}) would lower the risk to "
-            "{proposed_risk_level}. The level stays {risk_level} until you review it.",
-        ),
-    },
-    "referral.new": {
-        "sq": (
-            "Referim i ri për rastin {case_number}",
-            "Institucioni juaj mori një referim për rastin {case_number} (urgjenca: {urgency}). "
-            "Konfirmojeni deri më {ack_due_at}.",
-        ),
-        "en": (
-            "New referral for case {case_number}",
-            "Your institution received a referral for case {case_number} (urgency: {urgency}). "
-            "Acknowledge it by {ack_due_at}.",
-        ),
-    },
-    "referral.sla_breached": {
-        "sq": (
-            "Referim pa konfirmim: {case_number}",
-            "Referimi për rastin {case_number} nuk u konfirmua brenda afatit ({ack_due_at}).",
-        ),
-        "en": (
-            "Referral not acknowledged: {case_number}",
-            "The referral for case {case_number} was not acknowledged in time (due {ack_due_at}).",
-        ),
-    },
-    "protection_order.expiring": {
-        "sq": (
-            "Urdhri i mbrojtjes skadon: {case_number}",
-            "Urdhri i mbrojtjes ({kind}) për rastin {case_number} skadon më {expires_at}.",
-        ),
-        "en": (
-            "Protection order expiring: {case_number}",
-            "The protection order ({kind}) for case {case_number} expires on {expires_at}.",
-        ),
-    },
-    "plan.action_overdue": {
-        "sq": (
-            "Veprim i vonuar në planin e rastit {case_number}",
-            "Një veprim i planit për rastin {case_number} ishte për t'u kryer më {due_date}.",
-        ),
-        "en": (
-            "Plan action overdue: {case_number}",
-            "A plan action for case {case_number} was due on {due_date}.",
-        ),
-    },
-    "shelter.full": {
-        "sq": ("Strehëza është plot", "Një strehëz nuk ka më shtretër të lirë (kapaciteti: {capacity})."),
-        "en": ("Shelter full", "A shelter has no free bed left (capacity: {capacity})."),
-    },
-    "shelter.none_available": {
-        "sq": (
-            "Asnjë shtrat i lirë në bashki",
-            "Asnjë strehëz e bashkisë nuk ka shtrat të lirë ({shelters} strehëza).",
-        ),
-        "en": ("No free shelter bed", "No shelter in the municipality has a free bed ({shelters} shelters)."),
-    },
-    "rent_bonus.ending": {
-        "sq": (
-            "Bonusi i qirasë po mbaron: {case_number}",
-            "Bonusi i qirasë për rastin {case_number} mbaron në {last_month}.",
-        ),
-        "en": ("Rent bonus ending: {case_number}", "The rent bonus for case {case_number} ends in {last_month}."),
-    },
-    "rent_bonus.payment_due": {
-        "sq": (
-            "Pagesë e bonusit të qirasë: {case_number}",
-            "Pagesa e bonusit të qirasë për rastin {case_number} për muajin {month} ({amount} lekë) duhet kryer.",
-        ),
-        "en": (
-            "Rent bonus payment due: {case_number}",
-            "The rent bonus payment for case {case_number} for {month} ({amount} ALL) is due.",
-        ),
-    },
-    "mechanism.gap": {
-        "sq": (
-            "Mungesë në mekanizëm: {case_number}",
-            "Rasti {case_number} ka nevojë për një anëtar të llojit {missing_kind}, por bashkia nuk ka asnjë.",
-        ),
-        "en": (
-            "Mechanism gap: {case_number}",
-            "Case {case_number} needs a member of kind {missing_kind}, and the municipality has none.",
-        ),
-    },
-    # Transfers between municipalities (services/notifications/transfers.py): one alert to each side.
-    "transfer.requested": {
-        "sq": (
-            "Kërkesë për transferim: {case_number}",
-            "U kërkua transferimi i rastit {case_number} në bashkinë {to_municipality}. Pritet përgjigja e saj.",
-        ),
-        "en": (
-            "Transfer requested: {case_number}",
-            "Case {case_number} was offered to {to_municipality}. Its coordinator is to accept or decline it.",
-        ),
-    },
-    "transfer.incoming": {
-        "sq": (
-            "Rast për t'u marrë në ngarkim: {case_number}",
-            "Bashkia {from_municipality} kërkon t'ju transferojë rastin {case_number} (rreziku: {risk_level}). "
-            "Pranojeni ose refuzojeni.",
-        ),
-        "en": (
-            "Incoming transfer: {case_number}",
-            "{from_municipality} asks you to take over case {case_number} (risk: {risk_level}). Accept or decline it.",
-        ),
-    },
-    "transfer.accepted": {
-        "sq": (
-            "Rasti u transferua: {previous_case_number}",
-            "Rasti {previous_case_number} i bashkisë {from_municipality} tani është rasti {case_number} "
-            "i bashkisë {to_municipality}.",
-        ),
-        "en": (
-            "Case transferred: {previous_case_number}",
-            "Case {previous_case_number} of {from_municipality} is now case {case_number} of {to_municipality}.",
-        ),
-    },
-    "transfer.declined": {
-        "sq": (
-            "Transferimi u refuzua: {case_number}",
-            "Bashkia {to_municipality} refuzoi transferimin e rastit {case_number}; "
-            "rasti mbetet në {from_municipality}.",
-        ),
-        "en": (
-            "Transfer declined: {case_number}",
-            "{to_municipality} declined the transfer of case {case_number}; it stays with {from_municipality}.",
-        ),
-    },
-    "transfer.overdue": {
-        "sq": (
-            "Transferim në pritje: {case_number}",
-            "Transferimi i rastit {case_number} nga {from_municipality} në {to_municipality} pret prej më shumë "
-            "se {hours} orësh.",
-        ),
-        "en": (
-            "Transfer still pending: {case_number}",
-            "The transfer of case {case_number} from {from_municipality} to {to_municipality} has waited more "
-            "than {hours} hours.",
-        ),
-    },
-    "notification.failed": {
-        "sq": (
-            "Njoftimi dështoi",
-            "Dërgimi ({channel}) i ngjarjes {event_type} dështoi pas {attempts} përpjekjesh.",
-        ),
-        "en": ("Notification failed", "Delivery ({channel}) of event {event_type} failed after {attempts} attempts."),
-    },
-}
-
-VOCABULARY: dict[Language, dict[str, str]] = {
-    "sq": {
-        "low": "i ulët",
-        "medium": "mesatar",
-        "high": "i lartë",
-        "emergency": "emergjente",
-        "normal": "normale",
-        "immediate": "urdhër i menjëhershëm mbrojtjeje",
-        "protection": "urdhër mbrojtjeje",
-    },
-    "en": {"immediate": "immediate protection order", "protection": "protection order"},
-}
+ALBANIA = profiles.load("albania")
 
 
 class _Blank(dict[str, str]):
@@ -435,31 +258,34 @@ class _Blank(dict[str, str]):
         return "–"
 
 
-def _localize(value: Any, language: Language) -> str:
+def _localize(value: Any, words: Mapping[str, str]) -> str:
     if isinstance(value, str):
         if len(value) >= 16 and value[4:5] == "-" and "T" in value:
             try:
                 return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M %Z").strip()
             except ValueError:
                 return value
-        return VOCABULARY[language].get(value, value)
+        return words.get(value, value)
     return str(value)
 
 
-def render(alert_type: str, params: Mapping[str, Any], language: Language) -> tuple[str, str]:
-    """The alert's title and body in the language, from its stored type and parameters."""
-    texts = TEMPLATES.get(alert_type)
-    if texts is None:
+def render(
+    alert_type: str, params: Mapping[str, Any], language: Language, profile: profiles.Profile = ALBANIA
+) -> tuple[str, str]:
+    """The alert's title and body in the language (one of the profile's), from its stored type and parameters."""
+    texts = profile.texts[language]
+    template = texts.alerts.get(alert_type)
+    if template is None:
         number = params.get("case_number")
-        title = alert_type if language == "en" else f"Njoftim: {alert_type}"
+        title = texts.unknown_title.format(type=alert_type)
         return title, (f"{title} ({number})" if number else title)
-    values = _Blank({k: _localize(v, language) for k, v in params.items()})
-    title, body = texts[language]
-    return title.format_map(values), body.format_map(values)
+    words = profile.words(language)
+    values = _Blank({k: _localize(v, words) for k, v in {"currency": profile.currency, **params}.items()})
+    return template["title"].format_map(values), template["body"].format_map(values)
 
 
-def language_of(accept_language: str | None) -> Language:
-    """`en` when English is preferred over Albanian in Accept-Language, else `sq` (the default)."""
+def language_of(accept_language: str | None, profile: profiles.Profile = ALBANIA) -> Language:
+    """The profile's language the caller prefers most in Accept-Language, else the profile's first."""
     best: tuple[float, Language] | None = None
     for index, part in enumerate((accept_language or "").split(",")):
         tag, _, params = part.strip().partition(";")
@@ -470,11 +296,12 @@ def language_of(accept_language: str | None) -> Language:
             except ValueError:
                 quality = 0.0
         primary = tag.strip().lower().split("-")[0]
-        if primary in ("sq", "en") and quality > 0:
-            candidate = (quality - index * 1e-6, "sq" if primary == "sq" else "en")
+        offered = next((language for language in profile.languages if language == primary), None)
+        if offered is not None and quality > 0:
+            candidate = (quality - index * 1e-6, offered)
             if best is None or candidate[0] > best[0]:
-                best = candidate  # type: ignore[assignment]
-    return best[1] if best else "sq"
+                best = candidate
+    return best[1] if best else profile.language
 
 
 # --- webhooks ----------------------------------------------------------------------------------

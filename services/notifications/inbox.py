@@ -22,6 +22,7 @@ from services.notifications import domain
 from services.notifications.delivery import Broadcaster, Listener
 from services.notifications.models import Alert
 from services.notifications.schemas import AlertOut
+from shared import profiles
 from shared.app import ServiceRuntime
 from shared.auth import Principal
 from shared.paging import Keyset, fetch_page
@@ -41,8 +42,8 @@ def addressed_to(principal: Principal) -> Any:
 INBOX_ORDER = Keyset("inbox", (col(Alert.seq),), descending=True)  # newest first
 
 
-def to_out(alert: Alert, language: domain.Language) -> AlertOut:
-    title, body = domain.render(alert.type, alert.params, language)
+def to_out(alert: Alert, language: domain.Language, profile: profiles.Profile = domain.ALBANIA) -> AlertOut:
+    title, body = domain.render(alert.type, alert.params, language, profile)
     assert alert.seq is not None
     return AlertOut(
         id=alert.id,
@@ -116,6 +117,7 @@ async def stream(
     principal: Principal,
     *,
     language: domain.Language,
+    profile: profiles.Profile = domain.ALBANIA,
     last_event_id: int | None,
     heartbeat_seconds: float,
     ends_at: float | None = None,
@@ -142,7 +144,7 @@ async def stream(
             async with runtime.sessions() as session:
                 fresh = await since(session, principal, last)
             for alert in fresh:
-                out = to_out(alert, language)
+                out = to_out(alert, language, profile)
                 last = out.seq
                 yield sse_frame(out)
             if fresh:

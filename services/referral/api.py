@@ -213,9 +213,9 @@ async def put_member(
 
 
 @router.get("/routing-rules", response_model=RoutingRulesOut, tags=["routing"])
-async def get_routing_rules(principal: Coordinator, session: SessionDep) -> RoutingRulesOut:
+async def get_routing_rules(principal: Coordinator, session: SessionDep, request: Request) -> RoutingRulesOut:
     """The municipality's routing table (DOMAIN.md's defaults until it PUTs its own)."""
-    rules, is_default = await events.rules_for(session, principal.municipality)
+    rules, is_default = await events.rules_for(session, principal.municipality, request.app.state.settings.profile)
     return RoutingRulesOut(municipality=principal.municipality, rules=rules, is_default=is_default)
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from shared import profiles
 from shared.vocab import RISK_ORDER, MemberKind, RiskLevel
 
 URGENCY_ORDER = {"normal": 0, "high": 1, "emergency": 2}
@@ -67,31 +69,14 @@ class RoutingRule(BaseModel):
         return self.urgency
 
 
-def _rule(name: str, refer_to: str, urgency: str, *when: dict[str, Any], **extra: Any) -> RoutingRule:
-    return RoutingRule.model_validate(
-        {"name": name, "refer_to": refer_to, "urgency": urgency, "when": list(when) or [{}], **extra}
-    )
+@functools.cache
+def profile_rules(name: str) -> tuple[RoutingRule, ...]:
+    """The country profile's default routing table (shared/profiles/<name>.toml), checked as rules."""
+    return tuple(RoutingRule.model_validate(rule) for rule in profiles.load(name).routing_rules)
 
 
-# DOMAIN.md's table, seeded for every municipality that has not PUT its own.
-DEFAULT_RULES: tuple[RoutingRule, ...] = (
-    _rule("always_social_services", "social_services", "by_risk"),
-    _rule("high_risk_police", "police", "emergency", {"risk_level_in": ["high"], "source_not_in": ["police"]}),
-    _rule(
-        "children_child_protection",
-        "child_protection",
-        "high",
-        {"children_present": True},
-        urgency_if_high_risk="emergency",
-    ),
-    _rule("shelter_need_or_high_risk", "shelter", "by_risk", {"needs_any": ["shelter"]}, {"risk_level_in": ["high"]}),
-    _rule("sexual_violence_health", "health", "emergency", {"violence_types_any": ["sexual"]}),
-    _rule("legal_aid_need", "legal_aid", "high", {"needs_any": ["legal_aid", "protection_order"]}),
-    _rule("health_need", "health", "normal", {"needs_any": ["health", "psychological"]}),
-    _rule("employment_need", "employment", "normal", {"needs_any": ["employment"]}),
-    _rule("housing_need", "housing", "normal", {"needs_any": ["housing"]}),
-    _rule("childcare_need", "education", "normal", {"needs_any": ["childcare"]}),
-)
+# DOMAIN.md's table, seeded for every municipality that has not PUT its own: Albania's, the default profile.
+DEFAULT_RULES: tuple[RoutingRule, ...] = profile_rules("albania")
 
 
 @dataclass(frozen=True)

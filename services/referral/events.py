@@ -156,11 +156,14 @@ async def plan_action_overdue(session: AsyncSession, settings: Settings, action:
 # --- routing -------------------------------------------------------------------------------------
 
 
-async def rules_for(session: AsyncSession, municipality: str) -> tuple[list[domain.RoutingRule], bool]:
-    """The municipality's routing table, or the defaults when it has not set one (second value True)."""
+async def rules_for(
+    session: AsyncSession, municipality: str, profile: str = "albania"
+) -> tuple[list[domain.RoutingRule], bool]:
+    """The municipality's routing table, or the country profile's defaults when it has not set one (second
+    value True)."""
     row = await session.get(RoutingRuleSet, municipality)
     if row is None:
-        return list(domain.DEFAULT_RULES), True
+        return list(domain.profile_rules(profile)), True
     return [domain.RoutingRule.model_validate(r) for r in row.rules], False
 
 
@@ -179,7 +182,7 @@ def facts_of(case: CaseFact) -> domain.CaseFacts:
 Directory = tuple[list[domain.RoutingRule], list[domain.MemberRef]]
 
 
-async def directory(session: AsyncSession, municipality: str) -> Directory:
+async def directory(session: AsyncSession, municipality: str, profile: str = "albania") -> Directory:
     """The municipality's routing rules (the defaults when it has not set its own) and active members, in
     directory order: one query, kept for the rest of the session's transaction (the consumer's batch).
 
@@ -208,7 +211,7 @@ async def directory(session: AsyncSession, municipality: str) -> Directory:
     ).all()
     own = rows[0].rules
     found = (
-        [domain.RoutingRule.model_validate(r) for r in own] if own is not None else list(domain.DEFAULT_RULES),
+        [domain.RoutingRule.model_validate(r) for r in own] if own is not None else list(domain.profile_rules(profile)),
         [domain.MemberRef(row.id, row.kind) for row in rows if row.id is not None],
     )
     cache[municipality] = found
@@ -224,7 +227,7 @@ async def route(
     A fixed number of statements whatever the decisions: the directory (once per transaction and
     municipality), the case's active referrals (locked), the new referrals, their events, the decisions.
     """
-    rules, members = await directory(session, case.municipality)
+    rules, members = await directory(session, case.municipality, settings.profile)
     decisions = domain.route_case(facts_of(case), rules, members)
     now = _now()
     to_refer = [d for d in decisions if d.outcome == "refer" and d.member_id is not None]
@@ -440,7 +443,7 @@ _CASE_UPSERT = _case_insert.on_conflict_do_update(
     set_={
         name: _case_insert.excluded[name]
         for name in CaseFact.model_fields
-        if name not in ("case_id", "closed_at", "reported_municipality")
+        if name not in ("case_id", "closed_at", "reported_municipality", "repeat")  # repeat: only link events
     },
 ).returning(CaseFact)
 
@@ -472,6 +475,7 @@ def _case_facts(event: Received[contract.CaseReported]) -> dict[str, Any]:
         "consent_share_with": _codes(d.consent_share_with),
         "reported_by_role": d.reported_by_role,
         "reported_by_member_id": d.reported_by_member_id,
+        "pending_duplicates": d.pending_duplicates,
     }
 
 
@@ -542,12 +546,24 @@ class CaseProjection:
             contract.RentBonusPaymentPaid: on_payment_paid,
             contract.CaseTransferred: self.case_transferred,
             contract.CaseAnonymised: on_case_anonymised,
+            contract.CaseLinked: on_links_changed,
+            contract.CaseUnlinked: on_links_changed,
         })
 
     async def case_transferred(self, session: AsyncSession, event: Received[contract.CaseTransferred]) -> None:
         from services.referral import transfers  # it builds on this module's routing and publishing
 
         await transfers.on_case_transferred(self.settings, self.config, session, event.envelope)
+
+
+async def on_links_changed(session: AsyncSession, event: Received[contract.CaseLinksChanged]) -> None:
+    """`case.linked` / `case.unlinked` carry the case's state after the decision: applied as it is (a
+    redelivery sets the same values). A raised risk comes as its own `case.risk_assessed`."""
+    await session.execute(
+        sa.update(CaseFact)
+        .where(col(CaseFact.case_id) == event.data.case_id)
+        .values(repeat=event.data.repeat, pending_duplicates=event.data.pending_duplicates)
+    )
 
 
 async def on_case_anonymised(session: AsyncSession, event: Received[contract.CaseAnonymised]) -> None:

@@ -79,6 +79,11 @@ class CaseFact(ReferralTable, table=True):
     consent_share_with: list[str] = _jsonb()
     reported_by_role: str | None = None
     reported_by_member_id: str | None = None
+    # The coordinator's duplicate decisions (intake's `case.linked` / `case.unlinked`): a repeat is a case
+    # linked to one of the same person reported in the 12 months before it; `pending_duplicates` counts the
+    # possible duplicates of this case still awaiting her decision (the dashboard sums them).
+    repeat: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    pending_duplicates: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Referral(ReferralTable, table=True):
@@ -239,3 +244,46 @@ class CaseTransfer(ReferralTable, table=True):
     from_case_number: str
     to_case_number: str
     accepted_at: datetime = Field(sa_type=TZ)
+
+
+# --- report rollups: kept by statement-level triggers on `case_facts` and `referrals` (migration 0005_h15lp),
+# read by services/referral/reports.py for the whole months of a period (the edges are counted from the rows).
+
+
+class CaseCount(SQLModel, table=True):
+    """Cases per municipality, UTC month of `reported_at`, and cell (`dimension`, `value`): `total/all`,
+    `sex/female`, `violence_type/physical`, `closed/yes`, … (the SQL function `case_count_cells`)."""
+
+    __tablename__ = "case_counts"
+
+    municipality: str = Field(primary_key=True)
+    month: date = Field(primary_key=True)
+    dimension: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)
+    n: int = Field(sa_type=sa.BigInteger)
+
+
+class ReferralCount(SQLModel, table=True):
+    """Referrals per municipality, UTC month of `created_at`, member kind and status; SLA breaches among them."""
+
+    __tablename__ = "referral_counts"
+
+    municipality: str = Field(primary_key=True)
+    month: date = Field(primary_key=True)
+    to_member_kind: str = Field(primary_key=True)
+    status: str = Field(primary_key=True)
+    n: int = Field(sa_type=sa.BigInteger)
+    breaches: int = Field(sa_type=sa.BigInteger)
+
+
+class ReferralAckBucket(SQLModel, table=True):
+    """Acknowledged referrals per municipality, UTC month of `created_at` and bucket of the time from creation
+    to acknowledgement (8 per doubling of the seconds): the exact median is then read from the rows of the
+    middle bucket."""
+
+    __tablename__ = "referral_ack_buckets"
+
+    municipality: str = Field(primary_key=True)
+    month: date = Field(primary_key=True)
+    bucket: int = Field(primary_key=True)
+    n: int = Field(sa_type=sa.BigInteger)

@@ -9,6 +9,7 @@ import csv
 import functools
 import io
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -17,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.referral import disclosure
+from services.referral import disclosure, rollups
 from services.referral.schemas import Dashboard, ReportSummary
 from shared.vocab import AGE_GROUPS
 
@@ -40,48 +41,6 @@ def _zeros(keys: Sequence[str]) -> dict[str, int]:
     return dict.fromkeys(keys, 0)
 
 
-CASE_BREAKDOWNS = sa.text(
-    """
-    SELECT s, a, e, r, src, count(*) AS n FROM (
-        SELECT coalesce(sex, 'unknown') AS s, coalesce(age_group, 'unknown') AS a,
-               coalesce(ethnicity, 'undisclosed') AS e, risk_level AS r, coalesce(source, 'unknown') AS src
-        FROM case_facts
-        WHERE reported_municipality = :m AND reported_at >= :start AND reported_at < :end
-    ) t
-    GROUP BY 1, 2, 3, 4, 5
-    """
-)  # one hash per row (at most a few thousand combinations), summed per breakdown in Python
-CASE_TOTALS = sa.text(
-    """
-    SELECT count(*) AS total,
-           count(*) FILTER (WHERE children_count > 0) AS with_children,
-           count(*) FILTER (WHERE status = 'closed') AS closed,
-           count(*) FILTER (WHERE municipality <> reported_municipality) AS transferred_out
-    FROM case_facts WHERE reported_municipality = :m AND reported_at >= :start AND reported_at < :end
-    """
-)
-VIOLENCE_TYPES = sa.text(
-    """
-    SELECT c.violence_types AS vts, count(*) AS n
-    FROM case_facts c
-    WHERE c.reported_municipality = :m AND c.reported_at >= :start AND c.reported_at < :end
-    GROUP BY 1
-    """
-)
-REFERRALS = sa.text(
-    """
-    SELECT to_member_kind, status, count(*) AS n, count(*) FILTER (WHERE sla_breached_at IS NOT NULL) AS breaches
-    FROM referrals WHERE municipality = :m AND created_at >= :start AND created_at < :end
-    GROUP BY 1, 2
-    """
-)
-MEDIAN_ACK = sa.text(
-    """
-    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY date_part('epoch', acknowledged_at - created_at) / 3600.0)
-    FROM referrals
-    WHERE municipality = :m AND created_at >= :start AND created_at < :end AND acknowledged_at IS NOT NULL
-    """
-)
 MEETINGS = sa.text(
     """
     SELECT kind, count(*) FROM etn_meetings
@@ -130,14 +89,6 @@ TRANSFERRED_IN = sa.text(
     WHERE to_municipality = :m AND accepted_at >= :start AND accepted_at < :end
     """
 )
-BY_MUNICIPALITY = sa.text(
-    """
-    SELECT reported_municipality AS municipality, count(*) AS n FROM case_facts
-    WHERE reported_at >= :start AND reported_at < :end
-    GROUP BY 1 ORDER BY 1
-    """
-)
-
 
 @functools.cache
 def _national(sql: str) -> sa.TextClause:
@@ -149,47 +100,70 @@ def _scoped(statement: sa.TextClause, municipality: str) -> sa.TextClause:
     return _national(statement.text) if municipality == NATIONAL else statement
 
 
-async def summary(
-    session: AsyncSession, municipality: str, start: date, end: date, *, min_cell: int | None = None
-) -> ReportSummary:
-    """The summary of one municipality, or of all of them (`NATIONAL`, with `by_municipality`). With
-    `min_cell` (the auditor's view) small cells are suppressed (services/referral/disclosure.py)."""
-    params = {"m": municipality, **_bounds(start, end)}
-    q = functools.partial(_scoped, municipality=municipality)
-    totals = (await session.execute(q(CASE_TOTALS), params)).one()
+def _case_counts(cells: Counter[tuple[str, str, str]]) -> dict[str, Any]:
+    """`cases` of the summary, and the count per municipality, from the cells (rollups.case_cells)."""
     by: dict[str, dict[str, int]] = {
         "by_sex": _zeros(SEXES),
         "by_age_group": _zeros(AGE_GROUPS),
         "by_ethnicity": {},
         "by_risk_level": _zeros(RISK_LEVELS),
         "by_source": {},
+        "by_violence_type": {},
     }
-    for row in await session.execute(q(CASE_BREAKDOWNS), params):
-        for column, key in (
-            ("s", "by_sex"),
-            ("a", "by_age_group"),
-            ("e", "by_ethnicity"),
-            ("r", "by_risk_level"),
-            ("src", "by_source"),
-        ):
-            value = getattr(row, column)
-            if value is not None:
-                by[key][value] = by[key].get(value, 0) + int(row.n)
-    # Grouped by the whole list (few distinct lists), expanded here: a case counts once under each of its
-    # types, under `unknown` when it names none (a lateral expansion in SQL took ~4 times as long).
-    violence: dict[str, int] = {}
-    for row in await session.execute(q(VIOLENCE_TYPES), params):
-        for vt in sorted(set(row.vts)) or ["unknown"]:
-            violence[vt] = violence.get(vt, 0) + int(row.n)
+    totals = dict.fromkeys(("total", "with_children", "closed", "repeat", "transferred_out"), 0)
+    per_municipality: dict[str, int] = {}
+    for (municipality, dimension, value), n in sorted(cells.items()):
+        if dimension in totals:
+            totals[dimension] += n
+            if dimension == "total":
+                per_municipality[municipality] = n
+        else:
+            breakdown = by[f"by_{dimension}"]
+            breakdown[value] = breakdown.get(value, 0) + n
+    # `transferred_out`: reported here in the period and since moved to another municipality (still counted).
+    cases = {"total": totals["total"], **by, "with_children": totals["with_children"], "closed": totals["closed"],
+             "repeat": totals["repeat"], "transferred_out": totals["transferred_out"]}
+    return {"cases": cases, "by_municipality": per_municipality}
 
+
+async def _referral_counts(
+    session: AsyncSession, q: Any, period: rollups.Period, params: dict[str, Any]
+) -> dict[str, Any]:
+    cells, breaches = await rollups.referral_cells(session, q, period, params)
     by_kind: dict[str, int] = {}
     by_status: dict[str, int] = {}
-    breaches = 0
-    for row in await session.execute(q(REFERRALS), params):
-        by_kind[row.to_member_kind] = by_kind.get(row.to_member_kind, 0) + int(row.n)
-        by_status[row.status] = by_status.get(row.status, 0) + int(row.n)
-        breaches += int(row.breaches)
-    median = (await session.execute(q(MEDIAN_ACK), params)).scalar()
+    for (kind, status), n in sorted(cells.items()):
+        by_kind[kind] = by_kind.get(kind, 0) + n
+        by_status[status] = by_status.get(status, 0) + n
+    median = await rollups.median_ack_hours(session, q, period, params)
+    return {
+        "total": sum(by_kind.values()),
+        "by_member_kind": by_kind,
+        "by_status": by_status,
+        "median_hours_to_acknowledge": round(float(median), 2) if median is not None else None,
+        "sla_breaches": breaches,
+    }
+
+
+async def summary(
+    session: AsyncSession,
+    municipality: str,
+    start: date,
+    end: date,
+    *,
+    min_cell: int | None = None,
+    use_rollups: bool = True,
+) -> ReportSummary:
+    """The summary of one municipality, or of all of them (`NATIONAL`, with `by_municipality`). With
+    `min_cell` (the auditor's view) small cells are suppressed (services/referral/disclosure.py). Whole
+    months come from the rollups (services/referral/rollups.py); `use_rollups=False` counts every row
+    (the same answer, slower: tests compare the two)."""
+    params = {"m": municipality, **_bounds(start, end)}
+    q = functools.partial(_scoped, municipality=municipality)
+    period = rollups.split(start, end, rollups=use_rollups)
+    counted = _case_counts(await rollups.case_cells(session, q, period, params))
+    counted["cases"]["transferred_in"] = int((await session.execute(q(TRANSFERRED_IN), params)).scalar() or 0)
+    referrals = await _referral_counts(session, q, period, params)
     meetings: dict[str, int] = dict((await session.execute(q(MEETINGS), params)).tuples().all())
     orders: dict[str, int] = dict((await session.execute(q(ORDERS), params)).tuples().all())
     placements, children_placed = (await session.execute(q(PLACEMENTS), params)).one()
@@ -200,23 +174,8 @@ async def summary(
         "municipality": municipality,
         "from": start,
         "to": end,
-        "cases": {
-            "total": int(totals.total),
-            **by,
-            "by_violence_type": violence,
-            "with_children": int(totals.with_children),
-            "closed": int(totals.closed),
-            # Reported here in the period and since moved to another municipality (still counted above).
-            "transferred_out": int(totals.transferred_out),
-            "transferred_in": int((await session.execute(q(TRANSFERRED_IN), params)).scalar() or 0),
-        },
-        "referrals": {
-            "total": sum(by_kind.values()),
-            "by_member_kind": by_kind,
-            "by_status": by_status,
-            "median_hours_to_acknowledge": round(float(median), 2) if median is not None else None,
-            "sla_breaches": breaches,
-        },
+        "cases": counted["cases"],
+        "referrals": referrals,
         "etn_meetings": int(meetings.get("etn", 0)),
         "steering_committee_meetings": int(meetings.get("steering_committee", 0)),
         "protection_orders": {
@@ -231,8 +190,7 @@ async def summary(
         },
     }
     if municipality == NATIONAL:
-        rows = await session.execute(BY_MUNICIPALITY, params)
-        body["by_municipality"] = {row.municipality: int(row.n) for row in rows}
+        body["by_municipality"] = counted["by_municipality"]
     if min_cell is not None:
         body = disclosure.suppress_summary(body, min_cell)
     return ReportSummary.model_validate(body)
@@ -258,9 +216,13 @@ async def dashboard(session: AsyncSession, municipality: str, expiry_days: int) 
         "FROM protection_orders WHERE municipality = :m AND status = 'issued' "
         "AND expires_at >= now() AND expires_at <= :horizon"
     )
+    pending = await session.execute(
+        sa.text("SELECT coalesce(sum(pending_duplicates), 0) FROM case_facts WHERE municipality = :m"), params
+    )
     return Dashboard(
         municipality=municipality,
         open_cases_by_risk_level=risk,
+        possible_duplicates_awaiting_decision={"count": int(pending.scalar() or 0)},
         overdue_referrals=await listing(
             f"SELECT count(*) {overdue_referrals}",
             "SELECT id AS referral_id, case_id, case_number, to_member_id, to_member_kind, urgency, ack_due_at "

@@ -211,6 +211,8 @@ class Dashboard(BaseModel):
     overdue_referrals: dict[str, Any]
     overdue_plan_actions: dict[str, Any]
     protection_orders_expiring: dict[str, Any]
+    # Pairs of cases the intake search found alike that the coordinator has not yet linked or ruled apart.
+    possible_duplicates_awaiting_decision: dict[str, int] = Field(default_factory=lambda: {"count": 0})
 
 
 class ReportSummary(BaseModel):

@@ -97,6 +97,7 @@ class CaseReported(CaseEventData):
     consent_share_with: Kinds = []
     reported_by_role: Text | None = None
     reported_by_member_id: Text | None = None
+    pending_duplicates: Count = 0  # possible duplicates found, awaiting the coordinator's decision
 
 
 class CaseRiskAssessed(CaseEventData):
@@ -176,6 +177,22 @@ class TransferDeclined(TransferEventData):
     """The receiving municipality declined the transfer."""
 
     declined_at: Instant
+
+
+class CaseLinksChanged(CaseEventData):
+    """The case's state after the coordinator's duplicate decision: flags and counts, never the other case."""
+
+    repeat: bool
+    linked_count: Count = 0
+    pending_duplicates: Count = 0
+
+
+class CaseLinked(CaseLinksChanged):
+    """`case.linked`: a decision on one of the case's pairs (same person, or not) was recorded."""
+
+
+class CaseUnlinked(CaseLinksChanged):
+    """`case.unlinked`: a decision on one of the case's pairs was undone."""
 
 
 class CaseAnonymised(CaseEventData):
@@ -404,6 +421,8 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.consent_changed": (INTAKE_TOPIC, ConsentChanged),
     "case.closed": (INTAKE_TOPIC, CaseClosed),
     "case.reopened": (INTAKE_TOPIC, CaseReopened),
+    "case.linked": (INTAKE_TOPIC, CaseLinked),
+    "case.unlinked": (INTAKE_TOPIC, CaseUnlinked),
     "case.transfer_requested": (INTAKE_TOPIC, TransferRequested),
     "case.transferred": (INTAKE_TOPIC, CaseTransferred),
     "case.transfer_declined": (INTAKE_TOPIC, TransferDeclined),

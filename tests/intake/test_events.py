@@ -28,6 +28,7 @@ CASE_REPORTED_FIELDS = {
     "consent_share_with",
     "reported_by_role",
     "reported_by_member_id",
+    "pending_duplicates",
 }
 
 
