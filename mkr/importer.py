@@ -34,6 +34,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 from pydantic import ValidationError
 
+from shared import profiles
+
 # The plain template's columns (CONTRACT §12), in their order.
 TEMPLATE_COLUMNS = (
     "reported_at", "source", "first_name", "last_name", "sex", "date_of_birth", "age", "ethnicity",
@@ -41,7 +43,12 @@ TEMPLATE_COLUMNS = (
 )
 REQUIRED_COLUMNS = ("source", "first_name", "last_name", "sex")
 LIST_COLUMNS = frozenset({"violence_types", "needs", "children"})
-DEFAULT_TIMEZONE = "Europe/Tirane"
+
+
+def default_timezone() -> str:
+    """The country profile's zone (MKR_PROFILE, as the services read it; Albania: Europe/Tirane)."""
+    return profiles.load(os.environ.get("MKR_PROFILE") or "albania").timezone
+
 CLOCK_SKEW = dt.timedelta(minutes=5)  # as intake allows
 MAX_ATTEMPTS = 5  # per row, for 429/502/503/504 and connection errors
 DEFAULT_CONCURRENCY = 4
@@ -62,14 +69,14 @@ class Mapping:
     values: template column -> {the file's value -> the template's value} (codes of another register).
     separator: between the values of list columns (default ';').
     date_formats: strptime formats tried, in order, for dates and times (ISO 8601 is always accepted).
-    timezone: the zone of dates and times written without one (default Europe/Tirane).
+    timezone: the zone of dates and times written without one (default: the country profile's).
     """
 
     columns: dict[str, str] = field(default_factory=lambda: {c: c for c in TEMPLATE_COLUMNS})
     values: dict[str, dict[str, str]] = field(default_factory=dict)
     separator: str = ";"
     date_formats: list[str] = field(default_factory=list)
-    timezone: str = DEFAULT_TIMEZONE
+    timezone: str = field(default_factory=default_timezone)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -110,7 +117,7 @@ def load_mapping(path: Path) -> Mapping:
         raise UsageError("'values' must map template columns to {file value: template value}")
     separator = raw.get("separator", ";")
     formats = raw.get("date_formats") or []
-    timezone = raw.get("timezone", DEFAULT_TIMEZONE)
+    timezone = raw.get("timezone") or default_timezone()
     if not isinstance(separator, str) or not separator:
         raise UsageError("'separator' must be a non-empty string")
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):

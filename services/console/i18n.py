@@ -1,5 +1,5 @@
 """Texts from the message catalogues (locale/<lang>/LC_MESSAGES/messages.po, read at start, no build step),
-language choice, and dates in Europe/Tirane."""
+language choice, and dates in the country profile's timezone (MKR_PROFILE; Albania: Europe/Tirane)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,31 @@ from babel.dates import format_date, format_datetime
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 
+from shared import profiles
+
 LOCALE_DIR = Path(__file__).parent / "locale"
 LANGUAGES = ("sq", "en", "sr")
 # The catalogue's language as Babel and HTML name it: Serbian in Latin script (the profile's other language).
 BABEL_LOCALES = {"sq": "sq", "en": "en", "sr": "sr_Latn"}
 HTML_LANGS = {"sq": "sq", "en": "en", "sr": "sr-Latn"}
 DEFAULT_LANGUAGE = "sq"
-TIMEZONE = ZoneInfo("Europe/Tirane")
+
+
+class _Country:
+    """What the running profile decides for the console: its zone and default language (create_app sets it)."""
+
+    zone: ZoneInfo = ZoneInfo(profiles.load("albania").timezone)
+    language: str = DEFAULT_LANGUAGE
+
+
+def use_profile(profile: profiles.Profile) -> None:
+    _Country.zone = ZoneInfo(profile.timezone)
+    _Country.language = profile.language if profile.language in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def zone() -> ZoneInfo:
+    """The local calendar and clock of the pages (the country profile's timezone)."""
+    return _Country.zone
 
 
 @cache
@@ -55,12 +73,12 @@ def choose_language(cookie: str | None, accept_language: str | None) -> str:
         candidate = (quality - index * 1e-6, primary)
         if best is None or candidate > best:
             best = candidate
-    return best[1] if best else DEFAULT_LANGUAGE
+    return best[1] if best else _Country.language
 
 
 class Translator:
     def __init__(self, language: str) -> None:
-        self.language = language if language in LANGUAGES else DEFAULT_LANGUAGE
+        self.language = language if language in LANGUAGES else _Country.language
         self._texts = catalogue(self.language)
         self.locale = BABEL_LOCALES[self.language]
         self.html_lang = HTML_LANGS[self.language]
@@ -76,7 +94,7 @@ class Translator:
         if isinstance(moment, datetime):
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=ZoneInfo("UTC"))
-            return format_datetime(moment, "dd.MM.yyyy HH:mm", tzinfo=TIMEZONE, locale=self.locale)
+            return format_datetime(moment, "dd.MM.yyyy HH:mm", tzinfo=zone(), locale=self.locale)
         return format_date(moment, "dd.MM.yyyy", locale=self.locale)
 
     def date(self, value: str | date | None) -> str:
@@ -86,7 +104,7 @@ class Translator:
         if isinstance(moment, datetime):
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=ZoneInfo("UTC"))
-            moment = moment.astimezone(TIMEZONE).date()
+            moment = moment.astimezone(zone()).date()
         return format_date(moment, "dd.MM.yyyy", locale=self.locale)
 
     def money(self, value: str | float | int | None) -> str:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.console import pages
+from services.console import i18n, pages
 from services.console.oidc import OidcClient
 from services.console.session import SessionCodec, load_session_key
 from services.console.upstream import ApiError, Upstream
@@ -111,6 +111,7 @@ def create_app(
 
     app = FastAPI(title="MKR console", version="1.0.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
+    i18n.use_profile(settings.country)
     app.state.codec = codec
     app.state.upstream = Upstream(settings, transports, upstreams)
     app.state.verifier = TokenVerifier(settings)

@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.intake.municipalities import ALBANIA
 from shared.profiles import Profile
 
 
@@ -34,8 +33,9 @@ class IntakeConfig(BaseSettings):
     # The local calendar for the case-number year and the age at the report date; empty: the country
     # profile's (MKR_PROFILE; Albania: Europe/Tirane).
     timezone: str = ""
-    # The slugs a case may be transferred to (CONTRACT §10), e.g. MKR_INTAKE_MUNICIPALITIES='["elbasan", "korce"]'.
-    municipalities: list[str] = Field(default_factory=lambda: list(ALBANIA), min_length=1)
+    # The slugs a case may be transferred to (CONTRACT §10), e.g. MKR_INTAKE_MUNICIPALITIES='["elbasan", "korce"]';
+    # empty: the country profile's (MKR_PROFILE; Albania: its 61 municipalities).
+    municipalities: list[str] = Field(default_factory=list)
 
     @field_validator("case_prefixes")
     @classmethod
@@ -58,5 +58,6 @@ class IntakeConfig(BaseSettings):
             update={
                 "timezone": self.timezone or profile.timezone,
                 "case_prefixes": {**profile.case_prefixes, **self.case_prefixes},
+                "municipalities": self.municipalities or list(profile.municipalities),
             }
         )

@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 HERE = Path(__file__).parent
 PROFILES = ("albania", "kosovo", "montenegro")
@@ -54,6 +54,8 @@ class Profile(BaseModel):
     languages: list[Language] = Field(min_length=1)  # the first is the default
     timezone: str
     currency: str = Field(pattern=r"^[A-Z]{3}$")
+    # The country's municipalities (slugs): where a case may be transferred (CONTRACT §10).
+    municipalities: list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,62}$")]] = Field(min_length=1)
     case_prefixes: dict[str, str] = Field(default_factory=dict)
     risk_screen: RiskScreenData
     routing_rules: list[dict[str, Any]] = Field(min_length=1)

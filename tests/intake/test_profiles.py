@@ -35,3 +35,20 @@ async def test_kosovo_numbers_cases_with_its_prefixes_in_its_own_calendar(kosovo
     assert response.json()["case_number"].startswith("PR-2026-")
     screen = await stack.intake.get("/v1/risk-screen", headers=stack.auth("coordinator", "prishtine"))
     assert screen.json()["is_default"] is True and screen.json()["high_yes_count"] == 8
+
+
+async def test_kosovo_transfers_go_to_kosovo_municipalities_only(kosovo_intake: Stack) -> None:
+    """The profile names the country's municipalities: a Kosovo case moves to Prizren, never to Elbasan."""
+    stack = kosovo_intake
+    config = stack.apps["intake"].state.intake_config
+    assert len(config.municipalities) == 38 and "prizren" in config.municipalities
+    assert "elbasan" not in config.municipalities
+    coordinator = stack.auth("coordinator", "prishtine")
+    case = await stack.intake.post("/v1/cases", json=contract_report("prishtine"), headers=coordinator)
+    assert case.status_code == 201, case.text
+    body = {"reason": "She moved to her mother", "consent_given_at": "2026-11-30T10:00:00+01:00"}
+    url = f"/v1/cases/{case.json()['id']}/transfers"
+    refused = await stack.intake.post(url, json={**body, "to_municipality": "elbasan"}, headers=coordinator)
+    assert refused.status_code == 422, refused.text
+    accepted = await stack.intake.post(url, json={**body, "to_municipality": "prizren"}, headers=coordinator)
+    assert accepted.status_code == 201, accepted.text

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from services.console.i18n import TIMEZONE
+from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
 from shared.errors import Problem
 
@@ -24,7 +24,7 @@ def uuid_of(value: str) -> str:
 
 
 def instant(value: str) -> str | None:
-    """A `datetime-local` value, read in Europe/Tirane, as RFC 3339 with its offset."""
+    """A `datetime-local` value, read in the profile's timezone, as RFC 3339 with its offset."""
     if not value:
         return None
     try:
@@ -32,7 +32,7 @@ def instant(value: str) -> str | None:
     except ValueError:
         return value  # the service refuses it with a clear message
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=TIMEZONE)
+        moment = moment.replace(tzinfo=zone())
     return moment.isoformat()
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
-from services.console.i18n import TIMEZONE
+from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
 from services.console.views.common import shown_status, uuid_of, whole
 from services.console.web import api_details, api_message, render
@@ -47,12 +47,12 @@ async def _applications(caller: Caller, case_id: str | None) -> list[dict[str, A
 
 
 async def housing_home(caller: Caller, status: int = 200, case_id: str | None = None, **extra: Any) -> Response:
-    year = datetime.now(TIMEZONE).year
+    year = datetime.now(zone()).year
     applications, budget = await asyncio.gather(_applications(caller, case_id), _budget(caller, year))
     due = [(a, p) for a in applications for p in a.get("payments") or [] if p.get("status") == "due"]
     due.sort(key=lambda pair: str(pair[1].get("month")))
     return render(caller.request, "housing.html", status=status, applications=applications, due=due,
-                  budget=budget, year=year, this_month=datetime.now(TIMEZONE).strftime("%Y-%m"),
+                  budget=budget, year=year, this_month=datetime.now(zone()).strftime("%Y-%m"),
                   case_id=case_id, **extra)
 
 
@@ -108,7 +108,7 @@ def _year(value: Any, default: int) -> int:
 
 @router.get("/rent-bonus/budgets", response_class=HTMLResponse)
 async def budgets_page(caller: SignedIn) -> Response:
-    return await _budgets_page(caller, _year(caller.request.query_params.get("year"), datetime.now(TIMEZONE).year))
+    return await _budgets_page(caller, _year(caller.request.query_params.get("year"), datetime.now(zone()).year))
 
 
 async def _budgets_page(caller: Caller, year: int, status: int = 200, **extra: Any) -> Response:
@@ -123,7 +123,7 @@ async def _budgets_page(caller: Caller, year: int, status: int = 200, **extra: A
 @router.post("/rent-bonus/budgets")
 async def set_budget(posted: PostedForm) -> Response:
     require(posted, "housing_officer")
-    year = _year(posted.form.get("year"), datetime.now(TIMEZONE).year)
+    year = _year(posted.form.get("year"), datetime.now(zone()).year)
     amount = str(posted.form.get("amount") or "").strip()
     try:
         await posted.api.call("shelter", "PUT", f"/v1/rent-bonus/budgets/{posted.municipality}/{year}",

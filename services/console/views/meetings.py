@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
-from services.console.i18n import TIMEZONE
+from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
 from services.console.views.common import LIST_LIMIT, instant, uuid_of
 from services.console.web import api_details, api_message, redirect, render
@@ -36,7 +36,7 @@ async def _meetings_page(caller: Caller, **extra: Any) -> Response:
     return render(caller.request, "meetings.html", meetings=meetings, members=members, cases=cases,
                   case_numbers={str(c.get("id")): c.get("case_number") for c in cases},
                   member_names={str(m.get("id")): m.get("name") for m in members},
-                  now=datetime.now(TIMEZONE).strftime("%Y-%m-%dT%H:%M"), **extra)
+                  now=datetime.now(zone()).strftime("%Y-%m-%dT%H:%M"), **extra)
 
 
 @router.post("/meetings")

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
-from services.console.i18n import TIMEZONE
+from services.console.i18n import zone
 from services.console.upstream import ApiError
 from services.console.views.common import instant, shown_status
 from services.console.web import INSTITUTION_ROLES, api_details, api_message, new_key, redirect, render
@@ -46,7 +46,7 @@ async def _risk_questions(caller: Caller) -> list[dict[str, Any]]:
 
 
 def _report_context(caller: Caller) -> dict[str, Any]:
-    now = datetime.now(TIMEZONE).strftime("%Y-%m-%dT%H:%M")
+    now = datetime.now(zone()).strftime("%Y-%m-%dT%H:%M")
     return {
         "sources": SOURCES, "sexes": SEXES, "ethnicities": ETHNICITIES, "violence": VIOLENCE,
         "relationships": RELATIONSHIPS, "needs": NEEDS, "kinds": KINDS, "child_rows": range(CHILD_ROWS),

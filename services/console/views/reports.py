@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from services.console import charts
 from services.console.deps import Caller, SignedIn, require
-from services.console.i18n import TIMEZONE
+from services.console.i18n import zone
 from services.console.upstream import ApiError
 from services.console.views.common import shown_status
 from services.console.web import api_details, api_message, render
@@ -22,7 +22,7 @@ READERS = ("coordinator", "auditor")
 
 
 def _period(form: Any) -> tuple[str, str]:
-    today = datetime.now(TIMEZONE).date()
+    today = datetime.now(zone()).date()
     start = str(form.get("from") or "") if form is not None else ""
     end = str(form.get("to") or "") if form is not None else ""
     try:

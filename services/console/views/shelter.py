@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
-from services.console.i18n import TIMEZONE
+from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
 from services.console.views.common import LIST_LIMIT, uuid_of, whole
 from services.console.web import api_details, api_message, redirect, render
@@ -26,7 +26,7 @@ def _context(referrals: list[dict[str, Any]], placements: list[dict[str, Any]]) 
     """The referrals a placement may start from: open ones whose case has no active placement here."""
     placed = {str(p.get("case_id")) for p in placements if not p.get("ended_at")}
     placeable = [r for r in referrals if r.get("status") in PLACEABLE and str(r.get("case_id")) not in placed]
-    default_until = (datetime.now(TIMEZONE).date() + timedelta(days=30)).isoformat()
+    default_until = (datetime.now(zone()).date() + timedelta(days=30)).isoformat()
     return {"placeable": placeable, "default_until": default_until}
 
 
