@@ -280,7 +280,12 @@ def render(
         title = texts.unknown_title.format(type=alert_type)
         return title, (f"{title} ({number})" if number else title)
     words = profile.words(language)
-    values = _Blank({k: _localize(v, words) for k, v in {"currency": profile.currency, **params}.items()})
+    # A role (`assessed_by_role`) is not an institution: it is shown as its code, as before profiles;
+    # member kinds and orders take the profile's names.
+    values = _Blank({
+        k: _localize(v, texts.vocabulary if k.endswith("_role") else words)
+        for k, v in {"currency": profile.currency, **params}.items()
+    })
     return template["title"].format_map(values), template["body"].format_map(values)
 
 
