@@ -19,6 +19,7 @@ from sqlmodel import col
 from services.intake import domain, events, service
 from services.intake.models import Case, CaseLink, DuplicateCandidate, RiskAssessment
 from shared.auth import Principal
+from shared.db import table_of
 from shared.settings import Settings
 
 SAME_PERSON = "same_person"
@@ -35,7 +36,7 @@ async def record_candidates(session: AsyncSession, case: Case, matches: list[ser
     if not matches:
         return
     now = datetime.now(UTC)
-    table = DuplicateCandidate.__table__  # type: ignore[attr-defined]
+    table = table_of(DuplicateCandidate)
     await session.execute(
         pg_insert(table).on_conflict_do_nothing(),
         [

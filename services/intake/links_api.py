@@ -86,8 +86,6 @@ async def link_cases(
             await service.record_audit_many(session, principal, [case, other], AUDIT_ACTIONS[body.relation])
             await linking.announce(session, settings, principal, [case, other], "case.linked")
         state = await linking.link_state(session, case)
-    if link is not None:
-        request.app.state.runtime.relay.wake()
     return JSONResponse(jsonable(links_out(state)), status_code=201 if link is not None else 200)
 
 
@@ -110,5 +108,4 @@ async def unlink_cases(
         await service.record_audit_many(session, principal, [case, other], "case.link_undone")
         await linking.announce(session, request.app.state.settings, principal, [case, other], "case.unlinked")
         state = await linking.link_state(session, case)
-    request.app.state.runtime.relay.wake()
     return links_out(state)

@@ -250,7 +250,7 @@ class CaseTransfer(ReferralTable, table=True):
 # read by services/referral/reports.py for the whole months of a period (the edges are counted from the rows).
 
 
-class CaseCount(SQLModel, table=True):
+class CaseCount(ReferralTable, table=True):
     """Cases per municipality, UTC month of `reported_at`, and cell (`dimension`, `value`): `total/all`,
     `sex/female`, `violence_type/physical`, `closed/yes`, … (the SQL function `case_count_cells`)."""
 
@@ -263,7 +263,7 @@ class CaseCount(SQLModel, table=True):
     n: int = Field(sa_type=sa.BigInteger)
 
 
-class ReferralCount(SQLModel, table=True):
+class ReferralCount(ReferralTable, table=True):
     """Referrals per municipality, UTC month of `created_at`, member kind and status; SLA breaches among them."""
 
     __tablename__ = "referral_counts"
@@ -276,7 +276,7 @@ class ReferralCount(SQLModel, table=True):
     breaches: int = Field(sa_type=sa.BigInteger)
 
 
-class ReferralAckBucket(SQLModel, table=True):
+class ReferralAckBucket(ReferralTable, table=True):
     """Acknowledged referrals per municipality, UTC month of `created_at` and bucket of the time from creation
     to acknowledgement (8 per doubling of the seconds): the exact median is then read from the rows of the
     middle bucket."""
