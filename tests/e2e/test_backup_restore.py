@@ -5,6 +5,7 @@ readable, routed once, no alert raised twice, and the relay and consumers going 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import uuid
@@ -80,7 +81,13 @@ async def test_backup_restores_onto_fresh_servers(settings: Settings, tmp_path: 
     await drop_databases(own)  # the disk is lost
     state = Path(tempfile.mkdtemp(prefix="mkr-test-restore-pg-"))
     try:
-        fresh = own.model_copy(update={"database_url": ensure_postgres(state, cleanup_mode="delete")})
+        # A fresh embedded server. With an external server (MKR_DATABASE_URL) the restore goes onto that
+        # server's dropped, now empty, databases instead: this machine's system PostgreSQL 15 carries a
+        # `pg_attver` option on every column of its catalogue, which PostgreSQL 18 refuses, so its dumps
+        # restore only onto a server of its own kind.
+        external = bool(os.environ.get("MKR_DATABASE_URL"))
+        url = own.database_url if external else ensure_postgres(state, cleanup_mode="delete")
+        fresh = own.model_copy(update={"database_url": url})
         await restore(fresh, tmp_path / "backup")
         async with running_stack(fresh) as stack:
             coordinator = stack.auth("coordinator", m)
