@@ -160,8 +160,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The class name only: messages of database errors can quote row values.
         log.error("unhandled error", extra={"error_class": type(exc).__name__})
+        # Starlette re-raises after this answer and uvicorn then closes the connection: say so, so that a
+        # client's pool does not reuse it and fail its next request with a read error.
         return problem_response(
             500,
             "The server could not complete the request; it has been logged.",
+            headers={"Connection": "close"},
             instance=request.url.path,
         )

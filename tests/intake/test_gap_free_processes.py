@@ -136,10 +136,7 @@ async def post_reports(http: httpx.AsyncClient, urls: list[str], stack: Stack, m
         if i % 10 == 3:
             body["risk_answers"] = {"no_such_question": True}
         elif i % 10 == 7:
-            # uvicorn closes the connection after an unhandled exception even though Starlette has already
-            # sent the 500 (without `Connection: close`): a pooled connection reused at that moment fails
-            # with httpx.ReadError (seen once on a quiet machine). These requests therefore do not share it.
-            headers = {**late, "Connection": "close"}
+            headers = late
         response = await http.post(f"{urls[i % len(urls)]}/v1/cases", json=body, headers=headers)
         return response.status_code
 
