@@ -59,6 +59,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     async def _run() -> None:
         for name in services:
+            if name == "intake":  # its key store first: it takes the keys a pre-key-store database holds
+                from services.intake.keystore import KeyStore
+                from shared.crypto import FieldCipher
+
+                async with KeyStore(settings, FieldCipher.from_settings(settings)).opened():
+                    pass
             await ensure_database(settings, name)
             engine = create_engine(settings, name)
             try:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
@@ -70,13 +71,23 @@ def create_service_app(
     migrations: Path,
     consumers: Sequence[ConsumerSpec] = (),
     background: Sequence[BackgroundJob] = (),
+    resources: Sequence[Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = (),
     title: str,
     version: str = "1.0.0",
 ) -> FastAPI:
-    """Build a service: routers, error handlers, probes, and a lifespan that migrates and starts workers."""
+    """Build a service: routers, error handlers, probes, and a lifespan that migrates and starts workers.
+    `resources`: opened before the migrations (which may need them: intake's key store), closed last."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as opened:
+            for resource in resources:
+                await opened.enter_async_context(resource())
+            async with _running(app) as running:
+                yield running
+
+    @asynccontextmanager
+    async def _running(app: FastAPI) -> AsyncIterator[None]:
         await db.ensure_database(settings, name)
         engine = db.create_engine(settings, name)
         await db.migrate(engine, migrations, settings)

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     database_prefix: str = "mkr_"
     db_pool_size: int = Field(default=8, ge=1, le=200)
     db_max_overflow: int = Field(default=8, ge=0, le=200)
+    # The key store (issue #17): a PostgreSQL database of its own holding intake's wrapped per-case data
+    # keys and the erasure tombstones, outside every data database and its backups (`mkr backup --keys`
+    # dumps it apart). A full URL with its database name; unset: `<database_prefix>keys` on the server
+    # of MKR_DATABASE_URL (or the embedded one).
+    keystore_url: str | None = None
 
     # Retention (issue #17): a case closed longer than this many years is anonymised by intake's
     # once-only job (data key destroyed, identity and free text gone, coded facts kept); 0 = never.
