@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,9 @@ async def restore(settings: Settings, directory: Path) -> dict[str, Any]:
         await pgtools.run(settings, service, "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
                           "--single-transaction", "--dbname", db.database_name(settings, service),
                           str(directory / entry["file"]))
+    began = time.perf_counter()
     manifest["erasures"] = await reapply_erasures(settings)
+    manifest["erasures"]["seconds"] = round(time.perf_counter() - began, 1)
     return manifest
 
 

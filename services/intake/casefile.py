@@ -190,8 +190,9 @@ def new_assessment(
 
 
 def open_personal(cipher: CaseCipher, case: Case) -> dict[str, Any] | None:
-    """The case's identity and narrative; None once the case is erased."""
-    if case.erased_at is not None:
+    """The case's identity and narrative; None once the case is erased, or once its key is (the key
+    store's half of an erasure whose data half is still to come: keystore.py)."""
+    if case.erased_at is not None or (case.personal.startswith(f"{casekeys.CASE_KEY_ID}:") and not cipher.has_key):
         return None
     value: dict[str, Any] = json.loads(cipher.decrypt(case.personal, personal_context(case.id, "personal")))
     return value

@@ -53,13 +53,16 @@ async def erase(
     sub: str,
     role: str,
     action: str | None = None,
+    tombstoned: bool = False,
 ) -> None:
     """Erase `case` in the caller's transaction (the row locked by the caller), audit it, publish it.
     The tombstone and the key's destruction are committed in the key store first (keystore.py): if this
-    transaction then fails, the case is already unreadable and `apply_tombstones` finishes it."""
+    transaction then fails, the case is already unreadable and `apply_tombstones` finishes it.
+    `tombstoned`: the key store has the case's tombstone already (and so no key: `KeyStore.erase`)."""
     now = datetime.now(UTC)
     master = keys.master
-    await casekeys.destroy(keys, case.id, erased_at=now, cause=cause)
+    if not tombstoned:
+        await casekeys.destroy(keys, case.id, erased_at=now, cause=cause)
     await session.execute(sa.delete(SurvivorIndex).where(SurvivorIndex.case_id == case.id))  # type: ignore[arg-type]
     await session.execute(
         sa.update(ProtectionOrder)
@@ -150,7 +153,7 @@ async def apply_tombstones(
             cause = tombs[case.id].cause
             await erase(session, settings, keys, case, reason=f"tombstone in the key store ({cause})",
                         cause=cause if cause in CAUSES else "request", sub=KEYSTORE_SUB, role="system",
-                        action=f"case.erased.{RESTORED}")
+                        action=f"case.erased.{RESTORED}", tombstoned=True)
             erased += 1
     return erased
 

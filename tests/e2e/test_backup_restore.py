@@ -173,7 +173,8 @@ async def test_a_backup_taken_before_an_erasure_restores_the_case_erased(setting
         await db.drop_database(own, service)
 
     manifest = await restore(own, tmp_path / "backup")
-    assert manifest["erasures"] == {"keys_destroyed": 0, "cases_erased_again": 1}
+    assert {k: manifest["erasures"][k] for k in ("keys_destroyed", "cases_erased_again")} == {
+        "keys_destroyed": 0, "cases_erased_again": 1}
     dump = await dump_text(own, "intake")
     assert names["gone"] not in dump and "case_keys" not in dump
     async with running_stack(own) as stack:

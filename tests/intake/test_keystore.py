@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from mkr.backup import prune_key_backups
-from services.intake import casekeys
-from services.intake.keystore import KeyStore
+from services.intake import casekeys, erasure
+from services.intake.keystore import KeyStore, Tombstone
 from services.intake.main import prune_orphan_keys
 from shared.errors import Problem
 from shared.pgtools import dump_text
@@ -132,6 +132,28 @@ async def test_an_erased_case_gets_no_key_again(stack: Stack) -> None:
     with pytest.raises(Problem) as refused:
         await casekeys.new_key(_keys(stack), uuid.UUID(case_id))
     assert refused.value.status == 409
+
+
+async def test_an_erasure_whose_data_write_failed_is_finished_from_its_tombstone(stack: Stack) -> None:
+    m = new_municipality()
+    coordinator = stack.auth("coordinator", m)
+    case_id = uuid.UUID((await _report(stack, m, "Halferased")).json()["id"])
+    since = datetime.now(UTC)
+    await _keys(stack).erase([Tombstone(case_id, since, "request")])  # the key store's half only
+    shown = await stack.intake.get(f"/v1/cases/{case_id}", headers=coordinator)
+    assert shown.status_code == 200 and shown.json()["survivor"] == {"erased": True}  # unreadable at once
+    [row] = await _data(stack, "SELECT erased_at FROM cases WHERE id = :id", id=case_id)
+    assert row.erased_at is None
+    app = stack.apps["intake"]
+    async with app.state.runtime.sessions() as session, session.begin():
+        assert await erasure.apply_tombstones(session, stack.settings, _keys(stack), since=since) == 1
+    async with app.state.runtime.sessions() as session, session.begin():
+        assert await erasure.apply_tombstones(session, stack.settings, _keys(stack), since=since) == 0  # once
+    [row] = await _data(stack, "SELECT erased_at, personal FROM cases WHERE id = :id", id=case_id)
+    assert row.erased_at is not None and row.personal == erasure.ERASED
+    assert await _data(stack, "SELECT 1 FROM survivor_index WHERE case_id = :id", id=case_id) == []
+    trail = (await stack.intake.get("/v1/audit", params={"case_id": str(case_id)}, headers=coordinator)).json()
+    assert "case.erased.restored" in [entry["action"] for entry in trail["items"]]
 
 
 def test_key_backups_are_kept_for_a_bounded_time(tmp_path: Path) -> None:
