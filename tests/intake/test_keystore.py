@@ -12,14 +12,19 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from mkr.backup import prune_key_backups
 from services.intake import casekeys, erasure
 from services.intake.keystore import KeyStore, Tombstone
 from services.intake.main import prune_orphan_keys
+from shared import db
+from shared.crypto import FieldCipher
 from shared.errors import Problem
 from shared.pgtools import dump_text
-from tests.support import Stack, contract_report, new_municipality
+from shared.settings import Settings
+from tests.conftest import drop_databases
+from tests.support import Stack, contract_report, new_municipality, running_stack
 
 
 def _keys(stack: Stack) -> KeyStore:
@@ -168,3 +173,44 @@ def test_key_backups_are_kept_for_a_bounded_time(tmp_path: Path) -> None:
     removed = prune_key_backups(tmp_path, keep_days=7, now=now)
     assert sorted(p.name for p in removed) == ["keys-08", "keys-30"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keys-01", "keys-06", "keys-data"]
+
+
+async def test_a_database_of_before_the_key_store_has_its_keys_moved_out(settings: Settings) -> None:
+    """Intake's data database at 0007_h15lp_links with its keys in `case_keys`: the next start moves them
+    into the key store (tombstones for its erased cases), then migration 0011 drops the table."""
+    run = uuid.uuid4().hex[:4]
+    own = settings.model_copy(update={"database_prefix": f"{settings.database_prefix}mv{run}_"})
+    m = new_municipality()
+    async with running_stack(own, ("intake",)) as stack:
+        kept = (await _report(stack, m, "Movedout")).json()["id"]
+        gone = (await _report(stack, m, "Erasedbefore")).json()["id"]
+        erased = await stack.intake.post(f"/v1/cases/{gone}/erase", json={"reason": "asked"},
+                                         headers=stack.auth("coordinator", m))
+        assert erased.status_code == 200
+        [key] = await _keystore(stack, "SELECT wrapped, created_at FROM case_keys WHERE case_id = :id", id=kept)
+    # Back to the layout of before: the key in intake's own table, the key store without it or the tombstone.
+    store = KeyStore(own, FieldCipher.from_settings(own))
+    async with store.opened():  # (the data database at head: nothing to move yet)
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.text("DELETE FROM case_keys"))
+            await conn.execute(sa.text("DELETE FROM erasures"))
+    engine = db.create_engine(own, "intake")
+    migrations = Path(__file__).resolve().parents[2] / "services" / "intake" / "migrations"
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(
+                lambda c: command.downgrade(db._alembic_config(migrations, c, own), "0007_h15lp_links"))
+            await conn.execute(sa.text("INSERT INTO case_keys VALUES (:id, :w, :at)"),
+                               {"id": kept, "w": key.wrapped, "at": key.created_at})
+    finally:
+        await engine.dispose()
+
+    async with running_stack(own, ("intake",)) as stack:
+        shown = await stack.intake.get(f"/v1/cases/{kept}", headers=stack.auth("coordinator", m))
+        assert shown.status_code == 200 and shown.json()["survivor"]["last_name"] == "Movedout"
+        assert [row.wrapped for row in await _keystore(stack, "SELECT wrapped FROM case_keys")] == [key.wrapped]
+        assert [(str(r.case_id), r.cause) for r in await _keystore(stack, "SELECT case_id, cause FROM erasures")] == [
+            (gone, "request")]
+        assert await _data(stack, "SELECT to_regclass('public.case_keys') AS t") == [(None,)]
+        assert await _keys(stack).move_out() == 0  # idempotent: nothing left to move
+    await drop_databases(own)
