@@ -571,7 +571,9 @@ async def on_facts_corrected(session: AsyncSession, event: Received[contract.Cas
     """A corrected date of birth moved the case to another age group: the projection (and through its
     triggers the monthly rollups the reports read) follows. Routing does not read the age group."""
     await session.execute(
-        sa.update(CaseFact).where(col(CaseFact.case_id) == event.data.case_id).values(age_group=str(event.data.age_group))
+        sa.update(CaseFact)
+        .where(col(CaseFact.case_id) == event.data.case_id)
+        .values(age_group=str(event.data.age_group))
     )
 
 
