@@ -12,10 +12,11 @@ from fastapi.responses import HTMLResponse, Response
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import LIST_LIMIT, URGENCIES, listing, nothing, shown_status, uuid_of
+from services.console.views.common import URGENCIES, every_item, listing, nothing, shown_status, uuid_of
 from services.console.web import api_details, api_message, new_key, redirect, render
 
 router = APIRouter(include_in_schema=False)
+AUDIT_SHOWN = 50  # the case page shows the latest entries of its audit trail (the API lists oldest first)
 
 
 @router.get("/cases", response_class=HTMLResponse)
@@ -58,21 +59,27 @@ async def _case_page(caller: Caller, case_id: str, **extra: Any) -> Response:
         except ApiError as error:
             return error
 
+    async def gathered(service: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        try:
+            return {"items": await every_item(caller, service, path, params)}
+        except ApiError as error:
+            return error
+
     coordinator = caller.role == "coordinator"
     case, referrals, plan, placements, audit, members, applications = await asyncio.gather(
         caller.api.get("intake", f"/v1/cases/{cid}", caller.token, language=caller.lang),
-        part("referral", "/v1/referrals", {"case_id": cid, "limit": LIST_LIMIT}),
+        gathered("referral", "/v1/referrals", {"case_id": cid}),
         part("referral", f"/v1/cases/{cid}/plan") if coordinator else nothing(),
         part("shelter", "/v1/placements", {"case_id": cid}) if coordinator else nothing(),
-        part("intake", "/v1/audit", {"case_id": cid, "limit": 200}) if coordinator else nothing(),
-        part("referral", "/v1/members", {"limit": LIST_LIMIT}) if coordinator else nothing(),
+        gathered("intake", "/v1/audit", {"case_id": cid}) if coordinator else nothing(),
+        gathered("referral", "/v1/members") if coordinator else nothing(),
         part("shelter", "/v1/rent-bonus/applications", {"case_id": cid}) if coordinator else nothing(),
     )
     member_list = listing(members)
     return render(
         caller.request, "case.html", case=case,
         referrals=listing(referrals), plan=plan if isinstance(plan, dict) else None,
-        placements=listing(placements), audit=listing(audit)[-50:], members=member_list,
+        placements=listing(placements), audit=listing(audit)[-AUDIT_SHOWN:], members=member_list,
         applications=[a for a in listing(applications) if a.get("case_id") == cid],
         member_names={str(m.get("id")): m.get("name") for m in member_list},
         urgencies=URGENCIES, form_key=new_key(), destinations=_destinations(caller),

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.upstream import ApiError
 from services.console.views.cases import case_page_with
-from services.console.views.common import LIST_LIMIT, instant, listing, uuid_of
+from services.console.views.common import every_item, instant, listing, uuid_of
 from services.console.web import api_details, api_message, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -29,8 +29,7 @@ async def _transfers_page(caller: Caller, status: int = 200, **extra: Any) -> Re
 
     async def direction(name: str) -> Any:
         try:
-            return await caller.api.get("intake", "/v1/transfers", caller.token, language=caller.lang,
-                                        params={"direction": name, "limit": LIST_LIMIT})
+            return {"items": await every_item(caller, "intake", "/v1/transfers", {"direction": name})}
         except ApiError as error:
             return error
 
