@@ -169,13 +169,14 @@ async def restore(settings: Settings, directory: Path) -> dict[str, Any]:
 async def reapply_erasures(settings: Settings) -> dict[str, int]:
     """Every erasure applied again across the key store and intake's (restored) data: the data's erased
     cases lose their keys in the key store (with a tombstone), the key store's tombstones erase their
-    cases in the data. How many keys were destroyed and how many cases erased again. Intake's database is
-    migrated first (a backup of before the key store still holds `case_keys`: its migration moves them
-    out, skipping every tombstoned case). Nothing to do while intake's database is empty (a key store
-    restored before the data: the data's restore applies them)."""
+    cases in the data. How many keys were destroyed, how many cases erased again, and how many cases
+    (not erased) have no key in the key store (reported after the key backup restored, or no key store).
+    A backup of before the key store still holds `case_keys`: opening the key store moves them out (each
+    tombstoned case's key dropped), then intake's database is migrated. Nothing to do while intake's
+    database is empty (a key store restored before the data: the data's restore applies them)."""
     await db.ensure_database(settings, "intake")
     if await _is_empty(settings, "intake"):
-        return {"keys_destroyed": 0, "cases_erased_again": 0}
+        return {"keys_destroyed": 0, "cases_erased_again": 0, "cases_without_key": 0}
     keys = KeyStore(settings, FieldCipher.from_settings(settings))
     engine = db.create_engine(settings, "intake")
     sessions = db.session_factory(engine)
@@ -191,10 +192,14 @@ async def reapply_erasures(settings: Settings) -> dict[str, int]:
             erased += done
             if not done:
                 break
+        async with sessions() as session:  # sealed under a case key the key store does not hold: unreadable
+            sealed = list((await session.execute(sa.text(
+                "SELECT id FROM cases WHERE erased_at IS NULL AND personal LIKE 'case:%'"))).scalars())
+        keyless = len(sealed) - len(await keys.wrapped(sealed))
     finally:
         await keys.close()
         await engine.dispose()
-    return {"keys_destroyed": destroyed, "cases_erased_again": erased}
+    return {"keys_destroyed": destroyed, "cases_erased_again": erased, "cases_without_key": keyless}
 
 
 async def backup_keys(settings: Settings, parent: Path, *, keep_days: float = KEEP_DAYS) -> dict[str, Any]:
@@ -279,6 +284,9 @@ def _cmd(args: argparse.Namespace) -> int:
         print(f"{service}: {entry['file']} (heads {', '.join(entry['migration_heads'])})")
     if "erasures" in manifest:
         print(f"erasures applied again: {manifest['erasures']}")
+        if manifest["erasures"].get("cases_without_key"):
+            print(f"mkr restore: {manifest['erasures']['cases_without_key']} cases have no key in the key store "
+                  "and do not open: restore the key store (`mkr restore --keys`) first?", file=sys.stderr)
     return 0
 
 

@@ -94,7 +94,8 @@ async def test_backup_restores_onto_fresh_servers(settings: Settings, tmp_path: 
         url = own.database_url if external else ensure_postgres(state, cleanup_mode="delete")
         fresh = own.model_copy(update={"database_url": url})
         await restore_keys(fresh, Path(keys_manifest["directory"]))  # the key store was on the lost disk too
-        await restore(fresh, tmp_path / "backup")
+        restored = await restore(fresh, tmp_path / "backup")
+        assert restored["erasures"]["cases_without_key"] == 0  # every case's key came back with the key store
         async with running_stack(fresh) as stack:
             coordinator = stack.auth("coordinator", m)
             for n, case_id in enumerate(ids):
@@ -173,8 +174,8 @@ async def test_a_backup_taken_before_an_erasure_restores_the_case_erased(setting
         await db.drop_database(own, service)
 
     manifest = await restore(own, tmp_path / "backup")
-    assert {k: manifest["erasures"][k] for k in ("keys_destroyed", "cases_erased_again")} == {
-        "keys_destroyed": 0, "cases_erased_again": 1}
+    assert {k: manifest["erasures"][k] for k in ("keys_destroyed", "cases_erased_again", "cases_without_key")} == {
+        "keys_destroyed": 0, "cases_erased_again": 1, "cases_without_key": 0}
     dump = await dump_text(own, "intake")
     assert names["gone"] not in dump and "case_keys" not in dump
     async with running_stack(own) as stack:
