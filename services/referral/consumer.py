@@ -72,6 +72,7 @@ class CaseConsumer:
             contract.CaseAnonymised: on_case_anonymised,
             contract.CaseLinked: projection.on_links_changed,
             contract.CaseUnlinked: projection.on_links_changed,
+            contract.CaseFactsCorrected: projection.on_facts_corrected,
         })
 
 

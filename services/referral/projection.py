@@ -142,6 +142,16 @@ async def on_links_changed(session: AsyncSession, event: Received[contract.CaseL
     )
 
 
+async def on_facts_corrected(session: AsyncSession, event: Received[contract.CaseFactsCorrected]) -> None:
+    """A corrected date of birth moved the case to another age group: the projection (and through its
+    triggers the monthly rollups the reports read) follows. Routing does not read the age group."""
+    await session.execute(
+        sa.update(CaseFact)
+        .where(col(CaseFact.case_id) == event.data.case_id)
+        .values(age_group=str(event.data.age_group))
+    )
+
+
 async def on_protection_order(session: AsyncSession, event: Received[contract.ProtectionOrderRecorded]) -> None:
     d = event.data
     values = {
