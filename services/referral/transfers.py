@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.referral import domain, events
+from services.referral import domain, events, routing
 from services.referral.config import ReferralConfig
 from services.referral.models import CaseFact, CaseTransfer, PlanAction, ProtectionOrder, Referral
 from shared.contracts import parse_instant
@@ -72,7 +72,7 @@ async def on_case_transferred(
         )
         .values(status="cancelled")
     )
-    await events.route(session, settings, config, case, event)
+    await routing.route(session, settings, config, case, event)
 
 
 async def _move_case(session: AsyncSession, event: Envelope) -> CaseFact:

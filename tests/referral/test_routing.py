@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import event as sa_event
 
 from services.referral.config import ReferralConfig
-from services.referral.events import make_handler
+from services.referral.consumer import make_handler
 from shared import db
 from shared.events import Envelope, EventConsumer, make_event
 from tests.referral.helpers import add_member, produce, published, referrals_of, reported, routing_of
