@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
+from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
 from services.console.views.common import LIST_LIMIT, URGENCIES, listing, nothing, shown_status, uuid_of
 from services.console.web import api_details, api_message, new_key, redirect, render
@@ -73,8 +75,21 @@ async def _case_page(caller: Caller, case_id: str, **extra: Any) -> Response:
         placements=listing(placements), audit=listing(audit)[-50:], members=member_list,
         applications=[a for a in listing(applications) if a.get("case_id") == cid],
         member_names={str(m.get("id")): m.get("name") for m in member_list},
-        urgencies=URGENCIES, form_key=new_key(), **extra,
+        urgencies=URGENCIES, form_key=new_key(), destinations=_destinations(caller),
+        now=datetime.now(zone()).strftime("%Y-%m-%dT%H:%M"), **extra,
     )
+
+
+def _destinations(caller: Caller) -> list[str]:
+    """Where a case may move: the country profile's other municipalities."""
+    country = caller.request.app.state.settings.country
+    return [m for m in country.municipalities if m != caller.municipality]
+
+
+async def case_page_with(caller: Caller, case_id: str, error: ApiError, part: str) -> Response:
+    """The case page again, the service's refusal shown beside the form (`part`) that was sent."""
+    return await _case_page(caller, case_id, status=shown_status(error),
+                            **{f"{part}_error": api_message(caller.t, error), f"{part}_details": api_details(error)})
 
 
 @router.post("/cases/{case_id}/referrals")
