@@ -11,16 +11,21 @@ already at hand. Something the caller may not see answers 404 like something tha
 - A webhook subscription belongs to an institution (`owner_member_id`) or, for the coordinator, to the
   municipality (no member); a caller sees and deletes only their owner's live ones (`owned_subscriptions`).
   An institution's token without `member_id` may hold none (403).
-- A delivery is seen by whoever sees its subscription.
+- A delivery is seen by whoever sees its subscription. A subscription of the event's municipality (both
+  sides' for a transfer) that lists its type receives it when `receives` says so: the coordinator's every
+  event, an institution's only events that name its member; a dead endpoint never hears of its own failure.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col
 
+from services.notifications import domain
 from services.notifications.models import Alert, Delivery, Subscription
 from shared.auth import Principal, Role
 from shared.errors import forbidden
@@ -93,3 +98,11 @@ def visible_deliveries(principal: Principal) -> sa.ColumnElement[bool]:
     """The deliveries of the caller's subscriptions."""
     owned = sa.select(col(Subscription.id)).where(owned_subscriptions(principal))
     return col(Delivery.subscription_id).in_(owned.scalar_subquery())
+
+
+def receives(subscription: Subscription, event_type: str, data: Mapping[str, Any]) -> bool:
+    """Whether a subscription that lists the event's type gets a delivery of this event."""
+    if subscription.owner_member_id and not domain.concerns_member(data, subscription.owner_member_id):
+        return False
+    # Never report a dead endpoint to itself.
+    return not (event_type == domain.NOTIFICATION_FAILED and data.get("subscription_id") == str(subscription.id))

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.notifications import domain, transfers
+from services.notifications import access, domain, transfers
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import (
     Alert,
@@ -219,10 +219,8 @@ class EventHandler:
         )
         payload = event.model_dump_json()
         for subscription in subscriptions:
-            if subscription.owner_member_id and not domain.concerns_member(event.data, subscription.owner_member_id):
+            if not access.receives(subscription, event.type, event.data):
                 continue
-            if event.type == domain.NOTIFICATION_FAILED and event.data.get("subscription_id") == str(subscription.id):
-                continue  # never report a dead endpoint to itself
             await session.execute(
                 pg_insert(Delivery)
                 .values(

@@ -15,7 +15,7 @@ from sqlmodel import col
 
 from services.notifications import access, commands
 from services.notifications.delivery import Listener
-from services.notifications.models import Alert, Delivery
+from services.notifications.models import Alert, Delivery, Subscription
 from services.notifications.schemas import SubscriptionIn
 from shared.auth import Principal, Role
 from shared.errors import Problem
@@ -155,3 +155,18 @@ async def test_subscriptions_belong_to_their_owner_and_removal_cancels_pending_d
     with pytest.raises(Problem) as gone:
         await run(state, lambda session: commands.remove_subscription(session, police, mine.id))
     assert gone.value.status == 404
+
+
+def test_which_subscriptions_receive_an_event() -> None:
+    institution = Subscription(municipality="elbasan", owner_role="police", owner_member_id="m-police",
+                               owner_sub="p", url="https://example.org/h", event_types=["referral.created"], secret="")
+    municipal = Subscription(municipality="elbasan", owner_role="coordinator", owner_member_id=None,
+                             owner_sub="c", url="https://example.org/h", event_types=["referral.created"], secret="")
+    to_police = {"to_member_id": "m-police"}
+    to_shelter = {"to_member_id": "m-shelter"}
+    assert access.receives(institution, "referral.created", to_police)
+    assert not access.receives(institution, "referral.created", to_shelter)
+    assert access.receives(municipal, "referral.created", to_shelter)
+    own_failure = {"subscription_id": str(municipal.id)}
+    assert not access.receives(municipal, "notification.failed", own_failure)
+    assert access.receives(municipal, "notification.failed", {"subscription_id": str(uuid.uuid4())})
