@@ -66,6 +66,18 @@ async def visible_shelter(
     return shelter
 
 
+def visible_shelters(principal: Principal, municipality: str | None = None) -> sa.ColumnElement[bool]:
+    """Shelters the caller may list (of `municipality`, when given): their own municipality's, every one for
+    a `*` token; another municipality's do not exist for the caller (the clause matches none)."""
+    if municipality is not None:
+        if not principal.sees_municipality(municipality):
+            return sa.false()
+        return SHELTERS.c.municipality == municipality
+    if principal.municipality == "*":
+        return sa.true()
+    return SHELTERS.c.municipality == principal.municipality
+
+
 # --- placements ---------------------------------------------------------------------------------
 
 

@@ -97,14 +97,7 @@ async def list_shelters(
     """Shelters of the caller's municipality with their free beds; e.g. `min_free_beds=3&accepts_children=true`."""
     if cursor is not None:
         SHELTER_ORDER.decode(cursor)  # a bad cursor is a 422 whatever the filter
-    if municipality is not None and not principal.sees_municipality(municipality):
-        # Another municipality's shelters do not exist for this caller.
-        return Page[ShelterOut](items=[], next_cursor=None)
-    stmt = sa.select(Shelter)
-    if municipality is not None:
-        stmt = stmt.where(SHELTERS.c.municipality == municipality)
-    elif principal.municipality != "*":
-        stmt = stmt.where(SHELTERS.c.municipality == principal.municipality)
+    stmt = sa.select(Shelter).where(access.visible_shelters(principal, municipality))
     if min_free_beds is not None:
         stmt = stmt.where(SHELTERS.c.free_beds >= min_free_beds)
     if accepts_children is not None:

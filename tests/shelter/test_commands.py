@@ -254,3 +254,21 @@ def test_contact_details_and_applications_follow_their_rules() -> None:
     }
     for principal, reads in readers.items():
         assert access.may_read_application(principal, app) is reads, principal
+
+
+async def test_which_shelters_a_caller_lists(state: Any) -> None:
+    town, elsewhere = new_municipality(), new_municipality()
+    here, there = await new_shelter(state, town), await new_shelter(state, elsewhere)
+    ours = [here.id, there.id]
+
+    async def listed(principal: Principal, municipality: str | None = None) -> set[uuid.UUID]:
+        query = sa.select(Shelter).where(col(Shelter.id).in_(ours), access.visible_shelters(principal, municipality))
+        return {s.id for s in await rows(state, query)}
+
+    police = Principal(sub="p", role=Role.police, municipality=town)
+    national = Principal(sub="a", role=Role.admin, municipality="*")
+    assert await listed(police) == {here.id}
+    assert await listed(police, town) == {here.id}
+    assert await listed(police, elsewhere) == set()  # another municipality's shelters do not exist for her
+    assert await listed(national) == {here.id, there.id}
+    assert await listed(national, elsewhere) == {there.id}
