@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mkr.registry import SERVICES, spec
 from shared.keys import issue_token
@@ -93,6 +94,28 @@ async def running_stack(
             stack.apps[name] = app
             stack.clients[name] = client
         yield stack
+
+
+@asynccontextmanager
+async def throwaway_event_database(settings: Settings, prefix: str = "events") -> AsyncIterator[AsyncEngine]:
+    """A database of its own with `shared.events.event_metadata`'s tables (outbox, inbox, offsets, and any
+    table a test module adds to that metadata), dropped afterwards: for the relay and consumer tests that
+    must not share the services' databases."""
+    import uuid
+
+    from shared import db
+    from shared.events import event_metadata
+
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    await db.ensure_database(settings, name)
+    engine = db.create_engine(settings, name)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(event_metadata.create_all)
+        yield engine
+    finally:
+        await engine.dispose()
+        await db.drop_database(settings, name)
 
 
 def new_municipality() -> str:
