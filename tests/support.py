@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mkr.registry import SERVICES, spec
@@ -117,10 +118,12 @@ async def running_stack(
 
 
 @asynccontextmanager
-async def throwaway_event_database(settings: Settings, prefix: str = "events") -> AsyncIterator[AsyncEngine]:
-    """A database of its own with `shared.events.event_metadata`'s tables (outbox, inbox, offsets, and any
-    table a test module adds to that metadata), dropped afterwards: for the relay and consumer tests that
-    must not share the services' databases."""
+async def throwaway_event_database(
+    settings: Settings, prefix: str = "events", metadata: MetaData | None = None
+) -> AsyncIterator[AsyncEngine]:
+    """A database of its own with `metadata`'s tables, by default `shared.events.event_metadata`'s (outbox,
+    inbox, offsets, and any table a test module adds to that metadata), dropped afterwards: for the relay,
+    consumer and idempotency tests that must not share the services' databases."""
     import uuid
 
     from shared import db
@@ -131,7 +134,7 @@ async def throwaway_event_database(settings: Settings, prefix: str = "events") -
     engine = db.create_engine(settings, name)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(event_metadata.create_all)
+            await conn.run_sync((metadata if metadata is not None else event_metadata).create_all)
         yield engine
     finally:
         await engine.dispose()
