@@ -147,6 +147,9 @@ async def page_factory(browser: Any, live: Live) -> AsyncIterator[Any]:
     async def make(locale: str = "sq-AL", viewport: dict[str, int] | None = None) -> Any:
         context = await browser.new_context(locale=locale, viewport=viewport or {"width": 1280, "height": 900},
                                             base_url=live.url)
+        # Every wait is for an element or a navigation and ends when it is there; Playwright's 30 s default
+        # limit is short for a page with axe on two cores shared with other suites.
+        context.set_default_timeout(60_000)
         # Nothing may be loaded from another host: any such request fails the test.
         foreign: list[str] = []
         context.foreign = foreign
