@@ -57,19 +57,12 @@ def _migrations_of(name: str) -> Path:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from shared.db import create_engine, ensure_database, migrate
-
     settings = Settings()
     services = [args.service] if args.service else list(SERVICES)
 
     async def _run() -> None:
         for name in services:
-            await ensure_database(settings, name)
-            engine = create_engine(settings, name)
-            try:
-                await migrate(engine, _migrations_of(name), settings)
-            finally:
-                await engine.dispose()
+            await _prepare_database(settings, name)
             print(f"{name}: migrated")
 
     asyncio.run(_run())
@@ -124,7 +117,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(app_factory(args.service, settings.model_copy(update={"workers": 1})), factory=True, **options)
         return 0
     # Several workers: uvicorn's supervisor spawns each from an import string (mkr.serving), restarts one
-    # that dies, and the workers read the service, their count and the metrics directory from here.
+    # that dies, and the workers read the service, their count and the metrics directory from here. The
+    # database is created and migrated once, here, first: workers racing to create it would fail to start,
+    # and a worker that fails its startup makes the supervisor stop them all.
+    if spec(args.service).database:
+        asyncio.run(_prepare_database(settings, args.service))
     os.environ[SERVICE_VARIABLE] = args.service
     os.environ["MKR_WORKERS"] = str(workers)
     os.environ[MULTIPROC_ENV] = str(fresh_metrics_dir(settings, args.service, port))
@@ -132,6 +129,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # default 5 killed busy workers on a loaded two-core machine mid-request (the pong thread needs the GIL).
     uvicorn.run(IMPORT_STRING, factory=True, workers=workers, timeout_worker_healthcheck=30, **options)
     return 0
+
+
+async def _prepare_database(settings: Settings, name: str) -> None:
+    from shared.db import create_engine, ensure_database, migrate
+
+    await ensure_database(settings, name)
+    engine = create_engine(settings, name)
+    try:
+        await migrate(engine, _migrations_of(name), settings)
+    finally:
+        await engine.dispose()
 
 
 def fresh_metrics_dir(settings: Settings, service: str, port: int) -> Path:

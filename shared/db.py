@@ -100,8 +100,8 @@ async def ensure_database(settings: Settings, service: str) -> None:
         if not exists:
             try:
                 await conn.execute(f'CREATE DATABASE "{name}"')
-            except asyncpg.DuplicateDatabaseError:
-                pass  # another replica won the race
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # another replica won the race (a concurrent CREATE DATABASE can fail on pg_database's index)
             except asyncpg.InsufficientPrivilegeError:
                 raise DatabaseMissing(
                     f"database {name} does not exist and the role may not create it; create it for the role"

@@ -59,6 +59,8 @@ class Leadership:
         self.stopping = stopping
         self.key = lock_key(service)
         self.is_leader = False
+        self.terms = 0  # times this process took the lead
+        self.losses = 0  # times it lost its lock connection while leading, and stopped its jobs
         self._conn: asyncpg.Connection | None = None
 
     @property
@@ -87,13 +89,19 @@ class Leadership:
             return False
         if got:
             self.is_leader = True
+            self.terms += 1
             log.info("leader election: this worker leads", extra={"service": self.service})
             await self.on_gain()
         return got
 
     async def _still_held(self) -> bool:
+        """The lock lives as long as the connection that took it: never reconnect here (a new session
+        holds nothing)."""
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            await self._drop()
+            return False
         try:
-            conn = await self._connection()
             await asyncio.wait_for(conn.fetchval("SELECT 1"), self.retry_seconds * 5)
             return True
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
@@ -113,6 +121,7 @@ class Leadership:
                 log.warning("leader election: lost the lock connection; stepping down")
                 self.is_leader = False
                 await self.on_loss()
+                self.losses += 1  # counted once its jobs have stopped
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
