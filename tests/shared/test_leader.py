@@ -83,6 +83,7 @@ async def test_one_app_leads_the_other_follows_and_takes_over_when_the_lead_is_c
                     return leaders[0] if len(leaders) == 1 and leaders[0].consumers else None
 
                 leader = await wait_for(settled, timeout=30, what="one leader again")  # either may win the retry
+                assert leader is not None
                 follower = two if leader is one else one
                 assert len(leader.consumers) == 1 and leader.leader_tasks
                 assert follower.consumers == [] and follower.leader_tasks == [] and follower.role == "follower"

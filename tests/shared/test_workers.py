@@ -37,14 +37,16 @@ class Workers:
     metrics: Path  # their Prometheus multiprocess directory (mkr.cli.fresh_metrics_dir)
 
 
-def when(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> Callable[[], Awaitable[T | None]]:
-    """A wait_for probe: `probe`'s value once `ok` holds for it, else None."""
+async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], *, timeout: float, what: str) -> T:
+    """Poll `probe` (tests.support.wait_for) until `ok` holds for its value; that value."""
+    seen: list[T] = []
 
-    async def check() -> T | None:
-        value = await probe()
-        return value if ok(value) else None
+    async def check() -> bool:
+        seen.append(await probe())
+        return ok(seen[-1])
 
-    return check
+    await wait_for(check, timeout=timeout, what=what)
+    return seen[-1]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,8 @@ async def workers(settings: Settings) -> AsyncIterator[Workers]:
             await wait_for(ready, timeout=90, what="two intake workers ready")
         conn = await asyncpg.connect(**db.asyncpg_dsn(db.service_url(own, SERVICE)))  # type: ignore[arg-type]
         try:
-            await wait_for(when(lambda: _electors(conn), lambda pids: len(pids) == 2), timeout=60,
-                           what="both workers in the election")
+            await until(lambda: _electors(conn), lambda pids: len(pids) == 2, timeout=60,
+                        what="both workers in the election")
             metrics = settings.state_dir.resolve() / "metrics" / f"{SERVICE}-{served[0].port}"
             yield Workers(served[0], conn, metrics)
         finally:
@@ -155,7 +157,7 @@ async def test_one_leader_runs_the_relay_and_a_follower_takes_over_when_it_is_ki
     leaders = await _leaders(conn)
     electors = await _electors(conn)
     assert len(leaders) == 1 and leaders[0] in electors  # one of the two workers leads
-    await wait_for(when(lambda: _relays(conn), lambda n: n == 1), timeout=30, what="the leader's relay listening")
+    await until(lambda: _relays(conn), lambda n: n == 1, timeout=30, what="the leader's relay listening")
     roles = await _roles(served.url)
     assert sorted(roles.values()) == ["follower", "leader"], roles
     assert roles[leaders[0]] == "leader"
@@ -167,14 +169,13 @@ async def test_one_leader_runs_the_relay_and_a_follower_takes_over_when_it_is_ki
         assert len(now) <= 1, now  # never two holders
         return now
 
-    taken = await wait_for(when(next_leader, lambda now: len(now) == 1 and now[0] != leaders[0]), timeout=60,
-                           what="a follower taking over")
-    assert taken is not None
+    taken = await until(next_leader, lambda now: len(now) == 1 and now[0] != leaders[0], timeout=60,
+                        what="a follower taking over")
     assert taken[0] in electors  # the surviving worker, not the replacement the supervisor starts
-    await wait_for(when(lambda: _relays(conn), lambda n: n == 1), timeout=30, what="the new leader's relay")
+    await until(lambda: _relays(conn), lambda n: n == 1, timeout=30, what="the new leader's relay")
     # The supervisor replaced the killed worker: two workers again, the new one a follower.
-    await wait_for(when(lambda: _electors(conn), lambda pids: len(pids) == 2 and leaders[0] not in pids),
-                   timeout=60, what="the killed worker replaced")
+    await until(lambda: _electors(conn), lambda pids: len(pids) == 2 and leaders[0] not in pids, timeout=60,
+                what="the killed worker replaced")
     assert await _leaders(conn) == taken
     roles = await _roles(served.url)
     assert sorted(roles.values()) == ["follower", "leader"], roles
