@@ -4,13 +4,16 @@ database work where a scenario needs a ceiling or a large data set)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import random
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,6 +22,8 @@ import psutil
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from mkr.reindex import reindex
+from mkr.rekey import rekey
 from services.intake import service as intake_service
 from services.referral import reports as referral_reports
 from shared.auth import Principal, Role
@@ -1129,6 +1134,58 @@ async def _dashboard_sql(stack: LaunchedStack, municipality: str, calls: int) ->
     return recorder, ", ".join(parts)
 
 
+# --- key rotation over 100 000 survivors: mkr rekey, mkr reindex -----------------------------------------
+
+
+async def _timed_tool(
+    label: str, tool: Awaitable[dict[str, int]], rows_of: Callable[[dict[str, int]], int]
+) -> dict[str, Any]:
+    began = time.perf_counter()
+    done = await tool
+    seconds = time.perf_counter() - began
+    rows = rows_of(done)
+    return {"run": label, "rows": rows, "seconds": round(seconds, 1), "rows/s": round(rows / seconds) if seconds else 0,
+            "counts": ", ".join(f"{name} {n}" for name, n in done.items())}
+
+
+async def rekey_reindex(stack: LaunchedStack, quick: bool) -> Outcome:
+    """`mkr rekey` and `mkr reindex` over 100 000 survivors, intake running meanwhile."""
+    municipality = new_municipality("rot")
+    count = 10_000 if quick else SURVIVORS
+    loaded_at = time.perf_counter()
+    await database.load_survivors(stack, municipality, count)
+    load_seconds = time.perf_counter() - loaded_at
+    settings = database.stack_settings(stack)
+    ring = settings.encryption_key or (Path(settings.state_dir) / "encryption.key").read_text().strip()
+    index_key = settings.index_key or (Path(settings.state_dir) / "index.key").read_text().strip()
+    master, blind = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    # Out to a new key and back again, so the running services (on the stack's own keys) read everything after.
+    away = settings.model_copy(update={"encryption_key": f"kbench={master},{ring}"})
+    back = settings.model_copy(update={"encryption_key": f"{ring},kbench={master}"})
+    index_away = settings.model_copy(update={"index_key": blind, "index_key_previous": index_key})
+    index_back = settings.model_copy(update={"index_key": index_key, "index_key_previous": blind})
+    rows = [
+        await _timed_tool("mkr rekey (new master key; the COPY'd cases get data keys of their own)", rekey(away),
+                          lambda done: sum(done.values())),
+        await _timed_tool("mkr rekey (back: every data key re-wrapped)", rekey(back), lambda done: sum(done.values())),
+        await _timed_tool("mkr reindex (new index key)", reindex(index_away),
+                          lambda done: done["rewritten"] + done["dropped"]),
+        await _timed_tool("mkr reindex (back to the stack's key)", reindex(index_back),
+                          lambda done: done["rewritten"] + done["dropped"]),
+    ]
+    return (
+        "Key rotation: `mkr rekey` and `mkr reindex` over 100 000 survivors",
+        rows,
+        f"{count} cases and survivor-index rows COPY'd into intake for one municipality as the duplicate-search "
+        f"scenario does ({load_seconds:.0f} s), under the master key as before per-case keys; rows are every "
+        "row of intake's database the run changed (the other scenarios' cases too). Each tool's own function "
+        "(what `mkr rekey` / `mkr reindex` run), default batch of 500 rows per transaction, against the "
+        "running stack: first onto a fresh key, then back onto the stack's own, so the services read "
+        "everything afterwards. `mkr reindex` opens each case's identity with its data key and writes the "
+        "keyed trigrams and date-of-birth token under the new MKR_INDEX_KEY. No target was set.",
+    )
+
+
 ALL: list[Callable[[LaunchedStack, bool], Awaitable[Outcome]]] = [
     intake_throughput,  # type: ignore[list-item]
     report_to_referral,  # type: ignore[list-item]
@@ -1141,6 +1198,7 @@ ALL: list[Callable[[LaunchedStack, bool], Awaitable[Outcome]]] = [
     import_rate,  # type: ignore[list-item]
     national_summary,  # type: ignore[list-item]
     memory,  # type: ignore[list-item]
+    rekey_reindex,  # type: ignore[list-item]
 ]
 __all__ = ["ALL", "Recorder"]
 # Scenarios that start without waiting for the consumers (the first, and one with its own barrier).
