@@ -156,7 +156,7 @@ class Settings(BaseSettings):
             if self.index_key is not None and len(self.index_key.encode()) < MIN_INDEX_KEY_BYTES:
                 raise ValueError(f"production needs an MKR_INDEX_KEY of at least {MIN_INDEX_KEY_BYTES} bytes")
             previous = self.index_key_previous
-            if previous is not None and len(previous.encode()) < MIN_INDEX_KEY_BYTES:
+            if previous and len(previous.encode()) < MIN_INDEX_KEY_BYTES:
                 raise ValueError(f"production needs an MKR_INDEX_KEY_PREVIOUS of at least {MIN_INDEX_KEY_BYTES} bytes")
         return self
 
