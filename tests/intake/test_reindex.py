@@ -5,8 +5,10 @@ after the reindex; then intake runs on NEW alone and still finds everyone; an er
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import sys
 import uuid
 from typing import Any
 
@@ -72,6 +74,19 @@ async def _census(stack: Stack, m: str) -> dict[str, int]:
             sa.text("SELECT key_id, survivors FROM survivor_key_census WHERE municipality = :m"), {"m": m}
         )
         return {key_id: survivors for key_id, survivors in rows.all()}
+
+
+async def _mkr(settings: Settings, *args: str) -> str:
+    env = {"PATH": os.environ.get("PATH", ""), "MKR_ENVIRONMENT": "test", "MKR_STATE_DIR": str(settings.state_dir),
+           "MKR_DATABASE_URL": str(settings.database_url), "MKR_DATABASE_PREFIX": settings.database_prefix,
+           "MKR_INDEX_KEY": settings.index_key or "", "MKR_INDEX_KEY_PREVIOUS": settings.index_key_previous or ""}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mkr.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0, out.decode()
+    return out.decode()
 
 
 @pytest.mark.timeout(300)
@@ -154,6 +169,9 @@ async def test_reindex_moves_the_blind_index_to_a_new_key_while_intake_serves(se
         assert await reindex(rotated) == {"rewritten": 0, "dropped": 0, "remaining": 0}
         assert (await status(rotated))["remaining"] == 0
         assert await _key_ids(stack, m) == {new_id: len(NAMES) + twins_before + len(people)}
+        for args in (["--status"], ["--batch", "7"]):  # the command itself, as the operator runs it
+            said = await _mkr(rotated, "reindex", *args)
+            assert f"key id {new_id}" in said and "Remove MKR_INDEX_KEY_PREVIOUS" in said, said
 
     only_new = base.model_copy(update={"index_key": new})
     async with running_stack(only_new, ("intake",)) as stack:
