@@ -123,9 +123,12 @@ async def possible_duplicates(
 
     `keys` and `birth_date_key` are the query under one key; `under` (`probes`) gives it under each key
     the index is read with: while MKR_INDEX_KEY changes, the candidates of both are merged (one per case,
-    its best score) in the query's own order."""
+    its best score) in the query's own order (`under` lists the current key first)."""
     found: dict[uuid.UUID, Any] = {}
-    for probe in under if under is not None else [Probe(keys, birth_date_key)]:
+    # One statement per key, so the previous key's first: `mkr reindex` (and every write) only ever moves
+    # a row onto the current key, so a row moving between the two statements is met by one or both of
+    # them (both: one result, the best score), never by neither.
+    for probe in reversed(under if under is not None else [Probe(keys, birth_date_key)]):
         if not probe.keys:
             continue
         params = {
