@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from mkr.reindex import reindex, status
 from services.intake import service
 from shared import db
+from shared.auth import Principal, Role
 from shared.crypto import SearchIndexer
 from shared.settings import Settings
 from tests.support import Stack, contract_report, new_municipality, running_stack
@@ -182,3 +183,39 @@ async def test_reindex_moves_the_blind_index_to_a_new_key_while_intake_serves(se
                                         {"id": erased_id}) == 0
         assert set(await _census(stack, m)) == {new_id}  # the old key's census is gone with its rows
     await db.drop_database(base, "intake")
+
+
+async def test_a_row_moved_to_the_new_key_between_the_two_probes_is_still_a_duplicate(intake: Stack) -> None:
+    """The duplicate check under two keys is two statements. A row `mkr reindex` commits onto the new key
+    right after the first one is still found: the previous key is probed first, the current key last."""
+    m = new_municipality()
+    app = intake.apps["intake"]
+    old: SearchIndexer = app.state.indexer
+    both = SearchIndexer(os.urandom(32), previous=old)
+    case_id = (await _report(intake, m, "Arbena", "Zhupaj"))["id"]
+    engine = app.state.runtime.engine.sync_engine
+    moved: list[str] = []
+
+    def move_after_first_probe(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM top t JOIN cases c" in statement and not moved:
+            moved.append(statement)
+            with engine.begin() as other:  # another connection, committed: what a reindex batch does
+                other.execute(sa.text(
+                    "UPDATE survivor_index SET name_keys = :keys, birth_date_key = NULL, key_id = :kid "
+                    "WHERE case_id = :id"
+                ), {"keys": both.keyed("Arbena Zhupaj", m), "kid": both.key_id, "id": case_id})
+
+    sa.event.listen(engine, "after_cursor_execute", move_after_first_probe)
+    try:
+        async with app.state.runtime.sessions() as session, session.begin():
+            under = service.probes(both, "Arbena Zhupaj", m, None)
+            found = await service.possible_duplicates(
+                session, viewer=Principal(sub="coordinator-1", role=Role.coordinator, municipality=m),
+                municipality=m, keys=under[0].keys, birth_year=None, birth_date_key=None,
+                exclude=uuid.uuid4(), threshold=0.45, limit=5, under=under,
+            )
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", move_after_first_probe)
+    assert moved, "the duplicate statement ran"
+    assert [str(match.id) for match in found] == [case_id]
+    assert await _key_ids(intake, m) == {both.key_id: 1}  # it did move between the two statements
