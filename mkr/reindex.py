@@ -189,6 +189,9 @@ def _cmd(args: argparse.Namespace) -> int:
     try:
         if args.status:
             return _show_status(settings)
+        if not settings.index_key_previous:
+            print("mkr reindex: MKR_INDEX_KEY_PREVIOUS is not set here; intake must have it (the old key) while "
+                  "this runs, or it does not find the rows not yet moved (deploy/README.md).", file=sys.stderr)
         done = asyncio.run(reindex(settings, batch=args.batch, progress=None if args.quiet else show))
     except (ValueError, RuntimeError) as exc:
         print(f"mkr reindex: {exc}", file=sys.stderr)
