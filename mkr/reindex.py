@@ -34,7 +34,7 @@ from services.intake import casekeys
 from services.intake.casefile import open_personal
 from services.intake.models import Case, SurvivorIndex
 from shared import db
-from shared.crypto import FieldCipher, SearchIndexer
+from shared.crypto import DecryptionError, FieldCipher, SearchIndexer
 from shared.settings import Settings
 
 BATCH = 500
@@ -193,7 +193,7 @@ def _cmd(args: argparse.Namespace) -> int:
             print("mkr reindex: MKR_INDEX_KEY_PREVIOUS is not set here; intake must have it (the old key) while "
                   "this runs, or it does not find the rows not yet moved (deploy/README.md).", file=sys.stderr)
         done = asyncio.run(reindex(settings, batch=args.batch, progress=None if args.quiet else show))
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, DecryptionError) as exc:  # DecryptionError: MKR_ENCRYPTION_KEY lacks a key id
         print(f"mkr reindex: {exc}", file=sys.stderr)
         return 1
     if not args.quiet:
