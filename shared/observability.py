@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import problem_response
+from shared.errors import problem_response, unexpected_response
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 service_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("service", default=None)
@@ -163,7 +163,7 @@ class RequestContextMiddleware:
                 return
             self.log.error("unhandled error", extra={"error_class": type(exc).__name__})
             if not response_started:
-                response = problem_response(500, "The server could not complete the request; it has been logged.")
+                response = unexpected_response()
                 await response(scope, receive, _send)
         finally:
             template = route_label(scope)
