@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     from mkr.rekey import register_commands as register_rekey_commands
 
     register_rekey_commands(sub)
+    from mkr.reindex import register_commands as register_reindex_commands
+
+    register_reindex_commands(sub)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

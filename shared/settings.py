@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # under state_dir; a production service that uses one refuses to start without it.
     encryption_key: str | None = None
     index_key: str | None = None
+    # Changing MKR_INDEX_KEY online (`mkr reindex`, deploy/README.md): the key the blind index was built
+    # under. Searches and the duplicate check read under both keys; writes use MKR_INDEX_KEY only.
+    index_key_previous: str | None = None
 
     # The web console (services/console): where it reaches each service, from MKR_CONSOLE_<NAME>_URL
     # (default 127.0.0.1 and the service's port), the key of its session cookies (base64 of 32 bytes;
@@ -168,6 +171,9 @@ class Settings(BaseSettings):
             # missing one is refused by the service that uses it (SearchIndexer), not by every service.
             if self.index_key is not None and len(self.index_key.encode()) < MIN_INDEX_KEY_BYTES:
                 raise ValueError(f"production needs an MKR_INDEX_KEY of at least {MIN_INDEX_KEY_BYTES} bytes")
+            previous = self.index_key_previous
+            if previous and len(previous.encode()) < MIN_INDEX_KEY_BYTES:
+                raise ValueError(f"production needs an MKR_INDEX_KEY_PREVIOUS of at least {MIN_INDEX_KEY_BYTES} bytes")
         return self
 
     @model_validator(mode="after")
