@@ -5,7 +5,9 @@ move is delivered."""
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
+from csv import DictReader
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,6 +112,8 @@ async def test_a_transfer_delivered_three_times_moves_the_case_once(stack: Stack
         headers=stack.auth("coordinator", sender),
     )
     assert csv.status_code == 200 and data["case_number"] in csv.text  # the number it was reported under
+    [row] = [r for r in DictReader(io.StringIO(csv.text)) if r["case_number"] == data["case_number"]]
+    assert (row["referrals"], row["referral_outcomes"]) == ("1", "social_services:cancelled")  # not the receiver's
 
 
 async def test_a_case_that_moves_back_is_referred_again_by_its_first_municipality(
