@@ -176,8 +176,9 @@ def test_key_backups_are_kept_for_a_bounded_time(tmp_path: Path) -> None:
 
 
 async def test_a_database_of_before_the_key_store_has_its_keys_moved_out(settings: Settings) -> None:
-    """Intake's data database at 0007_h15lp_links with its keys in `case_keys`: the next start moves them
-    into the key store (tombstones for its erased cases), then migration 0011 drops the table."""
+    """Intake's data database of before the key store (0011_h17idx_index_key) with its keys in `case_keys`:
+    the next start moves them into the key store (tombstones for its erased cases), then migration
+    0011_h17keys_keystore drops the table."""
     run = uuid.uuid4().hex[:4]
     own = settings.model_copy(update={"database_prefix": f"{settings.database_prefix}mv{run}_"})
     m = new_municipality()
@@ -199,7 +200,7 @@ async def test_a_database_of_before_the_key_store_has_its_keys_moved_out(setting
     try:
         async with engine.begin() as conn:
             await conn.run_sync(
-                lambda c: command.downgrade(db._alembic_config(migrations, c, own), "0007_h15lp_links"))
+                lambda c: command.downgrade(db._alembic_config(migrations, c, own), "0011_h17idx_index_key"))
             await conn.execute(sa.text("INSERT INTO case_keys VALUES (:id, :w, :at)"),
                                {"id": kept, "w": key.wrapped, "at": key.created_at})
     finally:

@@ -8,7 +8,7 @@ store now holds. This migration refuses to drop a table that still holds a key (
 move did not happen); run again after the move, it goes through (idempotent).
 
 Revision ID: 0011_h17keys_keystore
-Revises: 0007_h15lp_links
+Revises: 0011_h17idx_index_key
 Create Date: 2026-12-03
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011_h17keys_keystore"
-down_revision: str | None = "0007_h15lp_links"
+down_revision: str | None = "0011_h17idx_index_key"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
