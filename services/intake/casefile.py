@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import casekeys, domain, events, linking, numbering, service
+from services.intake import access, casekeys, domain, events, linking, numbering, service
 from services.intake.casekeys import CaseCipher
 from services.intake.config import IntakeConfig
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, SurvivorIndex
@@ -114,6 +114,7 @@ async def create_case(
             name_keys=keys,
             birth_year=birth_year,
             birth_date_key=birth_key,
+            key_id=indexer.key_id,
         )
     )
     if body.risk_answers is not None:
@@ -140,6 +141,8 @@ async def create_case(
         keys=keys,
         birth_year=birth_year,
         birth_date_key=birth_key,
+        under=service.probes(indexer, f"{survivor.first_name} {survivor.last_name}", body.municipality,
+                             survivor.date_of_birth.isoformat() if survivor.date_of_birth else None),
         exclude=case_id,
         threshold=config.duplicate_threshold,
         limit=config.max_duplicates,
@@ -225,10 +228,7 @@ def case_out(
     other cases of the same person and the possible duplicates only for the coordinator)."""
     personal = open_personal(cipher, case)
     facts = case.facts
-    # "Share only what the recipient needs": the narrative goes to the coordinator and the reporter only.
-    sees_narrative = principal.role is Role.coordinator or domain.is_reporter(
-        principal, case.reported_by_sub, case.reported_by_member_id
-    )
+    sees_narrative = access.sees_narrative(principal, case)
     close_reason = (
         cipher.decrypt(case.close_reason, personal_context(case.id, "close_reason")) if case.close_reason else None
     )
@@ -266,7 +266,7 @@ def case_out(
             for a in records.assessments
         ],
         closed_at=case.closed_at,
-        close_reason=close_reason if principal.role is Role.coordinator else None,
+        close_reason=close_reason if access.sees_coordinator_detail(principal) else None,
         **_links_out(principal, links),
     )
 
@@ -275,7 +275,7 @@ def _links_out(principal: Principal, links: linking.LinkState | None) -> dict[st
     if links is None:
         return {}
     repeat_of = links.repeat_of
-    if principal.role is not Role.coordinator:
+    if not access.sees_coordinator_detail(principal):
         return {"repeat": repeat_of is not None}
     return {
         "repeat": repeat_of is not None,
