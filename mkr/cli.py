@@ -134,6 +134,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 async def _prepare_database(settings: Settings, name: str) -> None:
     from shared.db import create_engine, ensure_database, migrate
 
+    if name == "intake":  # its key store first: it takes the keys a pre-key-store database holds
+        from services.intake.keystore import KeyStore
+        from shared.crypto import FieldCipher
+
+        async with KeyStore(settings, FieldCipher.from_settings(settings)).opened():
+            pass
     await ensure_database(settings, name)
     engine = create_engine(settings, name)
     try:

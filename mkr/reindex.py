@@ -32,6 +32,7 @@ from sqlmodel import col
 
 from services.intake import casekeys
 from services.intake.casefile import open_personal
+from services.intake.keystore import KeyStore
 from services.intake.models import Case, SurvivorIndex
 from shared import db
 from shared.crypto import DecryptionError, FieldCipher, SearchIndexer
@@ -47,7 +48,7 @@ class Outcome:
 
 
 async def _batch(
-    session: AsyncSession, master: FieldCipher, indexer: SearchIndexer, after: uuid.UUID | None, size: int
+    session: AsyncSession, keys: KeyStore, indexer: SearchIndexer, after: uuid.UUID | None, size: int
 ) -> tuple[Outcome, uuid.UUID | None]:
     """One batch of rows not under `indexer`'s key id, after `after` in case-id order; the last id seen."""
     stmt = sa.select(col(SurvivorIndex.case_id)).where(col(SurvivorIndex.key_id).is_distinct_from(indexer.key_id))
@@ -60,7 +61,7 @@ async def _batch(
     if not ids:
         return outcome, None
     cases = {case.id: case for case in (await session.scalars(sa.select(Case).where(col(Case.id).in_(ids)))).all()}
-    ciphers = await casekeys.ciphers(session, master, ids)
+    ciphers = await casekeys.ciphers(keys, ids)
     updates: list[dict[str, Any]] = []
     gone: list[uuid.UUID] = []
     for case_id in ids:
@@ -98,8 +99,9 @@ async def reindex(
 ) -> dict[str, int]:
     """Rewrite every index row not under MKR_INDEX_KEY, batch by batch (`limit`: stop after about that
     many rows, as an interrupted run would). Counts: rewritten, dropped (erased cases), remaining."""
-    master = FieldCipher.from_settings(settings)
+    keys = KeyStore(settings, FieldCipher.from_settings(settings))  # the data keys (services/intake/keystore.py)
     indexer = SearchIndexer.from_settings(settings)
+    await keys.open()
     engine = db.create_engine(settings, "intake")
     sessions = db.session_factory(engine)
     done = Outcome()
@@ -109,7 +111,7 @@ async def reindex(
         after: uuid.UUID | None = None
         while limit is None or done.rewritten + done.dropped < limit:
             async with sessions() as session, session.begin():
-                outcome, after_next = await _batch(session, master, indexer, after, batch)
+                outcome, after_next = await _batch(session, keys, indexer, after, batch)
             done.rewritten += outcome.rewritten
             done.dropped += outcome.dropped
             if progress and after_next is not None:
@@ -127,6 +129,7 @@ async def reindex(
             remaining = await _remaining(session, indexer.key_id)
     finally:
         await engine.dispose()
+        await keys.close()
     return {"rewritten": done.rewritten, "dropped": done.dropped, "remaining": remaining}
 
 

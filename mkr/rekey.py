@@ -2,7 +2,8 @@
 
 Rotation: put the new key first in `MKR_ENCRYPTION_KEY` (`k2=NEW,k1=OLD`) and restart the services
 (new writes use k2, both keys read); run `mkr rekey`; then drop `k1`. Rekey re-wraps every case's data
-key under the first key id (the case data itself stays as it is: it is under its data key), moves the
+key in the key store (services/intake/keystore.py) under the first key id (the case data itself stays
+as it is: it is under its data key), moves the
 cases stored before per-case keys onto a data key of their own (their master-key ciphertext is
 re-encrypted, which also makes them erasable by crypto-shredding), and re-seals erasure reasons.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,9 +24,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.intake import casekeys
+from services.intake import casekeys, keystore
 from services.intake.casefile import personal_context
-from services.intake.models import Case, CaseKey
+from services.intake.keystore import KeyStore
+from services.intake.models import Case
 from shared import db
 from shared.crypto import FieldCipher
 from shared.settings import Settings
@@ -34,19 +35,24 @@ from shared.settings import Settings
 BATCH = 500
 
 
-async def _rewrap(session: AsyncSession, master: FieldCipher, batch: int) -> int:
-    rows = (await session.execute(
-        sa.select(CaseKey).where(sa.not_(col(CaseKey.wrapped).startswith(f"{master.current_id}:")))
-        .order_by(CaseKey.case_id).limit(batch).with_for_update(skip_locked=True)  # type: ignore[arg-type]
-    )).scalars().all()
-    for row in rows:
-        key = casekeys.unwrap(master, row)
-        row.wrapped = master.encrypt(base64.b64encode(key).decode(), casekeys.wrap_context(row.case_id))
-        session.add(row)
+async def _rewrap(session: AsyncSession, keys: KeyStore, batch: int) -> int:
+    """One batch of the key store's data keys re-wrapped (in a key-store transaction of its own)."""
+    master = keys.master
+    table = keystore.case_keys
+    async with keys.engine.begin() as conn:
+        rows = (await conn.execute(
+            sa.select(table.c.case_id, table.c.wrapped)
+            .where(sa.not_(table.c.wrapped.startswith(f"{master.current_id}:")))
+            .order_by(table.c.case_id).limit(batch).with_for_update(skip_locked=True)
+        )).all()
+        for row in rows:
+            key = casekeys.unwrap(master, row.case_id, row.wrapped)
+            await conn.execute(sa.update(table).where(table.c.case_id == row.case_id)
+                               .values(wrapped=casekeys.wrap(master, key, row.case_id)))
     return len(rows)
 
 
-async def _upgrade_legacy(session: AsyncSession, master: FieldCipher, batch: int) -> int:
+async def _upgrade_legacy(session: AsyncSession, keys: KeyStore, batch: int) -> int:
     """Cases of before per-case keys: onto a data key of their own."""
     mine = f"{casekeys.CASE_KEY_ID}:"
     rows = (await session.execute(
@@ -57,7 +63,7 @@ async def _upgrade_legacy(session: AsyncSession, master: FieldCipher, batch: int
         ).order_by(Case.id).limit(batch).with_for_update(skip_locked=True)  # type: ignore[arg-type]
     )).scalars().all()
     for case in rows:
-        cipher = await casekeys.writable(session, master, case)
+        cipher = await casekeys.writable(keys, case)
         for field in ("personal", "close_reason"):
             token = getattr(case, field)
             if token is not None and not token.startswith(mine):
@@ -67,7 +73,8 @@ async def _upgrade_legacy(session: AsyncSession, master: FieldCipher, batch: int
     return len(rows)
 
 
-async def _reseal_reasons(session: AsyncSession, master: FieldCipher, batch: int) -> int:
+async def _reseal_reasons(session: AsyncSession, keys: KeyStore, batch: int) -> int:
+    master = keys.master
     rows = (await session.execute(
         sa.select(Case).where(
             Case.erasure_reason.is_not(None),  # type: ignore[union-attr]
@@ -88,7 +95,8 @@ STEPS = (("data keys re-wrapped", _rewrap), ("older cases given their own key", 
 async def rekey(settings: Settings, *, batch: int = BATCH,
                 progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
     """Run every step to the end, batch by batch; how many rows each step changed."""
-    master = FieldCipher.from_settings(settings)
+    keys = KeyStore(settings, FieldCipher.from_settings(settings))
+    await keys.open()
     engine = db.create_engine(settings, "intake")
     sessions = db.session_factory(engine)
     done: dict[str, int] = {}
@@ -97,7 +105,7 @@ async def rekey(settings: Settings, *, batch: int = BATCH,
             done[label] = 0
             while True:
                 async with sessions() as session, session.begin():
-                    changed = await step(session, master, batch)
+                    changed = await step(session, keys, batch)
                 if not changed:
                     break
                 done[label] += changed
@@ -105,6 +113,7 @@ async def rekey(settings: Settings, *, batch: int = BATCH,
                     progress(label, done[label])
     finally:
         await engine.dispose()
+        await keys.close()
     return done
 
 

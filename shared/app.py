@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
@@ -86,6 +87,7 @@ def create_service_app(
     consumers: Sequence[ConsumerSpec] = (),
     background: Sequence[BackgroundJob] = (),
     per_worker: Sequence[BackgroundJob] = (),
+    resources: Sequence[Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = (),
     title: str,
     version: str = "1.0.0",
 ) -> FastAPI:
@@ -94,6 +96,7 @@ def create_service_app(
     `background` jobs, the consumers and the relay run in one process per service database when leader
     election is on (several workers, MKR_LEADER_ELECTION): the leader's. `per_worker` jobs run in every
     worker (what serves that worker's own clients, such as notifications' SSE notifier).
+    `resources`: opened before the migrations (which may need them: intake's key store), closed last.
     """
 
     async def start_leader_work(runtime: ServiceRuntime) -> None:
@@ -128,6 +131,14 @@ def create_service_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as opened:
+            for resource in resources:
+                await opened.enter_async_context(resource())
+            async with _running(app) as running:
+                yield running
+
+    @asynccontextmanager
+    async def _running(app: FastAPI) -> AsyncIterator[None]:
         await db.ensure_database(settings, name)
         engine = db.create_engine(settings, name)
         await db.migrate(engine, migrations, settings)

@@ -54,6 +54,16 @@ def service_url(settings: Settings, service: str) -> URL:
     return server_url(settings).set(database=database_name(settings, service))
 
 
+KEYSTORE = "keys"  # the key store's database name after the prefix, when MKR_KEYSTORE_URL is unset
+
+
+def keystore_url(settings: Settings) -> URL:
+    """The key store's database (MKR_KEYSTORE_URL, else `<database_prefix>keys` on the services' server)."""
+    if settings.keystore_url:
+        return make_url(settings.keystore_url).set(drivername="postgresql+asyncpg")
+    return server_url(settings).set(database=database_name(settings, KEYSTORE))
+
+
 def asyncpg_dsn(url: URL) -> dict[str, object]:
     """Keyword arguments for asyncpg.connect from a SQLAlchemy URL (Unix sockets included)."""
     kwargs: dict[str, object] = {
@@ -82,15 +92,20 @@ async def ensure_database(settings: Settings, service: str) -> None:
     connecting to it is the whole check. Only a missing database needs the maintenance database
     and CREATEDB (the embedded server, tests, a single-role development setup).
     """
-    name = database_name(settings, service)
+    await ensure_database_at(service_url(settings, service))
+
+
+async def ensure_database_at(url: URL) -> None:
+    """`ensure_database` for a database given by its URL (the key store's)."""
+    name = str(url.database)
     try:
-        conn = await asyncpg.connect(**asyncpg_dsn(service_url(settings, service)), timeout=10)  # type: ignore[arg-type]
+        conn = await asyncpg.connect(**asyncpg_dsn(url), timeout=10)  # type: ignore[arg-type]
     except asyncpg.InvalidCatalogNameError:
         pass  # not there yet
     else:
         await conn.close()
         return
-    maintenance = server_url(settings).set(database="postgres")
+    maintenance = url.set(database="postgres")
     try:
         conn = await asyncpg.connect(**asyncpg_dsn(maintenance), timeout=10)  # type: ignore[arg-type]
     except asyncpg.InsufficientPrivilegeError:
@@ -111,8 +126,12 @@ async def ensure_database(settings: Settings, service: str) -> None:
 
 
 async def drop_database(settings: Settings, service: str) -> None:
-    name = database_name(settings, service)
-    maintenance = server_url(settings).set(database="postgres")
+    await drop_database_at(service_url(settings, service))
+
+
+async def drop_database_at(url: URL) -> None:
+    name = str(url.database)
+    maintenance = url.set(database="postgres")
     conn = await asyncpg.connect(**asyncpg_dsn(maintenance), timeout=10)  # type: ignore[arg-type]
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

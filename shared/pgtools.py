@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from sqlalchemy.engine import URL
+
 from shared import db
 from shared.settings import Settings
 
@@ -41,7 +43,12 @@ def pg_binary(name: str, major: int | None = None) -> str:
 
 def libpq_env(settings: Settings, service: str) -> dict[str, str]:
     """The environment that points libpq at the service's database."""
-    dsn = db.asyncpg_dsn(db.service_url(settings, service))
+    return libpq_env_at(db.service_url(settings, service))
+
+
+def libpq_env_at(url: URL) -> dict[str, str]:
+    """The environment that points libpq at the database of `url`."""
+    dsn = db.asyncpg_dsn(url)
     env = {**os.environ, "PGUSER": str(dsn["user"]), "PGDATABASE": str(dsn["database"])}
     if "password" in dsn:
         env["PGPASSWORD"] = str(dsn["password"])
@@ -54,9 +61,14 @@ def libpq_env(settings: Settings, service: str) -> dict[str, str]:
 
 async def server_major(settings: Settings, service: str) -> int | None:
     """The major version of the server holding the service's database (None when it cannot be asked)."""
+    return await server_major_at(db.service_url(settings, service))
+
+
+async def server_major_at(url: URL) -> int | None:
+    """`server_major` of the server holding the database of `url`."""
     import asyncpg
 
-    dsn = db.asyncpg_dsn(db.service_url(settings, service))
+    dsn = db.asyncpg_dsn(url)
     dsn["database"] = "postgres"  # the service's database may not exist yet (a restore)
     try:
         conn = await asyncpg.connect(**dsn)
@@ -70,9 +82,14 @@ async def server_major(settings: Settings, service: str) -> int | None:
 
 async def run(settings: Settings, service: str, program: str, *args: str) -> bytes:
     """Run a client program against the service's database; its standard output, or RuntimeError."""
-    major = await server_major(settings, service)
+    return await run_at(db.service_url(settings, service), program, *args)
+
+
+async def run_at(url: URL, program: str, *args: str) -> bytes:
+    """Run a client program against the database of `url` (the key store's); its standard output."""
+    major = await server_major_at(url)
     proc = await asyncio.create_subprocess_exec(
-        pg_binary(program, major), *args, env=libpq_env(settings, service),
+        pg_binary(program, major), *args, env=libpq_env_at(url),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
@@ -86,4 +103,4 @@ async def dump_text(settings: Settings, service: str) -> str:
     return (await run(settings, service, "pg_dump", "--no-owner", "--no-privileges")).decode()
 
 
-__all__ = ["dump_text", "libpq_env", "pg_binary", "run", "server_major"]
+__all__ = ["dump_text", "libpq_env", "libpq_env_at", "pg_binary", "run", "run_at", "server_major", "server_major_at"]

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     database_prefix: str = "mkr_"
     db_pool_size: int = Field(default=8, ge=1, le=200)
     db_max_overflow: int = Field(default=8, ge=0, le=200)
+    # The key store (issue #17): a PostgreSQL database of its own holding intake's wrapped per-case data
+    # keys and the erasure tombstones, outside every data database and its backups (`mkr backup --keys`
+    # dumps it apart). A full URL with its database name; unset: `<database_prefix>keys` on the server
+    # of MKR_DATABASE_URL (or the embedded one).
+    keystore_url: str | None = None
     # The most pooled connections one service process group holds on the server, all its workers together
     # (MKR_WORKERS): each worker's pool and overflow are this divided by the workers, in the proportion of
     # db_pool_size to db_max_overflow (shared.db.pool_limits). Unset: db_pool_size + db_max_overflow (16).

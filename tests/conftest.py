@@ -75,6 +75,7 @@ def make_settings(database_url: str, bootstrap: str, state_dir: Path, **override
 async def drop_databases(settings: Settings) -> None:
     for service in SERVICES:
         await db.drop_database(settings, service)
+    await db.drop_database_at(db.keystore_url(settings))  # intake's key store (services/intake/keystore.py)
 
 
 @pytest.fixture(scope="session")

@@ -51,5 +51,19 @@ SELECT format('ALTER TYPE %s OWNER TO %I', t.oid::regtype, :'role')
 SQL
 done
 
+# Intake's key store (services/intake/keystore.py: the per-case data keys and erasure tombstones), a
+# database apart from intake's data so that no data backup holds key material: owned by intake's role
+# (the only one that reads it; the default MKR_KEYSTORE_URL is intake's URL with this database).
+"${admin[@]}" --dbname postgres -v role="${prefix}intake" -v database="${prefix}keys" <<'SQL'
+SELECT format('CREATE DATABASE %I OWNER %I', :'database', :'role')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'database') \gexec
+SELECT format('ALTER DATABASE %I OWNER TO %I', :'database', :'role') \gexec
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'database') \gexec
+SQL
+"${admin[@]}" --dbname "${prefix}keys" -v role="${prefix}intake" <<'SQL'
+SELECT format('ALTER SCHEMA public OWNER TO %I', :'role') \gexec
+SELECT format('ALTER TABLE public.%I OWNER TO %I', tablename, :'role') FROM pg_tables WHERE schemaname = 'public' \gexec
+SQL
+
 # No service role may even connect to the maintenance databases.
 "${admin[@]}" --dbname postgres -c 'REVOKE ALL ON DATABASE postgres FROM PUBLIC' -c 'REVOKE ALL ON DATABASE template1 FROM PUBLIC'

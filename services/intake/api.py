@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from services.intake import access, casefile, casekeys, commands, domain, erasure, linking, service, transfers
 from services.intake.config import IntakeConfig
+from services.intake.keystore import KeyStore
 from services.intake.models import RiskScreenConfig
 from services.intake.schemas import (
     AuditEntry,
@@ -68,6 +69,12 @@ def _cipher(request: Request) -> FieldCipher:
     return cipher
 
 
+def _keys(request: Request) -> KeyStore:
+    """The key store (services/intake/keystore.py): the per-case data keys, wrapped by the master key."""
+    keys: KeyStore = request.app.state.keys
+    return keys
+
+
 def _indexer(request: Request) -> SearchIndexer:
     indexer: SearchIndexer = request.app.state.indexer
     return indexer
@@ -116,7 +123,7 @@ async def report_case(
             created = await casefile.create_case(
                 session,
                 settings=request.app.state.settings,
-                cipher=_cipher(request),
+                keystore=_keys(request),
                 indexer=_indexer(request),
                 principal=principal,
                 body=body,
@@ -143,7 +150,7 @@ async def get_case(case_id: uuid.UUID, principal: Reporter, session: SessionDep,
         previous = await transfers.previous_case_numbers(session, case.id)
         # The read is logged and committed before any byte of the case leaves (no audit, no answer).
         await service.record_audit(session, principal, case, "case.read")
-        cipher = await casekeys.cipher_for(session, _cipher(request), case.id)
+        cipher = await casekeys.cipher_for(_keys(request), case.id)
     return casefile.case_out(cipher, principal, case, records, links).model_copy(
         update={"previous_case_numbers": previous}
     )
@@ -178,7 +185,7 @@ async def list_cases(
             under=under,
         )
         await service.record_audit_many(session, principal, [case for case, _ in page], "case.listed")
-        ciphers = await casekeys.ciphers(session, _cipher(request), [case.id for case, _ in page])
+        ciphers = await casekeys.ciphers(_keys(request), [case.id for case, _ in page])
     items = []
     for case, score in page:
         personal = casefile.open_personal(ciphers[case.id], case) or {}
@@ -261,7 +268,7 @@ async def close_case(
 ) -> StatusOut:
     async with session.begin():
         case = await commands.close_case(
-            session, request.app.state.settings, _cipher(request), principal, case_id, body.reason
+            session, request.app.state.settings, _keys(request), principal, case_id, body.reason
         )
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.closed, closed_at=case.closed_at)
 
@@ -286,7 +293,7 @@ async def erase_case(
         if case.erased_at is not None:
             raise conflict("The case is already erased.")
         await erasure.erase(
-            session, request.app.state.settings, _cipher(request), case,
+            session, request.app.state.settings, _keys(request), case,
             reason=body.reason, cause="request", sub=principal.sub, role=principal.role.value,
         )
         assert case.erased_at is not None

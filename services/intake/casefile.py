@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import access, casekeys, domain, events, linking, numbering, service
 from services.intake.casekeys import CaseCipher
 from services.intake.config import IntakeConfig
+from services.intake.keystore import KeyStore
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, SurvivorIndex
 from services.intake.schemas import (
     CaseCreated,
@@ -30,7 +31,7 @@ from services.intake.schemas import (
 )
 from services.intake.schemas import ConsentRecord as ConsentRecordOut
 from shared.auth import Principal, Role
-from shared.crypto import FieldCipher, SearchIndexer
+from shared.crypto import SearchIndexer
 from shared.settings import Settings
 
 
@@ -43,7 +44,7 @@ async def create_case(
     session: AsyncSession,
     *,
     settings: Settings,
-    cipher: FieldCipher,
+    keystore: KeyStore,
     indexer: SearchIndexer,
     principal: Principal,
     body: CaseReport,
@@ -85,7 +86,8 @@ async def create_case(
         "needs": sorted({n.value for n in body.needs}),
         "consent_given_at": body.consent.given_at.isoformat() if body.consent and body.consent.given_at else None,
     }
-    case_cipher = casekeys.new_cipher(cipher)
+    # The key first, committed in the key store: a data write that fails leaves an orphan key, never a case without one.
+    case_cipher = await casekeys.store(keystore, casekeys.new_cipher(keystore.master), case_id)
     case = Case(
         id=case_id,
         municipality=body.municipality,
@@ -101,7 +103,6 @@ async def create_case(
         created_at=datetime.now(UTC),
     )
     session.add(case)
-    casekeys.store(session, case_cipher, case_id)
     keys = indexer.keyed(f"{survivor.first_name} {survivor.last_name}", body.municipality)
     birth_year = (
         survivor.date_of_birth.year if survivor.date_of_birth else (local_day.year - age if age is not None else None)
@@ -192,8 +193,9 @@ def new_assessment(
 
 
 def open_personal(cipher: CaseCipher, case: Case) -> dict[str, Any] | None:
-    """The case's identity and narrative; None once the case is erased."""
-    if case.erased_at is not None:
+    """The case's identity and narrative; None once the case is erased, or once its key is (the key
+    store's half of an erasure whose data half is still to come: keystore.py)."""
+    if case.erased_at is not None or (case.personal.startswith(f"{casekeys.CASE_KEY_ID}:") and not cipher.has_key):
         return None
     value: dict[str, Any] = json.loads(cipher.decrypt(case.personal, personal_context(case.id, "personal")))
     return value

@@ -4,8 +4,9 @@ wrapped by the master key (`MKR_ENCRYPTION_KEY`, its key ids and rotation as in 
 A ciphertext under a case's key reads `case:<base64(nonce ‖ ciphertext ‖ tag)>` (AAD as before: the
 case, the field). A case reported before data keys existed keeps its master-key ciphertext
 (`k1:...`), which still opens (the lazy path): the case gets its own key the next time one of its
-fields is written. Destroying the key row (erasure) makes every copy of the case's ciphertext
-unreadable, backups included.
+fields is written. The wrapped keys live in the key store (keystore.py), outside intake's data database
+and its backups; destroying a key (erasure) makes every copy of the case's ciphertext unreadable,
+backups included.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import binascii
 import os
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
-import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake.models import Case, CaseKey
+from services.intake.keystore import KeyRefused, KeyStore, Tombstone
+from services.intake.models import Case
 from shared.crypto import NONCE_BYTES, DecryptionError, FieldCipher
+from shared.errors import Problem
 
 CASE_KEY_ID = "case"
 
@@ -64,8 +65,12 @@ class CaseCipher:
             raise DecryptionError("ciphertext does not open") from exc
 
 
-def unwrap(master: FieldCipher, row: CaseKey) -> bytes:
-    return base64.b64decode(master.decrypt(row.wrapped, wrap_context(row.case_id)))
+def unwrap(master: FieldCipher, case_id: uuid.UUID, wrapped: str) -> bytes:
+    return base64.b64decode(master.decrypt(wrapped, wrap_context(case_id)))
+
+
+def wrap(master: FieldCipher, data_key: bytes, case_id: uuid.UUID) -> str:
+    return master.encrypt(base64.b64encode(data_key).decode(), wrap_context(case_id))
 
 
 def new_cipher(master: FieldCipher) -> CaseCipher:
@@ -73,51 +78,53 @@ def new_cipher(master: FieldCipher) -> CaseCipher:
     return CaseCipher(master, os.urandom(32))
 
 
-def store(session: AsyncSession, cipher: CaseCipher, case_id: uuid.UUID) -> None:
-    """Add the cipher's data key, wrapped by the master key, to the caller's transaction (after its case)."""
+async def store(keys: KeyStore, cipher: CaseCipher, case_id: uuid.UUID) -> CaseCipher:
+    """Store the cipher's data key, wrapped, in the key store, committed at once: call it *before* the
+    data it seals is written (a failed data write leaves a harmless orphan key; keystore.py). If the case
+    already has a key (a concurrent writer won) that one is returned; an erased case is refused (409)."""
     assert cipher.data_key is not None
-    wrapped = cipher.master.encrypt(base64.b64encode(cipher.data_key).decode(), wrap_context(case_id))
-    session.add(CaseKey(case_id=case_id, wrapped=wrapped, created_at=datetime.now(UTC)))
+    try:
+        stored = await keys.put(case_id, wrap(keys.master, cipher.data_key, case_id))
+    except KeyRefused:
+        raise Problem(409, "The case is erased.") from None
+    return CaseCipher(keys.master, unwrap(keys.master, case_id, stored))
 
 
-async def new_key(session: AsyncSession, master: FieldCipher, case_id: uuid.UUID) -> CaseCipher:
-    """A fresh data key for an existing case, stored wrapped (in the caller's transaction)."""
-    cipher = new_cipher(master)
-    store(session, cipher, case_id)
-    return cipher
+async def new_key(keys: KeyStore, case_id: uuid.UUID) -> CaseCipher:
+    """A fresh data key for an existing case, stored wrapped (committed before the caller's data)."""
+    return await store(keys, new_cipher(keys.master), case_id)
 
 
-async def ciphers(
-    session: AsyncSession, master: FieldCipher, case_ids: Iterable[uuid.UUID]
-) -> dict[uuid.UUID, CaseCipher]:
+async def ciphers(keys: KeyStore, case_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, CaseCipher]:
     """The cipher of each case (one query); a case without a key gets the master-key-only cipher."""
     ids = list(dict.fromkeys(case_ids))
-    rows = (
-        await session.execute(sa.select(CaseKey).where(CaseKey.case_id.in_(ids)))  # type: ignore[attr-defined]
-    ).scalars().all() if ids else []
-    found = {row.case_id: CaseCipher(master, unwrap(master, row)) for row in rows}
-    return {case_id: found.get(case_id, CaseCipher(master, None)) for case_id in ids}
+    wrapped = await keys.wrapped(ids)
+    master = keys.master
+    return {case_id: CaseCipher(master, unwrap(master, case_id, wrapped[case_id]) if case_id in wrapped else None)
+            for case_id in ids}
 
 
-async def cipher_for(session: AsyncSession, master: FieldCipher, case_id: uuid.UUID) -> CaseCipher:
-    return (await ciphers(session, master, [case_id]))[case_id]
+async def cipher_for(keys: KeyStore, case_id: uuid.UUID) -> CaseCipher:
+    return (await ciphers(keys, [case_id]))[case_id]
 
 
-async def writable(session: AsyncSession, master: FieldCipher, case: Case) -> CaseCipher:
+async def writable(keys: KeyStore, case: Case) -> CaseCipher:
     """The case's cipher for a write. A case of before data keys gets its key now, and its stored
     master-key ciphertext is re-encrypted under it (the lazy path)."""
-    cipher = await cipher_for(session, master, case.id)
+    cipher = await cipher_for(keys, case.id)
     if cipher.has_key:
         return cipher
-    fresh = await new_key(session, master, case.id)
+    fresh = await new_key(keys, case.id)
     if case.erased_at is None:
         for field in ("personal", "close_reason"):
             token = getattr(case, field)
-            if token is not None:
+            if token is not None and not token.startswith(f"{CASE_KEY_ID}:"):
                 context = f"intake:case:{case.id}:{field}"
                 setattr(case, field, fresh.encrypt(cipher.decrypt(token, context), context))
     return fresh
 
 
-async def destroy(session: AsyncSession, case_id: uuid.UUID) -> None:
-    await session.execute(sa.delete(CaseKey).where(CaseKey.case_id == case_id))  # type: ignore[arg-type]
+async def destroy(keys: KeyStore, case_id: uuid.UUID, *, erased_at: datetime, cause: str) -> None:
+    """The case's tombstone written and its key destroyed in the key store, committed at once (before the
+    caller erases the data: see keystore.py)."""
+    await keys.erase([Tombstone(case_id, erased_at, cause)])

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake import access, casefile, casekeys, domain, events, service
+from services.intake.keystore import KeyStore
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, RiskScreenConfig
 from services.intake.schemas import (
     CaseStatus,
@@ -26,7 +27,6 @@ from services.intake.schemas import (
     RiskScreenIn,
 )
 from shared.auth import Principal
-from shared.crypto import FieldCipher
 from shared.errors import Problem, conflict
 from shared.settings import Settings
 
@@ -139,7 +139,7 @@ async def change_consent(
 async def close_case(
     session: AsyncSession,
     settings: Settings,
-    cipher: FieldCipher,
+    keys: KeyStore,
     principal: Principal,
     case_id: uuid.UUID,
     reason: str,
@@ -150,7 +150,7 @@ async def close_case(
         raise conflict("The case is already closed.")
     case.status = CaseStatus.closed.value
     case.closed_at = datetime.now(UTC)
-    writable = await casekeys.writable(session, cipher, case)
+    writable = await casekeys.writable(keys, case)
     case.close_reason = writable.encrypt(reason, casefile.personal_context(case.id, "close_reason"))
     session.add(case)
     await session.flush()

@@ -25,6 +25,10 @@ class IntakeConfig(BaseSettings):
     # How often the key census behind the duplicate search is recounted (only municipalities with new
     # survivors are). A stale census never hides a duplicate; it only makes the search probe wider.
     key_census_seconds: float = Field(default=300, gt=0)
+    # A key in the key store with no case (a report whose data write failed after its key was stored) is
+    # pruned once this old, and only while younger than a day (services/intake/keystore.py).
+    orphan_key_grace_seconds: float = Field(default=3600, ge=0)
+    orphan_key_scan_seconds: float = Field(default=600, gt=0)
     # Where intake reaches the other services' public API to gather the survivor's file
     # (GET /v1/cases/{id}/export); unset: http://127.0.0.1:<the service's port>.
     referral_url: str | None = None

@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import casekeys, domain
 from services.intake.casefile import open_personal, personal_context
 from services.intake.casekeys import CaseCipher
+from services.intake.keystore import KeyStore
 from services.intake.models import Case, IdentityCorrection, SurvivorIndex
 from services.intake.schemas import SurvivorPatch
 from shared.auth import Principal
-from shared.crypto import DecryptionError, FieldCipher, SearchIndexer
+from shared.crypto import DecryptionError, SearchIndexer
 from shared.errors import conflict
 
 FIELDS = ("first_name", "last_name", "date_of_birth", "phone", "address")
@@ -61,13 +62,13 @@ def _refresh_age(case: Case, dob: str | None, timezone: str) -> None:
 
 
 async def correct(
-    session: AsyncSession, *, master: FieldCipher, indexer: SearchIndexer, case: Case, principal: Principal,
+    session: AsyncSession, *, keys: KeyStore, indexer: SearchIndexer, case: Case, principal: Principal,
     patch: SurvivorPatch, timezone: str,
 ) -> list[str]:
     """Apply the patch in the caller's transaction; the names of the fields that changed."""
     if case.erased_at is not None:
         raise conflict("The case is erased: there is no identity to correct.")
-    cipher = await casekeys.writable(session, master, case)
+    cipher = await casekeys.writable(keys, case)
     personal = open_personal(cipher, case) or {}
     given = _given(patch)
     changed = [name for name, value in given.items() if personal.get(name) != value]

@@ -5,17 +5,22 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from sqlmodel import col
 from starlette.background import BackgroundTask
 
 from services.intake import domain, erasure, links_api, service, survivor_api
 from services.intake.api import router
 from services.intake.config import IntakeConfig
 from services.intake.events import on_referral_event
+from services.intake.keystore import KeyStore
+from services.intake.models import Case
 from services.intake.transfers import router as transfers_router
 from shared.app import ConsumerSpec, ServiceRuntime, create_service_app
 from shared.auth import Principal
@@ -38,6 +43,27 @@ def key_census(config: IntakeConfig) -> Callable[[ServiceRuntime], Awaitable[Non
         return 0  # never "more to do at once": under steady reporting a municipality is always a little stale
 
     return periodic("key_census", scan, lambda: config.key_census_seconds)
+
+
+async def prune_orphan_keys(runtime: ServiceRuntime, keys: KeyStore, grace: timedelta) -> int:
+    """Delete the key store's keys of reports whose data write failed (keystore.py); how many."""
+
+    async def existing(case_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        async with runtime.sessions() as session:
+            rows = await session.execute(sa.select(col(Case.id)).where(col(Case.id).in_(case_ids)))
+            return set(rows.scalars())
+
+    return await keys.prune_orphans(existing, grace=grace)
+
+
+def orphan_keys(config: IntakeConfig, keys: KeyStore) -> Callable[[ServiceRuntime], Awaitable[None]]:
+    async def scan(runtime: ServiceRuntime) -> int:
+        pruned = await prune_orphan_keys(runtime, keys, timedelta(seconds=config.orphan_key_grace_seconds))
+        if pruned:
+            log.info("orphan case keys pruned", extra={"count": pruned})
+        return 0
+
+    return periodic("orphan_keys", scan, lambda: config.orphan_key_scan_seconds)
 
 
 async def _audited_denial(request: Request, exc: service.CaseHidden) -> JSONResponse:
@@ -90,6 +116,7 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
     settings = settings or get_settings()
     config = (config or IntakeConfig()).for_profile(settings.country)
     cipher = FieldCipher.from_settings(settings)
+    keys = KeyStore(settings, cipher)
     app = create_service_app(
         name="intake",
         settings=settings,
@@ -98,9 +125,12 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
         consumers=[ConsumerSpec("case-access", [REFERRAL_TOPIC], on_referral_event)],
         background=[
             key_census(config),
-            erasure.retention_job(settings, cipher),
+            erasure.retention_job(settings, keys),
+            erasure.tombstone_job(settings, keys),
+            orphan_keys(config, keys),
             pruning_job(settings, shared_targets(settings, idempotency=True)),
         ],
+        resources=[keys.opened],
         title="MKR intake",
     )
     app.state.intake_config = config
@@ -108,5 +138,6 @@ def create_app(settings: Settings | None = None, config: IntakeConfig | None = N
     app.add_exception_handler(service.CaseHidden, _audited_denial)  # type: ignore[arg-type]
     app.add_exception_handler(Problem, _audited_refusal(app.exception_handlers[Problem]))
     app.state.cipher = cipher
+    app.state.keys = keys
     app.state.indexer = SearchIndexer.from_settings(settings)
     return app

@@ -47,17 +47,6 @@ class Case(IntakeTable, table=True):
     erasure_reason: str | None = None  # sealed under the master key (the case's own key is gone)
 
 
-class CaseKey(IntakeTable, table=True):
-    """A case's own data key, wrapped by the master key (services/intake/casekeys.py). Deleting the row
-    crypto-shreds the case: its ciphertexts, in every copy and backup, no longer open."""
-
-    __tablename__ = "case_keys"
-
-    case_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id")
-    wrapped: str
-    created_at: datetime = Field(sa_type=TZ)
-
-
 class IdentityCorrection(IntakeTable, table=True):
     """One correction of a survivor's identity fields (PATCH /v1/cases/{id}/survivor): who, when, which
     fields; the values before are sealed under the case's own key (so erasure shreds them too)."""

@@ -12,7 +12,7 @@ from services.intake import casefile, casekeys, corrections, events, service, su
 from services.intake.config import IntakeConfig
 from services.intake.schemas import CaseOut, SurvivorPatch, jsonable
 from shared.auth import Principal, Role, allow
-from shared.crypto import FieldCipher, SearchIndexer
+from shared.crypto import SearchIndexer
 from shared.db import SessionDep
 
 router = APIRouter(prefix="/v1", tags=["cases"])
@@ -38,12 +38,11 @@ async def _whole_trail(session: Any, case_id: uuid.UUID) -> list[Any]:
 
 async def _intake_part(session: Any, request: Request, principal: Principal, case_id: uuid.UUID) -> dict[str, Any]:
     """What intake holds, read and audited (`case.exported`) in one transaction."""
-    master: FieldCipher = request.app.state.cipher
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id)
         records = await service.case_records(session, case.id)
         await service.record_audit(session, principal, case, "case.exported")
-        cipher = await casekeys.cipher_for(session, master, case.id)
+        cipher = await casekeys.cipher_for(request.app.state.keys, case.id)
         history = await corrections.history(session, cipher, case.id)
         trail = await _whole_trail(session, case.id)
     return {
@@ -89,7 +88,7 @@ async def correct_survivor(
         case = await service.get_visible_case(session, principal, case_id, for_update=True)
         age_group = case.facts.get("age_group")
         changed = await corrections.correct(
-            session, master=request.app.state.cipher, indexer=indexer, case=case, principal=principal,
+            session, keys=request.app.state.keys, indexer=indexer, case=case, principal=principal,
             patch=body, timezone=config.timezone,
         )
         if changed:
@@ -97,5 +96,5 @@ async def correct_survivor(
         if case.facts.get("age_group") != age_group:
             await events.case_facts_corrected(session, request.app.state.settings, case)
         records = await service.case_records(session, case.id)
-        cipher = await casekeys.cipher_for(session, request.app.state.cipher, case.id)
+        cipher = await casekeys.cipher_for(request.app.state.keys, case.id)
     return casefile.case_out(cipher, principal, case, records)

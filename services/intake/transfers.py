@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import access, casefile, casekeys, domain, numbering, service
 from services.intake.config import IntakeConfig
 from services.intake.erasure import ERASED
+from services.intake.keystore import KeyStore
 from services.intake.models import Case, CaseTransfer, SurvivorIndex
 from services.intake.schemas import (
     TransferDecline,
@@ -261,14 +262,14 @@ def _require_open(case: Case) -> None:
 
 
 async def _rekey_survivor(
-    session: AsyncSession, cipher: FieldCipher, indexer: SearchIndexer, case: Case, municipality: str
+    session: AsyncSession, keys: KeyStore, indexer: SearchIndexer, case: Case, municipality: str
 ) -> None:
     """Name keys are keyed per municipality (shared/crypto.py): the receiving one's search and duplicate
     check find the survivor only under its own keys."""
     row = await session.get(SurvivorIndex, case.id, with_for_update=True)
     if row is None or case.erased_at is not None:  # an erased case has no index row and no identity left
         return
-    case_cipher = await casekeys.cipher_for(session, cipher, case.id)
+    case_cipher = await casekeys.cipher_for(keys, case.id)
     personal = json.loads(case_cipher.decrypt(case.personal, casefile.personal_context(case.id, "personal")))
     row.municipality = municipality
     row.name_keys = indexer.keyed(f"{personal['first_name']} {personal['last_name']}", municipality)
@@ -299,7 +300,7 @@ async def accept_transfer(
         case.municipality = transfer.to_municipality
         case.case_number = number
         session.add(case)
-        await _rekey_survivor(session, cipher, indexer, case, transfer.to_municipality)
+        await _rekey_survivor(session, request.app.state.keys, indexer, case, transfer.to_municipality)
         transfer.status = "accepted"
         transfer.to_case_number = number
         transfer.decided_at = now

@@ -19,12 +19,12 @@ from unittest import mock
 
 import asyncpg
 
+from services.intake import casekeys, numbering
 from services.intake import domain as intake_domain
-from services.intake import numbering
 from services.intake import service as intake_service
 from services.intake.casefile import personal_context
 from shared.crypto import FieldCipher, SearchIndexer
-from shared.db import asyncpg_dsn, service_url
+from shared.db import asyncpg_dsn, keystore_url, service_url
 from shared.events import INTAKE_TOPIC, Envelope, make_event
 from shared.settings import Settings
 from tests.processes import LaunchedStack
@@ -301,8 +301,11 @@ def survivor_name(rng: random.Random) -> tuple[str, str]:
     return rng.choice(FIRST_POOL), rng.choice(LAST_POOL)
 
 
-async def load_survivors(stack: LaunchedStack, municipality: str, count: int, seed: int = 7) -> int:
-    """COPY `count` cases with their search index into intake's tables; returns the seconds' worth of rows."""
+async def load_survivors(stack: LaunchedStack, municipality: str, count: int, seed: int = 7, *,
+                         case_keys: bool = False) -> int:
+    """COPY `count` cases with their search index into intake's tables; returns the seconds' worth of rows.
+    `case_keys`: each case sealed under a data key of its own, its wrapped key COPY'd into the key store
+    (as a report stores it); else under the master key (a case of before per-case keys)."""
     settings = stack_settings(stack)
     cipher = FieldCipher.from_settings(settings)
     indexer = SearchIndexer.from_settings(settings)
@@ -312,8 +315,14 @@ async def load_survivors(stack: LaunchedStack, municipality: str, count: int, se
     start = datetime(2025, 1, 1, tzinfo=UTC)
     cases: list[tuple[Any, ...]] = []
     index: list[tuple[Any, ...]] = []
+    wrapped: list[tuple[Any, ...]] = []
     for seq in range(1, count + 1):
         case_id = uuid.uuid4()
+        sealer: Any = cipher
+        if case_keys:
+            sealer = casekeys.new_cipher(cipher)
+            assert sealer.data_key is not None
+            wrapped.append((case_id, casekeys.wrap(cipher, sealer.data_key, case_id), datetime.now(UTC)))
         first, last = survivor_name(rng)
         dob = date(rng.randint(1950, 2008), rng.randint(1, 12), rng.randint(1, 28))
         at = start + timedelta(seconds=seq * 300)
@@ -347,7 +356,7 @@ async def load_survivors(stack: LaunchedStack, municipality: str, count: int, se
                 "low",
                 "police",
                 json.dumps(facts),
-                cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal")),
+                sealer.encrypt(json.dumps(personal), personal_context(case_id, "personal")),
                 at,
                 "bench-loader",
                 "police",
@@ -359,6 +368,12 @@ async def load_survivors(stack: LaunchedStack, municipality: str, count: int, se
         if name not in keyed:
             keyed[name] = indexer.keyed(name, municipality)
         index.append((case_id, municipality, keyed[name], dob.year, indexer.token(dob.isoformat(), municipality)))
+    if wrapped:  # the key first, as a report stores it
+        keys = await asyncpg.connect(**asyncpg_dsn(keystore_url(settings)))  # type: ignore[arg-type]
+        try:
+            await keys.copy_records_to_table("case_keys", records=wrapped, columns=["case_id", "wrapped", "created_at"])
+        finally:
+            await keys.close()
     conn = await connect(stack, "intake")
     try:
         async with conn.transaction():

@@ -10,6 +10,7 @@ import os
 import random
 import re
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -1133,6 +1134,67 @@ async def _dashboard_sql(stack: LaunchedStack, municipality: str, calls: int) ->
     return recorder, ", ".join(parts)
 
 
+# --- mkr backup / mkr restore at 100 000 survivors -------------------------------------------------------
+
+ERASED_SINCE = 1_000  # cases erased after the backup: their erasures applied again by the restore
+
+
+async def backup_and_restore(stack: LaunchedStack, quick: bool) -> Outcome:
+    """`mkr backup` and `mkr restore` with 100 000 survivors (issue #17: the key store apart)."""
+    from mkr import backup as mkr_backup
+    from mkr.registry import SERVICES as DATA_SERVICES
+    from services.intake.keystore import KeyStore, Tombstone
+    from shared import db
+    from shared.crypto import FieldCipher
+
+    municipality = new_municipality("bk")
+    count = 10_000 if quick else SURVIVORS
+    await database.load_survivors(stack, municipality, count, case_keys=True)
+    settings = database.stack_settings(stack)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mkr-bench-backup-") as tmp:
+        began = time.perf_counter()
+        manifest = await mkr_backup.backup(settings, Path(tmp) / "data")
+        rows.append({"step": "mkr backup DIR (4 data databases)", "seconds": f"{time.perf_counter() - began:.1f}",
+                     "MiB": f"{sum(e['bytes'] for e in manifest['services'].values()) / 2**20:.1f}"})
+        began = time.perf_counter()
+        keys_manifest = await mkr_backup.backup_keys(settings, Path(tmp) / "keys")
+        rows.append({"step": "mkr backup --keys DIR (the key store)", "seconds": f"{time.perf_counter() - began:.1f}",
+                     "MiB": f"{float(keys_manifest['bytes']) / 2**20:.1f}"})
+        conn = await database.connect(stack, "intake")
+        try:
+            erased = [r["id"] for r in await conn.fetch(
+                "SELECT id FROM cases WHERE municipality = $1 LIMIT $2", municipality, ERASED_SINCE)]
+        finally:
+            await conn.close()
+        async with KeyStore(settings, FieldCipher.from_settings(settings)).opened() as keys:  # erased since
+            await keys.erase([Tombstone(case_id, datetime.now(UTC), "request") for case_id in erased])
+        # Onto empty databases of another prefix on the same server, with the stack's key store (its
+        # tombstones are applied to the restored data).
+        target = settings.model_copy(update={"database_prefix": f"{settings.database_prefix}rs_",
+                                             "keystore_url": db.keystore_url(settings).render_as_string(False)})
+        began = time.perf_counter()
+        restored = await mkr_backup.restore(target, Path(tmp) / "data")
+        rows.append({"step": f"mkr restore DIR (and {len(erased)} erasures applied again)",
+                     "seconds": f"{time.perf_counter() - began:.1f}", "MiB": ""})
+        rows.append({"step": f"  of which: applying the {len(erased)} erasures again",
+                     "seconds": f"{restored['erasures']['seconds']:.1f}", "MiB": ""})
+        for service in DATA_SERVICES:
+            await db.drop_database(target, service)
+    assert restored["erasures"]["cases_erased_again"] == len(erased)
+    return (
+        "mkr backup and mkr restore with 100 000 survivors",
+        rows,
+        f"{count} cases COPY'd into intake (each sealed under its own data key, the wrapped keys COPY'd into "
+        f"the key store, as in the duplicate search's load) on top of the cases of the scenarios before. "
+        f"`mkr backup` dumps the four data databases (pg_dump custom format, one after the other); "
+        f"`mkr backup --keys` dumps the key store apart. Then {len(erased)} of the cases are erased in the key "
+        f"store, and `mkr restore` restores the data backup onto empty databases of the same server and applies "
+        f"the key store's tombstones again (each erasure audited, its index row deleted, `case.anonymised` "
+        f"written to the outbox). Run once on the shared machine; see the load average above.",
+    )
+
+
 # --- key rotation over 100 000 survivors: mkr rekey, mkr reindex -----------------------------------------
 
 
@@ -1272,6 +1334,7 @@ ALL: list[Callable[[LaunchedStack, bool], Awaitable[Outcome]]] = [
     console_pages,  # type: ignore[list-item]
     import_rate,  # type: ignore[list-item]
     national_summary,  # type: ignore[list-item]
+    backup_and_restore,  # type: ignore[list-item]
     memory,  # type: ignore[list-item]
     rekey_reindex,  # type: ignore[list-item]
 ]

@@ -91,7 +91,11 @@ async def test_each_service_role_owns_only_its_database(private_server: str, tmp
                 await conn.execute(f'CREATE DATABASE "{role}_more"')
         finally:
             await conn.close()
-        for other in [*(f"{PREFIX}{s}" for s in SERVICES if s != service), "postgres", "template1"]:
+        if service == "intake":  # the key store is intake's alone (services/intake/keystore.py)
+            keys = await asyncpg.connect(**_as(private_server, role, f"{PREFIX}keys"))  # type: ignore[arg-type]
+            await keys.close()
+        others = [*(f"{PREFIX}{s}" for s in SERVICES if s != service), "postgres", "template1"]
+        for other in others + ([f"{PREFIX}keys"] if service != "intake" else []):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 refused = await asyncpg.connect(**_as(private_server, role, other))  # type: ignore[arg-type]
                 await refused.close()

@@ -75,7 +75,7 @@ async def test_close_and_reopen_once_each_and_consent_by_the_reporter_only(intak
     coordinator = Principal(sub="c-1", role=Role.coordinator, municipality=town)
 
     def closing(session: AsyncSession) -> Awaitable[Any]:
-        return commands.close_case(session, state.settings, state.cipher, coordinator, case_id, "resolved")
+        return commands.close_case(session, state.settings, state.keys, coordinator, case_id, "resolved")
 
     closed = await run(intake, closing)
     assert closed.status == "closed" and closed.close_reason and "resolved" not in closed.close_reason  # sealed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -45,6 +46,15 @@ async def _report(stack: Stack, m: str, person: dict[str, Any]) -> dict[str, Any
 async def _row(stack: Stack, sql: str, **params: Any) -> Any:
     async with stack.apps["intake"].state.runtime.engine.connect() as conn:
         return (await conn.execute(sa.text(sql), params)).first()
+
+
+async def _stored(stack: Stack, case_id: str) -> Any:
+    """The case's ciphertext (intake's data database) joined with its wrapped key (the key store)."""
+    row = await _row(stack, "SELECT personal FROM cases WHERE id = :id", id=case_id)
+    async with stack.apps["intake"].state.keys.engine.connect() as conn:
+        key = (await conn.execute(sa.text("SELECT wrapped FROM case_keys WHERE case_id = :id"),
+                                  {"id": case_id})).first()
+    return SimpleNamespace(personal=row.personal, wrapped=key.wrapped) if row is not None and key is not None else None
 
 
 async def _other_services_text(stack: Stack, m: str, case_id: str, tag: str) -> tuple[str, str]:
@@ -96,8 +106,7 @@ async def test_erasure_shreds_the_case_everywhere(stack: Stack) -> None:
     closed = await stack.intake.post(f"/v1/cases/{case_id}/close", json={"reason": "CLOSE-erase moved abroad"},
                                      headers=coordinator)
     assert closed.status_code == 200, closed.text
-    stored = await _row(stack, "SELECT c.personal, k.wrapped FROM cases c JOIN case_keys k ON k.case_id = c.id "
-                               "WHERE c.id = :id", id=case_id)
+    stored = await _stored(stack, case_id)  # the ciphertext (data database) and its wrapped key (key store)
     assert stored is not None and stored.personal.startswith("case:")  # under the case's own key
     before = await dump_text(stack.settings, "intake")
     assert stored.personal in before and person["last_name"] not in before  # sealed, yet openable until now
@@ -131,8 +140,7 @@ async def test_erasure_shreds_the_case_everywhere(stack: Stack) -> None:
                    stored.personal, stored.wrapped):
         assert secret not in after
     # A copy of the ciphertext taken before no longer opens: the key that sealed it is gone.
-    async with stack.apps["intake"].state.runtime.sessions() as session:
-        cipher = await casekeys.cipher_for(session, stack.apps["intake"].state.cipher, uuid.UUID(case_id))
+    cipher = await casekeys.cipher_for(stack.apps["intake"].state.keys, uuid.UUID(case_id))
     with pytest.raises(DecryptionError):
         cipher.decrypt(stored.personal, personal_context(uuid.UUID(case_id), "personal"))
 
@@ -163,7 +171,7 @@ async def test_retention_anonymises_cases_closed_long_ago_once(stack: Stack) -> 
             await conn.execute(sa.text("UPDATE cases SET closed_at = :at WHERE id = :id"),
                                {"at": datetime.now(UTC) - timedelta(days=365 * years + 2), "id": ids[name]})
     app = stack.apps["intake"]
-    runtime, master = app.state.runtime, app.state.cipher
+    runtime, master = app.state.runtime, app.state.keys
     never = stack.settings.model_copy(update={"retention_years_after_closure": 0})
     async with runtime.sessions() as session, session.begin():
         assert await erasure.anonymise_due(session, never, master) == 0

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from mkr.rekey import rekey
 from services.intake import casekeys
 from services.intake.casefile import personal_context
-from services.intake.models import Case, CaseKey
+from services.intake.models import Case
 from shared import db
 from shared.settings import Settings
 from tests.support import Stack, contract_report, new_municipality, running_stack
@@ -31,11 +31,12 @@ async def _make_legacy(stack: Stack, case_id: uuid.UUID) -> None:
     async with stack.apps["intake"].state.runtime.sessions() as session, session.begin():
         case = await session.get(Case, case_id)
         assert case is not None
-        cipher = await casekeys.cipher_for(session, master, case_id)
+        cipher = await casekeys.cipher_for(stack.apps["intake"].state.keys, case_id)
         context = personal_context(case_id, "personal")
         case.personal = master.encrypt(cipher.decrypt(case.personal, context), context)
         session.add(case)
-        await session.execute(sa.delete(CaseKey).where(CaseKey.case_id == case_id))  # type: ignore[arg-type]
+    async with stack.apps["intake"].state.keys.engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM case_keys WHERE case_id = :id"), {"id": case_id})
 
 
 @pytest.mark.timeout(300)
@@ -81,10 +82,12 @@ async def test_rekey_moves_intake_under_the_new_key_while_it_runs(settings: Sett
             else:
                 assert shown["survivor"]["last_name"] == last
         assert (await stack.intake.get(f"/v1/cases/{ids[1]}", headers=coordinator)).json()["close_reason"] == "moved"
-        async with stack.apps["intake"].state.runtime.engine.connect() as conn:
+        async with stack.apps["intake"].state.keys.engine.connect() as conn:
             wrapped = (await conn.execute(sa.text("SELECT wrapped FROM case_keys"))).scalars().all()
+        async with stack.apps["intake"].state.runtime.engine.connect() as conn:
             personal = (await conn.execute(sa.text("SELECT personal FROM cases WHERE erased_at IS NULL"))).scalars()
             assert len(wrapped) == 3 and all(w.startswith("k2:") for w in wrapped)
             assert all(p.startswith("case:") for p in personal)
     await db.drop_database(base, "intake")
+    await db.drop_database_at(db.keystore_url(base))
     assert json.dumps(done)

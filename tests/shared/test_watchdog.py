@@ -33,6 +33,7 @@ async def private_settings(settings: Settings) -> AsyncIterator[Settings]:
     yield private
     for service in ("intake", "referral"):
         await db.drop_database(private, service)
+    await db.drop_database_at(db.keystore_url(private))  # intake's key store
 
 
 async def _readyz(client: httpx.AsyncClient) -> httpx.Response:
@@ -110,6 +111,7 @@ async def test_a_broker_without_the_idempotent_producer_is_named_in_the_log_and_
     finally:
         stop_process(broker)
         await db.drop_database(private, "intake")
+        await db.drop_database_at(db.keystore_url(private))  # intake's key store
 
 
 async def test_consumers_route_again_after_the_broker_is_sigkilled_and_returns_empty(
@@ -159,3 +161,4 @@ async def test_consumers_route_again_after_the_broker_is_sigkilled_and_returns_e
         stop_process(broker)
         for service in ("intake", "referral"):
             await db.drop_database(private, service)
+        await db.drop_database_at(db.keystore_url(private))  # intake's key store
