@@ -414,7 +414,11 @@ def consumed_topics(service: str) -> set[str]:
         text = (ROOT / "services" / "intake" / "main.py").read_text()
         names = set(re.findall(r"ConsumerSpec\([^)]*\[([A-Z_, ]+)\]", text)[0].replace(" ", "").split(","))
     else:
-        module = importlib.import_module(f"services.{service}.events")
+        # The module that assembles the consumer: `consumer.py` where a service has one (referral), else `events.py`.
+        package = ROOT / "services" / service
+        module = importlib.import_module(
+            f"services.{service}.{'consumer' if (package / 'consumer.py').is_file() else 'events'}"
+        )
         return set(module.CONSUMED_TOPICS)
     events = importlib.import_module("shared.events")
     return {getattr(events, name) for name in names if name}
