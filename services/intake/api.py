@@ -161,7 +161,9 @@ async def list_cases(
     cursor: Cursor = None,
 ) -> CasePage:
     query = q.strip() if q else None
-    keys = _indexer(request).keyed(query, principal.municipality) if query else []
+    indexer = _indexer(request)
+    keys = indexer.keyed(query, principal.municipality) if query else []
+    under = service.probes(indexer, query, principal.municipality, None) if query else []
     async with session.begin():
         page, next_cursor = await service.search_cases(
             session,
@@ -173,6 +175,7 @@ async def list_cases(
             threshold=_config(request).search_threshold,
             cursor=cursor,
             limit=limit,
+            under=under,
         )
         await service.record_audit_many(session, principal, [case for case, _ in page], "case.listed")
         ciphers = await casekeys.ciphers(session, _cipher(request), [case.id for case, _ in page])

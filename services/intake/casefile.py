@@ -114,6 +114,7 @@ async def create_case(
             name_keys=keys,
             birth_year=birth_year,
             birth_date_key=birth_key,
+            key_id=indexer.key_id,
         )
     )
     if body.risk_answers is not None:
@@ -140,6 +141,8 @@ async def create_case(
         keys=keys,
         birth_year=birth_year,
         birth_date_key=birth_key,
+        under=service.probes(indexer, f"{survivor.first_name} {survivor.last_name}", body.municipality,
+                             survivor.date_of_birth.isoformat() if survivor.date_of_birth else None),
         exclude=case_id,
         threshold=config.duplicate_threshold,
         limit=config.max_duplicates,

@@ -274,6 +274,7 @@ async def _rekey_survivor(
     row.name_keys = indexer.keyed(f"{personal['first_name']} {personal['last_name']}", municipality)
     birth = personal.get("date_of_birth")
     row.birth_date_key = indexer.token(birth, municipality) if birth else None
+    row.key_id = indexer.key_id
     session.add(row)
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlmodel import col
 
@@ -155,18 +155,31 @@ async def put_member(
 
 
 @router.get("/routing-rules", response_model=RoutingRulesOut, tags=["routing"])
-async def get_routing_rules(principal: Coordinator, session: SessionDep, request: Request) -> RoutingRulesOut:
-    """The municipality's routing table (DOMAIN.md's defaults until it PUTs its own)."""
+async def get_routing_rules(
+    principal: Coordinator, session: SessionDep, request: Request, response: Response
+) -> RoutingRulesOut:
+    """The municipality's routing table (DOMAIN.md's defaults until it PUTs its own), with its `ETag`."""
     rules, is_default = await routing.rules_for(session, principal.municipality, request.app.state.settings.profile)
+    response.headers["ETag"] = routing.rules_etag(rules, is_default)
     return RoutingRulesOut(municipality=principal.municipality, rules=rules, is_default=is_default)
 
 
 @router.put("/routing-rules", response_model=RoutingRulesOut, tags=["routing"])
 async def put_routing_rules(
-    body: RoutingRulesBody, principal: Coordinator, session: SessionDep, request: Request
+    body: RoutingRulesBody,
+    principal: Coordinator,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    if_match: Annotated[
+        str | None, Header(alias="If-Match", description="The ETag of the table as read; 412 when it changed since")
+    ] = None,
 ) -> RoutingRulesOut:
-    """Replace the municipality's routing table. Legal exceptions to consent are fixed by law, not rules."""
-    await directory_commands.replace_routing_rules(_uow(request, session, principal), body)
+    """Replace the municipality's routing table. Legal exceptions to consent are fixed by law, not rules.
+    Send `If-Match` with the ETag of the table you read, so a change made meanwhile is not overwritten."""
+    response.headers["ETag"] = await directory_commands.replace_routing_rules(
+        _uow(request, session, principal), body, if_match
+    )
     return RoutingRulesOut(municipality=principal.municipality, rules=body.rules, is_default=False)
 
 

@@ -9,6 +9,8 @@ directory, writes the referrals, decisions and events.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +51,15 @@ async def rules_for(
     if row is None:
         return list(domain.profile_rules(profile)), True
     return [domain.RoutingRule.model_validate(r) for r in row.rules], False
+
+
+def rules_etag(rules: list[domain.RoutingRule], is_default: bool) -> str:
+    """The table's version as an ETag: a digest of the rules as stored (the defaults have their own)."""
+    canonical = json.dumps(
+        {"default": is_default, "rules": [r.model_dump(mode="json", exclude_none=True) for r in rules]},
+        sort_keys=True, separators=(",", ":"),
+    )
+    return f'W/"{hashlib.sha256(canonical.encode()).hexdigest()[:20]}"'
 
 
 def facts_of(case: CaseFact) -> domain.CaseFacts:

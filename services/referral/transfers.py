@@ -31,6 +31,7 @@ def _instant(value: object) -> datetime | None:
 
 TRANSFER_SYSTEM = "system:transfer"
 REASON = "transferred"
+MOVED_ORIGIN = "auto_moved"  # an automatic referral that a move of its case ended
 
 
 async def on_case_transferred(
@@ -130,6 +131,10 @@ async def cancel_senders_referrals(
     for referral in referrals:
         previous = referral.status
         referral.status = "cancelled"
+        if referral.origin == "auto":
+            # Out of the once-per-(case, member, rule) guard of automatic referrals: a case that moves back
+            # is referred again by this municipality's rules.
+            referral.origin = MOVED_ORIGIN
         referral.history = [
             *referral.history,
             {"status": "cancelled", "at": now.isoformat(), "by": TRANSFER_SYSTEM, "reason": REASON},

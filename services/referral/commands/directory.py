@@ -6,14 +6,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from services.referral import access, events
+from services.referral import access, events, routing
 from services.referral.commands import UnitOfWork, now
 from services.referral.models import Member, RoutingRuleSet
 from services.referral.schemas import MemberIn, RoutingRulesBody
 from shared.auth import require_own_municipality
-from shared.errors import invalid
+from shared.errors import Problem, invalid
 
 
 async def add_member(uow: UnitOfWork, command: MemberIn) -> Member:
@@ -60,21 +61,40 @@ async def save_member(uow: UnitOfWork, command: SaveMember) -> Member:
     return member
 
 
-async def replace_routing_rules(uow: UnitOfWork, command: RoutingRulesBody) -> None:
-    """The caller's municipality's routing table becomes `command.rules` (names unique, else 422)."""
+async def replace_routing_rules(uow: UnitOfWork, command: RoutingRulesBody, if_match: str | None = None) -> str:
+    """The caller's municipality's routing table becomes `command.rules` (names unique, else 422); its new
+    ETag. With `If-Match`, only over the table that was read (412 with the current ETag otherwise): two
+    coordinators editing at once never overwrite each other unseen."""
     names = [rule.name for rule in command.rules]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise invalid(["body", "rules"], f"rule names must be unique: {sorted(duplicates)}")
+    municipality = uow.principal.municipality
     values = {
-        "municipality": uow.principal.municipality,
+        "municipality": municipality,
         "rules": [rule.model_dump(mode="json", exclude_none=True) for rule in command.rules],
         "updated_at": now(),
         "updated_by": uow.principal.sub,
     }
     async with uow.session.begin():
+        # One writer per municipality's table at a time, the first one (no row yet) included.
+        await uow.session.execute(
+            sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"routing-rules:{municipality}")))
+        )
+        if if_match is not None:
+            current = routing.rules_etag(*await routing.rules_for(uow.session, municipality, uow.settings.profile))
+            if not _matches(if_match, current):
+                raise Problem(412, "The routing rules changed since they were read; read them again.",
+                              headers={"ETag": current})
         await uow.session.execute(
             pg_insert(RoutingRuleSet)
             .values(**values)
             .on_conflict_do_update(index_elements=["municipality"], set_=values)
         )
+    return routing.rules_etag(list(command.rules), False)
+
+
+def _matches(if_match: str, current: str) -> bool:
+    """`If-Match` names the current ETag (weak comparison; `*` matches any table)."""
+    tags = [tag.strip() for tag in if_match.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == current.removeprefix("W/") for tag in tags)
