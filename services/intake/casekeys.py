@@ -73,11 +73,15 @@ def new_cipher(master: FieldCipher) -> CaseCipher:
     return CaseCipher(master, os.urandom(32))
 
 
+def wrapped(cipher: CaseCipher, case_id: uuid.UUID) -> str:
+    """The cipher's data key wrapped by the master key (the `case_keys.wrapped` of the case)."""
+    assert cipher.data_key is not None
+    return cipher.master.encrypt(base64.b64encode(cipher.data_key).decode(), wrap_context(case_id))
+
+
 def store(session: AsyncSession, cipher: CaseCipher, case_id: uuid.UUID) -> None:
     """Add the cipher's data key, wrapped by the master key, to the caller's transaction (after its case)."""
-    assert cipher.data_key is not None
-    wrapped = cipher.master.encrypt(base64.b64encode(cipher.data_key).decode(), wrap_context(case_id))
-    session.add(CaseKey(case_id=case_id, wrapped=wrapped, created_at=datetime.now(UTC)))
+    session.add(CaseKey(case_id=case_id, wrapped=wrapped(cipher, case_id), created_at=datetime.now(UTC)))
 
 
 async def new_key(session: AsyncSession, master: FieldCipher, case_id: uuid.UUID) -> CaseCipher:
