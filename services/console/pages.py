@@ -17,10 +17,11 @@ from services.console.views import (
     routing,
     shelter,
     signin,
+    transfers,
 )
 
 router = APIRouter(include_in_schema=False)
 for module in (signin, home, institution, shelter, housing, cases, report_form, live, reports, meetings, directory,
-               routing):
+               routing, transfers):
     # The routes themselves (not an included router): one flat table, which the CSRF test walks.
     router.routes.extend(module.router.routes)

@@ -131,6 +131,9 @@ class Upstream:
     async def post(self, service: ServiceName, path: str, token: str, **kwargs: Any) -> Any:
         return (await self.call(service, "POST", path, token, **kwargs)).data
 
+    async def delete(self, service: ServiceName, path: str, token: str, **kwargs: Any) -> Any:
+        return (await self.call(service, "DELETE", path, token, **kwargs)).data
+
     @asynccontextmanager
     async def stream(
         self, service: ServiceName, path: str, token: str, *, language: str, headers: Mapping[str, str] | None = None

@@ -85,8 +85,9 @@ def nav_for(session: Session | None) -> list[tuple[str, str]]:
     role = session.role
     items: list[tuple[str, str]] = [("/", "Home")]
     if role == "coordinator":
-        items += [("/cases", "Cases"), ("/meetings", "Meetings"), ("/directory", "Directory"),
-                  ("/routing-rules", "Routing rules"), ("/reports", "Reports"), ("/rent-bonus", "Rent bonus")]
+        items += [("/cases", "Cases"), ("/transfers", "Transfers"), ("/meetings", "Meetings"),
+                  ("/directory", "Directory"), ("/routing-rules", "Routing rules"), ("/reports", "Reports"),
+                  ("/rent-bonus", "Rent bonus")]
     elif role in INSTITUTION_ROLES:
         items += [("/report", "Report a case"), ("/plan-actions", "Plan actions")]
     elif role == "housing_officer":

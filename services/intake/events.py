@@ -117,6 +117,14 @@ async def case_anonymised(session: AsyncSession, settings: Settings, case: Case,
     await _emit(session, settings, case, data)
 
 
+async def case_facts_corrected(session: AsyncSession, settings: Settings, case: Case) -> None:
+    """A corrected date of birth moved the case to another age group: reports elsewhere follow."""
+    data = contract.CaseFactsCorrected(
+        case_id=case.id, case_number=case.case_number, age_group=case.facts.get("age_group", "unknown")
+    )
+    await _emit(session, settings, case, data)
+
+
 async def risk_review_requested(
     session: AsyncSession, settings: Settings, case: Case, *, proposed: str, assessed_by_role: str
 ) -> None:

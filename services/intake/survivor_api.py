@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.intake import casefile, casekeys, corrections, service, survivor_file, survivor_pdf
+from services.intake import casefile, casekeys, corrections, events, service, survivor_file, survivor_pdf
 from services.intake.config import IntakeConfig
 from services.intake.schemas import CaseOut, SurvivorPatch, jsonable
 from shared.auth import Principal, Role, allow
@@ -87,12 +87,15 @@ async def correct_survivor(
     indexer: SearchIndexer = request.app.state.indexer
     async with session.begin():
         case = await service.get_visible_case(session, principal, case_id, for_update=True)
+        age_group = case.facts.get("age_group")
         changed = await corrections.correct(
             session, master=request.app.state.cipher, indexer=indexer, case=case, principal=principal,
             patch=body, timezone=config.timezone,
         )
         if changed:
             await service.record_audit(session, principal, case, "case.survivor_corrected")
+        if case.facts.get("age_group") != age_group:
+            await events.case_facts_corrected(session, request.app.state.settings, case)
         records = await service.case_records(session, case.id)
         cipher = await casekeys.cipher_for(session, request.app.state.cipher, case.id)
     return casefile.case_out(cipher, principal, case, records)

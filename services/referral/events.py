@@ -548,6 +548,7 @@ class CaseProjection:
             contract.CaseAnonymised: on_case_anonymised,
             contract.CaseLinked: on_links_changed,
             contract.CaseUnlinked: on_links_changed,
+            contract.CaseFactsCorrected: on_facts_corrected,
         })
 
     async def case_transferred(self, session: AsyncSession, event: Received[contract.CaseTransferred]) -> None:
@@ -563,6 +564,16 @@ async def on_links_changed(session: AsyncSession, event: Received[contract.CaseL
         sa.update(CaseFact)
         .where(col(CaseFact.case_id) == event.data.case_id)
         .values(repeat=event.data.repeat, pending_duplicates=event.data.pending_duplicates)
+    )
+
+
+async def on_facts_corrected(session: AsyncSession, event: Received[contract.CaseFactsCorrected]) -> None:
+    """A corrected date of birth moved the case to another age group: the projection (and through its
+    triggers the monthly rollups the reports read) follows. Routing does not read the age group."""
+    await session.execute(
+        sa.update(CaseFact)
+        .where(col(CaseFact.case_id) == event.data.case_id)
+        .values(age_group=str(event.data.age_group))
     )
 
 

@@ -202,6 +202,13 @@ class CaseAnonymised(CaseEventData):
     erased_at: Instant | None = None
 
 
+class CaseFactsCorrected(CaseEventData):
+    """A correction of the survivor's identity changed a coded fact other services keep (today the age
+    group, after a corrected date of birth). The new value only; never the identity itself."""
+
+    age_group: AgeGroup
+
+
 # --- mkr.referral.events ----------------------------------------------------------------------------
 
 
@@ -427,6 +434,7 @@ EVENT_TYPES: Mapping[str, tuple[str, type[EventData]]] = {
     "case.transferred": (INTAKE_TOPIC, CaseTransferred),
     "case.transfer_declined": (INTAKE_TOPIC, TransferDeclined),
     "case.anonymised": (INTAKE_TOPIC, CaseAnonymised),
+    "case.facts_corrected": (INTAKE_TOPIC, CaseFactsCorrected),
     "member.saved": (REFERRAL_TOPIC, MemberSaved),
     "referral.created": (REFERRAL_TOPIC, ReferralCreated),
     "referral.status_changed": (REFERRAL_TOPIC, ReferralStatusChanged),

@@ -8,9 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.intake.test_erasure import _other_services_text, _person, _report
-from tests.support import Stack, contract_report, new_municipality
+from tests.support import Stack, contract_report, new_municipality, wait_for
 
 
 @pytest.fixture
@@ -135,3 +136,34 @@ async def test_identity_correction_keeps_history_and_reaches_the_duplicate_index
     assert doc["case"]["survivor"] == {"erased": True}
     assert [e["previous"] for e in doc["identity_history"]] == [None]
     assert (await stack.intake.patch(path, json={"phone": "+355692222222"}, headers=coordinator)).status_code == 409
+
+
+async def test_a_corrected_date_of_birth_moves_the_case_to_its_age_group_in_referral(peers: Stack) -> None:
+    stack = peers
+    m = new_municipality()
+    coordinator = stack.auth("coordinator", m)
+    case_id = (await _report(stack, m, _person("dob")))["id"]  # born 1991: 25-39
+
+    async def age_group() -> str | None:
+        async with stack.apps["referral"].state.runtime.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.text("SELECT age_group FROM case_facts WHERE case_id = :id"), {"id": case_id}
+            )).first()
+        return None if row is None else str(row[0])
+
+    await wait_for(lambda: _equals(age_group, "25-39"), timeout=20, what="the case in referral's projection")
+    path = f"/v1/cases/{case_id}/survivor"
+    fixed = await stack.intake.patch(path, json={"date_of_birth": "2010-01-01"}, headers=coordinator)
+    assert fixed.status_code == 200, fixed.text
+    assert fixed.json()["survivor"]["age_group"] == "12-17"
+    await wait_for(lambda: _equals(age_group, "12-17"), timeout=20, what="the corrected age group in referral")
+    summary = await stack.referral.get(
+        "/v1/reports/summary", params={"from": "2026-01-01", "to": "2026-12-31"}, headers=coordinator
+    )
+    assert summary.status_code == 200, summary.text
+    by_age = summary.json()["cases"]["by_age_group"]
+    assert by_age["12-17"] == 1 and by_age["25-39"] == 0
+
+
+async def _equals(read: Any, expected: str) -> bool:
+    return bool(await read() == expected)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
+from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import LIST_LIMIT, URGENCIES, listing, nothing, shown_status, uuid_of
+from services.console.views.common import URGENCIES, every_item, listing, nothing, shown_status, uuid_of
 from services.console.web import api_details, api_message, new_key, redirect, render
 
 router = APIRouter(include_in_schema=False)
+AUDIT_SHOWN = 50  # the case page shows the latest entries of its audit trail (the API lists oldest first)
 
 
 @router.get("/cases", response_class=HTMLResponse)
@@ -56,25 +59,44 @@ async def _case_page(caller: Caller, case_id: str, **extra: Any) -> Response:
         except ApiError as error:
             return error
 
+    async def gathered(service: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        try:
+            return {"items": await every_item(caller, service, path, params)}
+        except ApiError as error:
+            return error
+
     coordinator = caller.role == "coordinator"
     case, referrals, plan, placements, audit, members, applications = await asyncio.gather(
         caller.api.get("intake", f"/v1/cases/{cid}", caller.token, language=caller.lang),
-        part("referral", "/v1/referrals", {"case_id": cid, "limit": LIST_LIMIT}),
+        gathered("referral", "/v1/referrals", {"case_id": cid}),
         part("referral", f"/v1/cases/{cid}/plan") if coordinator else nothing(),
         part("shelter", "/v1/placements", {"case_id": cid}) if coordinator else nothing(),
-        part("intake", "/v1/audit", {"case_id": cid, "limit": 200}) if coordinator else nothing(),
-        part("referral", "/v1/members", {"limit": LIST_LIMIT}) if coordinator else nothing(),
+        gathered("intake", "/v1/audit", {"case_id": cid}) if coordinator else nothing(),
+        gathered("referral", "/v1/members") if coordinator else nothing(),
         part("shelter", "/v1/rent-bonus/applications", {"case_id": cid}) if coordinator else nothing(),
     )
     member_list = listing(members)
     return render(
         caller.request, "case.html", case=case,
         referrals=listing(referrals), plan=plan if isinstance(plan, dict) else None,
-        placements=listing(placements), audit=listing(audit)[-50:], members=member_list,
+        placements=listing(placements), audit=listing(audit)[-AUDIT_SHOWN:], members=member_list,
         applications=[a for a in listing(applications) if a.get("case_id") == cid],
         member_names={str(m.get("id")): m.get("name") for m in member_list},
-        urgencies=URGENCIES, form_key=new_key(), **extra,
+        urgencies=URGENCIES, form_key=new_key(), destinations=_destinations(caller),
+        now=datetime.now(zone()).strftime("%Y-%m-%dT%H:%M"), **extra,
     )
+
+
+def _destinations(caller: Caller) -> list[str]:
+    """Where a case may move: the country profile's other municipalities."""
+    country = caller.request.app.state.settings.country
+    return [m for m in country.municipalities if m != caller.municipality]
+
+
+async def case_page_with(caller: Caller, case_id: str, error: ApiError, part: str) -> Response:
+    """The case page again, the service's refusal shown beside the form (`part`) that was sent."""
+    return await _case_page(caller, case_id, status=shown_status(error),
+                            **{f"{part}_error": api_message(caller.t, error), f"{part}_details": api_details(error)})
 
 
 @router.post("/cases/{case_id}/referrals")

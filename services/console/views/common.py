@@ -13,6 +13,8 @@ from shared.errors import Problem
 URGENCIES = ("emergency", "high", "normal")
 # The largest page the services give (`shared.paging.MAX_LIMIT`): lists on a page ask for it, not the default 50.
 LIST_LIMIT = 200
+# How many items a page gathers by following `next_cursor` (every list of the API pages, oldest first).
+MAX_ITEMS = 2000
 
 
 def uuid_of(value: str) -> str:
@@ -54,3 +56,20 @@ def listing(value: Any) -> list[dict[str, Any]]:
 
 async def nothing() -> None:
     return None
+
+
+async def every_item(
+    caller: Any, service: str, path: str, params: dict[str, Any] | None = None, *, cap: int = MAX_ITEMS,
+    page_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every item of a list, page after page (`next_cursor`), up to `cap`: a page that needs the whole
+    list (an institution's open referrals, the members a form offers) never stops at the first page."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page = await caller.api.get(service, path, caller.token, language=caller.lang,
+                                    params={**(params or {}), "limit": page_size or LIST_LIMIT, "cursor": cursor})
+        items += items_of(page)
+        cursor = page.get("next_cursor") if isinstance(page, dict) else None
+        if not cursor or len(items) >= cap:
+            return items[:cap]

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, SignedIn
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import LIST_LIMIT
+from services.console.views.common import every_item
 from services.console.web import render
 
 router = APIRouter(include_in_schema=False)
@@ -22,8 +22,7 @@ async def directory_page(caller: SignedIn) -> Response:
 
 
 async def _directory(caller: Caller) -> Response:
-    members = items_of(await caller.api.get("referral", "/v1/members", caller.token, language=caller.lang,
-                                            params={"limit": LIST_LIMIT}))
+    members = await every_item(caller, "referral", "/v1/members")
     shelters: list[dict[str, Any]] = []
     with contextlib.suppress(ApiError):
         shelters = items_of(await caller.api.get("shelter", "/v1/shelters", caller.token, language=caller.lang))

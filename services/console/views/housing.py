@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import shown_status, uuid_of, whole
+from services.console.views.common import every_item, shown_status, uuid_of, whole
 from services.console.web import api_details, api_message, render
 
 router = APIRouter(include_in_schema=False)
@@ -30,10 +30,17 @@ async def _budget(caller: Caller, year: int) -> dict[str, Any] | None:
     return None
 
 
+DETAILED = 100  # applications shown with their payments and decision
+
+
 async def _applications(caller: Caller, case_id: str | None) -> list[dict[str, Any]]:
     params = {"case_id": case_id} if case_id else {}
-    listed = items_of(await caller.api.get("shelter", "/v1/rent-bonus/applications", caller.token,
+    # Every pending application (each awaits a decision), then the newest of the others (the API lists newest first).
+    pending = await every_item(caller, "shelter", "/v1/rent-bonus/applications", {**params, "status": "pending"})
+    newest = items_of(await caller.api.get("shelter", "/v1/rent-bonus/applications", caller.token,
                                            language=caller.lang, params=params))
+    seen = {str(a.get("id")) for a in pending}
+    listed = pending + [a for a in newest if str(a.get("id")) not in seen]
     if case_id:
         listed = [a for a in listed if str(a.get("case_id")) == case_id]
 
@@ -43,7 +50,7 @@ async def _applications(caller: Caller, case_id: str | None) -> list[dict[str, A
                                              caller.token, language=caller.lang))
         return application
 
-    return list(await asyncio.gather(*(detailed(a) for a in listed[:50])))
+    return list(await asyncio.gather(*(detailed(a) for a in listed[:DETAILED])))
 
 
 async def housing_home(caller: Caller, status: int = 200, case_id: str | None = None, **extra: Any) -> Response:

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import LIST_LIMIT, shown_status, uuid_of
+from services.console.views.common import every_item, shown_status, uuid_of
 from services.console.web import INSTITUTION_ROLES, api_details, api_message, redirect, render
 from shared.errors import Problem
 
@@ -18,16 +18,31 @@ router = APIRouter(include_in_schema=False)
 
 REFERRAL_ACTIONS = ("acknowledge", "accept", "decline", "complete", "cancel")
 OPEN = ("pending", "acknowledged", "accepted")
+CLOSED = ("completed", "declined", "cancelled")
+CLOSED_SHOWN = 50  # the queue shows the latest closed referrals under the open ones
 # The plan-actions page shows the first this many actions by due date (the API's largest page).
 PLAN_ACTIONS = 200
 
 
 async def _my_referrals(caller: Caller) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"limit": LIST_LIMIT}
+    """Every open referral (each open status followed page after page: the API lists oldest first, so a
+    first page would hide the newest once an institution has had a few hundred), and the latest closed."""
+    params: dict[str, Any] = {}
     if caller.session.member_id:
         params["to_member_id"] = caller.session.member_id
-    return items_of(await caller.api.get("referral", "/v1/referrals", caller.token, language=caller.lang,
-                                         params=params))
+    found: list[dict[str, Any]] = []
+    for status in OPEN:
+        found += await every_item(caller, "referral", "/v1/referrals", {**params, "status": status})
+    closed: list[dict[str, Any]] = []
+    for status in CLOSED:
+        closed += await every_item(caller, "referral", "/v1/referrals", {**params, "status": status})
+    closed.sort(key=_last_change, reverse=True)
+    return found + closed[:CLOSED_SHOWN]
+
+
+def _last_change(referral: dict[str, Any]) -> str:
+    history = referral.get("history") or [{}]
+    return str(history[-1].get("at") or referral.get("created_at") or "")
 
 
 async def referral_queue(caller: Caller, status: int = 200, **extra: Any) -> Response:

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.i18n import zone
 from services.console.upstream import ApiError, items_of
-from services.console.views.common import LIST_LIMIT, instant, uuid_of
+from services.console.views.common import every_item, instant, uuid_of
 from services.console.web import api_details, api_message, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -26,11 +26,10 @@ async def _meetings_page(caller: Caller, **extra: Any) -> Response:
     require(caller, "coordinator")
     today = datetime.now(UTC).date()
     api, token, lang = caller.api, caller.token, caller.lang
-    meetings = items_of(await api.get("referral", "/v1/etn-meetings", token, language=lang,
-                                      params={"from": (today - timedelta(days=90)).isoformat(),
-                                              "to": (today + timedelta(days=180)).isoformat()}))
-    members = items_of(await api.get("referral", "/v1/members", token, language=lang,
-                                     params={"limit": LIST_LIMIT}))
+    meetings = await every_item(caller, "referral", "/v1/etn-meetings",
+                                {"from": (today - timedelta(days=90)).isoformat(),
+                                 "to": (today + timedelta(days=180)).isoformat()})
+    members = await every_item(caller, "referral", "/v1/members")
     cases = items_of(await api.get("intake", "/v1/cases", token, language=lang,
                                    params={"status": "open", "limit": 100}))
     return render(caller.request, "meetings.html", meetings=meetings, members=members, cases=cases,

@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.i18n import zone
-from services.console.upstream import ApiError, items_of
-from services.console.views.common import LIST_LIMIT, uuid_of, whole
+from services.console.upstream import ApiError
+from services.console.views.common import every_item, uuid_of, whole
 from services.console.web import api_details, api_message, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -30,11 +30,13 @@ def _context(referrals: list[dict[str, Any]], placements: list[dict[str, Any]]) 
     return {"placeable": placeable, "default_until": default_until}
 
 
-async def _referrals(caller: Caller, **params: str) -> list[dict[str, Any]]:
+async def _referrals(caller: Caller, statuses: tuple[str, ...] = (), **params: str) -> list[dict[str, Any]]:
+    """The shelter's referrals (of `statuses`, else all), every page (the API lists oldest first)."""
+    found: list[dict[str, Any]] = []
     with contextlib.suppress(ApiError):
-        return items_of(await caller.api.get("referral", "/v1/referrals", caller.token, language=caller.lang,
-                                             params={**params, "limit": LIST_LIMIT}))
-    return []
+        for status in statuses or (None,):
+            found += await every_item(caller, "referral", "/v1/referrals", {**params, "status": status})
+    return found
 
 
 async def shelter_home(caller: Caller, status_code: int = 200, **extra: Any) -> Response:
@@ -44,9 +46,8 @@ async def shelter_home(caller: Caller, status_code: int = 200, **extra: Any) -> 
     shelter_id = uuid_of(caller.session.shelter_id)
     answer = await caller.api.call("shelter", "GET", f"/v1/shelters/{shelter_id}", caller.token,
                                    language=caller.lang)
-    placements = items_of(await caller.api.get("shelter", "/v1/placements", caller.token, language=caller.lang,
-                                               params={"shelter_id": shelter_id, "active": "true"}))
-    referrals = await _referrals(caller)
+    placements = await every_item(caller, "shelter", "/v1/placements", {"shelter_id": shelter_id, "active": "true"})
+    referrals = await _referrals(caller, PLACEABLE)
     return render(caller.request, "shelter.html", status=status_code, shelter=answer.data,
                   etag=answer.headers.get("etag", ""), placements=placements, referrals=referrals,
                   **_context(referrals, placements), **extra)
@@ -134,8 +135,7 @@ async def _shelter_case(caller: Caller, case_id: str, status: int = 200, **extra
     require(caller, "shelter_staff")
     cid = uuid_of(case_id)
     params = {"case_id": cid, "shelter_id": uuid_of(caller.session.shelter_id or "")}
-    placements = items_of(await caller.api.get("shelter", "/v1/placements", caller.token, language=caller.lang,
-                                               params=params))
+    placements = await every_item(caller, "shelter", "/v1/placements", params)
     referrals = await _referrals(caller, case_id=cid)
     if not placements and not referrals:
         return render(caller.request, "message.html", status=404,
