@@ -97,7 +97,7 @@ DUPLICATES_SQL = f"""{_TOP}
 # A report's two searches in one: the first `limit` of all matches (the candidates the coordinator decides
 # on) and the first `limit` of those the reporter may read (shown to her), in the order of DUPLICATES_SQL.
 REPORT_DUPLICATES_SQL = f"""{_TOP}, ranked AS (
-        SELECT c.id, c.case_number, t.score, {_VISIBLE} AS visible,
+        SELECT c.id, c.case_number, t.score, COALESCE({_VISIBLE}, false) AS visible,
                row_number() OVER (ORDER BY t.score DESC, c.reported_at DESC, c.id) AS rank_all
         FROM top t JOIN cases c ON c.id = t.case_id
     ), ranked_visible AS (
