@@ -44,9 +44,10 @@ chromium:
 test: lint promtool chromium
 	$(BIN)/pytest
 
-# Photographs of each role's home into docs/console/ (the browser tests take them).
+# Photographs of each role's home into docs/console/ (the browser tests take them; without MKR_SCREENSHOTS=1
+# they write to a temporary folder, so `make test` leaves the work tree clean).
 screenshots: $(STAMP) chromium
-	$(BIN)/pytest tests/console/test_browser.py -q
+	MKR_SCREENSHOTS=1 $(BIN)/pytest tests/console/test_browser.py -q
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

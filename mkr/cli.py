@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from mkr.registry import APPS, SERVICES, app_factory, port_of, spec
+from mkr.serving import IMPORT_STRING, SERVICE_VARIABLE
+from shared.observability import MULTIPROC_ENV
 from shared.settings import Settings
 
 
@@ -52,19 +57,12 @@ def _migrations_of(name: str) -> Path:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from shared.db import create_engine, ensure_database, migrate
-
     settings = Settings()
     services = [args.service] if args.service else list(SERVICES)
 
     async def _run() -> None:
         for name in services:
-            await ensure_database(settings, name)
-            engine = create_engine(settings, name)
-            try:
-                await migrate(engine, _migrations_of(name), settings)
-            finally:
-                await engine.dispose()
+            await _prepare_database(settings, name)
             print(f"{name}: migrated")
 
     asyncio.run(_run())
@@ -102,19 +100,54 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        app_factory(args.service, settings),
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or port_of(settings, args.service),
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        proxy_headers=False,
-        loop="uvloop",  # libuv event loop and the httptools parser
-        http="httptools",
-    )
+    workers = args.workers or settings.workers or os.cpu_count() or 1
+    port = args.port or port_of(settings, args.service)
+    options: dict[str, Any] = {
+        "host": args.host or settings.host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+        "proxy_headers": False,
+        "loop": "uvloop",  # libuv event loop and the httptools parser
+        "http": "httptools",
+    }
+    if workers == 1:
+        os.environ.pop(MULTIPROC_ENV, None)  # one process: its own registry, nothing to aggregate
+        uvicorn.run(app_factory(args.service, settings.model_copy(update={"workers": 1})), factory=True, **options)
+        return 0
+    # Several workers: uvicorn's supervisor spawns each from an import string (mkr.serving), restarts one
+    # that dies, and the workers read the service, their count and the metrics directory from here. The
+    # database is created and migrated once, here, first: workers racing to create it would fail to start,
+    # and a worker that fails its startup makes the supervisor stop them all.
+    if spec(args.service).database:
+        asyncio.run(_prepare_database(settings, args.service))
+    os.environ[SERVICE_VARIABLE] = args.service
+    os.environ["MKR_WORKERS"] = str(workers)
+    os.environ[MULTIPROC_ENV] = str(fresh_metrics_dir(settings, args.service, port))
+    # The supervisor pings each worker and kills one that does not answer within this many seconds; the
+    # default 5 killed busy workers on a loaded two-core machine mid-request (the pong thread needs the GIL).
+    uvicorn.run(IMPORT_STRING, factory=True, workers=workers, timeout_worker_healthcheck=30, **options)
     return 0
+
+
+async def _prepare_database(settings: Settings, name: str) -> None:
+    from shared.db import create_engine, ensure_database, migrate
+
+    await ensure_database(settings, name)
+    engine = create_engine(settings, name)
+    try:
+        await migrate(engine, _migrations_of(name), settings)
+    finally:
+        await engine.dispose()
+
+
+def fresh_metrics_dir(settings: Settings, service: str, port: int) -> Path:
+    """The workers' Prometheus multiprocess directory, emptied: one per service and port under the state dir."""
+    directory = (settings.state_dir / "metrics" / f"{service}-{port}").resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
 
 
 def _cmd_run(_: argparse.Namespace) -> int:
@@ -149,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--service", required=True, choices=APPS)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="worker processes (default MKR_WORKERS, else the CPU count)")
     serve.set_defaults(func=_cmd_serve)
 
     run = sub.add_parser("run", help="the embedded default: PostgreSQL, broker, the four services and the console")
@@ -163,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     from mkr.rekey import register_commands as register_rekey_commands
 
     register_rekey_commands(sub)
+    from mkr.reindex import register_commands as register_reindex_commands
+
+    register_reindex_commands(sub)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

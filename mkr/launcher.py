@@ -83,6 +83,9 @@ class Launcher:
         return env
 
     def start_services(self, env: dict[str, str]) -> None:
+        # MKR_WORKERS reaches each `mkr serve` through the environment (unset: each runs one worker per CPU).
+        workers = self.settings.workers or os.cpu_count() or 1
+        print(f"Workers per service: {workers} (MKR_WORKERS)")
         for name in APPS:
             child = Child(name, [sys.executable, "-m", "mkr.cli", "serve", "--service", name], env)
             child.start()

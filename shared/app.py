@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,12 +21,16 @@ from shared.auth import TokenVerifier
 from shared.docs import install_offline_docs
 from shared.errors import PROBLEM_RESPONSES, install_error_handlers, problem_response
 from shared.events import EventConsumer, Handler, OutboxRelay, broker_reachable, ensure_topics
+from shared.leader import Leadership
 from shared.observability import (
     OUTBOX_PENDING,
+    WORKER_LEADER,
     RequestContextMiddleware,
     TracingMiddleware,
     configure_tracing,
+    mark_this_process_dead,
     metrics_endpoint,
+    prune_dead_processes,
     tracing_enabled,
 )
 from shared.settings import Settings
@@ -58,8 +63,18 @@ class ServiceRuntime:
     sessions: async_sessionmaker[AsyncSession]
     relay: OutboxRelay
     consumers: list[EventConsumer] = field(default_factory=list)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # every worker's (election, per-worker jobs)
+    leader_tasks: list[asyncio.Task[None]] = field(default_factory=list)  # the leader's background jobs
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    leadership: Leadership | None = None  # None: no election, this process runs everything
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leadership is None or self.leadership.is_leader
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.is_leader else "follower"
 
 
 def create_service_app(
@@ -70,24 +85,21 @@ def create_service_app(
     migrations: Path,
     consumers: Sequence[ConsumerSpec] = (),
     background: Sequence[BackgroundJob] = (),
+    per_worker: Sequence[BackgroundJob] = (),
     title: str,
     version: str = "1.0.0",
 ) -> FastAPI:
-    """Build a service: routers, error handlers, probes, and a lifespan that migrates and starts workers."""
+    """Build a service: routers, error handlers, probes, and a lifespan that migrates and starts workers.
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await db.ensure_database(settings, name)
-        engine = db.create_engine(settings, name)
-        await db.migrate(engine, migrations, settings)
-        relay = OutboxRelay(settings, engine, db.asyncpg_dsn(db.service_url(settings, name)), name=name)
-        runtime = ServiceRuntime(
-            name=name, settings=settings, engine=engine, sessions=db.session_factory(engine), relay=relay
-        )
-        app.state.runtime = runtime
-        with contextlib.suppress(Exception):
-            # Topics now if the broker is up; the relay and consumers retry otherwise.
-            await asyncio.wait_for(ensure_topics(settings), timeout=10)
+    `background` jobs, the consumers and the relay run in one process per service database when leader
+    election is on (several workers, MKR_LEADER_ELECTION): the leader's. `per_worker` jobs run in every
+    worker (what serves that worker's own clients, such as notifications' SSE notifier).
+    """
+
+    async def start_leader_work(runtime: ServiceRuntime) -> None:
+        """What runs in one process per service: the relay, the consumers, the leader's background jobs."""
+        relay = OutboxRelay(settings, runtime.engine, db.asyncpg_dsn(db.service_url(settings, name)), name=name)
+        runtime.relay = relay
         await relay.start()
         for spec in consumers:
             consumer = EventConsumer(
@@ -101,20 +113,57 @@ def create_service_app(
             runtime.consumers.append(consumer)
             await consumer.start()
         for job in background:
+            runtime.leader_tasks.append(
+                asyncio.create_task(_guarded(job, runtime), name=getattr(job, "__name__", "job"))
+            )
+        WORKER_LEADER.labels(name).set(1)
+
+    async def stop_leader_work(runtime: ServiceRuntime) -> None:
+        WORKER_LEADER.labels(name).set(0)
+        await _stop_tasks(runtime.leader_tasks)
+        for consumer in runtime.consumers:
+            await consumer.stop()
+        runtime.consumers.clear()
+        await runtime.relay.stop()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await db.ensure_database(settings, name)
+        engine = db.create_engine(settings, name)
+        await db.migrate(engine, migrations, settings)
+        relay = OutboxRelay(settings, engine, db.asyncpg_dsn(db.service_url(settings, name)), name=name)
+        runtime = ServiceRuntime(
+            name=name, settings=settings, engine=engine, sessions=db.session_factory(engine), relay=relay
+        )
+        app.state.runtime = runtime
+        prune_dead_processes()
+        with contextlib.suppress(Exception):
+            # Topics now if the broker is up; the relay and consumers retry otherwise.
+            await asyncio.wait_for(ensure_topics(settings), timeout=10)
+        if settings.elects_leader:
+            runtime.leadership = Leadership(
+                name, db.asyncpg_dsn(db.service_url(settings, name)), retry_seconds=settings.leader_retry_seconds,
+                on_gain=lambda: start_leader_work(runtime), on_loss=lambda: stop_leader_work(runtime),
+                stopping=runtime.stopping,
+            )
+            WORKER_LEADER.labels(name).set(0)
+            await runtime.leadership.try_acquire()  # the first worker up leads at once
+            runtime.tasks.append(asyncio.create_task(runtime.leadership.run(), name="leader-election"))
+        else:
+            await start_leader_work(runtime)
+        for job in per_worker:
             runtime.tasks.append(asyncio.create_task(_guarded(job, runtime), name=getattr(job, "__name__", "job")))
         try:
             yield
         finally:
             runtime.stopping.set()
-            for task in runtime.tasks:
-                task.cancel()
-            for task in runtime.tasks:
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(task, timeout=10)
-            for consumer in runtime.consumers:
-                await consumer.stop()
-            await relay.stop()
+            await _stop_tasks(runtime.tasks)
+            if runtime.is_leader:
+                await stop_leader_work(runtime)
+            if runtime.leadership is not None:
+                await runtime.leadership.release()
             await engine.dispose()
+            mark_this_process_dead()
 
     app = FastAPI(title=title, version=version, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -141,16 +190,19 @@ def create_service_app(
         database_ok, broker_ok = await asyncio.gather(
             db.ping(runtime.engine), broker_reachable(settings)
         )
-        OUTBOX_PENDING.set(runtime.relay.pending)
-        problems = _worker_problems(runtime)
-        checks = {
-            "database": database_ok,
-            "broker": broker_ok,
-            "consumers": not any(p["component"] == "consumer" for p in problems),
-            "relay": not any(p["component"] == "relay" for p in problems),
-        }
+        # A follower serves HTTP only: the relay and the consumers are the leader's, checked by its /readyz.
+        leader = runtime.is_leader
+        if leader:
+            OUTBOX_PENDING.set(runtime.relay.pending)
+        problems = _worker_problems(runtime) if leader else []
+        checks = {"database": database_ok, "broker": broker_ok}
+        if leader:
+            checks["consumers"] = not any(p["component"] == "consumer" for p in problems)
+            checks["relay"] = not any(p["component"] == "relay" for p in problems)
         ok = all(checks.values())
-        body: dict[str, object] = {"status": "ready" if ok else "unready", "checks": checks}
+        body: dict[str, object] = {
+            "status": "ready" if ok else "unready", "checks": checks, "role": runtime.role, "pid": os.getpid(),
+        }
         if problems:
             body["problems"] = problems
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -186,6 +238,15 @@ def _worker_problems(runtime: ServiceRuntime) -> list[dict[str, object]]:
                 "seconds": round(consumer.unassigned_for()), "last_recreated": consumer.last_recreated_reason,
             })
     return problems
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, timeout=10)
+    tasks.clear()
 
 
 async def _guarded(job: BackgroundJob, runtime: ServiceRuntime) -> None:

@@ -100,8 +100,8 @@ async def ensure_database(settings: Settings, service: str) -> None:
         if not exists:
             try:
                 await conn.execute(f'CREATE DATABASE "{name}"')
-            except asyncpg.DuplicateDatabaseError:
-                pass  # another replica won the race
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # another replica won the race (a concurrent CREATE DATABASE can fail on pg_database's index)
             except asyncpg.InsufficientPrivilegeError:
                 raise DatabaseMissing(
                     f"database {name} does not exist and the role may not create it; create it for the role"
@@ -120,11 +120,25 @@ async def drop_database(settings: Settings, service: str) -> None:
         await conn.close()
 
 
+def pool_limits(settings: Settings) -> tuple[int, int]:
+    """One worker's (pool_size, max_overflow): MKR_DB_CONNECTIONS (default pool + overflow) divided by
+    MKR_WORKERS, split in the proportion of MKR_DB_POOL_SIZE to MKR_DB_MAX_OVERFLOW; at least two per worker
+    (one of overflow unless MKR_DB_MAX_OVERFLOW is 0). One worker with the defaults: 8 + 8, as before workers."""
+    configured = settings.db_pool_size + settings.db_max_overflow
+    total = settings.db_connections or configured
+    share = max(2, total // settings.worker_count)
+    pool = max(1, share * settings.db_pool_size // configured)
+    if settings.db_max_overflow:
+        pool = min(pool, share - 1)
+    return pool, share - pool
+
+
 def create_engine(settings: Settings, service: str) -> AsyncEngine:
+    pool_size, max_overflow = pool_limits(settings)
     return create_async_engine(
         service_url(settings, service),
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
         pool_pre_ping=True,
         pool_timeout=15,
         connect_args={"server_settings": {"application_name": f"mkr-{service}"}, "timeout": 10},

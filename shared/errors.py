@@ -121,6 +121,19 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def unexpected_response(instance: str | None = None) -> JSONResponse:
+    """The one answer to an unhandled error, wherever it is caught (this module's handler, or the request
+    middleware's last resort): a 500 that says `Connection: close`. After an unhandled error uvicorn closes
+    the transport (Starlette re-raises), and where it does not the header makes it: so a client's pool never
+    reuses the connection and fails its next request with a read error."""
+    return problem_response(
+        500,
+        "The server could not complete the request; it has been logged.",
+        headers={"Connection": "close"},
+        instance=instance,
+    )
+
+
 def _clean_loc(loc: Any) -> list[str | int]:
     return [part if isinstance(part, int) else str(part) for part in loc]
 
@@ -160,11 +173,4 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The class name only: messages of database errors can quote row values.
         log.error("unhandled error", extra={"error_class": type(exc).__name__})
-        # Starlette re-raises after this answer and uvicorn then closes the connection: say so, so that a
-        # client's pool does not reuse it and fail its next request with a read error.
-        return problem_response(
-            500,
-            "The server could not complete the request; it has been logged.",
-            headers={"Connection": "close"},
-            instance=request.url.path,
-        )
+        return unexpected_response(instance=request.url.path)

@@ -61,7 +61,11 @@ class Listener:
     async def _listen_once(self) -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(**self.dsn, timeout=10)  # type: ignore[arg-type]
+        conn = await asyncpg.connect(
+            **self.dsn,  # type: ignore[arg-type]
+            timeout=10,
+            server_settings={"application_name": f"mkr-{self.name}"[:63]},  # pg_stat_activity names who listens
+        )
         try:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda *_: lost.set())

@@ -6,17 +6,28 @@ import asyncio
 import contextvars
 import json
 import logging
+import os
+import re
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import problem_response
+from shared.errors import problem_response, unexpected_response
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 service_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("service", default=None)
@@ -32,18 +43,30 @@ HTTP_LATENCY = Histogram(
 )
 EVENTS_PUBLISHED = Counter("mkr_events_published_total", "Events the outbox relay published")
 EVENTS_CONSUMED = Counter("mkr_events_consumed_total", "Events consumed", ["consumer", "result"])
-OUTBOX_PENDING = Gauge("mkr_outbox_pending", "Outbox rows seen unpublished in the last relay pass")
+# Gauges under several workers: only the leader sets them, so the most recent value of a live worker.
+OUTBOX_PENDING = Gauge(
+    "mkr_outbox_pending", "Outbox rows seen unpublished in the last relay pass", multiprocess_mode="livemostrecent"
+)
 # The watchdog's view (labels are code-defined names: a consumer, a service, a fixed reason).
 CONSUMER_LAG = Gauge(
-    "mkr_consumer_lag", "Records between a consumer's position and its partitions' end offsets", ["consumer"]
+    "mkr_consumer_lag", "Records between a consumer's position and its partitions' end offsets", ["consumer"],
+    multiprocess_mode="livemostrecent",
 )
 CONSUMER_PARTITION_LAG = Gauge(
     "mkr_consumer_partition_lag",
     "Records between a consumer's position and one assigned partition's end offset",
     ["consumer", "topic", "partition"],
+    multiprocess_mode="livemostrecent",
 )
 OUTBOX_OLDEST_UNPUBLISHED = Gauge(
-    "mkr_outbox_oldest_unpublished_seconds", "Age of the oldest outbox row not yet published", ["service"]
+    "mkr_outbox_oldest_unpublished_seconds", "Age of the oldest outbox row not yet published", ["service"],
+    multiprocess_mode="livemostrecent",
+)
+# 1 in the worker that runs the relay, consumers and jobs (shared/leader.py), 0 in the others: summed over
+# the live workers, 1 per service process group (and 0 in one whose leader is another replica).
+WORKER_LEADER = Gauge(
+    "mkr_worker_leader", "Whether this worker is its service's leader (runs relay, consumers, jobs)", ["service"],
+    multiprocess_mode="livesum",
 )
 CONSUMER_RECREATED = Counter(
     "mkr_consumer_recreated_total", "Kafka clients the watchdog recreated", ["consumer", "reason"]
@@ -163,7 +186,7 @@ class RequestContextMiddleware:
                 return
             self.log.error("unhandled error", extra={"error_class": type(exc).__name__})
             if not response_started:
-                response = problem_response(500, "The server could not complete the request; it has been logged.")
+                response = unexpected_response()
                 await response(scope, receive, _send)
         finally:
             template = route_label(scope)
@@ -197,8 +220,53 @@ def is_unstorable_input(exc: BaseException) -> bool:
     return False
 
 
+# --- several workers (MKR_WORKERS > 1): Prometheus multiprocess mode ---
+#
+# `mkr serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory per service process group before its
+# workers start; each worker writes its samples there and /metrics (whichever worker answers) sums the
+# counters and histograms of all of them, and gauges by their `multiprocess_mode`.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def multiproc_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def prune_dead_processes() -> None:
+    """Forget the live gauges of workers that died without a clean exit (killed: the supervisor restarts
+    them under a new pid); their counters stay, counted."""
+    directory = multiproc_dir()
+    if directory is None or not directory.is_dir():
+        return
+    for path in directory.glob("gauge_live*_*.db"):
+        match = _LIVE_GAUGE.fullmatch(path.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, str(directory))
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def mark_this_process_dead() -> None:
+    """At a worker's clean exit: its live gauges leave the aggregate."""
+    directory = multiproc_dir()
+    if directory is not None and directory.is_dir():
+        multiprocess.mark_process_dead(os.getpid(), str(directory))
+
+
 async def metrics_endpoint(_: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if multiproc_dir() is None:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    prune_dead_processes()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 # --- traces (OpenTelemetry) ---

@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     database_prefix: str = "mkr_"
     db_pool_size: int = Field(default=8, ge=1, le=200)
     db_max_overflow: int = Field(default=8, ge=0, le=200)
+    # The most pooled connections one service process group holds on the server, all its workers together
+    # (MKR_WORKERS): each worker's pool and overflow are this divided by the workers, in the proportion of
+    # db_pool_size to db_max_overflow (shared.db.pool_limits). Unset: db_pool_size + db_max_overflow (16).
+    # Not counted in it: each worker's leader-election connection and the leader's LISTEN connections.
+    db_connections: int | None = Field(default=None, ge=2, le=2000)
+
+    # Worker processes per service behind one port (`mkr serve`, uvicorn's supervisor). Unset: `mkr serve`
+    # runs os.cpu_count() and tells its workers how many they are; a process started otherwise (tests)
+    # counts as one. 1 keeps a single process.
+    workers: int | None = Field(default=None, ge=1, le=64)
+    # Leader election (shared/leader.py): one process per service database runs the outbox relay, the
+    # consumers and the background jobs, chosen by a session-level advisory lock. Unset: on when
+    # workers > 1 (`mkr serve` with several workers); set it true for several single-worker replicas too.
+    leader_election: bool | None = None
+    # How often a follower tries to take the lead, and the leader checks its lock connection is alive.
+    leader_retry_seconds: float = Field(default=2.0, gt=0, le=60)
 
     # Retention (issue #17): a case closed longer than this many years is anonymised by intake's
     # once-only job (data key destroyed, identity and free text gone, coded facts kept); 0 = never.
@@ -94,6 +110,9 @@ class Settings(BaseSettings):
     # under state_dir; a production service that uses one refuses to start without it.
     encryption_key: str | None = None
     index_key: str | None = None
+    # Changing MKR_INDEX_KEY online (`mkr reindex`, deploy/README.md): the key the blind index was built
+    # under. Searches and the duplicate check read under both keys; writes use MKR_INDEX_KEY only.
+    index_key_previous: str | None = None
 
     # The web console (services/console): where it reaches each service, from MKR_CONSOLE_<NAME>_URL
     # (default 127.0.0.1 and the service's port), the key of its session cookies (base64 of 32 bytes;
@@ -152,6 +171,9 @@ class Settings(BaseSettings):
             # missing one is refused by the service that uses it (SearchIndexer), not by every service.
             if self.index_key is not None and len(self.index_key.encode()) < MIN_INDEX_KEY_BYTES:
                 raise ValueError(f"production needs an MKR_INDEX_KEY of at least {MIN_INDEX_KEY_BYTES} bytes")
+            previous = self.index_key_previous
+            if previous and len(previous.encode()) < MIN_INDEX_KEY_BYTES:
+                raise ValueError(f"production needs an MKR_INDEX_KEY_PREVIOUS of at least {MIN_INDEX_KEY_BYTES} bytes")
         return self
 
     @model_validator(mode="after")
@@ -177,6 +199,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, _PerProcessSource(settings_cls), env_settings, dotenv_settings, file_secret_settings
+
+    @property
+    def worker_count(self) -> int:
+        """The workers this process is one of (1 unless `mkr serve` or MKR_WORKERS said otherwise)."""
+        return self.workers or 1
+
+    @property
+    def elects_leader(self) -> bool:
+        return self.worker_count > 1 if self.leader_election is None else self.leader_election
 
     def port_of(self, name: str, default: int) -> int:
         """The port of the process `name`: MKR_<NAME>_PORT, else the default its caller knows."""

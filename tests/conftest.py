@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mkr.registry import SERVICES
 from shared import db
 from shared.embedded import ensure_postgres, free_port, start_broker, stop_postgres, stop_process
 from shared.keys import ensure_local_keypair
 from shared.settings import Settings
-from tests.support import Stack, running_stack
+from tests.support import Stack, running_stack, throwaway_event_database
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +92,12 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
     async with running_stack(settings) as running:
         yield running
     await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def event_db(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[AsyncEngine]:
+    """A throwaway database with the event tables (`shared.events.event_metadata`), one per test, dropped
+    after it (tests/shared: the relay, the consumer's inbox, the watchdog)."""
+    prefix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "")[:12]
+    async with throwaway_event_database(settings, prefix) as engine:
+        yield engine

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mkr.registry import SERVICES, spec
 from shared.keys import issue_token
@@ -80,19 +82,63 @@ async def running_stack(
     services: tuple[str, ...] = SERVICES,
     options: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start the named services in this process; `options` are extra keyword arguments per factory."""
+    """Start the named services in this process; `options` are extra keyword arguments per factory.
+
+    They start one after another (each migrates its database, and Alembic's context is process-global)
+    and stop all at once: each stop is mostly waiting (consumers leaving their groups, the relay, the
+    pools), so stopping them together takes as long as the slowest, not the sum."""
     stack = Stack(settings)
-    async with AsyncExitStack() as exits:
-        for name in services:
-            app = create_app(name, settings, **(options or {}).get(name, {}))
-            await exits.enter_async_context(app.router.lifespan_context(app))
-            client = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url=f"http://{name}.test", timeout=30
-            )
-            await exits.enter_async_context(client)
-            stack.apps[name] = app
-            stack.clients[name] = client
-        yield stack
+    lifespans: list[Any] = []
+
+    async def stop_all() -> None:
+        outcomes = await asyncio.gather(
+            *(lifespan.__aexit__(None, None, None) for lifespan in reversed(lifespans)), return_exceptions=True
+        )
+        lifespans.clear()
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            raise failures[0]
+
+    try:
+        async with AsyncExitStack() as exits:
+            for name in services:
+                app = create_app(name, settings, **(options or {}).get(name, {}))
+                lifespan = app.router.lifespan_context(app)
+                await lifespan.__aenter__()
+                lifespans.append(lifespan)
+                client = httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url=f"http://{name}.test", timeout=30
+                )
+                await exits.enter_async_context(client)
+                stack.apps[name] = app
+                stack.clients[name] = client
+            yield stack
+    finally:
+        await stop_all()
+
+
+@asynccontextmanager
+async def throwaway_event_database(
+    settings: Settings, prefix: str = "events", metadata: MetaData | None = None
+) -> AsyncIterator[AsyncEngine]:
+    """A database of its own with `metadata`'s tables, by default `shared.events.event_metadata`'s (outbox,
+    inbox, offsets, and any table a test module adds to that metadata), dropped afterwards: for the relay,
+    consumer and idempotency tests that must not share the services' databases."""
+    import uuid
+
+    from shared import db
+    from shared.events import event_metadata
+
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    await db.ensure_database(settings, name)
+    engine = db.create_engine(settings, name)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync((metadata if metadata is not None else event_metadata).create_all)
+        yield engine
+    finally:
+        await engine.dispose()
+        await db.drop_database(settings, name)
 
 
 def new_municipality() -> str:

@@ -178,3 +178,18 @@ def test_plumbing_is_written_once() -> None:
         if "add_listener(" in text and p != ROOT / "shared" / "listener.py"
     ]
     assert listening == []
+
+
+def _application_layer(name: str) -> dict[str, bool]:
+    package = ROOT / Path(*registry.spec(name).package.split("."))
+    commands = (package / "commands.py").is_file() or (package / "commands" / "__init__.py").is_file()
+    return {"access.py": (package / "access.py").is_file(), "commands.py (or commands/)": commands}
+
+
+@pytest.mark.parametrize("name", registry.SERVICES)
+def test_each_backend_service_has_its_access_rules_and_commands(name: str) -> None:
+    # Issue #13: per service, who may (access.py) and its business transactions (commands.py, or a commands/
+    # package) in one place each; routes are adapters (docs/ARCHITECTURE.md, "Inside a service").
+    missing = [part for part, present in _application_layer(name).items() if not present]
+    assert missing == [], f"services/{name} lacks {', '.join(missing)}"
+

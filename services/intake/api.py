@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.intake import casefile, casekeys, domain, erasure, events, linking, service, transfers
+from services.intake import access, casefile, casekeys, commands, domain, erasure, linking, service, transfers
 from services.intake.config import IntakeConfig
-from services.intake.models import (
-    Case,
-    ConsentRecord,
-    ProtectionOrder,
-    RiskScreenConfig,
-)
+from services.intake.models import RiskScreenConfig
 from services.intake.schemas import (
     AuditEntry,
     CaseCreated,
@@ -47,7 +42,7 @@ from shared import idempotency
 from shared.auth import INSTITUTION_ROLES, Principal, Role, allow, require_own_municipality
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import SessionDep
-from shared.errors import Problem, conflict, forbidden, invalid, not_found
+from shared.errors import Problem, conflict, forbidden, invalid
 from shared.paging import Cursor, Limit, Page
 
 router = APIRouter(prefix="/v1", tags=["cases"])
@@ -166,7 +161,9 @@ async def list_cases(
     cursor: Cursor = None,
 ) -> CasePage:
     query = q.strip() if q else None
-    keys = _indexer(request).keyed(query, principal.municipality) if query else []
+    indexer = _indexer(request)
+    keys = indexer.keyed(query, principal.municipality) if query else []
+    under = service.probes(indexer, query, principal.municipality, None) if query else []
     async with session.begin():
         page, next_cursor = await service.search_cases(
             session,
@@ -178,6 +175,7 @@ async def list_cases(
             threshold=_config(request).search_threshold,
             cursor=cursor,
             limit=limit,
+            under=under,
         )
         await service.record_audit_many(session, principal, [case for case, _ in page], "case.listed")
         ciphers = await casekeys.ciphers(session, _cipher(request), [case.id for case, _ in page])
@@ -215,56 +213,18 @@ async def assess_risk(
     case_id: uuid.UUID, body: RiskAssessmentIn, principal: Reporter, session: SessionDep, request: Request
 ) -> RiskAssessmentResult:
     async with session.begin():
-        case = await service.get_visible_case(session, principal, case_id, for_update=True)
-        screen = await service.load_screen(session, case.municipality, _default_screen(request))
-        if unknown := domain.unknown_answers(screen, body.risk_answers):
-            raise Problem(
-                422,
-                "The request has invalid fields.",
-                errors=[{"loc": ["body", "risk_answers", qid], "msg": "unknown risk question"} for qid in unknown],
-            )
-        judgement = body.professional_judgement.value if body.professional_judgement else None
-        result = domain.score_risk(screen, body.risk_answers, judgement)
-        now = datetime.now(UTC)
-        assessment = casefile.new_assessment(case.id, body.risk_answers, result, judgement, principal, now)
-        session.add(assessment)
-        previous = case.risk_level
-        # CONTRACT §2: only the coordinator lowers a level; anyone else's lower result is kept in the
-        # history (the assessment row), the level stays, and the coordinator is asked to review it.
-        review = principal.role is not Role.coordinator and domain.LEVELS.index(
-            result.risk_level
-        ) < domain.LEVELS.index(previous)
-        if not review:
-            case.risk_level = result.risk_level
-        session.add(case)
-        await session.flush()
-        await service.record_audit(session, principal, case, "case.risk_assessed")
-        if review:
-            await events.risk_review_requested(
-                session,
-                request.app.state.settings,
-                case,
-                proposed=result.risk_level,
-                assessed_by_role=principal.role.value,
-            )
-        elif previous != result.risk_level:
-            await events.case_risk_assessed(
-                session,
-                request.app.state.settings,
-                case,
-                previous=previous,
-                yes_count=result.yes_count,
-                red_flags=result.red_flags,
-            )
+        done = await commands.assess_risk(
+            session, request.app.state.settings, principal, case_id, body, _default_screen(request)
+        )
     return RiskAssessmentResult(
-        id=assessment.id,
-        risk_level=RiskLevel(case.risk_level),
-        previous_risk_level=RiskLevel(previous),
-        yes_count=result.yes_count,
-        red_flags=result.red_flags,
-        assessed_at=now,
-        review_requested=review,
-        proposed_risk_level=RiskLevel(result.risk_level) if review else None,
+        id=done.assessment.id,
+        risk_level=RiskLevel(done.case.risk_level),
+        previous_risk_level=RiskLevel(done.previous),
+        yes_count=done.result.yes_count,
+        red_flags=done.result.red_flags,
+        assessed_at=done.assessment.assessed_at,
+        review_requested=done.review,
+        proposed_risk_level=RiskLevel(done.result.risk_level) if done.review else None,
     )
 
 
@@ -278,23 +238,7 @@ async def record_protection_order(
     case_id: uuid.UUID, body: ProtectionOrderIn, principal: OrderRecorder, session: SessionDep, request: Request
 ) -> ProtectionOrderOut:
     async with session.begin():
-        case = await service.get_visible_case(session, principal, case_id, for_update=True)
-        order = ProtectionOrder(
-            case_id=case.id,
-            kind=body.kind.value,
-            status=body.status.value,
-            issued_at=body.issued_at,
-            expires_at=body.expires_at,
-            court=body.court,
-            reference=body.reference,
-            recorded_at=datetime.now(UTC),
-            recorded_by_sub=principal.sub,
-            recorded_by_role=principal.role.value,
-        )
-        session.add(order)
-        await session.flush()
-        await service.record_audit(session, principal, case, "case.protection_order_recorded")
-        await events.protection_order_recorded(session, request.app.state.settings, case, order)
+        order = await commands.record_protection_order(session, request.app.state.settings, principal, case_id, body)
     return casefile.order_out(order)
 
 
@@ -307,37 +251,8 @@ async def change_consent(
     case_id: uuid.UUID, body: ConsentChange, principal: Reporter, session: SessionDep, request: Request
 ) -> ConsentOut:
     async with session.begin():
-        case = await service.get_visible_case(session, principal, case_id, for_update=True)
-        # CONTRACT §2: consent binds: only the coordinator and the reporting institution change it.
-        if principal.role is not Role.coordinator and not domain.is_reporter(
-            principal, case.reported_by_sub, case.reported_by_member_id
-        ):
-            raise forbidden("Only the coordinator and the institution that reported the case may change consent.")
-        now = datetime.now(UTC)
-        for kinds, given in ((body.share_with, True), (body.withdraw, False)):
-            for kind in sorted(set(kinds)):
-                session.add(
-                    ConsentRecord(
-                        case_id=case.id,
-                        kind=kind.value,
-                        given=given,
-                        at=now,
-                        recorded_by_sub=principal.sub,
-                        recorded_by_role=principal.role.value,
-                    )
-                )
-        await session.flush()
-        records = await service.case_records(session, case.id)
-        share_with, _ = service.current_consent(records.consents)
-        await service.record_audit(session, principal, case, "case.consent_changed")
-        await events.consent_changed(
-            session,
-            request.app.state.settings,
-            case,
-            share_with=share_with,
-            withdrawn=sorted({kind.value for kind in body.withdraw}),
-        )
-    return casefile.consent_out(records.consents, case.facts.get("consent_given_at"))
+        case, consents = await commands.change_consent(session, request.app.state.settings, principal, case_id, body)
+    return casefile.consent_out(consents, case.facts.get("consent_given_at"))
 
 
 @router.post("/cases/{case_id}/close", response_model=StatusOut, summary="Close a case with a reason")
@@ -345,17 +260,9 @@ async def close_case(
     case_id: uuid.UUID, body: CloseIn, principal: Coordinator, session: SessionDep, request: Request
 ) -> StatusOut:
     async with session.begin():
-        case = await service.get_visible_case(session, principal, case_id, for_update=True)
-        if case.status == CaseStatus.closed:
-            raise conflict("The case is already closed.")
-        case.status = CaseStatus.closed.value
-        case.closed_at = datetime.now(UTC)
-        cipher = await casekeys.writable(session, _cipher(request), case)
-        case.close_reason = cipher.encrypt(body.reason, casefile.personal_context(case.id, "close_reason"))
-        session.add(case)
-        await session.flush()
-        await service.record_audit(session, principal, case, "case.closed")
-        await events.case_closed(session, request.app.state.settings, case)
+        case = await commands.close_case(
+            session, request.app.state.settings, _cipher(request), principal, case_id, body.reason
+        )
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.closed, closed_at=case.closed_at)
 
 
@@ -364,16 +271,7 @@ async def reopen_case(
     case_id: uuid.UUID, principal: Coordinator, session: SessionDep, request: Request, body: ReopenIn | None = None
 ) -> StatusOut:
     async with session.begin():
-        case = await service.get_visible_case(session, principal, case_id, for_update=True)
-        if case.status != CaseStatus.closed:
-            raise conflict("Only a closed case can be reopened.")
-        case.status = CaseStatus.open.value
-        case.closed_at = None
-        case.close_reason = None
-        session.add(case)
-        await session.flush()
-        await service.record_audit(session, principal, case, "case.reopened")
-        await events.case_reopened(session, request.app.state.settings, case)
+        case = await commands.reopen_case(session, request.app.state.settings, principal, case_id)
     return StatusOut(id=case.id, case_number=case.case_number, status=CaseStatus.open)
 
 
@@ -403,9 +301,7 @@ async def get_audit(
     case_id: uuid.UUID, principal: AuditReader, session: SessionDep, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[AuditEntry]:
     async with session.begin():
-        case = await session.get(Case, case_id)
-        if case is None or not principal.sees_municipality(case.municipality):
-            raise not_found("case")
+        case = await access.audited_case(session, principal, case_id)
         rows, next_cursor = await service.audit_trail(session, case.id, limit=limit, cursor=cursor)
     items = [AuditEntry(at=r.at, sub=r.sub, role=r.role, action=r.action, case_id=case.id) for r in rows]
     return Page[AuditEntry](items=items, next_cursor=next_cursor)
@@ -434,27 +330,5 @@ async def get_risk_screen(principal: Reporter, session: SessionDep, request: Req
 @router.put("/risk-screen", response_model=RiskScreenOut, tags=["risk screen"], summary="Configure the risk screen")
 async def put_risk_screen(body: RiskScreenIn, principal: Coordinator, session: SessionDep) -> RiskScreenOut:
     async with session.begin():
-        row = await session.get(RiskScreenConfig, principal.municipality, with_for_update=True)
-        values: dict[str, Any] = {
-            "questions": [q.model_dump() for q in body.questions],
-            "high_yes_count": body.high_yes_count,
-            "medium_yes_count": body.medium_yes_count,
-            "escalation_cases": body.escalation_cases,
-            "escalation_window_days": body.escalation_window_days,
-            "updated_at": datetime.now(UTC),
-            "updated_by_sub": principal.sub,
-        }
-        if row is None:
-            row = RiskScreenConfig(municipality=principal.municipality, **values)
-        else:
-            for name, value in values.items():
-                setattr(row, name, value)
-        session.add(row)
-    screen = domain.RiskScreen(
-        questions=tuple((q.id, q.red_flag) for q in body.questions),
-        high_yes_count=body.high_yes_count,
-        medium_yes_count=body.medium_yes_count,
-        escalation_cases=body.escalation_cases,
-        escalation_window_days=body.escalation_window_days,
-    )
+        screen = await commands.configure_risk_screen(session, principal, body)
     return _screen_out(principal.municipality, screen, False)

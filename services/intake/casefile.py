@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import casekeys, domain, events, linking, numbering, search_index, service
+from services.intake import access, casekeys, domain, events, linking, numbering, search_index, service
 from services.intake.casekeys import CaseCipher
 from services.intake.config import IntakeConfig
 from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment
@@ -55,8 +56,8 @@ STORE_REPORT_SQL = sa.text(
     ), new_key AS (
         INSERT INTO case_keys (case_id, wrapped, created_at) VALUES (:case_id, :wrapped, :created_at)
     ), new_index AS (
-        INSERT INTO survivor_index (case_id, municipality, name_keys, birth_year, birth_date_key)
-        VALUES (:case_id, :m, CAST(:keys AS text[]), :birth_year, :birth_date_key)
+        INSERT INTO survivor_index (case_id, municipality, name_keys, birth_year, birth_date_key, key_id)
+        VALUES (:case_id, :m, CAST(:keys AS text[]), :birth_year, :birth_date_key, :key_id)
     ), new_assessment AS (
         INSERT INTO risk_assessments (id, case_id, answers, yes_count, red_flags, computed_level,
                                       professional_judgement, risk_level, assessed_at, assessed_by_sub,
@@ -107,12 +108,15 @@ async def create_case(
     draft = draft_report(cipher, indexer, principal, body, reported_at, local_day, screen)
     case_id, municipality = draft.case["id"], body.municipality
     census = await session.execute(STORE_REPORT_SQL, draft.params)
-    candidates, shown = await search_index.report_duplicates(
-        session, viewer=principal, municipality=municipality, keys=draft.keys,
-        probe=search_index.probe_of(census, draft.keys, config.duplicate_threshold), birth_year=draft.birth_year,
-        birth_date_key=draft.birth_date_key, exclude=case_id, threshold=config.duplicate_threshold,
-        limit=config.max_duplicates,
-    )  # fmt: skip
+    if indexer.previous is None:
+        candidates, shown = await search_index.report_duplicates(
+            session, viewer=principal, municipality=municipality, keys=draft.keys,
+            probe=search_index.probe_of(census, draft.keys, config.duplicate_threshold), birth_year=draft.birth_year,
+            birth_date_key=draft.birth_date_key, exclude=case_id, threshold=config.duplicate_threshold,
+            limit=config.max_duplicates,
+        )  # fmt: skip
+    else:
+        candidates, shown = await _duplicates_under_both_keys(session, indexer, principal, body, draft, config)
     # Every possible duplicate awaits the coordinator's decision; the reporter is shown only those she may read.
     data = events.case_reported(draft.case, draft.share_with, pending_duplicates=len(candidates))
     envelope = event_of(data, subject=str(case_id), municipality=municipality)
@@ -131,6 +135,24 @@ async def create_case(
         reported_at=reported_at,
         possible_duplicates=[PossibleDuplicate(id=d.id, case_number=d.case_number, score=d.score) for d in shown],
     )
+
+
+async def _duplicates_under_both_keys(
+    session: AsyncSession, indexer: SearchIndexer, principal: Principal, body: CaseReport, draft: Draft,
+    config: IntakeConfig,
+) -> tuple[list[search_index.Match], list[search_index.Match]]:
+    """While the index key changes (MKR_INDEX_KEY_PREVIOUS): the two searches under both keys, merged
+    (search_index.possible_duplicates); the candidates, and what the reporter may read."""
+    survivor = body.survivor
+    search = functools.partial(
+        search_index.possible_duplicates, session, viewer=principal, municipality=body.municipality,
+        keys=draft.keys, birth_year=draft.birth_year, birth_date_key=draft.birth_date_key, exclude=draft.case["id"],
+        threshold=config.duplicate_threshold, limit=config.max_duplicates,
+        under=search_index.probes(indexer, f"{survivor.first_name} {survivor.last_name}", body.municipality,
+                                  survivor.date_of_birth.isoformat() if survivor.date_of_birth else None),
+    )  # fmt: skip
+    candidates = await search(everything=True)
+    return candidates, candidates if principal.role is Role.coordinator else await search()
 
 
 def draft_report(
@@ -167,7 +189,7 @@ def draft_report(
         **case, "case_id": case_id, "m": municipality, "facts": json.dumps(case["facts"]),
         "sub": principal.sub, "role": principal.role.value, "member_id": principal.member_id, "created_at": now,
         "wrapped": casekeys.wrapped(case_cipher, case_id), "keys": keys, "birth_year": birth_year,
-        "birth_date_key": birth_key, "share_with": share_with,
+        "birth_date_key": birth_key, "key_id": indexer.key_id, "share_with": share_with,
         "consent_at": (body.consent.given_at if body.consent else None) or reported_at,
         **_assessment_params(body.risk_answers, result),
     }  # fmt: skip
@@ -278,10 +300,7 @@ def case_out(
     other cases of the same person and the possible duplicates only for the coordinator)."""
     personal = open_personal(cipher, case)
     facts = case.facts
-    # "Share only what the recipient needs": the narrative goes to the coordinator and the reporter only.
-    sees_narrative = principal.role is Role.coordinator or domain.is_reporter(
-        principal, case.reported_by_sub, case.reported_by_member_id
-    )
+    sees_narrative = access.sees_narrative(principal, case)
     close_reason = (
         cipher.decrypt(case.close_reason, personal_context(case.id, "close_reason")) if case.close_reason else None
     )
@@ -319,7 +338,7 @@ def case_out(
             for a in records.assessments
         ],
         closed_at=case.closed_at,
-        close_reason=close_reason if principal.role is Role.coordinator else None,
+        close_reason=close_reason if access.sees_coordinator_detail(principal) else None,
         **_links_out(principal, links),
     )
 
@@ -328,7 +347,7 @@ def _links_out(principal: Principal, links: linking.LinkState | None) -> dict[st
     if links is None:
         return {}
     repeat_of = links.repeat_of
-    if principal.role is not Role.coordinator:
+    if not access.sees_coordinator_detail(principal):
         return {"repeat": repeat_of is not None}
     return {
         "repeat": repeat_of is not None,

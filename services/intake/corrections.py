@@ -48,6 +48,7 @@ async def reindex(session: AsyncSession, indexer: SearchIndexer, case: Case, per
     row.name_keys = indexer.keyed(f"{personal['first_name']} {personal['last_name']}", case.municipality)
     row.birth_year = birth_year
     row.birth_date_key = indexer.token(dob, case.municipality) if dob else None
+    row.key_id = indexer.key_id  # under MKR_INDEX_KEY, also while `mkr reindex` runs (it skips this row then)
     session.add(row)
 
 

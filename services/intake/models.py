@@ -91,6 +91,9 @@ class SurvivorIndex(IntakeTable, table=True):
     name_keys: list[str] = Field(sa_column=sa.Column(postgresql.ARRAY(sa.Text), nullable=False))
     birth_year: int | None = None
     birth_date_key: str | None = None  # keyed hash of the exact date of birth, compared for equality only
+    # Fingerprint of the index key the row was written under (SearchIndexer.key_id); NULL: before key ids
+    # (the key then in force). `mkr reindex` rewrites the rows not under the current MKR_INDEX_KEY.
+    key_id: str | None = None
 
 
 class RiskAssessment(IntakeTable, table=True):

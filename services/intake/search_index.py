@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal, Role
+from shared.crypto import SearchIndexer
 
 # --- duplicates and search: keyed trigrams compared in SQL -------------------------------------------------
 #
@@ -24,7 +25,8 @@ from shared.auth import Principal, Role
 # them. Scores are then computed once per remaining row, and `cases` is joined only for the rows returned.
 
 KEY_COUNTS_SQL = (
-    "SELECT key, survivors FROM survivor_key_counts WHERE municipality = :m AND key = ANY(CAST(:keys AS text[]))"
+    "SELECT key, max(survivors) FROM survivor_key_counts WHERE municipality = :m AND key = ANY(CAST(:keys AS text[]))"
+    " GROUP BY key"
 )
 SHARED_KEYS = "(SELECT count(*) FROM unnest(s.name_keys) AS k WHERE k = ANY(CAST(:keys AS text[])))"
 
@@ -42,11 +44,12 @@ def rarest(keys: list[str], counts: dict[str, int], share: float) -> list[str]:
 
 
 # One statement: the plan mode for the statements after it (set_config(..., true) is SET LOCAL), and the
-# census counts of the query's keys. The LEFT JOIN from the one-row subquery always yields a row, so
-# set_config runs even when no key is counted yet (the row then has key NULL).
+# census counts of the query's keys (the largest over index key ids, as KEY_COUNTS_SQL). The LEFT JOIN from
+# the one-row subquery always yields a row, so set_config runs even when no key is counted yet (key NULL).
 CENSUS_SELECT = (
-    "SELECT c.key, c.survivors FROM (SELECT set_config('plan_cache_mode', 'force_custom_plan', true)) AS plan(mode) "
-    "LEFT JOIN survivor_key_counts c ON c.municipality = :m AND c.key = ANY(CAST(:keys AS text[]))"
+    "SELECT c.key, max(c.survivors) AS survivors "
+    "FROM (SELECT set_config('plan_cache_mode', 'force_custom_plan', true)) AS plan(mode) "
+    "LEFT JOIN survivor_key_counts c ON c.municipality = :m AND c.key = ANY(CAST(:keys AS text[])) GROUP BY c.key"
 )
 
 
@@ -89,13 +92,14 @@ _VISIBLE = """(CAST(:everything AS boolean)
                        WHERE a.case_id = c.id AND a.member_id = CAST(:viewer_member AS text)
                          AND a.status IN ('pending', 'acknowledged', 'accepted', 'completed')))))"""
 DUPLICATES_SQL = f"""{_TOP}
-    SELECT c.id, c.case_number, t.score FROM top t JOIN cases c ON c.id = t.case_id
+    SELECT c.id, c.case_number, c.reported_at, t.score FROM top t JOIN cases c ON c.id = t.case_id
     WHERE {_VISIBLE}
     ORDER BY t.score DESC, c.reported_at DESC, c.id
     LIMIT :limit
     """
-# A report's two searches in one: the first `limit` of all matches (the candidates the coordinator decides
-# on) and the first `limit` of those the reporter may read (shown to her), in the order of DUPLICATES_SQL.
+# A report's two searches in one (under one index key): the first `limit` of all matches (the candidates the
+# coordinator decides on) and the first `limit` of those the reporter may read (shown to her), in the order
+# of DUPLICATES_SQL.
 REPORT_DUPLICATES_SQL = f"""{_TOP}, ranked AS (
         SELECT c.id, c.case_number, t.score, COALESCE({_VISIBLE}, false) AS visible,
                row_number() OVER (ORDER BY t.score DESC, c.reported_at DESC, c.id) AS rank_all
@@ -118,24 +122,21 @@ class Match:
     score: float
 
 
-def _search_params(
-    viewer: Principal, municipality: str, keys: list[str], probe: list[str], birth_year: int | None,
-    birth_date_key: str | None, exclude: uuid.UUID, threshold: float, limit: int, everything: bool,
-) -> dict[str, Any]:
-    return {
-        "keys": keys,
-        "n": len(keys),
-        "probe": probe,
-        "m": municipality,
-        "exclude": exclude,
-        "by": birth_year,
-        "bdk": birth_date_key,
-        "threshold": threshold,
-        "limit": limit,
-        "everything": everything or viewer.role is Role.coordinator,
-        "viewer_sub": viewer.sub,
-        "viewer_member": viewer.member_id if viewer.is_institution else None,
-    }
+@dataclass(frozen=True)
+class Probe:
+    """A name (and date of birth) keyed under one index key: what a search compares rows with."""
+
+    keys: list[str]
+    birth_date_key: str | None
+
+
+def probes(indexer: SearchIndexer, name: str, municipality: str, date_of_birth: str | None) -> list[Probe]:
+    """The query under each key a search reads (MKR_INDEX_KEY, and MKR_INDEX_KEY_PREVIOUS while the key
+    changes). A row holds the keys of one index key only, so each probe meets only its own key's rows."""
+    return [
+        Probe(reader.keyed(name, municipality), reader.token(date_of_birth, municipality) if date_of_birth else None)
+        for reader in indexer.readers
+    ]
 
 
 async def possible_duplicates(
@@ -150,15 +151,39 @@ async def possible_duplicates(
     threshold: float,
     limit: int,
     everything: bool = False,
+    under: list[Probe] | None = None,
 ) -> list[Match]:
     """Earlier cases whose survivor's name is similar (Jaccard of keyed trigrams) and birth year fits,
-    among those `viewer` may read (CONTRACT §2: no oracle of who has a case elsewhere)."""
-    if not keys:
-        return []
-    probe = await probe_keys(session, municipality, keys, threshold)
-    params = _search_params(viewer, municipality, keys, probe, birth_year, birth_date_key, exclude, threshold,
-                            limit, everything)  # fmt: skip
-    rows = (await session.execute(sa.text(DUPLICATES_SQL), params)).all()
+    among those `viewer` may read (CONTRACT §2: no oracle of who has a case elsewhere).
+
+    `keys` and `birth_date_key` are the query under one key; `under` (`probes`) gives it under each key
+    the index is read with: while MKR_INDEX_KEY changes, the candidates of both are merged (one per case,
+    its best score) in the query's own order (`under` lists the current key first)."""
+    found: dict[uuid.UUID, Any] = {}
+    # One statement per key, so the previous key's first: `mkr reindex` (and every write) only ever moves
+    # a row onto the current key, so a row moving between the two statements is met by one or both of
+    # them (both: one result, the best score), never by neither.
+    for probe in reversed(under if under is not None else [Probe(keys, birth_date_key)]):
+        if not probe.keys:
+            continue
+        params = {
+            "keys": probe.keys,
+            "n": len(probe.keys),
+            "probe": await probe_keys(session, municipality, probe.keys, threshold),
+            "m": municipality,
+            "exclude": exclude,
+            "by": birth_year,
+            "bdk": probe.birth_date_key,
+            "threshold": threshold,
+            "limit": limit,
+            "everything": everything or viewer.role is Role.coordinator,
+            "viewer_sub": viewer.sub,
+            "viewer_member": viewer.member_id if viewer.is_institution else None,
+        }
+        for row in (await session.execute(sa.text(DUPLICATES_SQL), params)).all():
+            if row.id not in found or row.score > found[row.id].score:
+                found[row.id] = row
+    rows = sorted(found.values(), key=lambda row: (-row.score, -row.reported_at.timestamp(), row.id))[:limit]
     return [Match(row.id, row.case_number, round(float(row.score), 3)) for row in rows]
 
 
@@ -175,13 +200,17 @@ async def report_duplicates(
     threshold: float,
     limit: int,
 ) -> tuple[list[Match], list[Match]]:
-    """A report's duplicate search in one statement, probed with `probe` (its plans custom: CENSUS_SELECT ran
-    before in the transaction): every possible duplicate (the coordinator decides on each), and those the
-    reporter is shown (she may read them) — `possible_duplicates` with and without `everything`."""
+    """A report's duplicate search under one index key in one statement, probed with `probe` (its plan custom:
+    CENSUS_SELECT ran before in the transaction): every possible duplicate (the coordinator decides on each),
+    and those the reporter is shown (she may read them) — `possible_duplicates` with and without `everything`."""
     if not keys:
         return [], []
-    params = _search_params(viewer, municipality, keys, probe, birth_year, birth_date_key, exclude, threshold,
-                            limit, False)  # fmt: skip
+    params = {
+        "keys": keys, "n": len(keys), "probe": probe, "m": municipality, "exclude": exclude, "by": birth_year,
+        "bdk": birth_date_key, "threshold": threshold, "limit": limit,
+        "everything": viewer.role is Role.coordinator, "viewer_sub": viewer.sub,
+        "viewer_member": viewer.member_id if viewer.is_institution else None,
+    }  # fmt: skip
     rows = (await session.execute(sa.text(REPORT_DUPLICATES_SQL), params)).all()
     found = [(Match(row.id, row.case_number, round(float(row.score), 3)), row) for row in rows]
     return [m for m, row in found if row.candidate], [m for m, row in found if row.shown]
@@ -200,44 +229,55 @@ def census_bucket(count: int) -> int:
 async def count_survivor_keys(session: AsyncSession) -> list[str]:
     """Recount the key census of each municipality whose number of survivors changed since its last count.
 
-    One replica at a time (a transaction-scoped advisory lock; the others skip). Returns the
-    municipalities recounted."""
+    Counted per index key id (`survivor_index.key_id`; '' for rows of before key ids): while `mkr reindex`
+    moves rows from the previous key to the new one, each key's count changes and is recounted on its
+    own, and a key no row is under any more loses its census. One replica at a time (a transaction-scoped
+    advisory lock; the others skip). Returns the municipalities recounted."""
     got = await session.scalar(sa.text("SELECT pg_try_advisory_xact_lock(hashtext('mkr.intake.key_census'))"))
     if not got:
         return []
-    stale = (
+    stale = (await session.execute(sa.text(STALE_CENSUS_SQL))).all()
+    for municipality, key_id, survivors in stale:
+        where = {"m": municipality, "kid": key_id}
         await session.execute(
-            sa.text(
-                """
-                SELECT s.municipality, count(*) AS survivors
-                FROM survivor_index s LEFT JOIN survivor_key_census c ON c.municipality = s.municipality
-                GROUP BY s.municipality, c.survivors
-                HAVING c.survivors IS DISTINCT FROM count(*)
-                """
-            )
+            sa.text("DELETE FROM survivor_key_counts WHERE municipality = :m AND key_id = :kid"), where
         )
-    ).all()
-    for municipality, _ in stale:
-        await session.execute(sa.text("DELETE FROM survivor_key_counts WHERE municipality = :m"), {"m": municipality})
+        if survivors is None:
+            await session.execute(
+                sa.text("DELETE FROM survivor_key_census WHERE municipality = :m AND key_id = :kid"), where
+            )
+            continue
         await session.execute(
             sa.text(
                 f"""
-                INSERT INTO survivor_key_counts (municipality, key, survivors)
-                SELECT :m, k, {CENSUS_BUCKET.format(count="count(*)")} FROM survivor_index s, unnest(s.name_keys) AS k
-                WHERE s.municipality = :m GROUP BY k
+                INSERT INTO survivor_key_counts (municipality, key_id, key, survivors)
+                SELECT :m, :kid, k, {CENSUS_BUCKET.format(count="count(*)")}
+                FROM survivor_index s, unnest(s.name_keys) AS k
+                WHERE s.municipality = :m AND coalesce(s.key_id, '') = :kid GROUP BY k
                 """
             ),
-            {"m": municipality},
+            where,
         )
         await session.execute(
             sa.text(
                 """
-                INSERT INTO survivor_key_census (municipality, survivors, counted_at)
-                SELECT :m, count(*), now() FROM survivor_index WHERE municipality = :m
-                ON CONFLICT (municipality) DO UPDATE
+                INSERT INTO survivor_key_census (municipality, key_id, survivors, counted_at)
+                VALUES (:m, :kid, :n, now())
+                ON CONFLICT (municipality, key_id) DO UPDATE
                 SET survivors = EXCLUDED.survivors, counted_at = EXCLUDED.counted_at
                 """
             ),
-            {"m": municipality},
+            where | {"n": survivors},
         )
-    return [municipality for municipality, _ in stale]
+    return list(dict.fromkeys(municipality for municipality, _, _ in stale))
+
+
+# Each (municipality, index key id) whose number of survivors is not the census's; survivors NULL: no row
+# is under that key any more. The count is taken in the same transaction as the recount that follows.
+STALE_CENSUS_SQL = """
+    SELECT coalesce(i.municipality, c.municipality), coalesce(i.key_id, c.key_id), i.survivors
+    FROM (SELECT municipality, coalesce(key_id, '') AS key_id, count(*) AS survivors
+          FROM survivor_index GROUP BY 1, 2) AS i
+    FULL JOIN survivor_key_census c ON c.municipality = i.municipality AND c.key_id = i.key_id
+    WHERE c.survivors IS DISTINCT FROM i.survivors
+    """

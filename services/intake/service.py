@@ -70,9 +70,13 @@ async def search_cases(
     threshold: float,
     cursor: str | None,
     limit: int,
+    under: list[Probe] | None = None,
 ) -> tuple[list[tuple[Case, float | None]], str | None]:
     """Newest first, keyset-paginated (`shared.paging`); `q` matches names (keyed trigrams) or case
-    numbers (pg_trgm/ILIKE). Returns the page and the next page's cursor (a bad cursor is a 422)."""
+    numbers (pg_trgm/ILIKE). Returns the page and the next page's cursor (a bad cursor is a 422).
+    `keys` is the name under one index key; `under` (`search_index.probes`) under each key read while
+    MKR_INDEX_KEY changes (a case's score is its best, one row per case)."""
+    named = [probe for probe in (under if under is not None else [Probe(keys, None)]) if probe.keys]
     score_sql = sa.literal(None, sa.Float).label("score")
     stmt = sa.select(Case).where(col(Case.municipality) == municipality)
     if status:
@@ -92,14 +96,9 @@ async def search_cases(
             .exists()
         )
         by_number = sa.or_(col(Case.case_number).ilike(like), before)
-        if keys:
+        if named:
             hits = (
-                sa.text(
-                    f"""SELECT case_id, score FROM (
-                            SELECT s.case_id, {SHARED_KEYS}::float / :n AS score FROM survivor_index s
-                            WHERE s.municipality = :m AND s.name_keys && CAST(:probe AS text[])
-                        ) AS named WHERE score >= :threshold"""
-                )
+                sa.text(_hits_sql(len(named)))
                 .columns(sa.column("case_id", sa.Uuid), sa.column("score", sa.Float))
                 .subquery("hits")
             )
@@ -108,15 +107,26 @@ async def search_cases(
         else:
             stmt = stmt.where(by_number)
     stmt = stmt.add_columns(score_sql)
-    params: dict[str, Any] = {
-        "keys": keys,
-        "n": max(len(keys), 1),
-        "probe": await probe_keys(session, municipality, keys, threshold) if keys else [],
-        "m": municipality,
-        "threshold": threshold,
-    }
+    params: dict[str, Any] = {"m": municipality, "threshold": threshold}
+    for i, probe in enumerate(named):
+        params |= {f"keys{i}": probe.keys, f"n{i}": len(probe.keys),
+                   f"probe{i}": await probe_keys(session, municipality, probe.keys, threshold)}
     rows, next_cursor = await fetch_page(session, stmt, CASE_ORDER, limit, cursor, params=params, scalars=False)
     return [(row[0], None if row[1] is None else round(float(row[1]), 3)) for row in rows], next_cursor
+
+
+def _hits_sql(probes: int) -> str:
+    """Cases whose name shares enough keys with the query's probe `i` (`:keys<i>`, `:n<i>`, `:probe<i>`);
+    with two probes (two index keys), one row per case with its best score."""
+    named = [
+        f"""SELECT s.case_id, {SHARED_KEYS.replace(":keys", f":keys{i}")}::float / :n{i} AS score
+            FROM survivor_index s WHERE s.municipality = :m AND s.name_keys && CAST(:probe{i} AS text[])"""
+        for i in range(probes)
+    ]
+    if probes == 1:
+        return f"SELECT case_id, score FROM ({named[0]}) AS named WHERE score >= :threshold"
+    return (f"SELECT case_id, max(score) AS score FROM ({' UNION ALL '.join(named)}) AS named "
+            "GROUP BY case_id HAVING max(score) >= :threshold")
 
 
 # --- reading a case ---
@@ -165,11 +175,13 @@ from services.intake.search_index import (  # noqa: E402
     KEY_COUNTS_SQL,
     SHARED_KEYS,
     Match,
+    Probe,
     census_bucket,
     count_survivor_keys,
     possible_duplicates,
     probe_keys,
     probe_size,
+    probes,
     rarest,
 )
 from services.intake.trail import (  # noqa: E402
@@ -188,6 +200,7 @@ __all__ = [
     "CaseHidden",
     "CaseRecords",
     "Match",
+    "Probe",
     "audit_trail",
     "case_records",
     "census_bucket",
@@ -199,6 +212,7 @@ __all__ = [
     "possible_duplicates",
     "probe_keys",
     "probe_size",
+    "probes",
     "rarest",
     "readable_referral",
     "record_audit",

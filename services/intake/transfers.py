@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import casefile, casekeys, domain, numbering, service
+from services.intake import access, casefile, casekeys, domain, numbering, service
 from services.intake.config import IntakeConfig
 from services.intake.erasure import ERASED
 from services.intake.models import Case, CaseTransfer, SurvivorIndex
@@ -36,7 +36,7 @@ from shared.auth import Principal, Role, allow
 from shared.contracts import events as contract
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.db import SessionDep
-from shared.errors import conflict, forbidden, invalid, not_found
+from shared.errors import conflict, invalid, not_found
 from shared.events import emit
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
 from shared.settings import Settings
@@ -244,10 +244,9 @@ async def _pending_for_receiver(
     """The transfer and its case, both locked; 404 unless the caller's municipality is a side of it, 403
     for the sender (it is hers to see, not to decide), 409 once decided."""
     transfer = await session.get(CaseTransfer, transfer_id, with_for_update=True)
-    if transfer is None or principal.municipality not in (transfer.from_municipality, transfer.to_municipality):
+    if transfer is None:
         raise not_found("transfer")
-    if principal.municipality != transfer.to_municipality:
-        raise forbidden("Only the coordinator of the receiving municipality decides a transfer.")
+    access.require_transfer_decider(principal, transfer)
     if transfer.status != "pending":
         raise conflict(f"The transfer is already {transfer.status}.")
     case = await session.get(Case, transfer.case_id, with_for_update=True)
@@ -275,6 +274,7 @@ async def _rekey_survivor(
     row.name_keys = indexer.keyed(f"{personal['first_name']} {personal['last_name']}", municipality)
     birth = personal.get("date_of_birth")
     row.birth_date_key = indexer.token(birth, municipality) if birth else None
+    row.key_id = indexer.key_id
     session.add(row)
 
 

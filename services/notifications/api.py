@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -11,9 +10,9 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlmodel import col
 
-from services.notifications import domain, inbox
-from services.notifications.delivery import SendFailed, TooManyStreams, check_destination, seal_secret
-from services.notifications.models import Alert, Delivery, Subscription
+from services.notifications import access, commands, domain, inbox
+from services.notifications.delivery import TooManyStreams
+from services.notifications.models import Delivery, Subscription
 from services.notifications.schemas import (
     AlertOut,
     DeliveryOut,
@@ -25,7 +24,7 @@ from services.notifications.schemas import (
 from shared import profiles
 from shared.auth import INSTITUTION_ROLES, AnyRole, Principal, Role, allow
 from shared.db import SessionDep
-from shared.errors import Problem, forbidden, not_found, problem_response
+from shared.errors import Problem, not_found, problem_response
 from shared.paging import Cursor, Keyset, Limit, Page, fetch_page
 
 router = APIRouter(prefix="/v1")
@@ -89,16 +88,7 @@ async def mark_read(
     """Only the addressee may; anyone else gets 404. Reading twice keeps the first `read_at`."""
     language = _language(accept_language, request, response)
     async with session.begin():
-        alert = (
-            await session.execute(
-                sa.select(Alert).where(col(Alert.id) == alert_id, inbox.addressed_to(principal)).with_for_update()
-            )
-        ).scalar_one_or_none()
-        if alert is None:
-            raise not_found("alert")
-        if alert.read_at is None:
-            alert.read_at = datetime.now(UTC)
-            session.add(alert)
+        alert = await commands.acknowledge(session, principal, alert_id)
     return inbox.to_out(alert, language, _profile(request))
 
 
@@ -124,15 +114,7 @@ async def stream_inbox(
     `MKR_NOTIFICATIONS_MAX_STREAMS` streams per user (`sub`) are open at once (429 beyond), and a stream
     ends when its token expires: reconnect with a fresh token.
     """
-    resume: int | None = None
-    if last_event_id not in (None, ""):
-        if not last_event_id.isdigit():
-            raise Problem(
-                422,
-                "Last-Event-ID must be an event id of this stream.",
-                errors=[{"loc": ["header", "Last-Event-ID"], "msg": "not an alert sequence number"}],
-            )
-        resume = int(last_event_id)
+    resume = _resume_from(last_event_id)
     app = request.app
     config = app.state.notifications_config
     broadcaster = app.state.broadcaster
@@ -170,25 +152,20 @@ async def stream_inbox(
     )
 
 
+def _resume_from(last_event_id: str | None) -> int | None:
+    """The alert seq a reconnecting stream resumes after; 422 for a header that is not one."""
+    if last_event_id in (None, ""):
+        return None
+    if not last_event_id.isdigit():
+        raise Problem(
+            422,
+            "Last-Event-ID must be an event id of this stream.",
+            errors=[{"loc": ["header", "Last-Event-ID"], "msg": "not an alert sequence number"}],
+        )
+    return int(last_event_id)
+
+
 # --- webhooks ------------------------------------------------------------------------------------
-
-
-def _owned_by(principal: Principal) -> sa.ColumnElement[bool]:
-    """Subscriptions are the caller's institution's (member_id), or the coordinator's municipality's."""
-    owner: sa.ColumnElement[bool]
-    if principal.role is Role.coordinator:
-        owner = col(Subscription.owner_member_id).is_(None)
-    else:
-        owner = col(Subscription.owner_member_id) == _member_of(principal)
-    return sa.and_(
-        col(Subscription.municipality) == principal.municipality, owner, col(Subscription.deleted_at).is_(None)
-    )
-
-
-def _member_of(principal: Principal) -> str:
-    if not principal.member_id:
-        raise forbidden("Your token names no institution (member_id); webhooks belong to an institution.")
-    return principal.member_id
 
 
 def _subscription_out(row: Subscription) -> SubscriptionOut:
@@ -217,38 +194,9 @@ async def create_subscription(
     `responsible_member_id`, `member_id`, `member_ids[]`, `actions[].responsible_member_id`); the
     coordinator's receives every event of the municipality. The secret is shown only here.
     """
-    member_id = None if principal.role is Role.coordinator else _member_of(principal)
-    settings = request.app.state.settings
-    config = request.app.state.notifications_config
-    try:
-        await check_destination(body.url, settings.environment, settings.webhook_allowed_hosts)
-    except SendFailed as exc:
-        raise Problem(
-            422, f"The webhook URL is refused: {exc}", errors=[{"loc": ["body", "url"], "msg": str(exc)}]
-        ) from exc
-    secret = body.secret or domain.generated_secret()
-    row = Subscription(
-        municipality=principal.municipality,
-        owner_role=principal.role.value,
-        owner_member_id=member_id,
-        owner_sub=principal.sub,
-        url=body.url,
-        event_types=body.event_types,
-        secret="",
-        secret_sealed=True,
+    row, secret = await commands.add_subscription(
+        session, request.app.state.settings, request.app.state.notifications_config, principal, body
     )
-    row.secret = seal_secret(settings, row.id, secret)
-    async with session.begin():
-        # One owner's creations one at a time, so that the cap holds under concurrent requests.
-        owner_key = f"subscriptions:{principal.municipality}:{member_id or ''}"
-        await session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(owner_key))))
-        held = await session.scalar(sa.select(sa.func.count()).select_from(Subscription).where(_owned_by(principal)))
-        if int(held or 0) >= config.max_subscriptions:
-            raise Problem(
-                409,
-                f"An owner may hold at most {config.max_subscriptions} webhook subscriptions; delete one first.",
-            )
-        session.add(row)
     return SubscriptionCreated(**_subscription_out(row).model_dump(), secret=secret)
 
 
@@ -264,7 +212,7 @@ async def list_subscriptions(
     cursor: Cursor = None,
 ) -> Page[SubscriptionOut]:
     """Oldest first, at most `limit` (an owner holds at most `MKR_NOTIFICATIONS_MAX_SUBSCRIPTIONS`)."""
-    query = sa.select(Subscription).where(_owned_by(principal))
+    query = sa.select(Subscription).where(access.owned_subscriptions(principal))
     rows, next_cursor = await fetch_page(session, query, SUBSCRIPTION_ORDER, limit, cursor)
     return Page[SubscriptionOut](items=[_subscription_out(r) for r in rows], next_cursor=next_cursor)
 
@@ -273,22 +221,7 @@ async def list_subscriptions(
 async def delete_subscription(subscription_id: uuid.UUID, principal: SubscriberRole, session: SessionDep) -> Response:
     """Stops deliveries: pending ones become `cancelled`."""
     async with session.begin():
-        row = (
-            await session.execute(
-                sa.select(Subscription)
-                .where(col(Subscription.id) == subscription_id, _owned_by(principal))
-                .with_for_update()
-            )
-        ).scalar_one_or_none()
-        if row is None:
-            raise not_found("subscription")
-        row.deleted_at = datetime.now(UTC)
-        session.add(row)
-        await session.execute(
-            sa.update(Delivery)
-            .where(col(Delivery.subscription_id) == subscription_id, col(Delivery.state) == "pending")
-            .values(state="cancelled")
-        )
+        await commands.remove_subscription(session, principal, subscription_id)
     return Response(status_code=204)
 
 
@@ -307,14 +240,12 @@ async def list_deliveries(
 
     Another owner's subscription answers 404.
     """
-    owned = sa.select(col(Subscription.id)).where(_owned_by(principal))
+    query = sa.select(Delivery).where(access.visible_deliveries(principal))
     if subscription_id is not None:
-        found = await session.scalar(owned.where(col(Subscription.id) == subscription_id))
-        if found is None:
+        owned = await session.get(Subscription, subscription_id)
+        if owned is None or not access.owns_subscription(principal, owned):
             raise not_found("subscription")
-        query = sa.select(Delivery).where(col(Delivery.subscription_id) == subscription_id)
-    else:
-        query = sa.select(Delivery).where(col(Delivery.subscription_id).in_(owned.scalar_subquery()))
+        query = query.where(col(Delivery.subscription_id) == subscription_id)
     if status is not None:
         query = query.where(col(Delivery.state) == status)
     rows, next_cursor = await fetch_page(session, query, DELIVERY_ORDER, limit, cursor)

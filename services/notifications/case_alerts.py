@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from sqlmodel import col
 
-from services.notifications import domain
+from services.notifications import access, domain
 from services.notifications.models import Alert
 from shared.auth import Principal, Role, allow
 from shared.db import SessionDep
@@ -47,7 +47,7 @@ async def case_alerts(
     cursor: Cursor = None,
 ) -> Page[CaseAlertOut]:
     """Oldest first; only alerts of the caller's municipality (a case of another reads as empty)."""
-    query = sa.select(Alert).where(col(Alert.case_id) == case_id, col(Alert.municipality) == principal.municipality)
+    query = sa.select(Alert).where(access.case_alerts_visible(principal, case_id))
     async with session.begin():
         rows, next_cursor = await fetch_page(session, query, ORDER, limit, cursor)
     return Page(

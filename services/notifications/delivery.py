@@ -65,7 +65,7 @@ class Listener:
         self.wake.set()
 
     def concerns(self, addressee: dict[str, Any]) -> bool:
-        """The alert's addressee is one this stream shows (the rule of `inbox.addressed_to`)."""
+        """The alert's addressee is one this stream shows (the rule of `access.addressed_to`)."""
         if addressee.get("m") != self.municipality:
             return False
         return (

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.notifications import domain, transfers
+from services.notifications import access, domain, transfers
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import (
     Alert,
@@ -156,56 +156,17 @@ class EventHandler:
     # --- alerts --------------------------------------------------------------------------------
 
     async def _raise_alerts(self, session: AsyncSession, event: Envelope, data: dict[str, Any]) -> None:
-        rows = (
-            (
-                await session.execute(
-                    sa.select(AlertRuleRow).where(
-                        col(AlertRuleRow.event_type) == event.type,
-                        col(AlertRuleRow.enabled).is_(True),
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        chosen = domain.alerts_for([_rule(r) for r in rows], event.type, data)
+        """The event's alerts (the enabled rules of its type choose the recipients), each once; e-mail rows
+        for those whose rule says so."""
+        chosen = domain.alerts_for(await _enabled_rules(session, event.type), event.type, data)
         if not chosen:
             return
         await session.execute(sa.select(sa.func.pg_advisory_xact_lock(ALERT_INSERT_LOCK)))
         params = domain.alert_parameters(data)
         case_id = _uuid_or_none(data.get("case_id"))
         for rule, recipient in chosen:
-            shelter_id = recipient.shelter_id
-            if recipient.member_id and shelter_id is None:
-                # A referral to a shelter's member reaches that shelter's staff too.
-                shelter_id = await session.scalar(
-                    sa.select(col(ShelterBeds.shelter_id))
-                    .where(col(ShelterBeds.member_id) == recipient.member_id)
-                    .limit(1)
-                )
-            alert_id = uuid.uuid4()
-            inserted = await session.execute(
-                pg_insert(Alert)
-                .values(
-                    id=alert_id,
-                    event_id=event.id,
-                    event_type=event.type,
-                    type=rule.alert_type,
-                    severity=rule.severity,
-                    municipality=event.municipality,
-                    recipient_key=recipient.key,
-                    role=recipient.role,
-                    member_id=recipient.member_id,
-                    shelter_id=shelter_id,
-                    sub=recipient.sub,
-                    case_id=case_id,
-                    params=params,
-                    created_at=datetime.now(UTC),
-                )
-                .on_conflict_do_nothing()
-                .returning(col(Alert.id))
-            )
-            if inserted.first() is None:
+            alert_id = await _insert_alert(session, event, rule, recipient, case_id=case_id, params=params)
+            if alert_id is None:
                 continue
             ALERTS_RAISED.labels(rule.alert_type, rule.severity).inc()
             if "email" in rule.channels and recipient.member_id and self.config.email_enabled:
@@ -258,10 +219,8 @@ class EventHandler:
         )
         payload = event.model_dump_json()
         for subscription in subscriptions:
-            if subscription.owner_member_id and not domain.concerns_member(event.data, subscription.owner_member_id):
+            if not access.receives(subscription, event.type, event.data):
                 continue
-            if event.type == domain.NOTIFICATION_FAILED and event.data.get("subscription_id") == str(subscription.id):
-                continue  # never report a dead endpoint to itself
             await session.execute(
                 pg_insert(Delivery)
                 .values(
@@ -277,6 +236,59 @@ class EventHandler:
                 )
                 .on_conflict_do_nothing()
             )
+
+
+async def _enabled_rules(session: AsyncSession, event_type: str) -> list[domain.AlertRule]:
+    rows = (
+        await session.execute(
+            sa.select(AlertRuleRow).where(
+                col(AlertRuleRow.event_type) == event_type,
+                col(AlertRuleRow.enabled).is_(True),
+            )
+        )
+    ).scalars()
+    return [_rule(r) for r in rows]
+
+
+async def _insert_alert(
+    session: AsyncSession,
+    event: Envelope,
+    rule: domain.AlertRule,
+    recipient: domain.Recipient,
+    *,
+    case_id: uuid.UUID | None,
+    params: dict[str, Any],
+) -> uuid.UUID | None:
+    """One alert of the event for one recipient; None when it was raised already (a redelivery)."""
+    shelter_id = recipient.shelter_id
+    if recipient.member_id and shelter_id is None:
+        # A referral to a shelter's member reaches that shelter's staff too.
+        shelter_id = await session.scalar(
+            sa.select(col(ShelterBeds.shelter_id)).where(col(ShelterBeds.member_id) == recipient.member_id).limit(1)
+        )
+    alert_id = uuid.uuid4()
+    inserted = await session.execute(
+        pg_insert(Alert)
+        .values(
+            id=alert_id,
+            event_id=event.id,
+            event_type=event.type,
+            type=rule.alert_type,
+            severity=rule.severity,
+            municipality=event.municipality,
+            recipient_key=recipient.key,
+            role=recipient.role,
+            member_id=recipient.member_id,
+            shelter_id=shelter_id,
+            sub=recipient.sub,
+            case_id=case_id,
+            params=params,
+            created_at=datetime.now(UTC),
+        )
+        .on_conflict_do_nothing()
+        .returning(col(Alert.id))
+    )
+    return alert_id if inserted.first() is not None else None
 
 
 async def notification_failed(session: AsyncSession, settings: Settings, delivery: Delivery) -> None:

@@ -19,6 +19,7 @@ from sqlmodel import col
 from starlette.types import Receive, Scope, Send
 
 from services.notifications import domain
+from services.notifications.access import addressed_to
 from services.notifications.delivery import Broadcaster, Listener
 from services.notifications.models import Alert
 from services.notifications.schemas import AlertOut
@@ -26,18 +27,6 @@ from shared import profiles
 from shared.app import ServiceRuntime
 from shared.auth import Principal
 from shared.paging import Keyset, fetch_page
-
-
-def addressed_to(principal: Principal) -> Any:
-    """Alerts for the caller's claims: (municipality, role), member, shelter or user."""
-    claims = [col(Alert.role) == principal.role.value]
-    if principal.member_id:
-        claims.append(col(Alert.member_id) == principal.member_id)
-    if principal.shelter_id:
-        claims.append(col(Alert.shelter_id) == principal.shelter_id)
-    claims.append(col(Alert.sub) == principal.sub)
-    return sa.and_(col(Alert.municipality) == principal.municipality, sa.or_(*claims))
-
 
 INBOX_ORDER = Keyset("inbox", (col(Alert.seq),), descending=True)  # newest first
 

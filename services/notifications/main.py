@@ -44,8 +44,9 @@ def create_app(settings: Settings | None = None, config: NotificationsConfig | N
         # One event per transaction: alert inserts take a global lock and bed events a row lock, in an order
         # that differs between events, so batches of two partitions could deadlock each other.
         consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config), max_batch=1)],
-        background=[notifier.run, worker.run, protection_order_scheduler(config), transfer_scheduler(config),
+        background=[worker.run, protection_order_scheduler(config), transfer_scheduler(config),
                     pruning_job(settings, prune_targets(settings, config))],
+        per_worker=[notifier.run],  # each worker LISTENs for its own SSE streams (and wakes its delivery worker)
         title="MKR notifications",
     )
     app.state.notifications_config = config

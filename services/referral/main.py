@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from services.referral.api import router
 from services.referral.config import ReferralConfig
-from services.referral.events import CONSUMED_TOPICS, make_handler
+from services.referral.consumer import CONSUMED_TOPICS, make_handler
 from services.referral.scheduler import deadline_scheduler
 from shared.app import ConsumerSpec, create_service_app
 from shared.pruning import pruning_job, shared_targets

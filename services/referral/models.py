@@ -99,7 +99,7 @@ class Referral(ReferralTable, table=True):
     urgency: str
     status: str = "pending"
     reason: str
-    origin: str = "auto"  # auto (routing rules) | manual
+    origin: str = "auto"  # auto (routing rules) | manual | auto_moved (automatic, ended by a transfer)
     note: str | None = None
     consent_override_reason: str | None = None
     legal_exception: str | None = None

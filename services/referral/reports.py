@@ -286,6 +286,7 @@ CASE_ROWS = sa.text(
                count(*) FILTER (WHERE sla_breached_at IS NOT NULL) AS breaches,
                string_agg(to_member_kind || ':' || status, ';' ORDER BY created_at, id) AS outcomes
         FROM referrals WHERE referrals.case_id = c.case_id
+          AND referrals.municipality = :m  -- a moved case: this municipality's own referrals only
     ) r ON true
     LEFT JOIN LATERAL (  -- a transferred case keeps the number it was reported under (CONTRACT §10)
         SELECT from_case_number FROM case_transfers

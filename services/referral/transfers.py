@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.referral import domain, events
+from services.referral import domain, events, routing
 from services.referral.config import ReferralConfig
 from services.referral.models import CaseFact, CaseTransfer, PlanAction, ProtectionOrder, Referral
 from shared.contracts import parse_instant
@@ -31,6 +31,7 @@ def _instant(value: object) -> datetime | None:
 
 TRANSFER_SYSTEM = "system:transfer"
 REASON = "transferred"
+MOVED_ORIGIN = "auto_moved"  # an automatic referral that a move of its case ended
 
 
 async def on_case_transferred(
@@ -72,7 +73,7 @@ async def on_case_transferred(
         )
         .values(status="cancelled")
     )
-    await events.route(session, settings, config, case, event)
+    await routing.route(session, settings, config, case, event)
 
 
 async def _move_case(session: AsyncSession, event: Envelope) -> CaseFact:
@@ -130,6 +131,10 @@ async def cancel_senders_referrals(
     for referral in referrals:
         previous = referral.status
         referral.status = "cancelled"
+        if referral.origin == "auto":
+            # Out of the once-per-(case, member, rule) guard of automatic referrals: a case that moves back
+            # is referred again by this municipality's rules.
+            referral.origin = MOVED_ORIGIN
         referral.history = [
             *referral.history,
             {"status": "cancelled", "at": now.isoformat(), "by": TRANSFER_SYSTEM, "reason": REASON},

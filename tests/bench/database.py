@@ -173,8 +173,8 @@ AUDIT_SQL = (
 )
 STORE_PARAMS = [
     "case_id", "m", "case_number", "risk_level", "source", "facts", "personal", "reported_at", "sub", "role",
-    "member_id", "created_at", "wrapped", "keys", "birth_year", "birth_date_key", "assessment_id", "answers",
-    "yes_count", "red_flags", "computed_level", "assessed", "consent_at", "share_with",
+    "member_id", "created_at", "wrapped", "keys", "birth_year", "birth_date_key", "key_id", "assessment_id",
+    "answers", "yes_count", "red_flags", "computed_level", "assessed", "consent_at", "share_with",
 ]
 NUMBER_PARAMS = [
     "m", "year", "prefix", "case_id", "placeholder", "event_id", "topic", "key", "payload", "other_ids", "scores",
@@ -234,6 +234,7 @@ class CeilingReport:
             counts = await conn.fetch(
                 STORE_SQL, case_id, self.municipality, number, "low", "police", json.dumps(facts), sealed, now, sub,
                 "police", "bench-police", now, casekeys.wrapped(case_cipher, case_id), keys, dob.year, birth_key,
+                self.indexer.key_id,
                 uuid.uuid4(), json.dumps(RISK_ANSWERS), 0, "[]", "low", True, datetime(2026, 11, 21, 8, tzinfo=UTC),
                 SHARE_WITH,
             )

@@ -113,6 +113,17 @@ async def live(stack: Stack) -> AsyncIterator[Live]:
 
 
 @pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the browser tests put their photographs: docs/console/ only when asked (`make screenshots` sets
+    MKR_SCREENSHOTS=1), else a temporary folder, so a test run leaves the work tree as it was (the
+    photographs are still taken either way)."""
+    if os.environ.get("MKR_SCREENSHOTS", "").lower() in {"1", "true", "yes"}:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Any]:
     """Debian's Chromium, one for the session. Missing, the tests fail (never skip): `make test` installs it."""
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
@@ -136,6 +147,9 @@ async def page_factory(browser: Any, live: Live) -> AsyncIterator[Any]:
     async def make(locale: str = "sq-AL", viewport: dict[str, int] | None = None) -> Any:
         context = await browser.new_context(locale=locale, viewport=viewport or {"width": 1280, "height": 900},
                                             base_url=live.url)
+        # Every wait is for an element or a navigation and ends when it is there; Playwright's 30 s default
+        # limit is short for a page with axe on two cores shared with other suites.
+        context.set_default_timeout(60_000)
         # Nothing may be loaded from another host: any such request fails the test.
         foreign: list[str] = []
         context.foreign = foreign

@@ -1,17 +1,19 @@
 """The console in a real browser (Debian's Chromium) against the real stack: each role signs in and does its
 main task end to end, live alerts arrive without a reload, axe finds no serious or critical violation on
-any page, the shelter page fits a phone, and each role's home is photographed into docs/console/."""
+any page, the shelter page fits a phone, and each role's home is photographed (into docs/console/ only under
+`make screenshots`, else into a temporary folder: the `screenshots` fixture)."""
 
 from __future__ import annotations
 
 import re
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.console.conftest import SCREENSHOTS, Live
+from tests.console.conftest import Live
 from tests.console.helpers import HIGH_RISK, axe_clean, member, referral_to, report, sign_in
 from tests.support import new_municipality, wait_for
 
@@ -19,12 +21,15 @@ from tests.support import new_municipality, wait_for
 pytestmark = pytest.mark.timeout(300)
 
 
-async def _shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+async def _shot(page: Any, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 0
 
 
-async def test_coordinator_dashboard_search_case_page_referral_reports(live: Live, page_factory: Any) -> None:
+async def test_coordinator_dashboard_search_case_page_referral_reports(
+    live: Live, page_factory: Any, screenshots: Path
+) -> None:
     m = new_municipality()
     social = await member(live, m, "social_services", "Shërbimi Social i Testit")
     police = await member(live, m, "police", "Komisariati i Testit")
@@ -36,7 +41,7 @@ async def test_coordinator_dashboard_search_case_page_referral_reports(live: Liv
     high = page.get_by_role("link", name=re.compile(r"^1 I lartë"))
     assert await high.count() == 1
     await axe_clean(page)
-    await _shot(page, "coordinator")
+    await _shot(page, screenshots, "coordinator")
 
     await page.get_by_role("navigation").get_by_role("link", name="Rastet").click()
     await page.get_by_label("Emri ose numri i rastit").fill("Ermira Hoxa")  # accent- and typo-tolerant
@@ -67,7 +72,7 @@ async def test_coordinator_dashboard_search_case_page_referral_reports(live: Liv
 
 
 async def test_institution_queue_acknowledge_accept_complete_and_report_a_case(
-    live: Live, page_factory: Any
+    live: Live, page_factory: Any, screenshots: Path
 ) -> None:
     m = new_municipality()
     social = await member(live, m, "social_services")
@@ -78,7 +83,7 @@ async def test_institution_queue_acknowledge_accept_complete_and_report_a_case(
     card = page.locator(f"#referral-{referral['id']}")
     await card.get_by_text(case["case_number"]).wait_for()
     await axe_clean(page)
-    await _shot(page, "institution")
+    await _shot(page, screenshots, "institution")
     await card.get_by_role("button", name="Acknowledge").click()
     await card.get_by_text("Acknowledged").first.wait_for()
     await card.get_by_role("button", name="Accept").click()
@@ -104,7 +109,9 @@ async def test_institution_queue_acknowledge_accept_complete_and_report_a_case(
     await axe_clean(page)
 
 
-async def test_shelter_free_beds_on_a_phone_and_a_concurrent_change_is_shown(live: Live, page_factory: Any) -> None:
+async def test_shelter_free_beds_on_a_phone_and_a_concurrent_change_is_shown(
+    live: Live, page_factory: Any, screenshots: Path
+) -> None:
     m = new_municipality()
     shelter_member = await member(live, m, "shelter")
     body = {"name": "Streha e Testit", "operator": "Invented NGO", "kind": "emergency", "municipality": m,
@@ -133,7 +140,7 @@ async def test_shelter_free_beds_on_a_phone_and_a_concurrent_change_is_shown(liv
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page is {width}px wide on a 390px phone"
     await axe_clean(page)
-    await _shot(page, "shelter")
+    await _shot(page, screenshots, "shelter")
 
     # Someone else changes the beds while this page is open: saving shows theirs, overwrites nothing.
     other = await live.stack.shelter.put(
@@ -149,7 +156,7 @@ async def test_shelter_free_beds_on_a_phone_and_a_concurrent_change_is_shown(liv
     assert after.json()["free_beds"] == 1
 
 
-async def test_housing_office_decides_and_pays(live: Live, page_factory: Any) -> None:
+async def test_housing_office_decides_and_pays(live: Live, page_factory: Any, screenshots: Path) -> None:
     m = new_municipality()
     case = await report(live, m)
     year = date.today().year
@@ -170,7 +177,7 @@ async def test_housing_office_decides_and_pays(live: Live, page_factory: Any) ->
     await sign_in(page, "housing_officer", m)
     await page.get_by_role("heading", name="Bonusi i qirasë", exact=True).wait_for()
     await axe_clean(page)
-    await _shot(page, "housing")
+    await _shot(page, screenshots, "housing")
     form = page.locator(f"form[action='/rent-bonus/applications/{application['id']}/decision']")
     await form.get_by_label("Shuma mujore").fill("15000")
     await form.get_by_label("Muaj", exact=True).fill("2")

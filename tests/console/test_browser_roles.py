@@ -203,7 +203,10 @@ async def test_coordinator_edits_routing_rules_and_cancels_a_referral(live: Live
 
     rule = page.locator("section.card", has=page.get_by_role("heading", name=re.compile("housing_ngo")))
     await rule.get_by_label("Urgency", exact=True).select_option("high")
-    await rule.get_by_role("button", name="Save the rule").click()
+    # The page already says "The rule is saved." (the add before, same URL after the redirect): wait for the
+    # save's own navigation, else the notice of the add is taken for it and the API read races the POST.
+    async with page.expect_navigation():
+        await rule.get_by_role("button", name="Save the rule").click()
     await page.get_by_text("The rule is saved.").wait_for()
     table = (await live.stack.referral.get("/v1/routing-rules", headers=coordinator)).json()
     assert table["rules"][-1]["urgency"] == "high" and len(table["rules"]) == len(defaults["rules"]) + 1

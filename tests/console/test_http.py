@@ -318,3 +318,33 @@ async def test_the_role_pages_refuse_other_roles_and_bad_input_with_a_4xx(live: 
         assert refused.status_code == 422 and 'role="alert"' in refused.text
         assert (await housing.get("/rent-bonus/budgets?year=abc")).status_code == 200  # falls back to this year
         assert (await housing.get("/routing-rules")).status_code == 403
+
+
+async def test_a_rule_changed_by_someone_else_meanwhile_is_not_overwritten(live: Live, http: httpx.AsyncClient) -> None:
+    m = new_municipality()
+    coordinator = live.auth("coordinator", m)
+    csrf = await http_sign_in(http, "coordinator", m)
+    page = await http.get("/routing-rules")
+    shown = re.search(r'name="original" value="always_social_services">\s*<input type="hidden" name="digest" '
+                      r'value="([0-9a-f]{16})"', page.text)
+    assert shown, page.text[:3000]
+    table = await live.stack.referral.get("/v1/routing-rules", headers=coordinator)
+    rules = table.json()["rules"]
+    rules[0] = {**rules[0], "urgency": "emergency"}  # another coordinator changes that very rule
+    put = await live.stack.referral.put("/v1/routing-rules", json={"rules": rules},
+                                        headers=coordinator | {"If-Match": table.headers["etag"]})
+    assert put.status_code == 200, put.text
+    form = {"csrf": csrf, "original": "always_social_services", "digest": shown.group(1),
+            "name": "always_social_services", "refer_to": "social_services", "urgency": "normal", "when": "[{}]"}
+    stale = await http.post("/routing-rules/save", data=form)
+    assert stale.status_code == 409 and 'role="alert"' in stale.text
+    removed = await http.post("/routing-rules/remove", data={"csrf": csrf, "original": "always_social_services",
+                                                             "digest": shown.group(1)})
+    assert removed.status_code == 409
+    after = (await live.stack.referral.get("/v1/routing-rules", headers=coordinator)).json()["rules"]
+    assert after[0]["name"] == "always_social_services" and after[0]["urgency"] == "emergency"
+    fresh = re.search(r'name="original" value="always_social_services">\s*<input type="hidden" name="digest" '
+                      r'value="([0-9a-f]{16})"', (await http.get("/routing-rules")).text)
+    assert fresh and fresh.group(1) != shown.group(1)
+    saved = await http.post("/routing-rules/save", data=form | {"digest": fresh.group(1)})
+    assert saved.status_code == 303

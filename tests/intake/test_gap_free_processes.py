@@ -1,6 +1,7 @@
 """Gap-free case numbers across service processes: two `mkr serve --service intake` processes on one
-database, 500 concurrent reports, some refused inside the transaction and some failing in its very last
-statement (after the counter was bumped) — the municipality's numbers are exactly 1..N, no gap, no repeat.
+database, or one with two workers (MKR_WORKERS=2); 500 concurrent reports, some refused inside the
+transaction and some failing in its very last statement (after the counter was bumped) — the
+municipality's numbers are exactly 1..N, no gap, no repeat.
 
 The late failure is a trigger the test puts on `audit_log` for one caller (`sub`): it raises after the
 chain trigger ran, inside the statement that also took the counter, so only a rollback of the whole
@@ -12,18 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import asyncpg
 import httpx
+import pytest
 
 from shared.db import asyncpg_dsn, service_url
-from shared.embedded import free_port
-from shared.settings import Settings
+from tests.processes import serve_processes
 from tests.support import Stack, contract_report, new_municipality, wait_for
 
 REPORTS = 500
@@ -38,54 +34,6 @@ CREATE TRIGGER zz_test_fail_audit BEFORE INSERT ON audit_log FOR EACH ROW EXECUT
 """
 
 
-def service_env(settings: Settings) -> dict[str, str]:
-    """The environment under which a separate process sees the same database, topics and keys."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MKR_")}
-    env.update(
-        {
-            "MKR_ENVIRONMENT": settings.environment,
-            "MKR_STATE_DIR": str(settings.state_dir),
-            "MKR_DATABASE_URL": str(settings.database_url),
-            "MKR_DATABASE_PREFIX": settings.database_prefix,
-            "MKR_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "MKR_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
-            "MKR_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
-            "MKR_JWT_ISSUER": settings.jwt_issuer,
-            "MKR_JWT_AUDIENCE": settings.jwt_audience,
-            "MKR_DB_POOL_SIZE": "4",
-            "MKR_DB_MAX_OVERFLOW": "4",
-            "MKR_LOG_LEVEL": "WARNING",
-        }
-    )
-    return env
-
-
-@contextmanager
-def intake_processes(settings: Settings, count: int) -> Iterator[list[str]]:
-    """`count` intake services as child processes on the settings' database; yields their base URLs."""
-    ports = [free_port() for _ in range(count)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mkr.cli", "serve", "--service", "intake", "--port", str(port)],
-            env=service_env(settings),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    try:
-        yield [f"http://127.0.0.1:{port}" for port in ports]
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
 async def ready(http: httpx.AsyncClient, url: str) -> bool:
     try:
         return (await http.get(f"{url}/readyz")).status_code == 200
@@ -93,13 +41,18 @@ async def ready(http: httpx.AsyncClient, url: str) -> bool:
         return False
 
 
-async def test_500_concurrent_reports_over_two_processes_number_1_to_n(intake: Stack) -> None:
+@pytest.mark.timeout(300)  # each variant takes 70-120 s on a loaded two-core machine; the default is 120
+@pytest.mark.parametrize(("processes", "workers"), [(2, 1), (1, 2)], ids=["two-processes", "two-workers"])
+async def test_500_concurrent_reports_over_two_processes_number_1_to_n(
+    intake: Stack, processes: int, workers: int
+) -> None:
     settings = intake.settings
     municipality = new_municipality()
     conn = await asyncpg.connect(**asyncpg_dsn(service_url(settings, "intake")))  # type: ignore[arg-type]
     await conn.execute(TRIGGER)
     try:
-        with intake_processes(settings, 2) as urls:
+        with serve_processes(settings, "intake", processes, workers) as served:
+            urls = [one.url for one in served]
             async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http:
                 for url in urls:
                     await wait_for(lambda url=url: ready(http, url), timeout=60, what=f"{url} ready")

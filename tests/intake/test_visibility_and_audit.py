@@ -206,6 +206,8 @@ async def test_a_read_whose_audit_row_fails_is_refused(intake: Stack) -> None:
         )
         assert response.status_code == 500
         assert "Hoxha" not in response.text
+        # Every unexpected 500 closes the connection (caught by the request middleware here, not the handler).
+        assert response.headers["connection"] == "close"
     finally:
         async with engine.begin() as conn:
             await conn.execute(sa.text("DROP TRIGGER IF EXISTS test_refuse_audit ON audit_log"))

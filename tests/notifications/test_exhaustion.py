@@ -449,12 +449,23 @@ def _token(stack: Stack, town: str, *, ttl: int) -> str:
     return issue_token(stack.settings, role="coordinator", municipality=town, ttl=ttl)
 
 
-async def test_new_alert_wakes_only_the_streams_it_concerns(ready: Stack, produce: Produce) -> None:
+async def test_new_alert_wakes_only_the_streams_it_concerns(
+    ready: Stack, produce: Produce, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stack = ready
     town, elsewhere = new_municipality(), new_municipality()
     broadcaster = stack.apps["notifications"].state.broadcaster
-    data = case_reported("high")
-    async with serve(stack.apps["notifications"]) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+    # A catch-up (the notifier's LISTEN reconnecting, a NOTIFY naming no addressee) wakes every stream by
+    # design: a window with one in it says nothing about the alert's own NOTIFY, so it is measured again.
+    catch_ups: list[int] = []
+    wake_all = broadcaster.wake_all
+
+    def counted_wake_all() -> None:
+        catch_ups.append(1)
+        wake_all()
+
+    monkeypatch.setattr(broadcaster, "wake_all", counted_wake_all)
+    async with serve(stack.apps["notifications"]) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
         async with (
             client.stream("GET", "/v1/inbox/stream", headers=stack.auth("coordinator", town)) as mine,
             client.stream("GET", "/v1/inbox/stream", headers=stack.auth("coordinator", elsewhere)) as other_town,
@@ -467,14 +478,19 @@ async def test_new_alert_wakes_only_the_streams_it_concerns(ready: Stack, produc
             ]
             try:
                 for queue in queues.values():
-                    assert (await asyncio.wait_for(queue.get(), timeout=5)).get("comment") == "connected"
+                    assert (await asyncio.wait_for(queue.get(), timeout=30)).get("comment") == "connected"
                 listeners = {(ls.municipality, ls.role): ls for ls in broadcaster.listeners()}
-                before = {key: ls.wakes for key, ls in listeners.items()}
-                await produce("intake", "case.reported", town, data)
-                frame = await next_alert(queues["mine"], timeout=5)
-                assert json.loads(frame["data"])["case_id"] == data["case_id"]
-                await asyncio.sleep(0.5)
-                woken = {key: ls.wakes - before[key] for key, ls in listeners.items()}
+                for _ in range(3):
+                    before = {key: ls.wakes for key, ls in listeners.items()}
+                    catch_ups_before = len(catch_ups)
+                    data = case_reported("high")
+                    await produce("intake", "case.reported", town, data)
+                    frame = await next_alert(queues["mine"], timeout=60)  # consumer, insert, NOTIFY: loaded, slow
+                    assert json.loads(frame["data"])["case_id"] == data["case_id"]
+                    await asyncio.sleep(0.5)  # room for a wrong wake to show
+                    woken = {key: ls.wakes - before[key] for key, ls in listeners.items()}
+                    if len(catch_ups) == catch_ups_before:
+                        break
             finally:
                 for reader in readers:
                     reader.cancel()

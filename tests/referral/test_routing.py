@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import event as sa_event
 
 from services.referral.config import ReferralConfig
-from services.referral.events import make_handler
+from services.referral.consumer import make_handler
 from shared import db
 from shared.events import Envelope, EventConsumer, make_event
 from tests.referral.helpers import add_member, produce, published, referrals_of, reported, routing_of
@@ -204,6 +204,30 @@ async def test_routing_rules_are_validated_and_coordinator_only(stack: Stack) ->
     assert response.status_code == 422 and response.json()["errors"]
     police = stack.auth("police", m)
     assert (await stack.referral.get("/v1/routing-rules", headers=police)).status_code == 403
+
+
+async def test_a_routing_table_changed_meanwhile_is_not_overwritten(stack: Stack) -> None:
+    m = new_municipality()
+    coordinator = stack.auth("coordinator", m)
+    read = await stack.referral.get("/v1/routing-rules", headers=coordinator)
+    seen = read.headers["etag"]
+    assert seen.startswith('W/"') and (await stack.referral.get("/v1/routing-rules", headers=coordinator)
+                                        ).headers["etag"] == seen  # the same table, the same tag
+    first = {"rules": [{"name": "all_to_ngo", "when": [{}], "refer_to": "ngo", "urgency": "high"}]}
+    put = await stack.referral.put("/v1/routing-rules", json=first, headers=coordinator | {"If-Match": seen})
+    assert put.status_code == 200, put.text
+    now = put.headers["etag"]
+    assert now != seen and (await stack.referral.get("/v1/routing-rules", headers=coordinator)).headers["etag"] == now
+
+    second = {"rules": [{"name": "all_to_police", "when": [{}], "refer_to": "police", "urgency": "normal"}]}
+    stale = await stack.referral.put("/v1/routing-rules", json=second, headers=coordinator | {"If-Match": seen})
+    assert stale.status_code == 412 and stale.headers["etag"] == now
+    assert stale.headers["content-type"].startswith("application/problem+json")
+    table = (await stack.referral.get("/v1/routing-rules", headers=coordinator)).json()
+    assert [r["name"] for r in table["rules"]] == ["all_to_ngo"]  # the stale write changed nothing
+    assert (await stack.referral.put("/v1/routing-rules", json=second,
+                                     headers=coordinator | {"If-Match": now})).status_code == 200
+    assert (await stack.referral.put("/v1/routing-rules", json=first, headers=coordinator)).status_code == 200
 
 
 async def test_case_routing_of_another_municipality_is_404(stack: Stack, producer: AIOKafkaProducer) -> None:

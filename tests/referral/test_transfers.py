@@ -5,7 +5,9 @@ move is delivered."""
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
+from csv import DictReader
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,6 +112,35 @@ async def test_a_transfer_delivered_three_times_moves_the_case_once(stack: Stack
         headers=stack.auth("coordinator", sender),
     )
     assert csv.status_code == 200 and data["case_number"] in csv.text  # the number it was reported under
+    [row] = [r for r in DictReader(io.StringIO(csv.text)) if r["case_number"] == data["case_number"]]
+    assert (row["referrals"], row["referral_outcomes"]) == ("1", "social_services:cancelled")  # not the receiver's
+
+
+async def test_a_case_that_moves_back_is_referred_again_by_its_first_municipality(
+    stack: Stack, producer: AIOKafkaProducer
+) -> None:
+    sender, receiver = new_municipality(), new_municipality()
+    social = await add_member(stack, sender, "social_services")
+    await add_member(stack, receiver, "social_services")
+    data = reported(sender)
+    await produce(producer, stack.settings, "case.reported", sender, data)
+    [first] = await referrals_of(stack, sender, data["case_id"], 1)
+    away = transferred(data, sender, receiver)
+    await produce(producer, stack.settings, "case.transferred", receiver, away)
+    await referrals_of(stack, receiver, data["case_id"], 1, timeout=20)
+    back = {**transferred({**data, "case_number": away["case_number"]}, receiver, sender),
+            "case_number": f"ELB-2026-{uuid.uuid4().int % 10**5:05d}"}
+    await produce(producer, stack.settings, "case.transferred", sender, back)
+
+    async def referred_again() -> list[dict[str, Any]]:
+        found = await stack.referral.get("/v1/referrals", params={"case_id": data["case_id"]},
+                                         headers=stack.auth("coordinator", sender))
+        return [r for r in found.json()["items"] if r["status"] == "pending" and r["id"] != first["id"]]
+
+    [again] = await wait_for(referred_again, timeout=20, what="a new referral in the first municipality")
+    assert again["to_member_id"] == social["id"] and again["case_number"] == back["case_number"]
+    old = await stack.referral.get(f"/v1/referrals/{first['id']}", headers=stack.auth("coordinator", sender))
+    assert old.json()["status"] == "cancelled"  # the first stays as it ended
 
 
 async def test_a_transfer_of_a_case_never_seen_here_projects_it_from_the_event(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ from shared.embedded import free_port, start_broker, stop_process
 from shared.events import Envelope, EventConsumer, OutboxRelay, ensure_topics, event_metadata, publish
 from shared.observability import EVENTS_CONSUMED
 from shared.settings import Settings
-from tests.support import read_envelopes, wait_for
+from tests.support import read_envelopes, read_topic, wait_for
 
+# On event_metadata, so the `event_db` fixture (tests/conftest.py) creates it with the event tables.
 effects = sa.Table(
     "effects",
     event_metadata,
@@ -29,33 +29,21 @@ effects = sa.Table(
 TOPIC = "mkr.intake.events"
 
 
-@pytest.fixture
-async def backbone_db(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    """A throwaway database with the event tables and a table of effects."""
-    name = f"backbone{uuid.uuid4().hex[:6]}"
-    await db.ensure_database(settings, name)
-    engine = db.create_engine(settings, name)
-    async with engine.begin() as conn:
-        await conn.run_sync(event_metadata.create_all)
-    yield engine
-    await engine.dispose()
-    await db.drop_database(settings, name)
-
-
 def _event(key: str, n: int) -> Envelope:
     return Envelope(type="test.step", source="tests", subject=key, municipality="elbasan", data={"n": n})
 
 
+@pytest.mark.timeout(300)  # generous waits for a loaded machine; each ends as soon as its condition holds
 async def test_relay_survives_a_broker_outage_without_loss_or_reordering(
-    settings: Settings, backbone_db: AsyncEngine, tmp_path: Path
+    settings: Settings, event_db: AsyncEngine, tmp_path: Path
 ) -> None:
     port = free_port()
     broker = start_broker(port, tmp_path / "tansu.log")
     settings = settings.model_copy(
         update={"kafka_bootstrap": f"127.0.0.1:{port}", "kafka_topic_prefix": f"o{uuid.uuid4().hex[:6]}."}
     )
-    relay = OutboxRelay(settings, backbone_db, db.asyncpg_dsn(backbone_db.url))
-    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+    relay = OutboxRelay(settings, event_db, db.asyncpg_dsn(event_db.url))
+    sessions = async_sessionmaker(event_db, expire_on_commit=False)
     await relay.start()
     try:
         stop_process(broker)  # the broker goes away while changes keep being accepted
@@ -66,18 +54,18 @@ async def test_relay_survives_a_broker_outage_without_loss_or_reordering(
                     await publish(session, settings, TOPIC, _event(key, n), key=key)
             relay.wake()
         await asyncio.sleep(1.5)  # the relay tries and fails meanwhile
-        async with backbone_db.connect() as conn:
+        async with event_db.connect() as conn:
             pending = await conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
         assert pending == 30
 
         broker = start_broker(port, tmp_path / "tansu.log")  # back, and empty (memory only)
 
         async def drained() -> bool:
-            async with backbone_db.connect() as conn:
+            async with event_db.connect() as conn:
                 return await conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) == 0
 
-        await wait_for(drained, timeout=30, what="the outbox to drain after the broker returned")
-        events = await read_envelopes(settings, TOPIC, want=30)
+        await wait_for(drained, timeout=90, what="the outbox to drain after the broker returned")
+        events = await read_envelopes(settings, TOPIC, want=30, timeout=60)
         assert len(events) == 30
         for key in keys:
             steps = [e.data["n"] for e in events if e.subject == key]
@@ -87,9 +75,9 @@ async def test_relay_survives_a_broker_outage_without_loss_or_reordering(
         stop_process(broker)
 
 
-async def test_same_event_twice_has_one_effect(settings: Settings, backbone_db: AsyncEngine) -> None:
+async def test_same_event_twice_has_one_effect(settings: Settings, event_db: AsyncEngine) -> None:
     await ensure_topics(settings)
-    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+    sessions = async_sessionmaker(event_db, expire_on_commit=False)
 
     async def record_effect(session: AsyncSession, event: Envelope) -> None:
         await session.execute(effects.insert().values(event_id=event.id))
@@ -107,7 +95,7 @@ async def test_same_event_twice_has_one_effect(settings: Settings, backbone_db: 
             await producer.send_and_wait(settings.topic(TOPIC), event.model_dump_json().encode(), key=b"k")
 
         async def mine() -> list[uuid.UUID]:
-            async with backbone_db.connect() as conn:
+            async with event_db.connect() as conn:
                 rows = (await conn.execute(sa.select(effects.c.event_id))).scalars().all()
             return [r for r in rows if r in {twice.id, once.id}]
 
@@ -115,15 +103,15 @@ async def test_same_event_twice_has_one_effect(settings: Settings, backbone_db: 
             # The repeat was consumed (counted as a duplicate) and the event after it was applied.
             return EVENTS_CONSUMED.labels(name, "duplicate")._value.get() >= 1 and once.id in await mine()
 
-        await wait_for(all_seen, timeout=20, what="the repeated and the following event to be consumed")
+        await wait_for(all_seen, timeout=60, what="the repeated and the following event to be consumed")
         assert sorted(map(str, await mine())) == sorted([str(twice.id), str(once.id)])
     finally:
         await consumer.stop()
         await producer.stop()
 
 
-async def test_failed_effect_leaves_no_trace_and_is_retried(settings: Settings, backbone_db: AsyncEngine) -> None:
-    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+async def test_failed_effect_leaves_no_trace_and_is_retried(settings: Settings, event_db: AsyncEngine) -> None:
+    sessions = async_sessionmaker(event_db, expire_on_commit=False)
     calls = 0
 
     async def flaky(session: AsyncSession, event: Envelope) -> None:
@@ -137,17 +125,17 @@ async def test_failed_effect_leaves_no_trace_and_is_retried(settings: Settings, 
     event = _event("k", 1)
     with pytest.raises(RuntimeError):
         await consumer.apply(event)
-    async with backbone_db.connect() as conn:
+    async with event_db.connect() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(effects)) == 0
         assert await conn.scalar(sa.text("SELECT count(*) FROM processed_events")) == 0
     assert await consumer.apply(event) is True
     assert await consumer.apply(event) is False  # a redelivery after the effect changes nothing
-    async with backbone_db.connect() as conn:
+    async with event_db.connect() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(effects)) == 1
 
 
-async def test_a_batch_applies_each_event_once_and_in_order(settings: Settings, backbone_db: AsyncEngine) -> None:
-    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+async def test_a_batch_applies_each_event_once_and_in_order(settings: Settings, event_db: AsyncEngine) -> None:
+    sessions = async_sessionmaker(event_db, expire_on_commit=False)
 
     async def record_effect(session: AsyncSession, event: Envelope) -> None:
         await session.execute(effects.insert().values(event_id=event.id))
@@ -158,19 +146,19 @@ async def test_a_batch_applies_each_event_once_and_in_order(settings: Settings, 
     # A repeat inside the batch and an event applied before are both duplicates; the rest is applied in order.
     assert await consumer.apply_batch([first, first, second, third]) == [True, False, False, True]
     assert await consumer.apply_batch([third, first]) == [False, False]
-    async with backbone_db.connect() as conn:
+    async with event_db.connect() as conn:
         rows = (await conn.execute(sa.select(effects.c.event_id).order_by(effects.c.id))).scalars().all()
         inbox = await conn.scalar(sa.text("SELECT count(*) FROM processed_events WHERE consumer = 'batch'"))
     assert list(rows) == [second.id, first.id, third.id]
     assert inbox == 3
 
 
-async def test_a_failing_event_in_a_batch_holds_back_nothing(settings: Settings, backbone_db: AsyncEngine) -> None:
+async def test_a_failing_event_in_a_batch_holds_back_nothing(settings: Settings, event_db: AsyncEngine) -> None:
     """The batch's transaction fails as a whole; its events are then applied one by one: each good one once,
     in order, the bad one recorded as failed."""
     settings = settings.model_copy(update={"kafka_topic_prefix": f"b{uuid.uuid4().hex[:6]}."})
     await ensure_topics(settings)
-    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+    sessions = async_sessionmaker(event_db, expire_on_commit=False)
     good = [_event("case-b", n) for n in range(3)]
     poison = _event("case-b", 99)
     calls: dict[uuid.UUID, int] = {}
@@ -195,18 +183,18 @@ async def test_a_failing_event_in_a_batch_holds_back_nothing(settings: Settings,
         await consumer.start()
 
         async def settled() -> list[str]:
-            async with backbone_db.connect() as conn:
+            async with event_db.connect() as conn:
                 rows = (
                     await conn.execute(sa.text("SELECT status FROM processed_events WHERE consumer = :c"), {"c": name})
                 ).scalars().all()
                 return list(rows) if len(rows) == 4 else []
 
-        statuses = await wait_for(settled, timeout=30, what="all four events to be settled")
+        statuses = await wait_for(settled, timeout=60, what="all four events to be settled")
     finally:
         await consumer.stop()
         await producer.stop()
     assert sorted(statuses) == ["done", "done", "done", "failed"]
-    async with backbone_db.connect() as conn:
+    async with event_db.connect() as conn:
         rows = (await conn.execute(sa.select(effects.c.event_id).order_by(effects.c.id))).scalars().all()
     assert [r for r in rows if r in {e.id for e in good} | {poison.id}] == [e.id for e in good]
     # The first good event ran in the failed batch and again on its own; the bad one once there, twice alone.
@@ -223,16 +211,17 @@ async def test_event_rows_never_hold_personal_fields() -> None:
     }
 
 
+@pytest.mark.timeout(300)  # its waits are generous for a loaded machine, and end as soon as the events are there
 async def test_relay_replays_events_a_restarted_empty_broker_lost(
-    settings: Settings, backbone_db: AsyncEngine, tmp_path: Path
+    settings: Settings, event_db: AsyncEngine, tmp_path: Path
 ) -> None:
     port = free_port()
     broker = start_broker(port, tmp_path / "tansu.log")
     settings = settings.model_copy(
         update={"kafka_bootstrap": f"127.0.0.1:{port}", "kafka_topic_prefix": f"r{uuid.uuid4().hex[:6]}."}
     )
-    relay = OutboxRelay(settings, backbone_db, db.asyncpg_dsn(backbone_db.url))
-    sessions = async_sessionmaker(backbone_db, expire_on_commit=False)
+    relay = OutboxRelay(settings, event_db, db.asyncpg_dsn(event_db.url))
+    sessions = async_sessionmaker(event_db, expire_on_commit=False)
     await relay.start()
 
     async def add(n: int) -> None:
@@ -241,27 +230,32 @@ async def test_relay_replays_events_a_restarted_empty_broker_lost(
         relay.wake()
 
     async def drained() -> bool:
-        async with backbone_db.connect() as conn:
+        async with event_db.connect() as conn:
             return await conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) == 0
 
     try:
         for n in range(5):
             await add(n)
-        await wait_for(drained, timeout=20, what="the first events to be acknowledged")
-        assert len(await read_envelopes(settings, TOPIC, want=5)) == 5
+        # Generous limits (a loaded machine): each wait ends as soon as its condition holds.
+        await wait_for(drained, timeout=60, what="the first events to be acknowledged")
+        assert len(await read_envelopes(settings, TOPIC, want=5, timeout=60)) == 5
 
         stop_process(broker)  # acknowledged, and now gone with the memory broker
         broker = start_broker(port, tmp_path / "tansu.log")
         await add(5)
 
-        async def complete() -> bool:
-            events = await read_envelopes(settings, TOPIC, want=6, timeout=3)
-            steps = [e.data["n"] for e in events]
+        def replayed(values: list[bytes]) -> bool:
+            steps = [Envelope.model_validate_json(value).data["n"] for value in values]
             # The first event after the restart may arrive before the replay; the replay then re-sends
             # everything from the start in order (consumers drop the repeats by event id).
             return steps[-6:] == list(range(6))
 
-        await wait_for(complete, timeout=40, interval=0.5, what="the lost events to be published again, in order")
+        async def complete() -> bool:
+            # One reader per attempt, reading until the replay is all there (it may subscribe before the
+            # relay has recreated the topic on the empty broker: then the next attempt sees it).
+            return replayed(await read_topic(settings, TOPIC, until=replayed, timeout=15))
+
+        await wait_for(complete, timeout=120, interval=0.5, what="the lost events to be published again, in order")
     finally:
         await relay.stop()
         stop_process(broker)

@@ -8,31 +8,17 @@ service's consumer) or the registry or a handler found it unusable (here, on a r
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared import db
 from shared.contracts import EventRejected
 from shared.contracts import events as contract
 from shared.dispatch import EventHandlers, Received
-from shared.events import EVENTS_REJECTED, Envelope, EventConsumer, event_metadata, event_of, make_event
+from shared.events import EVENTS_REJECTED, Envelope, EventConsumer, event_of, make_event
 from shared.settings import Settings
-
-
-@pytest.fixture
-async def inbox_db(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    name = f"dispatch{uuid.uuid4().hex[:6]}"
-    await db.ensure_database(settings, name)
-    engine = db.create_engine(settings, name)
-    async with engine.begin() as conn:
-        await conn.run_sync(event_metadata.create_all)
-    yield engine
-    await engine.dispose()
-    await db.drop_database(settings, name)
 
 
 def _reopened(case_id: uuid.UUID) -> Envelope:
@@ -49,7 +35,7 @@ async def _statuses(engine: AsyncEngine, consumer: str) -> dict[uuid.UUID, str]:
 
 
 async def test_handlers_receive_typed_models_and_a_poison_event_is_rejected_once(
-    settings: Settings, inbox_db: AsyncEngine
+    settings: Settings, event_db: AsyncEngine
 ) -> None:
     seen: list[Received[Any]] = []
     calls: dict[uuid.UUID, int] = {}
@@ -65,7 +51,7 @@ async def test_handlers_receive_typed_models_and_a_poison_event_is_rejected_once
     assert handlers.topics == (contract.INTAKE_TOPIC,) and handlers.types == {"case.reopened"}
     name = f"dispatch-{uuid.uuid4().hex[:6]}"
     consumer = EventConsumer(
-        name=name, settings=settings, topics=[], sessions=async_sessionmaker(inbox_db, expire_on_commit=False),
+        name=name, settings=settings, topics=[], sessions=async_sessionmaker(event_db, expire_on_commit=False),
         handler=handlers, max_attempts=3,
     )  # fmt: skip
     good, poison = _reopened(uuid.uuid4()), _reopened(poison_case)
@@ -83,7 +69,7 @@ async def test_handlers_receive_typed_models_and_a_poison_event_is_rejected_once
     assert [event.id for event in seen] == [good.id]
     assert isinstance(seen[0].data, contract.CaseReopened) and isinstance(seen[0].data.case_id, uuid.UUID)
     assert seen[0].municipality == "elbasan" and seen[0].type == "case.reopened"
-    assert await _statuses(inbox_db, name) == {
+    assert await _statuses(event_db, name) == {
         poison.id: "rejected:invalid_data",
         bad_data.id: "rejected:invalid_data",
         good.id: "done",

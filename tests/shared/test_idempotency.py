@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import db
 from shared.errors import Problem
 from shared.idempotency import IdempotentRequest, metadata
 from shared.settings import Settings
+from tests.support import throwaway_event_database
 
 
 class Body(BaseModel):
@@ -21,14 +20,8 @@ class Body(BaseModel):
 
 @pytest.fixture
 async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    name = f"idem{uuid.uuid4().hex[:6]}"
-    await db.ensure_database(settings, name)
-    engine: AsyncEngine = db.create_engine(settings, name)
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield async_sessionmaker(engine, expire_on_commit=False)
-    await engine.dispose()
-    await db.drop_database(settings, name)
+    async with throwaway_event_database(settings, "idem", metadata) as engine:
+        yield async_sessionmaker(engine, expire_on_commit=False)
 
 
 async def _post(sessions: async_sessionmaker[AsyncSession], once: IdempotentRequest, runs: list[int]) -> object:

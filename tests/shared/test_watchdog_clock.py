@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared import db
-from shared.events import _FROZEN_GAP, ConsumerStalled, Envelope, EventConsumer, ensure_topics, event_metadata
+from shared.events import _FROZEN_GAP, ConsumerStalled, Envelope, EventConsumer, ensure_topics
 from shared.settings import Settings
 from tests.support import wait_for
 
@@ -37,18 +35,6 @@ async def private(settings: Settings) -> Settings:
                                           "kafka_consumer_stall_seconds": STALL})
     await ensure_topics(private, [TOPIC])
     return private
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    name = f"wclock{uuid.uuid4().hex[:6]}"
-    await db.ensure_database(settings, name)
-    engine = db.create_engine(settings, name)
-    async with engine.begin() as conn:
-        await conn.run_sync(event_metadata.create_all)
-    yield engine
-    await engine.dispose()
-    await db.drop_database(settings, name)
 
 
 async def _send(settings: Settings, n: int) -> None:
@@ -109,7 +95,7 @@ async def test_a_record_arriving_after_a_long_idle_spell_is_not_a_stall(private:
 
 
 async def test_a_frozen_event_loop_with_a_record_waiting_is_not_a_stall(
-    private: Settings, engine: AsyncEngine
+    private: Settings, event_db: AsyncEngine
 ) -> None:
     handled: list[int] = []
 
@@ -117,7 +103,7 @@ async def test_a_frozen_event_loop_with_a_record_waiting_is_not_a_stall(
         handled.append(int(event.data["n"]))
 
     consumer = EventConsumer(name="frozen", settings=private, topics=[TOPIC], handler=handler, validate=False,
-                             sessions=async_sessionmaker(engine, expire_on_commit=False))
+                             sessions=async_sessionmaker(event_db, expire_on_commit=False))
     await consumer.start()
     try:
         await _send(private, 0)

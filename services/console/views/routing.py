@@ -4,6 +4,7 @@ change reads the current table, changes that one rule and puts the table back.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -25,8 +26,16 @@ SERVICES = ("shelter", "legal_aid", "health", "psychological", "economic_aid", "
 
 
 async def _rules(caller: Caller) -> dict[str, Any]:
-    data = await caller.api.get("referral", "/v1/routing-rules", caller.token, language=caller.lang)
-    return data if isinstance(data, dict) else {"rules": [], "is_default": True}
+    """The table as the API has it now, with its ETag (`etag`), which the PUT sends back as If-Match."""
+    answer = await caller.api.call("referral", "GET", "/v1/routing-rules", caller.token, language=caller.lang)
+    data = answer.data if isinstance(answer.data, dict) else {"rules": [], "is_default": True}
+    return {**data, "etag": answer.headers.get("etag", "")}
+
+
+def digest(rule: dict[str, Any] | None) -> str:
+    """A rule's fingerprint as the form showed it: a save that finds the rule changed meanwhile refuses."""
+    canonical = json.dumps(rule or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @router.get("/routing-rules", response_class=HTMLResponse)
@@ -44,6 +53,7 @@ async def _page(caller: Caller, status: int = 200, **extra: Any) -> Response:
     return render(caller.request, "routing.html", status=status, rules=rules, is_default=table.get("is_default"),
                   kinds=KINDS, services=SERVICES, urgencies=URGENCIES,
                   conditions={r.get("name"): _conditions(r) for r in rules},
+                  digests={r.get("name"): digest(r) for r in rules},
                   **extra)
 
 
@@ -71,10 +81,12 @@ def _rule_from(form: Any) -> dict[str, Any]:
     return rule
 
 
-async def _put(posted: PostedForm, rules: list[dict[str, Any]], done: str) -> Response:
+async def _put(posted: PostedForm, table: dict[str, Any], rules: list[dict[str, Any]], done: str) -> Response:
+    """Put the table back over the one just read (If-Match: a change in between is a 412, never lost)."""
+    headers = {"If-Match": table["etag"]} if table.get("etag") else None
     try:
         await posted.api.call("referral", "PUT", "/v1/routing-rules", posted.token, language=posted.lang,
-                              json={"rules": rules})
+                              json={"rules": rules}, headers=headers)
     except ApiError as error:
         return await _page(posted, shown_status(error), error=api_message(posted.t, error),
                            details=api_details(error))
@@ -91,15 +103,22 @@ async def save_rule(posted: PostedForm) -> Response:
         return await _page(posted, 422, error=posted.t.gettext(
             "The conditions must be a JSON list of conditions, like the ones shown."))
     original = str(posted.form.get("original") or "")
-    rules = [r for r in (await _rules(posted)).get("rules") or [] if isinstance(r, dict)]
+    table = await _rules(posted)
+    rules = [r for r in table.get("rules") or [] if isinstance(r, dict)]
     names = [r.get("name") for r in rules]
-    if original and original in names:
+    if original and original in names and _unchanged(posted, rules[names.index(original)]):
         rules[names.index(original)] = rule
     elif original:
         return await _page(posted, 409, error=posted.t.gettext("The rule was changed meanwhile; nothing was saved."))
     else:
         rules.append(rule)
-    return await _put(posted, rules, "saved")
+    return await _put(posted, table, rules, "saved")
+
+
+def _unchanged(posted: PostedForm, current: dict[str, Any]) -> bool:
+    """The rule is still as the form showed it (a form without a fingerprint is taken as it comes)."""
+    shown = str(posted.form.get("digest") or "")
+    return not shown or shown == digest(current)
 
 
 @router.post("/routing-rules/remove")
@@ -107,8 +126,10 @@ async def remove_rule(posted: PostedForm) -> Response:
     """Take a rule out of use: the table is put back without it (the API keeps no inactive rules)."""
     require(posted, "coordinator")
     original = str(posted.form.get("original") or "")
-    rules = [r for r in (await _rules(posted)).get("rules") or [] if isinstance(r, dict)]
+    table = await _rules(posted)
+    rules = [r for r in table.get("rules") or [] if isinstance(r, dict)]
     kept = [r for r in rules if r.get("name") != original]
-    if len(kept) == len(rules):
+    gone = [r for r in rules if r.get("name") == original]
+    if len(kept) == len(rules) or not _unchanged(posted, gone[0]):
         return await _page(posted, 409, error=posted.t.gettext("The rule was changed meanwhile; nothing was saved."))
-    return await _put(posted, kept, "removed")
+    return await _put(posted, table, kept, "removed")
