@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
 
+from shared.embedded import stop_postgres
 from tests.processes import LaunchedStack
 from tests.support import contract_report
 
@@ -15,10 +18,18 @@ from tests.support import contract_report
 # Two starts of the whole stack (PostgreSQL, the broker, five processes) and two stops: over two minutes on
 # a loaded machine (embedded PostgreSQL takes a machine-wide lock to start and stop), past the default limit.
 @pytest.mark.timeout(480)
-async def test_run_serves_all_four_and_stops_cleanly_then_reuses_its_data(tmp_path: Path) -> None:
-    # In a thread: the stack starts twice (a minute under load), and the session's event loop, with the
-    # session's services on it, must not stand still that long.
-    await asyncio.to_thread(_run_twice, tmp_path)
+async def test_run_serves_all_four_and_stops_cleanly_then_reuses_its_data() -> None:
+    # Not under pytest's basetemp: every pytest session that starts on the machine takes the group and other
+    # bits off /tmp/pytest-of-<user>, and then the embedded server's own user can no longer reach its data
+    # directory there: `pg_ctl stop` failed ("could not access directory") and PostgreSQL was left running.
+    state = Path(tempfile.mkdtemp(prefix="mkr-test-launcher-"))
+    try:
+        # In a thread: the stack starts twice (a minute under load), and the session's event loop, with the
+        # session's services on it, must not stand still that long.
+        await asyncio.to_thread(_run_twice, state)
+    finally:
+        await asyncio.to_thread(stop_postgres, state / "state")  # only if a failure left it running
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _run_twice(tmp_path: Path) -> None:
