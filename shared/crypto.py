@@ -145,10 +145,18 @@ class SearchIndexer:
         self._key = key
         self.key_id = hmac.new(key, b"mkr-index-key-id", hashlib.sha256).hexdigest()[:KEY_ID_CHARS]
         self.previous = previous if previous is not None and previous.key_id != self.key_id else None
+        # The keyed state once (its inner and outer pads), copied per value: a name's dozen or more trigrams
+        # each cost a copy, not a fresh HMAC set-up (measured 1.3 ms of CPU per report before).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     @staticmethod
     def _derive(raw: str) -> bytes:
         return hashlib.sha256(b"mkr-index:" + raw.encode()).digest()
+
+    def _mac(self, message: bytes) -> str:
+        mac = self._keyed.copy()
+        mac.update(message)
+        return mac.hexdigest()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SearchIndexer:
@@ -163,14 +171,12 @@ class SearchIndexer:
 
     def token(self, value: str, scope: str = "") -> str:
         """A keyed hash of one exact value (e.g. a date of birth): equality only."""
-        return hmac.new(self._key, f"value:{scope}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+        return self._mac(f"value:{scope}:{value}".encode())[:32]
 
     def keyed(self, text: str, scope: str = "") -> list[str]:
         """Keyed trigrams of a name; `scope` (the municipality) makes sets of two scopes disjoint."""
         grams = trigrams(normalise_name(text))
-        return sorted(
-            hmac.new(self._key, f"{scope}:{gram}".encode(), hashlib.sha256).hexdigest()[:16] for gram in grams
-        )
+        return sorted(self._mac(f"{scope}:{gram}".encode())[:16] for gram in grams)
 
 
 __all__ = ["DecryptionError", "FieldCipher", "SearchIndexer", "normalise_name", "parse_keyring", "trigrams"]

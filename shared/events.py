@@ -227,16 +227,20 @@ async def _insert_outbox(
 ) -> None:
     if not rows:
         return
+    await session.execute(_OUTBOX_INSERT, [_outbox_row(settings, topic, event, key) for topic, event, key in rows])
+
+
+def _outbox_row(settings: Settings, topic: str, event: Envelope, key: str) -> dict[str, Any]:
     if (traceparent := observability.current_traceparent()) is not None:
-        for _, event, _ in rows:
-            event.traceparent = event.traceparent or traceparent
-    await session.execute(
-        _OUTBOX_INSERT,
-        [
-            {"event_id": event.id, "topic": settings.topic(topic), "key": key, "payload": event.model_dump_json()}
-            for topic, event, key in rows
-        ],
-    )
+        event.traceparent = event.traceparent or traceparent
+    return {"event_id": event.id, "topic": settings.topic(topic), "key": key, "payload": event.model_dump_json()}
+
+
+def outbox_row(settings: Settings, event: Envelope, key: str) -> dict[str, Any]:
+    """The outbox row of a contract event (`event_id`, `topic`, `key`, `payload`, the trace context set), for a
+    caller that inserts it in a statement of its own (intake's report: in its last statement, numbering.py).
+    `emit` is the usual way."""
+    return _outbox_row(settings, EVENT_TYPES[event.type][0], event, key)
 
 
 async def emit(

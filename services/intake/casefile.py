@@ -5,16 +5,18 @@ from __future__ import annotations
 import functools
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import access, casekeys, domain, events, linking, numbering, service
+from services.intake import access, casekeys, domain, events, linking, numbering, search_index, service
 from services.intake.casekeys import CaseCipher
 from services.intake.config import IntakeConfig
 from services.intake.keystore import KeyStore
-from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment, SurvivorIndex
+from services.intake.models import Case, ConsentRecord, ProtectionOrder, RiskAssessment
 from services.intake.schemas import (
     CaseCreated,
     CaseOut,
@@ -31,13 +33,57 @@ from services.intake.schemas import (
 )
 from services.intake.schemas import ConsentRecord as ConsentRecordOut
 from shared.auth import Principal, Role
-from shared.crypto import SearchIndexer
+from shared.crypto import FieldCipher, SearchIndexer
+from shared.events import event_of, outbox_row
 from shared.settings import Settings
 
 
 def personal_context(case_id: uuid.UUID, field: str) -> str:
     """Associated data of a ciphertext: it opens only as this field of this case."""
     return f"intake:case:{case_id}:{field}"
+
+
+# A report's rows in one statement (data-modifying CTEs run once and to completion, their foreign keys
+# checked at the statement's end), then the key census for its duplicate search (search_index.CENSUS_SELECT,
+# which also makes the search's plan custom): the report's first write, one round trip.
+STORE_REPORT_SQL = sa.text(
+    """
+    WITH new_case AS (
+        INSERT INTO cases (id, municipality, case_number, status, risk_level, source, facts, personal,
+                           reported_at, reported_by_sub, reported_by_role, reported_by_member_id, created_at)
+        VALUES (:case_id, :m, :case_number, 'open', :risk_level, :source, CAST(:facts AS jsonb), :personal,
+                :reported_at, :sub, :role, :member_id, :created_at)
+        RETURNING id
+    ), new_index AS (
+        INSERT INTO survivor_index (case_id, municipality, name_keys, birth_year, birth_date_key, key_id)
+        VALUES (:case_id, :m, CAST(:keys AS text[]), :birth_year, :birth_date_key, :key_id)
+    ), new_assessment AS (
+        INSERT INTO risk_assessments (id, case_id, answers, yes_count, red_flags, computed_level,
+                                      professional_judgement, risk_level, assessed_at, assessed_by_sub,
+                                      assessed_by_role)
+        SELECT :assessment_id, :case_id, CAST(:answers AS jsonb), :yes_count, CAST(:red_flags AS jsonb),
+               :computed_level, NULL, :risk_level, :created_at, :sub, :role
+        WHERE CAST(:assessed AS boolean)
+    ), new_consent AS (
+        INSERT INTO consent_records (case_id, kind, given, at, recorded_by_sub, recorded_by_role)
+        SELECT :case_id, kind, true, :consent_at, :sub, :role FROM unnest(CAST(:share_with AS text[])) AS kind
+    )
+    """
+    + search_index.CENSUS_SELECT
+)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A report made into its rows (no I/O): the case's `cases` row and what STORE_REPORT_SQL writes beside it."""
+
+    case: dict[str, Any]
+    cipher: CaseCipher  # the case's fresh data key (stored in the key store before the rows are written)
+    params: dict[str, Any]  # STORE_REPORT_SQL's parameters (the case row's included)
+    keys: list[str]
+    birth_year: int | None
+    birth_date_key: str | None
+    share_with: list[str]
 
 
 async def create_case(
@@ -55,15 +101,120 @@ async def create_case(
 ) -> CaseCreated:
     """Store a validated report (encrypted identity, coded facts, search index, consent, first
     assessment), find possible duplicates and publish, then — last, so their locks are held for one
-    statement and the commit — take the case number and audit (numbering.py); all in the caller's transaction."""
+    statement and the commit — take the case number and audit (numbering.py); all in the caller's transaction.
+
+    The data key first, in the key store (its own database); then three round trips (Core statements, no ORM
+    objects): the rows and the key census (STORE_REPORT_SQL),
+    the duplicate search (both lists at once), and the last statement (number, event, candidates, audit)."""
+    draft = draft_report(keystore.master, indexer, principal, body, reported_at, local_day, screen)
+    case_id, municipality = draft.case["id"], body.municipality
+    # The key first, committed in the key store: a data write that fails leaves an orphan key, never a case without one.
+    await casekeys.store(keystore, draft.cipher, case_id)
+    census = await session.execute(STORE_REPORT_SQL, draft.params)
+    if indexer.previous is None:
+        candidates, shown = await search_index.report_duplicates(
+            session, viewer=principal, municipality=municipality, keys=draft.keys,
+            probe=search_index.probe_of(census, draft.keys, config.duplicate_threshold), birth_year=draft.birth_year,
+            birth_date_key=draft.birth_date_key, exclude=case_id, threshold=config.duplicate_threshold,
+            limit=config.max_duplicates,
+        )  # fmt: skip
+    else:
+        candidates, shown = await _duplicates_under_both_keys(session, indexer, principal, body, draft, config)
+    # Every possible duplicate awaits the coordinator's decision; the reporter is shown only those she may read.
+    data = events.case_reported(draft.case, draft.share_with, pending_duplicates=len(candidates))
+    envelope = event_of(data, subject=str(case_id), municipality=municipality)
+    case_number = await numbering.number_case(session, numbering.Numbering(
+        case_id=case_id, municipality=municipality, year=local_day.year,
+        prefix=domain.case_prefix(municipality, config.case_prefixes), outbox=outbox_row(settings, envelope,
+        str(case_id)), candidates=[(m.id, m.score) for m in candidates], principal=principal, at=datetime.now(UTC),
+    ))  # fmt: skip
+    return CaseCreated(
+        id=case_id,
+        case_number=case_number,
+        municipality=municipality,
+        status=CaseStatus.open,
+        risk_level=RiskLevel(draft.case["risk_level"]),
+        source=body.source,
+        reported_at=reported_at,
+        possible_duplicates=[PossibleDuplicate(id=d.id, case_number=d.case_number, score=d.score) for d in shown],
+    )
+
+
+async def _duplicates_under_both_keys(
+    session: AsyncSession, indexer: SearchIndexer, principal: Principal, body: CaseReport, draft: Draft,
+    config: IntakeConfig,
+) -> tuple[list[search_index.Match], list[search_index.Match]]:
+    """While the index key changes (MKR_INDEX_KEY_PREVIOUS): the two searches under both keys, merged
+    (search_index.possible_duplicates); the candidates, and what the reporter may read."""
     survivor = body.survivor
-    incident = body.incident
-    age = survivor.age
-    if survivor.date_of_birth is not None:
-        age = domain.age_on(survivor.date_of_birth, local_day)
+    search = functools.partial(
+        search_index.possible_duplicates, session, viewer=principal, municipality=body.municipality,
+        keys=draft.keys, birth_year=draft.birth_year, birth_date_key=draft.birth_date_key, exclude=draft.case["id"],
+        threshold=config.duplicate_threshold, limit=config.max_duplicates,
+        under=search_index.probes(indexer, f"{survivor.first_name} {survivor.last_name}", body.municipality,
+                                  survivor.date_of_birth.isoformat() if survivor.date_of_birth else None),
+    )  # fmt: skip
+    candidates = await search(everything=True)
+    return candidates, candidates if principal.role is Role.coordinator else await search()
+
+
+def draft_report(
+    cipher: FieldCipher,
+    indexer: SearchIndexer,
+    principal: Principal,
+    body: CaseReport,
+    reported_at: datetime,
+    local_day: date,
+    screen: domain.RiskScreen,
+) -> Draft:
+    """The report's rows: the case (identity sealed under a fresh data key, which the key store keeps wrapped
+    by the master key), its search index, first assessment and consent, as STORE_REPORT_SQL's parameters."""
+    survivor = body.survivor
+    age = domain.age_on(survivor.date_of_birth, local_day) if survivor.date_of_birth is not None else survivor.age
     result = domain.score_risk(screen, body.risk_answers or {})
-    case_id = uuid.uuid4()
-    personal = {
+    case_id, now = uuid.uuid4(), datetime.now(UTC)
+    case_cipher = casekeys.new_cipher(cipher)
+    case = {
+        "id": case_id, "case_number": numbering.placeholder(case_id),  # numbered by the last statement
+        "source": body.source.value, "risk_level": result.risk_level, "facts": report_facts(body, age),
+        "personal": case_cipher.encrypt(json.dumps(report_personal(body)), personal_context(case_id, "personal")),
+        "reported_at": reported_at, "reported_by_role": principal.role.value,
+        "reported_by_member_id": principal.member_id,
+    }  # fmt: skip
+    municipality = body.municipality
+    keys = indexer.keyed(f"{survivor.first_name} {survivor.last_name}", municipality)
+    birth_year = (
+        survivor.date_of_birth.year if survivor.date_of_birth else (local_day.year - age if age is not None else None)
+    )
+    birth_key = indexer.token(survivor.date_of_birth.isoformat(), municipality) if survivor.date_of_birth else None
+    share_with = sorted({kind.value for kind in body.consent.share_with}) if body.consent else []
+    params = {
+        **case, "case_id": case_id, "m": municipality, "facts": json.dumps(case["facts"]),
+        "sub": principal.sub, "role": principal.role.value, "member_id": principal.member_id, "created_at": now,
+        "keys": keys, "birth_year": birth_year,
+        "birth_date_key": birth_key, "key_id": indexer.key_id, "share_with": share_with,
+        "consent_at": (body.consent.given_at if body.consent else None) or reported_at,
+        **_assessment_params(body.risk_answers, result),
+    }  # fmt: skip
+    return Draft(case, case_cipher, params, keys, birth_year, birth_key, share_with)
+
+
+def _assessment_params(answers: dict[str, bool] | None, result: domain.RiskResult) -> dict[str, Any]:
+    """STORE_REPORT_SQL's first assessment (written only when the report answered the risk screen)."""
+    return {
+        "assessed": answers is not None,
+        "assessment_id": uuid.uuid4(),
+        "answers": json.dumps(answers or {}),
+        "yes_count": result.yes_count,
+        "red_flags": json.dumps(result.red_flags),
+        "computed_level": result.computed_level,
+    }
+
+
+def report_personal(body: CaseReport) -> dict[str, Any]:
+    """The identity and narrative of a report (sealed as the case's `personal`)."""
+    survivor, incident = body.survivor, body.incident
+    return {
         "first_name": survivor.first_name,
         "last_name": survivor.last_name,
         "date_of_birth": survivor.date_of_birth.isoformat() if survivor.date_of_birth else None,
@@ -71,7 +222,12 @@ async def create_case(
         "address": survivor.address,
         "description": incident.description if incident else None,
     }
-    facts = {
+
+
+def report_facts(body: CaseReport, age: int | None) -> dict[str, Any]:
+    """The coded facts of a report (the case's `facts`)."""
+    survivor, incident = body.survivor, body.incident
+    return {
         "sex": survivor.sex.value,
         "age": age,
         "age_group": domain.age_group(age),
@@ -86,88 +242,6 @@ async def create_case(
         "needs": sorted({n.value for n in body.needs}),
         "consent_given_at": body.consent.given_at.isoformat() if body.consent and body.consent.given_at else None,
     }
-    # The key first, committed in the key store: a data write that fails leaves an orphan key, never a case without one.
-    case_cipher = await casekeys.store(keystore, casekeys.new_cipher(keystore.master), case_id)
-    case = Case(
-        id=case_id,
-        municipality=body.municipality,
-        case_number=numbering.placeholder(case_id),  # numbered by the last statement (numbering.py)
-        source=body.source.value,
-        risk_level=result.risk_level,
-        facts=facts,
-        personal=case_cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal")),
-        reported_at=reported_at,
-        reported_by_sub=principal.sub,
-        reported_by_role=principal.role.value,
-        reported_by_member_id=principal.member_id,
-        created_at=datetime.now(UTC),
-    )
-    session.add(case)
-    keys = indexer.keyed(f"{survivor.first_name} {survivor.last_name}", body.municipality)
-    birth_year = (
-        survivor.date_of_birth.year if survivor.date_of_birth else (local_day.year - age if age is not None else None)
-    )
-    birth_key = indexer.token(survivor.date_of_birth.isoformat(), body.municipality) if survivor.date_of_birth else None
-    session.add(
-        SurvivorIndex(
-            case_id=case_id,
-            municipality=body.municipality,
-            name_keys=keys,
-            birth_year=birth_year,
-            birth_date_key=birth_key,
-            key_id=indexer.key_id,
-        )
-    )
-    if body.risk_answers is not None:
-        session.add(new_assessment(case_id, body.risk_answers, result, None, principal, datetime.now(UTC)))
-    share_with = sorted({kind.value for kind in body.consent.share_with}) if body.consent else []
-    consent_at = (body.consent.given_at if body.consent else None) or reported_at
-    for kind in share_with:
-        session.add(
-            ConsentRecord(
-                case_id=case_id,
-                kind=kind,
-                given=True,
-                at=consent_at,
-                recorded_by_sub=principal.sub,
-                recorded_by_role=principal.role.value,
-            )
-        )
-    await session.flush()
-    search = functools.partial(
-        service.possible_duplicates,
-        session,
-        viewer=principal,
-        municipality=body.municipality,
-        keys=keys,
-        birth_year=birth_year,
-        birth_date_key=birth_key,
-        under=service.probes(indexer, f"{survivor.first_name} {survivor.last_name}", body.municipality,
-                             survivor.date_of_birth.isoformat() if survivor.date_of_birth else None),
-        exclude=case_id,
-        threshold=config.duplicate_threshold,
-        limit=config.max_duplicates,
-    )
-    # Every possible duplicate awaits the coordinator's decision; the reporter is shown only those she may read.
-    candidates = await search(everything=True)
-    duplicates = candidates if principal.role is Role.coordinator else await search()
-    await linking.record_candidates(session, case, candidates)
-    event_id = await events.case_reported(session, settings, case, share_with, pending_duplicates=len(candidates))
-    prefix = domain.case_prefix(body.municipality, config.case_prefixes)
-    await numbering.number_case(
-        session, case=case, year=local_day.year, prefix=prefix, event_id=event_id, principal=principal,
-        at=datetime.now(UTC),
-    )
-    return CaseCreated(
-        id=case.id,
-        case_number=case.case_number,
-        municipality=case.municipality,
-        status=CaseStatus.open,
-        risk_level=RiskLevel(case.risk_level),
-        source=body.source,
-        reported_at=case.reported_at,
-        possible_duplicates=[PossibleDuplicate(id=d.id, case_number=d.case_number, score=d.score) for d in duplicates],
-    )
 
 
 def new_assessment(

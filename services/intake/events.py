@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,18 +24,19 @@ async def _emit(session: AsyncSession, settings: Settings, case: Case, data: con
     return envelope.id
 
 
-async def case_reported(
-    session: AsyncSession, settings: Settings, case: Case, share_with: list[str], pending_duplicates: int = 0
-) -> uuid.UUID:
-    """The event's id (the case number in it may still be the placeholder; see services/intake/numbering.py)."""
-    facts = case.facts
+def case_reported(
+    case: Mapping[str, Any], share_with: list[str], pending_duplicates: int = 0
+) -> contract.CaseReported:
+    """`case.reported` of a new case's row (`cases` columns); its case number may still be the placeholder, the
+    report's last statement numbers the event with the case (services/intake/numbering.py)."""
+    facts = case["facts"]
     children = facts.get("children", [])
-    data = contract.CaseReported(
-        case_id=case.id,
-        case_number=case.case_number,
-        source=case.source,
-        reported_at=case.reported_at,
-        risk_level=RiskLevel(case.risk_level),
+    return contract.CaseReported(
+        case_id=case["id"],
+        case_number=case["case_number"],
+        source=case["source"],
+        reported_at=case["reported_at"],
+        risk_level=RiskLevel(case["risk_level"]),
         sex=facts.get("sex"),
         age_group=facts.get("age_group", "unknown"),
         ethnicity=facts.get("ethnicity"),
@@ -44,11 +47,10 @@ async def case_reported(
         children_count=len(children),
         children_ages=[child["age"] for child in children],
         consent_share_with=[MemberKind(kind) for kind in share_with],
-        reported_by_role=case.reported_by_role,
-        reported_by_member_id=case.reported_by_member_id,
+        reported_by_role=case["reported_by_role"],
+        reported_by_member_id=case["reported_by_member_id"],
         pending_duplicates=pending_duplicates,
     )
-    return await _emit(session, settings, case, data)
 
 
 async def case_risk_assessed(

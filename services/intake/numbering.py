@@ -2,10 +2,11 @@
 
 The gap-free per-municipality/year counter is a row lock held until commit, and the audit hash chain's
 trigger takes a transaction-level advisory lock (one chainer at a time, all municipalities). Both
-serialise reports, so both are taken by the report's last statement: the case, its search index,
-assessment, consent, the duplicate search and the outbox row are written first, the case and its event
-carrying a placeholder number; then one statement bumps the counter, sets the number on the case,
-writes it into the outbox payload and inserts the audit row (whose trigger takes the chain lock). A
+serialise reports, so both are taken by the report's last statement: the case (carrying a placeholder
+number), its search index, assessment and consent are written and the duplicate search runs first
+(services/intake/casefile.py); then one statement bumps the counter, sets the number on the case,
+inserts the event's outbox row with the number written into its payload, the possible duplicates found,
+and the audit row (whose trigger takes the chain lock). A
 transaction that fails at any point rolls the counter back with everything else, so numbers stay
 gap-free and unique; the placeholder is never visible outside the transaction.
 
@@ -16,15 +17,16 @@ the chain lock (one order for all, no deadlock between the two).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from services.intake import domain
-from services.intake.models import Case, CaseCounter
+from services.intake.models import CaseCounter
 from shared.auth import Principal
 from shared.db import table_of
 
@@ -48,9 +50,16 @@ NUMBER_CASE_SQL = sa.text(
         FROM counter WHERE cases.id = :case_id
         RETURNING cases.case_number
     ), announced AS (
-        UPDATE outbox SET payload = replace(outbox.payload, :placeholder, numbered.case_number)
-        FROM numbered WHERE outbox.event_id = :event_id
+        INSERT INTO outbox (event_id, topic, key, payload)
+        SELECT CAST(:event_id AS uuid), CAST(:topic AS text), CAST(:key AS text),
+               replace(CAST(:payload AS text), CAST(:placeholder AS text), numbered.case_number)
+        FROM numbered
         RETURNING outbox.id
+    ), candidates AS (
+        INSERT INTO duplicate_candidates (case_id, other_id, municipality, score, found_at)
+        SELECT :case_id, found.other_id, :m, found.score, :at
+        FROM unnest(CAST(:other_ids AS uuid[]), CAST(:scores AS float8[])) AS found(other_id, score)
+        ON CONFLICT DO NOTHING
     ), audited AS (
         INSERT INTO audit_log (at, case_id, municipality, sub, role, action)
         SELECT :at, :case_id, :m, :sub, :role, 'case.reported' FROM numbered
@@ -63,30 +72,44 @@ NUMBER_CASE_SQL = sa.text(
 )
 
 
-async def number_case(
-    session: AsyncSession, *, case: Case, year: int, prefix: str, event_id: uuid.UUID, principal: Principal,
-    at: datetime,
-) -> str:
-    """Take the counter, number the case and its event, and audit the report — the report's last statement."""
+@dataclass(frozen=True)
+class Numbering:
+    """What the report's last statement numbers: the case, its event's outbox row (`shared.events.outbox_row`,
+    still carrying the placeholder), the possible duplicates found (other case id → score) and who reported."""
+
+    case_id: uuid.UUID
+    municipality: str
+    year: int
+    prefix: str
+    outbox: dict[str, Any]
+    candidates: list[tuple[uuid.UUID, float]]
+    principal: Principal
+    at: datetime
+
+
+async def number_case(session: AsyncSession, report: Numbering) -> str:
+    """Take the counter, number the case, insert its event (numbered) and its possible duplicates, and audit
+    the report — the report's last statement. Returns the case number."""
     row = (
         await session.execute(
             NUMBER_CASE_SQL,
             {
-                "m": case.municipality,
-                "year": year,
-                "prefix": prefix,
-                "case_id": case.id,
-                "placeholder": placeholder(case.id),
-                "event_id": event_id,
-                "at": at,
-                "sub": principal.sub,
-                "role": principal.role.value,
+                "m": report.municipality,
+                "year": report.year,
+                "prefix": report.prefix,
+                "case_id": report.case_id,
+                "placeholder": placeholder(report.case_id),
+                **report.outbox,
+                "other_ids": [other for other, _ in report.candidates],
+                "scores": [score for _, score in report.candidates],
+                "at": report.at,
+                "sub": report.principal.sub,
+                "role": report.principal.role.value,
             },
         )
     ).one()
     if row.announced != 1 or row.audited != 1:
-        raise RuntimeError("numbering a case must touch its outbox row and write its audit row")
-    set_committed_value(case, "case_number", row.case_number)
+        raise RuntimeError("numbering a case must insert its outbox row and write its audit row")
     return str(row.case_number)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,16 +43,31 @@ def rarest(keys: list[str], counts: dict[str, int], share: float) -> list[str]:
     return sorted(keys, key=lambda key: (counts.get(key, 0), key))[: probe_size(len(keys), share)]
 
 
+# One statement: the plan mode for the statements after it (set_config(..., true) is SET LOCAL), and the
+# census counts of the query's keys (the largest over index key ids, as KEY_COUNTS_SQL). The LEFT JOIN from
+# the one-row subquery always yields a row, so set_config runs even when no key is counted yet (key NULL).
+CENSUS_SELECT = (
+    "SELECT c.key, max(c.survivors) AS survivors "
+    "FROM (SELECT set_config('plan_cache_mode', 'force_custom_plan', true)) AS plan(mode) "
+    "LEFT JOIN survivor_key_counts c ON c.municipality = :m AND c.key = ANY(CAST(:keys AS text[])) GROUP BY c.key"
+)
+
+
+def probe_of(rows: Iterable[Any], keys: list[str], share: float) -> list[str]:
+    """The probe keys, from the rows of CENSUS_SELECT."""
+    return rarest(keys, {row.key: row.survivors for row in rows if row.key is not None}, share)
+
+
 async def probe_keys(session: AsyncSession, municipality: str, keys: list[str], share: float) -> list[str]:
     """The probe keys of a query, and plans made for them: a prepared statement's generic plan cannot see
     which keys (or how rare) it will be probed with, and measured twice as slow (asyncpg prepares every
-    statement, and PostgreSQL switches to the generic plan after five executions)."""
-    await session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
-    rows = await session.execute(sa.text(KEY_COUNTS_SQL), {"m": municipality, "keys": keys})
-    return rarest(keys, {key: survivors for key, survivors in rows.all()}, share)
+    statement, and PostgreSQL switches to the generic plan after five executions). One round trip."""
+    rows = await session.execute(sa.text(CENSUS_SELECT), {"m": municipality, "keys": keys})
+    return probe_of(rows, keys, share)
 
 
-DUPLICATES_SQL = f"""
+# Names alike (Jaccard of keyed trigrams) among the probed rows, scored once per row: the `top` CTE.
+_TOP = f"""
     WITH candidates AS (
         SELECT s.case_id, s.birth_date_key, cardinality(s.name_keys) AS size, o.shared
         FROM survivor_index s CROSS JOIN LATERAL {SHARED_KEYS} AS o(shared)
@@ -66,17 +82,36 @@ DUPLICATES_SQL = f"""
         SELECT case_id,
                LEAST(1.0, name_score + CASE WHEN birth_date_key = :bdk THEN 0.1 ELSE 0 END) AS score
         FROM scored WHERE name_score >= :threshold
-    )
-    SELECT c.id, c.case_number, c.reported_at, t.score FROM top t JOIN cases c ON c.id = t.case_id
-    WHERE CAST(:everything AS boolean)
+    )"""
+# Whether the viewer may read case `c` (CONTRACT §2), or `everything` is asked.
+_VISIBLE = """(CAST(:everything AS boolean)
        OR c.reported_by_sub = :viewer_sub
        OR (CAST(:viewer_member AS text) IS NOT NULL AND (
             c.reported_by_member_id = CAST(:viewer_member AS text)
             OR EXISTS (SELECT 1 FROM referral_access a
                        WHERE a.case_id = c.id AND a.member_id = CAST(:viewer_member AS text)
-                         AND a.status IN ('pending', 'acknowledged', 'accepted', 'completed'))))
+                         AND a.status IN ('pending', 'acknowledged', 'accepted', 'completed')))))"""
+DUPLICATES_SQL = f"""{_TOP}
+    SELECT c.id, c.case_number, c.reported_at, t.score FROM top t JOIN cases c ON c.id = t.case_id
+    WHERE {_VISIBLE}
     ORDER BY t.score DESC, c.reported_at DESC, c.id
     LIMIT :limit
+    """
+# A report's two searches in one (under one index key): the first `limit` of all matches (the candidates the
+# coordinator decides on) and the first `limit` of those the reporter may read (shown to her), in the order
+# of DUPLICATES_SQL.
+REPORT_DUPLICATES_SQL = f"""{_TOP}, ranked AS (
+        SELECT c.id, c.case_number, t.score, COALESCE({_VISIBLE}, false) AS visible,
+               row_number() OVER (ORDER BY t.score DESC, c.reported_at DESC, c.id) AS rank_all
+        FROM top t JOIN cases c ON c.id = t.case_id
+    ), ranked_visible AS (
+        SELECT id, case_number, score, visible, rank_all,
+               row_number() OVER (PARTITION BY visible ORDER BY rank_all) AS rank_shown
+        FROM ranked
+    )
+    SELECT id, case_number, score, rank_all <= :limit AS candidate, (visible AND rank_shown <= :limit) AS shown
+    FROM ranked_visible WHERE rank_all <= :limit OR (visible AND rank_shown <= :limit)
+    ORDER BY rank_all
     """
 
 
@@ -150,6 +185,35 @@ async def possible_duplicates(
                 found[row.id] = row
     rows = sorted(found.values(), key=lambda row: (-row.score, -row.reported_at.timestamp(), row.id))[:limit]
     return [Match(row.id, row.case_number, round(float(row.score), 3)) for row in rows]
+
+
+async def report_duplicates(
+    session: AsyncSession,
+    *,
+    viewer: Principal,
+    municipality: str,
+    keys: list[str],
+    probe: list[str],
+    birth_year: int | None,
+    birth_date_key: str | None,
+    exclude: uuid.UUID,
+    threshold: float,
+    limit: int,
+) -> tuple[list[Match], list[Match]]:
+    """A report's duplicate search under one index key in one statement, probed with `probe` (its plan custom:
+    CENSUS_SELECT ran before in the transaction): every possible duplicate (the coordinator decides on each),
+    and those the reporter is shown (she may read them) — `possible_duplicates` with and without `everything`."""
+    if not keys:
+        return [], []
+    params = {
+        "keys": keys, "n": len(keys), "probe": probe, "m": municipality, "exclude": exclude, "by": birth_year,
+        "bdk": birth_date_key, "threshold": threshold, "limit": limit,
+        "everything": viewer.role is Role.coordinator, "viewer_sub": viewer.sub,
+        "viewer_member": viewer.member_id if viewer.is_institution else None,
+    }  # fmt: skip
+    rows = (await session.execute(sa.text(REPORT_DUPLICATES_SQL), params)).all()
+    found = [(Match(row.id, row.case_number, round(float(row.score), 3)), row) for row in rows]
+    return [m for m, row in found if row.candidate], [m for m, row in found if row.shown]
 
 
 # The census keeps no exact count per key at rest: each is rounded up to a power of two (1, 2, 4, 8, …),

@@ -24,14 +24,24 @@ from services.intake.models import (
     RiskAssessment,
     RiskScreenConfig,
 )
+from shared.db import table_of
 from shared.paging import Keyset, fetch_page
 
 
 async def load_screen(
     session: AsyncSession, municipality: str, default: domain.RiskScreen | None = None
 ) -> domain.RiskScreen:
-    """The municipality's risk screen, or `default` (the country profile's; Albania's when not given)."""
-    row = await session.get(RiskScreenConfig, municipality)
+    """The municipality's risk screen, or `default` (the country profile's; Albania's when not given).
+    A Core read (every report makes it): no ORM object to build."""
+    table = table_of(RiskScreenConfig)
+    row = (
+        await session.execute(
+            sa.select(
+                table.c.questions, table.c.high_yes_count, table.c.medium_yes_count, table.c.escalation_cases,
+                table.c.escalation_window_days,
+            ).where(table.c.municipality == municipality)
+        )
+    ).first()
     if row is None:
         return default or domain.RiskScreen()
     return domain.RiskScreen(

@@ -19,7 +19,7 @@ from unittest import mock
 
 import asyncpg
 
-from services.intake import casekeys, numbering
+from services.intake import casefile, casekeys, numbering, search_index
 from services.intake import domain as intake_domain
 from services.intake import service as intake_service
 from services.intake.casefile import personal_context
@@ -163,42 +163,27 @@ def positional(sql: str, names: list[str]) -> str:
 # Intake's own duplicate search, positional: keys, n, probe keys, municipality, exclude, birth year, birth-date
 # key, threshold, limit, and the viewer (coordinator?, sub, member id).
 DUPLICATES_SQL = positional(intake_service.DUPLICATES_SQL, DUPLICATE_PARAMS)
-KEY_COUNTS_SQL = positional(intake_service.KEY_COUNTS_SQL, ["m", "keys"])
 SCREEN_SQL = (
     "SELECT municipality, questions, high_yes_count, medium_yes_count, updated_at, updated_by_sub "
     "FROM risk_screen_configs WHERE municipality = $1"
-)
-COUNTER_SQL = (
-    "INSERT INTO case_counters (municipality, year, last_seq) VALUES ($1, $2, 1) "
-    "ON CONFLICT (municipality, year) DO UPDATE SET last_seq = case_counters.last_seq + 1 RETURNING last_seq"
-)
-CASE_SQL = (
-    "INSERT INTO cases (id, municipality, case_number, status, risk_level, source, facts, personal, reported_at, "
-    "reported_by_sub, reported_by_role, reported_by_member_id, closed_at, close_reason, created_at) "
-    "VALUES ($1, $2, $3, 'open', $4, 'police', $5::jsonb, $6, $7, $8, 'police', $9, NULL, NULL, $10)"
-)
-INDEX_SQL = (
-    "INSERT INTO survivor_index (case_id, municipality, name_keys, birth_year, birth_date_key) "
-    "VALUES ($1, $2, $3, $4, $5)"
-)
-ASSESSMENT_SQL = (
-    "INSERT INTO risk_assessments (id, case_id, answers, yes_count, red_flags, computed_level, "
-    "professional_judgement, risk_level, assessed_at, assessed_by_sub, assessed_by_role) "
-    "VALUES ($1, $2, $3::jsonb, 0, '[]'::jsonb, 'low', NULL, 'low', $4, $5, 'police')"
-)
-CONSENT_SQL = (
-    "INSERT INTO consent_records (case_id, kind, given, at, recorded_by_sub, recorded_by_role) "
-    "VALUES ($1, $2, true, $5, $6, 'police'), ($1, $3, true, $5, $6, 'police'), ($1, $4, true, $5, $6, 'police') "
-    "RETURNING id"
 )
 AUDIT_SQL = (
     "INSERT INTO audit_log (at, case_id, municipality, sub, role, action) "
     "VALUES ($1, $2, $3, $4, 'police', 'case.reported')"
 )
-OUTBOX_SQL = "INSERT INTO outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4)"
-NUMBER_SQL = positional(
-    numbering.NUMBER_CASE_SQL.text, ["m", "year", "prefix", "case_id", "placeholder", "event_id", "at", "sub", "role"]
-)
+STORE_PARAMS = [
+    "case_id", "m", "case_number", "risk_level", "source", "facts", "personal", "reported_at", "sub", "role",
+    "member_id", "created_at", "keys", "birth_year", "birth_date_key", "key_id", "assessment_id",
+    "answers", "yes_count", "red_flags", "computed_level", "assessed", "consent_at", "share_with",
+]
+NUMBER_PARAMS = [
+    "m", "year", "prefix", "case_id", "placeholder", "event_id", "topic", "key", "payload", "other_ids", "scores",
+    "at", "sub", "role",
+]
+# The report's three statements as the service sends them (casefile.py, search_index.py, numbering.py).
+STORE_SQL = positional(casefile.STORE_REPORT_SQL.text, STORE_PARAMS)
+REPORT_DUPLICATES_SQL = positional(search_index.REPORT_DUPLICATES_SQL, DUPLICATE_PARAMS)
+NUMBER_SQL = positional(numbering.NUMBER_CASE_SQL.text, NUMBER_PARAMS)
 
 
 class CeilingReport:
@@ -240,30 +225,30 @@ class CeilingReport:
         }
         keys = self.indexer.keyed(f"{first} {last}", self.municipality)
         birth_key = self.indexer.token(dob.isoformat(), self.municipality)
-        sealed = self.cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal"))
+        case_cipher = casekeys.new_cipher(self.cipher)
+        sealed = case_cipher.encrypt(json.dumps(personal), personal_context(case_id, "personal"))
         sub = "bench-ceiling"
         number = numbering.placeholder(case_id)
         async with conn.transaction():
             await conn.fetchrow(SCREEN_SQL, self.municipality)
-            await conn.execute(
-                CASE_SQL, case_id, self.municipality, number, "low", json.dumps(facts), sealed, now, sub,
-                "bench-police", now,
+            counts = await conn.fetch(
+                STORE_SQL, case_id, self.municipality, number, "low", "police", json.dumps(facts), sealed, now, sub,
+                "police", "bench-police", now, keys, dob.year, birth_key,
+                self.indexer.key_id,
+                uuid.uuid4(), json.dumps(RISK_ANSWERS), 0, "[]", "low", True, datetime(2026, 11, 21, 8, tzinfo=UTC),
+                SHARE_WITH,
             )
-            await conn.execute(INDEX_SQL, case_id, self.municipality, keys, dob.year, birth_key)
-            await conn.execute(ASSESSMENT_SQL, uuid.uuid4(), case_id, json.dumps(RISK_ANSWERS), now, sub)
-            await conn.fetch(CONSENT_SQL, case_id, *SHARE_WITH, datetime(2026, 11, 21, 8, tzinfo=UTC), sub)
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            counts = {key: survivors for key, survivors in await conn.fetch(KEY_COUNTS_SQL, self.municipality, keys)}
-            probe = intake_service.rarest(keys, counts, 0.45)
-            await conn.fetch(
-                DUPLICATES_SQL, keys, len(keys), probe, self.municipality, case_id, dob.year, birth_key, 0.45, 5,
-                False, sub, "bench-police",
+            probe = intake_service.rarest(keys, {r["key"]: r["survivors"] for r in counts if r["key"]}, 0.45)
+            found = await conn.fetch(
+                REPORT_DUPLICATES_SQL, keys, len(keys), probe, self.municipality, case_id, dob.year, birth_key, 0.45,
+                5, False, sub, "bench-police",
             )
             event = self.event(case_id, number, now, facts)
-            await conn.execute(OUTBOX_SQL, event.id, self.topic, str(case_id), event.model_dump_json())
-            # The service's last statement: counter, number, event payload and audit row (numbering.py).
+            # The service's last statement: counter, number, event, candidates and audit row (numbering.py).
             await conn.fetchrow(
-                NUMBER_SQL, self.municipality, now.year, self.prefix, case_id, number, event.id, now, sub, "police"
+                NUMBER_SQL, self.municipality, now.year, self.prefix, case_id, number, event.id, self.topic,
+                str(case_id), event.model_dump_json(), [r["id"] for r in found if r["candidate"]],
+                [round(float(r["score"]), 3) for r in found if r["candidate"]], now, sub, "police",
             )
 
     def event(self, case_id: uuid.UUID, number: str, now: datetime, facts: dict[str, Any]) -> Envelope:

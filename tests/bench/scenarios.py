@@ -24,11 +24,13 @@ import psutil
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from services.intake import events as intake_events
 from services.intake import service as intake_service
 from services.referral import reports as referral_reports
 from shared.auth import Principal, Role
 from shared.crypto import SearchIndexer
 from shared.db import service_url
+from shared.events import event_of, outbox_row
 from tests.bench import database, reference
 from tests.bench.harness import Recorder, closed_loop, open_loop, sequential, summarise
 from tests.processes import SERVICES, LaunchedStack
@@ -230,8 +232,9 @@ async def intake_throughput(stack: LaunchedStack, quick: bool) -> Outcome:
         "the full contract body (validation, AES-GCM, keyed trigrams, duplicate search, audit, outbox; no "
         "Idempotency-Key), the load generator in a child process of its own. Ceiling: the same statements in "
         "the service's order, one transaction per report, asyncpg over as many connections as clients "
-        "(risk-screen read, case with a placeholder number, survivor index, risk assessment, 3 consent rows, "
-        "duplicate search, outbox, then the counter, number and audit row in one last statement). Plain: one "
+        "(risk-screen read; one statement writing the case with a placeholder number, its data key, survivor "
+        "index, risk assessment and 3 consent rows and reading the key census; the duplicate search, both lists "
+        "at once; then the counter, number, outbox row, candidates and audit row in one last statement). Plain: one "
         "transaction per report of three inserts (case row with ~1 KB JSON, person row, outbox row), asyncpg, "
         "same connections — what the database itself commits. Intake has at most 16 connections (pool 8 + "
         "overflow 8). CPU ms/report: utime + stime of each service process (/proc/<pid>/stat) over the HTTP "
@@ -364,6 +367,107 @@ async def report_to_referral(stack: LaunchedStack, quick: bool) -> Outcome:
         + " ".join(details)
         + " (A median rising from the first half to the second means the consumer falls behind the arrival rate.)"
         + backlog_note,
+    )
+
+
+# --- the referral consumer's apply rate ------------------------------------------------------------------
+
+APPLY_FACTS = {
+    "sex": "female", "age": 35, "age_group": "25-39", "ethnicity": "roma", "disability": False,
+    "children": [{"sex": "male", "age": 7}], "violence_types": ["physical", "psychological"],
+    "perpetrator_relationship": "spouse", "needs": ["legal_aid", "shelter"],
+}  # fmt: skip
+
+
+def _backlog_rows(settings: Any, municipality: str, count: int) -> list[dict[str, Any]]:
+    """`count` case.reported outbox rows as intake writes them (its own event builder), a case each."""
+    rows = []
+    for n in range(count):
+        case_id = uuid.uuid4()
+        case = {
+            "id": case_id, "case_number": f"APL-2026-{n + 1:05d}", "source": "police",
+            "reported_at": datetime.now(UTC), "risk_level": "high" if n % 4 == 0 else "low", "facts": APPLY_FACTS,
+            "reported_by_role": "police", "reported_by_member_id": "bench-police",
+        }  # fmt: skip
+        data = intake_events.case_reported(case, ["police", "shelter", "social_services"])
+        rows.append(outbox_row(settings, event_of(data, subject=str(case_id), municipality=municipality), str(case_id)))
+    return rows
+
+
+async def _drain(stack: LaunchedStack, event_ids: list[uuid.UUID], committed: float, timeout: float) -> dict[str, Any]:
+    """Poll referral's inbox (`processed_events`) until every event is applied: counts and times."""
+    conn = await database.connect(stack, "referral")
+    try:
+        deadline = time.time() + timeout
+        while True:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, extract(epoch FROM min(processed_at)) AS first, "
+                "extract(epoch FROM max(processed_at)) AS last FROM processed_events WHERE event_id = ANY($1::uuid[])",
+                event_ids,
+            )
+            assert row is not None
+            if row["n"] >= len(event_ids) or time.time() > deadline:
+                return {"applied": int(row["n"]), "first": float(row["first"] or committed),
+                        "last": float(row["last"] or committed), "seen": time.time()}  # fmt: skip
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+async def referral_apply_rate(stack: LaunchedStack, quick: bool) -> Outcome:
+    """Referral consumer: case.reported events applied per second from a waiting backlog."""
+    count = 300 if quick else 2000
+    municipality = new_municipality("apply")
+    async with client() as http:
+        await _setup_members(http, stack, municipality)
+    settings = database.stack_settings(stack)
+    rows = _backlog_rows(settings, municipality, count)
+    pids = reference.service_pids(stack)
+    cpu_before = reference.cpu_snapshot(pids)
+    conn = await database.connect(stack, "intake")
+    try:
+        async with conn.transaction():  # the whole backlog at one commit: the relay sends it at once
+            await conn.executemany(
+                "INSERT INTO outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4)",
+                [(r["event_id"], r["topic"], r["key"], r["payload"]) for r in rows],
+            )
+        committed = time.time()
+        drained = await _drain(stack, [r["event_id"] for r in rows], committed, 600)
+        published = await conn.fetchval(
+            "SELECT extract(epoch FROM max(published_at)) FROM outbox WHERE event_id = ANY($1::uuid[])",
+            [r["event_id"] for r in rows],
+        )
+    finally:
+        await conn.close()
+    cpu = reference.cpu_ms_per_report(cpu_before, reference.cpu_snapshot(pids), count)
+    span = drained["last"] - drained["first"]
+    rate = count / max(drained["last"] - committed, 1e-6)
+    intake = INTAKE_MAX.get("reports/s")
+    row = {
+        "backlog events": count,
+        "applied": drained["applied"],
+        "relay published all after_s": round(float(published) - committed, 2) if published else "n/a",
+        "all applied after_s": round(drained["last"] - committed, 2),
+        "applied events/s (from commit)": round(rate, 1),
+        "applied events/s (first→last applied)": round((count - 1) / span, 1) if span > 0 else "n/a",
+        "intake HTTP max reports/s (this run)": intake if intake is not None else "n/a",
+        **{f"{name} CPU ms/event": cpu[name] for name in ("referral", "notifications", "intake") if name in cpu},
+    }
+    verdict = (
+        f"**{'met' if drained['applied'] == count and rate >= intake else 'missed'}** ({rate:.1f} events/s against "
+        f"intake's {intake:g} reports/s)" if intake else "not judged (intake_throughput did not run before)"
+    )
+    return (
+        "Referral consumer: case.reported applied per second from a backlog",
+        [row],
+        f"{count} case.reported events (intake's own event builder; a quarter high risk, consent to police, shelter "
+        "and social services) for a municipality of its own with six members are committed into intake's outbox "
+        "in one transaction; the relay publishes them and the referral consumer applies each (its case projection, "
+        "routing and the referrals it creates, its outbox events), while notifications consumes them too. Applied "
+        "= the events' ids in referral's inbox (`processed_events`, `processed_at` = the applying transaction's "
+        "start). The rate from the commit includes the relay's publishing; first→last applied is the consumer "
+        "alone once events arrive. CPU ms/event: each service process's utime + stime over the drain, divided by "
+        f"the events. Target (issue #16): the referral consumer applies at least intake's rate — {verdict}.",
     )
 
 
@@ -1326,6 +1430,7 @@ async def rekey_reindex(stack: LaunchedStack, quick: bool) -> Outcome:
 ALL: list[Callable[[LaunchedStack, bool], Awaitable[Outcome]]] = [
     intake_throughput,  # type: ignore[list-item]
     report_to_referral,  # type: ignore[list-item]
+    referral_apply_rate,  # type: ignore[list-item]
     event_to_inbox,  # type: ignore[list-item]
     webhook_deliveries,  # type: ignore[list-item]
     placements_under_contention,  # type: ignore[list-item]

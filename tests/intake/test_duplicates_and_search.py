@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.intake import service
+from services.intake import search_index, service
 from shared.auth import Principal, Role
 from tests.intake.conftest import reported
 from tests.support import Stack, contract_report, new_municipality
@@ -266,3 +266,32 @@ async def test_key_census_counts_each_key_once_per_survivor_and_only_recounts_wh
             {"m": municipality, "k": keys[0]},
         )
     assert recount == service.census_bucket(5) == 8
+
+
+async def test_a_reports_one_statement_search_finds_what_the_two_searches_find(intake: Stack) -> None:
+    """`report_duplicates` (one statement) answers as `possible_duplicates` with `everything` (the coordinator's
+    candidates) and without (what the reporter may read), with a limit below the matches and some of the
+    best matches hidden from the reporter."""
+    municipality = new_municipality()
+    app = intake.apps["intake"]
+    names = [("Ermira", "Hoxha"), ("Ermirë", "Hoxhë"), ("Ermina", "Hoxha"), ("Ermira", "Hoxhaj"),
+             ("Erjona", "Hoxha"), ("Mira", "Hoxha"), ("Ermira", "Hoxa")]  # fmt: skip
+    reporters = ["police", "health", "police", "health", "health", "police", "police"]
+    for (first, last), role in zip(names, reporters, strict=True):
+        await reported(intake, municipality, role=role, member_id=f"m-{role}",
+                       survivor=survivor(first, last, date_of_birth="1990-03-04"))  # fmt: skip
+    police = Principal(sub="police-officer", role=Role.police, municipality=municipality, member_id="m-police")
+    keys = app.state.indexer.keyed("Ermira Hoxha", municipality)
+    for viewer in (police, COORDINATOR):
+        async with app.state.runtime.sessions() as session, session.begin():
+            call = {"municipality": municipality, "keys": keys, "birth_year": 1990, "birth_date_key": None,
+                    "exclude": uuid.uuid4(), "threshold": 0.3, "limit": 3}  # fmt: skip
+            everything = await service.possible_duplicates(session, viewer=viewer, everything=True, **call)
+            visible = await service.possible_duplicates(session, viewer=viewer, **call)
+            probe = await search_index.probe_keys(session, municipality, keys, 0.3)
+            together = await search_index.report_duplicates(session, viewer=viewer, probe=probe, **call)
+        assert together == (everything, visible)
+        assert len(everything) == 3
+        if viewer is police:
+            # The reporter sees fewer than the coordinator among the best three (the case is worth checking).
+            assert {m.id for m in everything} != {m.id for m in visible} and visible

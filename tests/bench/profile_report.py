@@ -1,0 +1,124 @@
+"""Profile intake's report path in-process: `python -m tests.bench.profile_report [--reports N] [--html FILE]`.
+
+Starts intake alone (in this process, over httpx's ASGI transport, as the tests do) on the PostgreSQL of
+MKR_DATABASE_URL (else an embedded one) and an embedded broker, posts the bench's reports one by one
+(a police reporter with a member id, as `intake_throughput`), and prints:
+- the SQL statements and round trips per report (every statement the engine sends, counted by the
+  SQLAlchemy `before_cursor_execute` event; an `executemany` counts once) and each one's mean wall time,
+- wall and CPU milliseconds per report (sequential, so wall = CPU + waiting on PostgreSQL),
+- a pyinstrument profile of the reports (wall time, awaits included; `--html` for the interactive one),
+- cProfile's functions by self time over another N reports (where the CPU goes).
+The figures are per report on one connection: what one request costs, not a throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import cProfile
+import os
+import pstats
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pyinstrument import Profiler
+from sqlalchemy import event
+
+from shared.embedded import ensure_postgres, free_port, start_broker, stop_postgres, stop_process
+from shared.keys import ensure_local_keypair
+from shared.settings import Settings
+from tests.bench.scenarios import varied_report
+from tests.support import running_stack
+
+
+def _settings(database_url: str, bootstrap: str, state: Path) -> Settings:
+    settings = Settings(
+        environment="test", state_dir=state, database_url=database_url,
+        database_prefix=f"mkrprof_{os.getpid()}_", kafka_bootstrap=bootstrap,
+        kafka_topic_prefix=f"prof{os.getpid()}.", jwt_issuer="mkr-test", jwt_audience="mkr",
+    )
+    ensure_local_keypair(settings)
+    return settings
+
+
+async def _profile(settings: Settings, reports: int, html: str | None) -> None:
+    from shared import db
+
+    municipality = f"prof{os.getpid()}"
+    statements: collections.Counter[str] = collections.Counter()
+    seconds: collections.Counter[str] = collections.Counter()  # wall time per statement (a round trip each)
+    try:
+        async with running_stack(settings, ("intake",)) as stack:
+            engine = stack.apps["intake"].state.runtime.engine
+
+            @event.listens_for(engine.sync_engine, "before_cursor_execute")
+            def _count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                statements[" ".join(statement.split())[:90]] += 1
+                conn.info["began"] = time.perf_counter()
+
+            @event.listens_for(engine.sync_engine, "after_cursor_execute")
+            def _time(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                seconds[" ".join(statement.split())[:90]] += time.perf_counter() - conn.info.pop("began")
+
+            headers = stack.auth("police", municipality, member_id="prof-police")
+
+            async def post(i: int) -> None:
+                response = await stack.intake.post("/v1/cases", json=varied_report(municipality, i), headers=headers)
+                assert response.status_code == 201, response.text
+
+            for i in range(30):  # warm-up: caches, prepared statements, a few earlier cases to match
+                await post(i)
+            statements.clear()
+            seconds.clear()
+            wall, cpu = time.perf_counter(), time.process_time()
+            for i in range(30, 30 + reports):  # unprofiled: the figures per report
+                await post(i)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            profiler = Profiler(async_mode="enabled", interval=0.0005)
+            profiler.start()
+            for i in range(30 + reports, 30 + 2 * reports):
+                await post(i)
+            profiler.stop()
+            cpu_profile = cProfile.Profile()  # self CPU time by function (pyinstrument's tree is wall time)
+            cpu_profile.enable()
+            for i in range(30 + 2 * reports, 30 + 3 * reports):
+                await post(i)
+            cpu_profile.disable()
+            total = sum(statements.values()) / 3  # all three loops
+            print(f"{reports} reports: wall {1000 * wall / reports:.2f} ms/report, "
+                  f"CPU {1000 * cpu / reports:.2f} ms/report, {total / reports:.2f} statements/report")
+            for text, count in statements.most_common():
+                print(f"  {count / reports / 3:5.2f} × {1000 * seconds[text] / count:6.2f} ms  {text}")
+            print(profiler.output_text(unicode=True, color=False, show_all=False, short_mode=False))
+            pstats.Stats(cpu_profile).sort_stats("tottime").print_stats(35)
+            if html:
+                Path(html).write_text(profiler.output_html())
+    finally:
+        await db.drop_database(settings, "intake")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.profile_report")
+    parser.add_argument("--reports", type=int, default=200)
+    parser.add_argument("--html")
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="mkr-prof-"))
+    url = os.environ.get("MKR_DATABASE_URL")
+    broker = start_broker(port := free_port(), state / "tansu.log")
+    try:
+        url = url or ensure_postgres(state, cleanup_mode="delete")
+        asyncio.run(_profile(_settings(url, f"127.0.0.1:{port}", state), args.reports, args.html))
+    finally:
+        stop_process(broker)
+        if not os.environ.get("MKR_DATABASE_URL"):
+            stop_postgres(state)
+        shutil.rmtree(state, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
