@@ -28,6 +28,7 @@ from services.referral.models import CaseFact, Member, Referral, RoutingDecision
 from shared.contracts import events as contract
 from shared.db import table_of
 from shared.dispatch import Received
+from shared.etags import weak_etag
 from shared.events import Envelope, event_of, publish_events
 from shared.settings import Settings
 
@@ -53,13 +54,18 @@ async def rules_for(
     return [domain.RoutingRule.model_validate(r) for r in row.rules], False
 
 
-def rules_etag(rules: list[domain.RoutingRule], is_default: bool) -> str:
-    """The table's version as an ETag: a digest of the rules as stored (the defaults have their own)."""
+def rules_version(rules: list[domain.RoutingRule], is_default: bool) -> str:
+    """The table's version: a digest of the rules as stored (the defaults have their own)."""
     canonical = json.dumps(
         {"default": is_default, "rules": [r.model_dump(mode="json", exclude_none=True) for r in rules]},
         sort_keys=True, separators=(",", ":"),
     )
-    return f'W/"{hashlib.sha256(canonical.encode()).hexdigest()[:20]}"'
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def rules_etag(rules: list[domain.RoutingRule], is_default: bool) -> str:
+    """The table's version as an ETag."""
+    return weak_etag(rules_version(rules, is_default))
 
 
 def facts_of(case: CaseFact) -> domain.CaseFacts:

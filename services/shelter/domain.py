@@ -7,6 +7,9 @@ from collections import defaultdict
 from datetime import date, timedelta
 from decimal import Decimal
 
+from shared import etags
+from shared.etags import weak_etag
+
 MAX_MONTHS = 60
 ZERO = Decimal("0.00")
 
@@ -26,22 +29,12 @@ def event_reason(reason: str) -> str:
 
 
 def etag(version: int) -> str:
-    return f'W/"{version}"'
-
-
-_TAG = re.compile(r'^(?:W/)?"([^"]*)"$')
+    return weak_etag(str(version))
 
 
 def if_match_allows(header: str, version: int) -> bool:
     """True when an If-Match header names the current version (weak comparison, RFC 9110 §13.1.1)."""
-    for part in header.split(","):
-        tag = part.strip()
-        if tag == "*":
-            return True
-        match = _TAG.match(tag)
-        if match and match.group(1) == str(version):
-            return True
-    return False
+    return etags.if_match_allows(header, str(version))
 
 
 # --- rent bonus -------------------------------------------------------------------------------

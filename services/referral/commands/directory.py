@@ -15,6 +15,7 @@ from services.referral.models import Member, RoutingRuleSet
 from services.referral.schemas import MemberIn, RoutingRulesBody
 from shared.auth import require_own_municipality
 from shared.errors import Problem, invalid
+from shared.etags import if_match_allows, weak_etag
 
 
 async def add_member(uow: UnitOfWork, command: MemberIn) -> Member:
@@ -82,10 +83,10 @@ async def replace_routing_rules(uow: UnitOfWork, command: RoutingRulesBody, if_m
             sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"routing-rules:{municipality}")))
         )
         if if_match is not None:
-            current = routing.rules_etag(*await routing.rules_for(uow.session, municipality, uow.settings.profile))
-            if not _matches(if_match, current):
+            current = routing.rules_version(*await routing.rules_for(uow.session, municipality, uow.settings.profile))
+            if not if_match_allows(if_match, current):
                 raise Problem(412, "The routing rules changed since they were read; read them again.",
-                              headers={"ETag": current})
+                              headers={"ETag": weak_etag(current)})
         await uow.session.execute(
             pg_insert(RoutingRuleSet)
             .values(**values)
@@ -93,8 +94,3 @@ async def replace_routing_rules(uow: UnitOfWork, command: RoutingRulesBody, if_m
         )
     return routing.rules_etag(list(command.rules), False)
 
-
-def _matches(if_match: str, current: str) -> bool:
-    """`If-Match` names the current ETag (weak comparison; `*` matches any table)."""
-    tags = [tag.strip() for tag in if_match.split(",")]
-    return "*" in tags or any(tag.removeprefix("W/") == current.removeprefix("W/") for tag in tags)
