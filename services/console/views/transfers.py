@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from services.console.deps import Caller, PostedForm, SignedIn, require
 from services.console.upstream import ApiError
 from services.console.views.cases import case_page_with
-from services.console.views.common import every_item, instant, listing, uuid_of
+from services.console.views.common import every_item, instant, listing, shown_status, uuid_of
 from services.console.web import api_details, api_message, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -64,8 +64,7 @@ async def decline_transfer(transfer_id: str, posted: PostedForm) -> Response:
 
 
 async def _refused(posted: Caller, error: ApiError) -> Response:
-    status = error.status if error.status < 500 else 502
-    return await _transfers_page(posted, status=status, error=api_message(posted.t, error),
+    return await _transfers_page(posted, status=shown_status(error), error=api_message(posted.t, error),
                                  details=api_details(error))
 
 
