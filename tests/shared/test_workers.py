@@ -1,6 +1,7 @@
 """Several workers per service (`mkr serve` with MKR_WORKERS=2), as real processes on a database of their own:
 one leader (the advisory lock) runs the relay and the jobs, a follower still serves and is ready, /metrics
-sums both workers and passes promtool, and when the leader's process is killed the other takes over."""
+sums both workers and passes promtool, kept-alive connections outlast a client pool's idle expiry, and when
+the leader's process is killed the other takes over."""
 
 from __future__ import annotations
 
@@ -178,8 +179,7 @@ async def _reuse_after(url: str, gap: float, *, expiry: float | None, times: int
             if attempt:
                 await asyncio.sleep(gap)
             try:
-                response = await http.get(f"{url}/readyz")
-                assert response.status_code == 200, response.text
+                response = await http.get(f"{url}/readyz")  # any answer: the connection carried it
                 ports.append(_local_port(response))
             except httpx.TransportError as exc:
                 errors.append(f"after {gap:.5f} s idle: {type(exc).__name__}: {exc}")
