@@ -11,6 +11,7 @@ slow the clients; the services' CPU time is read from /proc/<pid>/stat (utime + 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -83,6 +84,35 @@ def service_pids(stack: LaunchedStack) -> dict[str, int]:
     return found
 
 
+def infrastructure_pids(stack: LaunchedStack) -> dict[str, list[int]]:
+    """The embedded PostgreSQL (postmaster and backends) and broker processes of the stack, by name: their
+    CPU per report completes the budget of the two cores (empty when the stack uses an external server)."""
+    assert stack.proc is not None
+    groups: dict[str, list[int]] = {"PostgreSQL": [], "broker": []}
+    data_dir = str(stack.state / "pg")
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and "-D" in cmdline and data_dir in cmdline:
+            groups["PostgreSQL"] = [proc.pid, *(child.pid for child in proc.children())]
+    for child in psutil.Process(stack.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "tansu" in child.name() or any("tansu" in part for part in child.cmdline()[:1]):
+                groups["broker"].append(child.pid)
+    return {name: pids for name, pids in groups.items() if pids}
+
+
+def group_cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
+    """Each group's summed utime + stime (a process gone meanwhile counts nothing)."""
+    total: dict[str, float] = {}
+    for name, pids in groups.items():
+        seconds = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                seconds += cpu_seconds(pid)
+        total[name] = seconds
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15, after the command's parentheses)."""
     with open(f"/proc/{pid}/stat") as handle:
@@ -104,7 +134,10 @@ def cpu_ms_per_report(before: dict[str, float], after: dict[str, float], reports
 def _http_load(
     url: str, headers: dict[str, str], municipality: str, concurrency: int, seconds: float
 ) -> dict[str, Any]:
-    """In the child: a closed loop of POST /v1/cases; the rate, latency summary, errors and every 201 made."""
+    """In the child: a closed loop of POST /v1/cases; the rate, latency summary, errors, every 201 made and the
+    child's own CPU seconds over the loop (the load generator's share of the cores)."""
+    import time
+
     import httpx
 
     from tests.bench.harness import closed_loop
@@ -121,8 +154,10 @@ def _http_load(
                 made += response.status_code == 201
                 return response.status_code == 201
 
+            cpu = time.process_time()
             recorder, rate = await closed_loop(report, concurrency=concurrency, seconds=seconds)
-        return {"rate": rate, "summary": recorder.summary_ms(), "errors": recorder.errors, "made": made}
+            cpu = time.process_time() - cpu
+        return {"rate": rate, "summary": recorder.summary_ms(), "errors": recorder.errors, "made": made, "cpu_s": cpu}
 
     return asyncio.run(run())
 
