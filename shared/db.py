@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -15,7 +15,8 @@ import asyncpg
 from alembic import command, context
 from alembic.config import Config
 from fastapi import Depends, Request
-from sqlalchemy import TEXT, Column, Connection, MetaData, String, Table, event, exc, text
+from sqlalchemy import TEXT, Column, Connection, MetaData, String, Table, TextClause, event, exc, text
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -195,6 +196,54 @@ def ping_idle_connections(engine: AsyncEngine, idle: float = IDLE_BEFORE_PING) -
             dialect.do_ping(dbapi_connection)
         except Exception as error:
             raise exc.DisconnectionError(f"an idle pooled connection failed its ping: {error}") from error
+
+
+class DriverRow:
+    """An asyncpg record read by attribute, as SQLAlchemy's rows are (`row.case_number`)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: asyncpg.Record) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class DriverStatement:
+    """A text statement run by the asyncpg driver itself on a session's connection, in its transaction.
+
+    For the few statements of the hottest path (intake's report): SQLAlchemy's work per execute (cache key,
+    parameter processing, result wrapping, the greenlet hop) measured ~0.3 ms of CPU against ~0.06 ms for
+    asyncpg alone. Compiled once, for asyncpg's `$n` placeholders; a name used twice is one parameter.
+    asyncpg prepares and caches it per connection, as SQLAlchemy's asyncpg dialect does.
+    """
+
+    def __init__(self, statement: TextClause) -> None:
+        compiled = statement.compile(dialect=asyncpg_dialect.dialect())
+        self.sql = compiled.string
+        self.names = tuple(compiled.positiontup or ())
+
+    async def fetch(self, session: AsyncSession, params: Mapping[str, Any]) -> list[DriverRow]:
+        driver = await driver_in_transaction(session)
+        return [DriverRow(record) for record in await driver.fetch(self.sql, *(params[n] for n in self.names))]
+
+
+async def driver_in_transaction(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under `session`, with the session's transaction begun on it: SQLAlchemy's
+    asyncpg adapter sends BEGIN lazily, at its first statement, so a driver statement coming first begins
+    it the same way (else it would commit on its own)."""
+    connection = await session.connection()
+    adapted = (await connection.get_raw_connection()).dbapi_connection
+    if adapted is None:
+        raise RuntimeError("the session's connection is closed")
+    if getattr(adapted, "_transaction", None) is None and adapted.isolation_level != "autocommit":
+        await adapted._start_transaction()  # the adapter's own BEGIN (isolation, read-only, deferrable)
+    driver: asyncpg.Connection = adapted.driver_connection
+    return driver
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

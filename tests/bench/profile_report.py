@@ -64,6 +64,18 @@ async def _profile(settings: Settings, reports: int, html: str | None) -> None:
             def _time(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
                 seconds[" ".join(statement.split())[:90]] += time.perf_counter() - conn.info.pop("began")
 
+            # The statements asyncpg runs itself (db.DriverStatement) pass no SQLAlchemy event: counted here.
+            fetch = db.DriverStatement.fetch
+
+            async def counted(self: db.DriverStatement, session: Any, params: Any) -> Any:
+                text, began = " ".join(self.sql.split())[:90], time.perf_counter()
+                try:
+                    return await fetch(self, session, params)
+                finally:
+                    statements[text] += 1
+                    seconds[text] += time.perf_counter() - began
+
+            db.DriverStatement.fetch = counted  # type: ignore[method-assign]
             headers = stack.auth("police", municipality, member_id="prof-police")
 
             async def post(i: int) -> None:

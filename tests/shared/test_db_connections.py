@@ -1,4 +1,5 @@
-"""Pooled connections: pinged at checkout only after sitting idle (shared/db.py ping_idle_connections).
+"""Connections: pinged at checkout only after sitting idle (shared/db.py ping_idle_connections), and driver
+ statements in the session's transaction (db.DriverStatement).
 
 Against the real server: a connection whose backend the server ended is replaced without an error when it
 had been idle; one handed back moments ago is not pinged (no three round trips per transaction), meets the
@@ -76,4 +77,35 @@ async def test_a_service_engine_replaces_a_connection_that_died_while_idle(setti
         await asyncio.sleep(db.IDLE_BEFORE_PING + 0.1)
         assert await _backend(engine) != first
     finally:
+        await engine.dispose()
+
+
+async def test_a_driver_statement_runs_in_the_sessions_transaction(settings: Settings) -> None:
+    """db.DriverStatement (asyncpg itself, for the report's hottest statements): first in a transaction, it
+    begins it, so a rollback takes its write back; after SQLAlchemy's statements it joins the same one."""
+    engine = create_async_engine(db.server_url(settings), pool_size=1, max_overflow=0)
+    sessions = db.session_factory(engine)
+    insert = db.DriverStatement(sa.text("INSERT INTO driver_probe (n, label) VALUES (:n, :label) RETURNING n, label"))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE IF NOT EXISTS driver_probe (n int PRIMARY KEY, label text)"))
+            await conn.execute(sa.text("TRUNCATE driver_probe"))
+        async with sessions() as session:
+            async with session.begin():
+                rows = await insert.fetch(session, {"n": 1, "label": "first", "unused": "ignored"})
+                assert [(row.n, row.label) for row in rows] == [(1, "first")]
+                with pytest.raises(AttributeError):
+                    _ = rows[0].missing
+                await session.rollback()
+            async with session.begin():
+                await session.execute(sa.text("INSERT INTO driver_probe VALUES (2, 'orm')"))
+                await insert.fetch(session, {"n": 3, "label": "driver"})
+                seen = await session.scalar(sa.text("SELECT count(*) FROM driver_probe"))
+                assert seen == 2  # one transaction: each sees the other's row
+        async with engine.connect() as conn:
+            kept = (await conn.execute(sa.text("SELECT n FROM driver_probe ORDER BY n"))).scalars().all()
+        assert kept == [2, 3]  # the rolled-back driver write is gone, the committed ones stay
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DROP TABLE IF EXISTS driver_probe"))
         await engine.dispose()
