@@ -83,6 +83,8 @@ PUT_KEY_SQL = sa.text(
     """
 )
 
+_PUT_KEY = db.DriverStatement(PUT_KEY_SQL)
+
 
 class KeyRefused(RuntimeError):
     """A key was to be stored for a case the key store holds a tombstone of."""
@@ -175,13 +177,15 @@ class KeyStore:
         """Store a case's wrapped key (committed on return) unless it has one: the one stored. Refused
         (KeyRefused) for an erased case. One statement in autocommit: one round trip on a report's path."""
         async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = (await conn.execute(
-                PUT_KEY_SQL, {"case_id": case_id, "wrapped": wrapped, "now": datetime.now(UTC)}
-            )).one()
-        if row.erased:
+            # asyncpg itself, outside any transaction (SQLAlchemy begins one only at its own first statement).
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            row = await driver.fetchrow(_PUT_KEY.sql, *(
+                {"case_id": case_id, "wrapped": wrapped, "now": datetime.now(UTC)}[n] for n in _PUT_KEY.names
+            ))
+        if row["erased"]:
             raise KeyRefused(f"case {case_id} is erased")
-        stored = row.inserted or row.existing
+        stored = row["inserted"] or row["existing"]
         assert stored is not None
         return str(stored)
 
