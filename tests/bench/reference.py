@@ -157,9 +157,80 @@ def _http_load(
             cpu = time.process_time()
             recorder, rate = await closed_loop(report, concurrency=concurrency, seconds=seconds)
             cpu = time.process_time() - cpu
-        return {"rate": rate, "summary": recorder.summary_ms(), "errors": recorder.errors, "made": made, "cpu_s": cpu}
+        return {"rate": rate, "summary": recorder.summary_ms(), "errors": recorder.errors, "made": made, "cpu_s": cpu,
+                "generator": "httpx"}
 
     return asyncio.run(run())
+
+
+# Debian's wrk, with bodies read from a file and its summary written as one JSON line (latencies in µs).
+WRK_SCRIPT = """
+local bodies, at = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  at = tonumber(args[2])
+end
+function request()
+  at = at % #bodies + 1
+  return wrk.format("POST", "/v1/cases", nil, bodies[at])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'MKR {"requests": %d, "duration_us": %d, "status": %d, "socket": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+WRK_WARMUP_BODIES = 1000  # bodies the 1 s warm-up may use; the measured run starts after them
+
+
+def _wrk_run(wrk: str, url: str, headers: dict[str, str], files: tuple[str, str], offset: int, concurrency: int,
+             seconds: float) -> dict[str, Any]:
+    import subprocess
+
+    flags = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    done = subprocess.run(
+        [wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "60s", "-s", files[0],
+         "-H", "Content-Type: application/json", *flags, url, "--", files[1], str(offset)],
+        capture_output=True, text=True, timeout=seconds + 120, check=True,
+    )
+    line = next(line for line in done.stdout.splitlines() if line.startswith("MKR "))
+    return dict(json.loads(line[4:]))
+
+
+def wrk_load(url: str, headers: dict[str, str], municipality: str, concurrency: int, seconds: float,
+             ) -> dict[str, Any] | None:
+    """The closed loop of `_http_load` driven by Debian's wrk (C, one thread): a 1 s warm-up, then the run;
+    the same result keys, and wrk's own CPU seconds (its rusage as a child). None when wrk is not installed."""
+    import resource
+    import shutil
+    import tempfile
+
+    from tests.bench.scenarios import varied_report
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mkr-wrk-") as tmp:
+        script, bodies = os.path.join(tmp, "report.lua"), os.path.join(tmp, "bodies.jsonl")
+        with open(script, "w") as handle:
+            handle.write(WRK_SCRIPT)
+        with open(bodies, "w") as handle:  # enough distinct reports for 400 a second, warm-up included
+            for i in range(WRK_WARMUP_BODIES + int(400 * seconds)):
+                handle.write(json.dumps(varied_report(municipality, i)) + "\n")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        warm = _wrk_run(wrk, f"{url}/v1/cases", headers, (script, bodies), 0, concurrency, 1)
+        run = _wrk_run(wrk, f"{url}/v1/cases", headers, (script, bodies), WRK_WARMUP_BODIES, concurrency, seconds)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    made = sum(r["requests"] - r["status"] for r in (warm, run))
+    return {
+        "rate": (run["requests"] - run["status"]) / (run["duration_us"] / 1e6),
+        "summary": {"p50_ms": round(run["p50_us"] / 1000, 2), "p99_ms": round(run["p99_us"] / 1000, 2)},
+        "errors": run["status"] + run["socket"], "made": made, "generator": "wrk",
+        # wrk's CPU over both runs, per report made in both (as the services' CPU is counted)
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+    }
 
 
 async def http_load_in_child(

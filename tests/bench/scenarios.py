@@ -185,7 +185,9 @@ async def _intake_row(stack: LaunchedStack, concurrency: int, seconds: float, pi
     headers = stack.headers("police", municipality, "--member-id", "bench-police")
     groups = reference.infrastructure_pids(stack)
     cpu_before = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(groups)}
-    http = await reference.http_load_in_child(stack.url("intake"), headers, municipality, concurrency, seconds)
+    http = await asyncio.to_thread(reference.wrk_load, stack.url("intake"), headers, municipality, concurrency, seconds)
+    if http is None:  # no wrk on this machine (`make bench` installs Debian's): httpx in a process of its own
+        http = await reference.http_load_in_child(stack.url("intake"), headers, municipality, concurrency, seconds)
     cpu_after = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(reference.infrastructure_pids(stack))}
     cpu = reference.cpu_ms_per_report(cpu_before, cpu_after, http["made"])
     BACKLOG["reports"] += http["made"]
@@ -209,6 +211,7 @@ async def _intake_row(stack: LaunchedStack, concurrency: int, seconds: float, pi
         **{f"{name} CPU ms/report": cpu[name] for name in ("intake", "referral", "notifications") if name in cpu},
         **{f"{name} CPU ms/report": cpu[name] for name in ("PostgreSQL", "broker") if name in cpu},
         "load generator CPU ms/report": round(1000 * float(http["cpu_s"]) / max(int(http["made"]), 1), 2),
+        "load generator": http["generator"],
     }
 
 
@@ -234,7 +237,9 @@ async def intake_throughput(stack: LaunchedStack, quick: bool) -> Outcome:
     reading = (
         f"Closed loop, {seconds} s per row after 1 s warm-up, one municipality per row. HTTP: POST /v1/cases with "
         "the full contract body (validation, AES-GCM, keyed trigrams, duplicate search, audit, outbox; no "
-        "Idempotency-Key), the load generator in a child process of its own. Ceiling: the same statements in "
+        "Idempotency-Key), driven by Debian's wrk (one thread, as many connections as clients, a Lua script posting "
+        "distinct pre-built reports; `make bench` installs it) or, without wrk, an httpx load generator in a child "
+        "process of its own (the table's last column says which). Ceiling: the same statements in "
         "the service's order, one transaction per report, asyncpg over as many connections as clients "
         "(risk-screen read; one statement writing the case with a placeholder number, its data key, survivor "
         "index, risk assessment and 3 consent rows and reading the key census; the duplicate search, both lists "
