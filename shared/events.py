@@ -328,6 +328,7 @@ class OutboxRelay:
 
     LOCK_KEY = 7310002
     LOSS_CHECK_SECONDS = 10.0
+    BATCH = 500  # rows per batch; a full one is followed at once by the next
 
     def __init__(
         self, settings: Settings, engine: AsyncEngine, listen_dsn: dict[str, object], name: str = "service"
@@ -451,8 +452,8 @@ class OutboxRelay:
             # Cleared before the batch reads: a NOTIFY arriving while it runs wakes the wait below at once.
             self._wake.clear()
             try:
-                sent = await self.publish_batch()
-                if sent == 0 and time.monotonic() - checked_at > self.LOSS_CHECK_SECONDS:
+                sent = await self.publish_batch(self.BATCH)
+                if sent < self.BATCH and time.monotonic() - checked_at > self.LOSS_CHECK_SECONDS:
                     # Also when idle: a broker restarted empty between two quiet moments lost events too.
                     checked_at = time.monotonic()
                     await asyncio.wait_for(self.replay_if_broker_lost_events(), timeout=60)
@@ -488,7 +489,9 @@ class OutboxRelay:
                 continue
             self.failing_since = None
             self.last_error = None
-            if sent == 0:
+            if sent < self.BATCH:
+                # Caught up (a full batch goes straight on): wait for a NOTIFY — one that came while the batch
+                # ran has set the event already — or the poll. No empty batch to learn that nothing is left.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_poll_seconds)
 
@@ -510,24 +513,22 @@ class OutboxRelay:
             self._oldest_gauge.set(float(oldest or 0))
 
     async def publish_batch(self, limit: int = 500) -> int:
+        """Publish up to `limit` unpublished rows, in id order, under the relay lock; how many went out.
+
+        Round trips: BEGIN, the lock and the batch (one statement), the rows marked published and the
+        offsets read (one statement), the offsets written, COMMIT; the producer's send in between."""
         async with self.engine.connect() as conn, conn.begin():
-            locked = await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(self.LOCK_KEY)))
-            if not locked:
-                return 0
-            # Before reading the batch: a fresh producer first requeues what a restarted broker lost,
-            # and those older events must go out ahead of this batch.
+            if self.producer is None:
+                # Before reading the batch, under the lock: a fresh producer first requeues what a restarted
+                # broker lost, and those older events must go out ahead of this batch.
+                if not await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(self.LOCK_KEY))):
+                    return 0
+                await self._ensure_producer()
             producer = await self._ensure_producer()
-            rows = (
-                await conn.execute(
-                    sa.select(
-                        outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.payload,
-                        outbox_table.c.created_at,
-                    )
-                    .where(outbox_table.c.published_at.is_(None))
-                    .order_by(outbox_table.c.id)
-                    .limit(limit)
-                )
-            ).all()
+            batch = (await conn.execute(_RELAY_BATCH, {"lock": self.LOCK_KEY, "limit": limit})).all()
+            if not batch or not batch[0].held:
+                return 0  # another relay holds the lock (it publishes), or a race left no row at all
+            rows = [row for row in batch if row.id is not None]
             self.pending = len(rows)
             oldest = self._oldest_gauge
             if not rows:
@@ -551,15 +552,10 @@ class OutboxRelay:
                 firsts[tp] = min(firsts.get(tp, meta.offset), meta.offset)
             before = {
                 (row.topic, row.partition): row.next_offset
-                for row in (await conn.execute(sa.select(outbox_offsets_table))).all()
+                for row in (await conn.execute(_RELAY_PUBLISHED, {"ids": [row.id for row in rows]})).all()
             }
             # Offsets only grow: an acknowledgement below what the broker confirmed before means it lost those.
             lost = sorted({t for (t, p), first in firsts.items() if first < before.get((t, p), 0)})
-            await conn.execute(
-                outbox_table.update()
-                .where(outbox_table.c.id.in_([row.id for row in rows]))
-                .values(published_at=sa.func.now())
-            )
             EVENTS_PUBLISHED.inc(len(rows))
             self.pending = 0
             if len(rows) < limit:
@@ -572,6 +568,29 @@ class OutboxRelay:
                     _OFFSETS_UPSERT, [{"topic": t, "partition": p, "next_offset": n} for (t, p), n in ends.items()]
                 )
             return len(rows)
+
+
+# The relay's lock (re-entrant within its transaction) and its batch in one statement: a row with held false
+# when another relay holds the lock; else the unpublished rows in id order, or one row of NULLs when none is.
+# (A CTE calling a volatile function is materialized: the lock is tried once.)
+_RELAY_BATCH = sa.text(
+    """
+    WITH relay_lock AS (SELECT pg_try_advisory_xact_lock(:lock) AS held)
+    SELECT relay_lock.held, o.id, o.topic, o.key, o.payload, o.created_at
+    FROM relay_lock LEFT JOIN LATERAL (
+        SELECT id, topic, key, payload, created_at FROM outbox
+        WHERE relay_lock.held AND published_at IS NULL ORDER BY id LIMIT :limit
+    ) AS o ON true
+    ORDER BY o.id
+    """
+)
+# The published rows marked, and the offsets the broker had confirmed before (one round trip).
+_RELAY_PUBLISHED = sa.text(
+    """
+    WITH marked AS (UPDATE outbox SET published_at = now() WHERE id = ANY(:ids))
+    SELECT topic, partition, next_offset FROM outbox_offsets
+    """
+)
 
 
 class IdempotenceUnsupported(Exception):
