@@ -227,7 +227,40 @@ async def _insert_outbox(
 ) -> None:
     if not rows:
         return
-    await session.execute(_OUTBOX_INSERT, [_outbox_row(settings, topic, event, key) for topic, event, key in rows])
+    await insert_rows(session, _OUTBOX_INSERT, [_outbox_row(settings, topic, event, key) for topic, event, key in rows])
+
+
+# session.info's key of the rows a consumer's transaction defers to its end (`insert_rows`).
+_DEFERRED = "mkr.deferred_rows"
+
+
+async def insert_rows(session: AsyncSession, statement: sa.Insert, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert `rows` with `statement` (an INSERT of fixed text, its rows as parameters), now or, in an event
+    consumer's transaction, at its end: every row a batch's events insert with one statement goes to the
+    database in one round trip, in the order they came, just before the commit.
+
+    Only for rows nothing reads in the same transaction, and whose order relative to other tables' rows does
+    not matter (no trigger or foreign key between them): the outbox, referral's routing decisions. A reader
+    that does need them first calls `flush_deferred`.
+    """
+    if not rows:
+        return
+    deferred: dict[sa.Insert, list[dict[str, Any]]] | None = session.info.get(_DEFERRED)
+    if deferred is None:
+        await session.execute(statement, list(rows))
+    else:
+        deferred.setdefault(statement, []).extend(rows)
+
+
+async def flush_deferred(session: AsyncSession) -> None:
+    """Insert the rows `insert_rows` deferred in this transaction (each statement's in one round trip)."""
+    deferred: dict[sa.Insert, list[dict[str, Any]]] | None = session.info.get(_DEFERRED)
+    if not deferred:
+        return
+    pending = list(deferred.items())
+    deferred.clear()
+    for statement, rows in pending:
+        await session.execute(statement, rows)
 
 
 def _outbox_row(settings: Settings, topic: str, event: Envelope, key: str) -> dict[str, Any]:
@@ -1051,6 +1084,7 @@ class EventConsumer:
         All or nothing: if any handler fails, nothing of the batch stays (the caller may retry one by one).
         """
         async with self.sessions() as session, session.begin():
+            session.info[_DEFERRED] = {}  # the batch's outbox rows (and the like) go in at its end
             fresh = set(
                 (
                     await session.execute(
@@ -1079,6 +1113,7 @@ class EventConsumer:
                         await session.flush()
                         session.expunge_all()
                 done.append(applied)
+            await flush_deferred(session)
             return done
 
     async def _record(self, event: Envelope, *, status: str) -> None:
@@ -1139,6 +1174,8 @@ __all__ = [
     "emit",
     "ensure_topics",
     "event_of",
+    "flush_deferred",
+    "insert_rows",
     "make_event",
     "publish",
     "publish_events",
