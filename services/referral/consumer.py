@@ -25,8 +25,8 @@ class CaseConsumer:
         self.config = config
 
     async def case_reported(self, session: AsyncSession, event: Received[contract.CaseReported]) -> None:
-        case = await projection.project_case_reported(session, event)
-        await routing.route(session, self.settings, self.config, case, event)
+        case, fresh = await projection.project_case_reported(session, event)
+        await routing.route(session, self.settings, self.config, case, event, new_case=fresh)
 
     async def risk_assessed(self, session: AsyncSession, event: Received[contract.CaseRiskAssessed]) -> None:
         case = await session.get(CaseFact, event.data.case_id, with_for_update=True)

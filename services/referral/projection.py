@@ -79,7 +79,11 @@ _CASE_UPSERT = _case_insert.on_conflict_do_update(
         for name in CaseFact.model_fields
         if name not in ("case_id", "closed_at", "reported_municipality", "repeat")  # repeat: only link events
     },
-).returning(CaseFact)
+).returning(
+    # A row inserted by this statement (none there before) has xmax 0; one the conflict updated has the
+    # updating transaction's.
+    CaseFact, sa.literal_column("xmax = 0", type_=sa.Boolean).label("fresh")
+)
 
 
 def _case_facts(event: Received[contract.CaseReported]) -> dict[str, Any]:
@@ -109,11 +113,15 @@ def _case_facts(event: Received[contract.CaseReported]) -> dict[str, Any]:
     }
 
 
-async def project_case_reported(session: AsyncSession, event: Received[contract.CaseReported]) -> CaseFact:
-    """The case as reported, upserted; the projection row as stored, without reading it back."""
-    return (
+async def project_case_reported(
+    session: AsyncSession, event: Received[contract.CaseReported]
+) -> tuple[CaseFact, bool]:
+    """The case as reported, upserted; the projection row as stored, without reading it back, and whether
+    this statement inserted it (True: the case was not known here before)."""
+    row = (
         await session.execute(_CASE_UPSERT, _case_facts(event), execution_options={"populate_existing": True})
-    ).scalar_one()
+    ).one()
+    return row[0], bool(row[1])
 
 
 async def on_case_closed(session: AsyncSession, event: Received[contract.CaseClosed]) -> None:
