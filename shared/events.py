@@ -648,6 +648,10 @@ async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offs
 
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+# A handler's optional `prepare_batch(session, events)`: called once per batch, in its transaction, with the
+# events about to be applied (in order, more than one), before their handlers run one by one. It may do at
+# once the work of events whose effect does not depend on the batch's other events (shared/dispatch.py).
+BatchPreparer = Callable[[AsyncSession, Sequence[Envelope]], Awaitable[None]]
 
 # The consumer loop comes round at least every ~2.5 s when it handles nothing (getmany bounded at 2 s):
 # a longer gap between two watchdog checks means that the loop itself was frozen.
@@ -1099,20 +1103,27 @@ class EventConsumer:
             )
             done: list[bool] = []
             for event in events:
-                applied = event.id in fresh
+                done.append(event.id in fresh)
                 fresh.discard(event.id)  # the same event twice in one batch: the repeat is a duplicate
-                if applied:
+            to_apply = [event for event, applied in zip(events, done, strict=True) if applied]
+            prepare: BatchPreparer | None = getattr(self.handler, "prepare_batch", None)
+            if prepare is not None and len(to_apply) > 1:
+                await prepare(session, to_apply)
+            tracing = observability.tracing_enabled()
+            for event in to_apply:
+                if tracing:
                     with observability.span(
                         f"{self.name} process", kind="CONSUMER", parent=event.traceparent,
                         **{"messaging.system": "kafka", "messaging.consumer.group.name": self.group_id,
                            "mkr.event.type": event.type, "mkr.event.id": str(event.id)},
                     ):
                         await self.handler(session, event)
-                    if len(events) > 1:
-                        # The next event starts from the database, as in a transaction of its own.
-                        await session.flush()
-                        session.expunge_all()
-                done.append(applied)
+                else:
+                    await self.handler(session, event)
+                if len(events) > 1:
+                    # The next event starts from the database, as in a transaction of its own.
+                    await session.flush()
+                    session.expunge_all()
             await flush_deferred(session)
             return done
 
