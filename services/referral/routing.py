@@ -136,7 +136,7 @@ class Routing:
 
 async def route(
     session: AsyncSession, settings: Settings, config: ReferralConfig, case: CaseFact,
-    event: Received[Any] | Envelope, *, new_case: bool = False,
+    event: Received[Any] | Envelope, *, new_case: bool = False, defer_referrals: bool = False,
 ) -> None:
     """Apply the routing rules to a case and store every decision, made or not.
 
@@ -145,7 +145,10 @@ async def route(
     their events and the decisions go in with the consumer's batch (`shared.events.insert_rows`).
     `new_case`: the case's row was inserted by this transaction's upsert a moment ago, so it has neither
     referrals nor decisions yet (none is made without the case's row, and the row is never deleted) and
-    the two reads are skipped.
+    the two reads are skipped. `defer_referrals` (a new case no other event of the consumer's batch names,
+    `projection.project_reports`): its referrals go in with the batch's too, since none can exist already
+    and nothing in the batch reads them before its end (one INSERT, one run of the rollup triggers, their
+    row locks taken just before the commit).
     """
     rules, members = await directory(session, case.municipality, settings.profile)
     routing = Routing(case, domain.route_case(facts_of(case), rules, members), _now())
@@ -156,7 +159,7 @@ async def route(
         gaps = [d.kind for d in routing.decisions if d.outcome == "no_member"]
         announced = await _announced_gaps(session, case, gaps)
     _decide(routing, active, config)
-    await _insert_referrals(session, routing)
+    await _insert_referrals(session, routing, deferred=defer_referrals and new_case)
     await publish_events(session, settings, _announcements(routing, announced))
     await _record_decisions(session, routing, event)
     await session.flush()  # escalations
@@ -237,10 +240,15 @@ def _escalate(referral: Referral, decision: domain.Decision, now: datetime, conf
     referral.updated_at = now
 
 
-async def _insert_referrals(session: AsyncSession, routing: Routing) -> None:
+async def _insert_referrals(session: AsyncSession, routing: Routing, *, deferred: bool = False) -> None:
     """The new automatic referrals in one INSERT; one that exists already (not active any more) is skipped
-    and its decision reads `already_referred`."""
+    and its decision reads `already_referred`. `deferred`: the case has no referral yet, they all go in,
+    with the batch's (one that did exist would fail the batch, whose events are then applied one by one)."""
     if not routing.new:
+        return
+    if deferred:
+        routing.inserted = {referral["id"] for referral in routing.new.values()}
+        await insert_rows(session, _NEW_REFERRALS_INSERT, list(routing.new.values()))
         return
     routing.inserted = set((await session.execute(_AUTO_REFERRAL_INSERT, list(routing.new.values()))).scalars())
     for i, referral in routing.new.items():
@@ -301,6 +309,7 @@ _AUTO_REFERRAL_INSERT = (
     )
     .returning(_referrals.c.id)
 )
+_NEW_REFERRALS_INSERT = sa.insert(_referrals)
 _DECISION_INSERT = sa.insert(table_of(RoutingDecision))
 
 

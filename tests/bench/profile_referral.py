@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from aiokafka import ConsumerRecord
 from pyinstrument import Profiler
 from sqlalchemy import event
@@ -79,6 +80,21 @@ async def _apply(consumer: EventConsumer, fetches: list[list[ConsumerRecord]]) -
         await asyncio.gather(*(consumer._handle_all(records) for records in fetch))
 
 
+async def _check(runtime: Any, municipality: str, events: int) -> None:
+    """What the applied events left: a case each, its routing decisions and referrals, their events."""
+    async with runtime.engine.connect() as conn:
+        counts = (await conn.execute(sa.text(
+            "SELECT (SELECT count(*) FROM case_facts WHERE municipality = :m) AS cases, "
+            "(SELECT count(*) FROM routing_decisions WHERE municipality = :m) AS decisions, "
+            "(SELECT count(*) FROM referrals WHERE municipality = :m) AS referrals, "
+            "(SELECT count(*) FROM outbox WHERE payload LIKE '%referral.created%' "
+            " AND payload LIKE '%' || :m || '%') AS announced"
+        ), {"m": municipality})).one()  # fmt: skip
+    print(f"after {events} events: {counts.cases} cases, {counts.decisions} decisions, {counts.referrals} referrals, "
+          f"{counts.announced} referral.created in the outbox")
+    assert counts.cases == events and counts.referrals == counts.announced > 0, counts
+
+
 def _report(events: int, wall: float, cpu: float, counted: Mapping[str, int], timed: Mapping[str, float]) -> None:
     print(f"{events} case.reported events: wall {1000 * wall / events:.2f} ms/event, "
           f"CPU {1000 * cpu / events:.2f} ms/event, "
@@ -122,6 +138,7 @@ async def _profile(settings: Settings, events: int, html: str | None, plain: boo
             counted = dict(statements)
             timed = dict(seconds)
             _report(events, wall, cpu, counted, timed)
+            await _check(runtime, municipality, 200 + events)
             if plain:
                 return
             profiled = _records(settings, municipality, events, offset)
