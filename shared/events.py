@@ -210,7 +210,8 @@ async def publish(session: AsyncSession, settings: Settings, topic: str, event: 
     """Write the event into the outbox inside the caller's transaction.
 
     Call it after the change it announces (and after any row lock on the case), so that
-    two transactions about one case get outbox ids in commit order.
+    two transactions about one case get outbox ids in commit order. In an event consumer's transaction
+    the row goes in at the batch's end (`insert_rows`), still under those locks and in publishing order.
     """
     await publish_many(session, settings, topic, [(event, key)])
 
@@ -677,6 +678,10 @@ class EventConsumer:
     back the others. Offsets are committed explicitly after the effect; a failing consumer is
     stopped and a new one created. An event whose handler keeps failing is recorded as `failed` in
     processed_events (for operators) after `max_attempts`, so one bad event cannot stall a topic.
+
+    Per batch, not per event: what its handlers publish goes into the outbox in one statement at its end
+    (`insert_rows`), and a handler's `prepare_batch`, if it has one, may do at once the work of events that
+    no other event of the batch bears on (referral: the upserts of new cases).
     """
 
     # Events per transaction: bounds how long a batch holds its locks, and how long before its commit
