@@ -210,7 +210,8 @@ async def publish(session: AsyncSession, settings: Settings, topic: str, event: 
     """Write the event into the outbox inside the caller's transaction.
 
     Call it after the change it announces (and after any row lock on the case), so that
-    two transactions about one case get outbox ids in commit order.
+    two transactions about one case get outbox ids in commit order. In an event consumer's transaction
+    the row goes in at the batch's end (`insert_rows`), still under those locks and in publishing order.
     """
     await publish_many(session, settings, topic, [(event, key)])
 
@@ -227,7 +228,40 @@ async def _insert_outbox(
 ) -> None:
     if not rows:
         return
-    await session.execute(_OUTBOX_INSERT, [_outbox_row(settings, topic, event, key) for topic, event, key in rows])
+    await insert_rows(session, _OUTBOX_INSERT, [_outbox_row(settings, topic, event, key) for topic, event, key in rows])
+
+
+# session.info's key of the rows a consumer's transaction defers to its end (`insert_rows`).
+_DEFERRED = "mkr.deferred_rows"
+
+
+async def insert_rows(session: AsyncSession, statement: sa.Insert, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert `rows` with `statement` (an INSERT of fixed text, its rows as parameters), now or, in an event
+    consumer's transaction, at its end: every row a batch's events insert with one statement goes to the
+    database in one round trip, in the order they came, just before the commit.
+
+    Only for rows nothing reads in the same transaction, and whose order relative to other tables' rows does
+    not matter (no trigger or foreign key between them): the outbox, referral's routing decisions. A reader
+    that does need them first calls `flush_deferred`.
+    """
+    if not rows:
+        return
+    deferred: dict[sa.Insert, list[dict[str, Any]]] | None = session.info.get(_DEFERRED)
+    if deferred is None:
+        await session.execute(statement, list(rows))
+    else:
+        deferred.setdefault(statement, []).extend(rows)
+
+
+async def flush_deferred(session: AsyncSession) -> None:
+    """Insert the rows `insert_rows` deferred in this transaction (each statement's in one round trip)."""
+    deferred: dict[sa.Insert, list[dict[str, Any]]] | None = session.info.get(_DEFERRED)
+    if not deferred:
+        return
+    pending = list(deferred.items())
+    deferred.clear()
+    for statement, rows in pending:
+        await session.execute(statement, rows)
 
 
 def _outbox_row(settings: Settings, topic: str, event: Envelope, key: str) -> dict[str, Any]:
@@ -634,6 +668,10 @@ async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offs
 
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+# A handler's optional `prepare_batch(session, events)`: called once per batch, in its transaction, with the
+# events about to be applied (in order, more than one), before their handlers run one by one. It may do at
+# once the work of events whose effect does not depend on the batch's other events (shared/dispatch.py).
+BatchPreparer = Callable[[AsyncSession, Sequence[Envelope]], Awaitable[None]]
 
 # The consumer loop comes round at least every ~2.5 s when it handles nothing (getmany bounded at 2 s):
 # a longer gap between two watchdog checks means that the loop itself was frozen.
@@ -659,6 +697,10 @@ class EventConsumer:
     back the others. Offsets are committed explicitly after the effect; a failing consumer is
     stopped and a new one created. An event whose handler keeps failing is recorded as `failed` in
     processed_events (for operators) after `max_attempts`, so one bad event cannot stall a topic.
+
+    Per batch, not per event: what its handlers publish goes into the outbox in one statement at its end
+    (`insert_rows`), and a handler's `prepare_batch`, if it has one, may do at once the work of events that
+    no other event of the batch bears on (referral: the upserts of new cases).
     """
 
     # Events per transaction: bounds how long a batch holds its locks, and how long before its commit
@@ -1070,6 +1112,7 @@ class EventConsumer:
         All or nothing: if any handler fails, nothing of the batch stays (the caller may retry one by one).
         """
         async with self.sessions() as session, session.begin():
+            session.info[_DEFERRED] = {}  # the batch's outbox rows (and the like) go in at its end
             fresh = set(
                 (
                     await session.execute(
@@ -1084,20 +1127,28 @@ class EventConsumer:
             )
             done: list[bool] = []
             for event in events:
-                applied = event.id in fresh
+                done.append(event.id in fresh)
                 fresh.discard(event.id)  # the same event twice in one batch: the repeat is a duplicate
-                if applied:
+            to_apply = [event for event, applied in zip(events, done, strict=True) if applied]
+            prepare: BatchPreparer | None = getattr(self.handler, "prepare_batch", None)
+            if prepare is not None and len(to_apply) > 1:
+                await prepare(session, to_apply)
+            tracing = observability.tracing_enabled()
+            for event in to_apply:
+                if tracing:
                     with observability.span(
                         f"{self.name} process", kind="CONSUMER", parent=event.traceparent,
                         **{"messaging.system": "kafka", "messaging.consumer.group.name": self.group_id,
                            "mkr.event.type": event.type, "mkr.event.id": str(event.id)},
                     ):
                         await self.handler(session, event)
-                    if len(events) > 1:
-                        # The next event starts from the database, as in a transaction of its own.
-                        await session.flush()
-                        session.expunge_all()
-                done.append(applied)
+                else:
+                    await self.handler(session, event)
+                if len(events) > 1:
+                    # The next event starts from the database, as in a transaction of its own.
+                    await session.flush()
+                    session.expunge_all()
+            await flush_deferred(session)
             return done
 
     async def _record(self, event: Envelope, *, status: str) -> None:
@@ -1158,6 +1209,8 @@ __all__ = [
     "emit",
     "ensure_topics",
     "event_of",
+    "flush_deferred",
+    "insert_rows",
     "make_event",
     "publish",
     "publish_events",
