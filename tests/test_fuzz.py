@@ -46,7 +46,10 @@ from tests.support import create_app, token
 MAX_EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           ignored_auth]
-OPENAPI = {name: create_app(name, Settings()).openapi() for name in SERVICES}
+# Only the schemas: with a database URL given, building the apps starts no embedded PostgreSQL under ./.mkr
+# (resolving the default server did, at collection, and left it running); nothing connects before a lifespan.
+SCHEMA_ONLY = Settings(database_url="postgresql://schema-only@127.0.0.1:1/unused")
+OPENAPI = {name: create_app(name, SCHEMA_ONLY).openapi() for name in SERVICES}
 SCHEMAS = {name: schemathesis.openapi.from_dict(OPENAPI[name]) for name in SERVICES}
 MUNICIPALITY = "fuzzland"
 # Generated bodies name random case ids, which no projection will ever know: each such write to referral
