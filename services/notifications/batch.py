@@ -1,0 +1,65 @@
+"""What one consumer transaction (a batch of up to `EventConsumer.MAX_BATCH` events) holds and reads once.
+
+Locks. Alert inserts are serialized by one transaction-level advisory lock so that `seq` order is commit
+order (the SSE stream resumes by seq). A batch takes that lock BEFORE anything else it locks (the bed watch's
+municipality row, the projections' upserted rows), at its first event: every lock of a batch comes after the
+alert lock, so two batches (two partitions, two replicas) never wait for each other in opposite orders — the
+second waits at its first statement until the first commits
+(tests/notifications/test_batches.py::test_two_batches_in_opposite_orders_do_not_deadlock).
+
+Reads. The enabled alert rules and the live webhook subscriptions change only through the API: a batch reads
+them once, at its first need, as one transaction of its own would have at that moment. The lookups in the
+projections (a member's shelter, a member's e-mail address) are remembered until an event of the batch writes
+that projection (`forget_shelters`, `forget_contacts`), so an event sees what the events before it in the
+batch wrote, as in a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.notifications import domain
+
+# pg_advisory_xact_lock key of alert inserts (services/notifications/transfers.py inserts alerts too).
+ALERT_INSERT_LOCK = 7310401
+_LOCK = sa.select(sa.func.pg_advisory_xact_lock(ALERT_INSERT_LOCK))
+_STATE = "mkr.notifications.batch"
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """A live webhook subscription, as the consumer needs it (`access.receives`, the delivery row)."""
+
+    id: uuid.UUID
+    municipality: str
+    owner_member_id: str | None
+    event_types: frozenset[str]
+
+
+@dataclass
+class Batch:
+    transaction: object  # the session's root transaction this state belongs to
+    rules: dict[str, list[domain.AlertRule]] | None = None  # enabled rules by event type
+    subscribers: dict[tuple[str, ...], list[Subscriber]] = field(default_factory=dict)  # by municipalities
+    shelters: dict[str, str | None] = field(default_factory=dict)  # member id -> its shelter
+    emails: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (member id, municipality) -> address
+
+    def forget_shelters(self) -> None:
+        self.shelters.clear()
+
+    def forget_contacts(self) -> None:
+        self.emails.clear()
+
+
+async def begin(session: AsyncSession) -> Batch:
+    """The transaction's batch state; at its first event, the alert lock (before any other lock)."""
+    state = session.info.get(_STATE)
+    if isinstance(state, Batch) and state.transaction is session.sync_session.get_transaction():
+        return state
+    await session.execute(_LOCK)
+    state = session.info[_STATE] = Batch(session.sync_session.get_transaction())
+    return state
