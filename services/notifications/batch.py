@@ -8,10 +8,10 @@ second waits at its first statement until the first commits
 (tests/notifications/test_batches.py::test_two_batches_in_opposite_orders_do_not_deadlock).
 
 Reads. The enabled alert rules and the live webhook subscriptions change only through the API: a batch reads
-them once, at its first need, as one transaction of its own would have at that moment. The lookups in the
-projections (a member's shelter, a member's e-mail address) are remembered until an event of the batch writes
-that projection (`forget_shelters`, `forget_contacts`), so an event sees what the events before it in the
-batch wrote, as in a transaction of its own.
+them once, at its first need, as one transaction of its own would have at that moment. The lookup of a member's
+e-mail address in the contacts projection is remembered until an event of the batch writes it
+(`forget_contacts`), so an event sees what the events before it in the batch wrote, as in a transaction of
+its own.
 """
 
 from __future__ import annotations
@@ -45,11 +45,7 @@ class Batch:
     transaction: object  # the session's root transaction this state belongs to
     rules: dict[str, list[domain.AlertRule]] | None = None  # enabled rules by event type
     subscribers: dict[tuple[str, ...], list[Subscriber]] = field(default_factory=dict)  # by municipalities
-    shelters: dict[str, str | None] = field(default_factory=dict)  # member id -> its shelter
     emails: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (member id, municipality) -> address
-
-    def forget_shelters(self) -> None:
-        self.shelters.clear()
 
     def forget_contacts(self) -> None:
         self.emails.clear()

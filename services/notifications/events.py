@@ -77,15 +77,28 @@ RULES = table_of(AlertRuleRow)
 SUBSCRIPTIONS = table_of(Subscription)
 SHELTERS = table_of(ShelterBeds)
 CONTACTS = table_of(MemberContact)
-_INSERT_ALERT = pg_insert(ALERTS).on_conflict_do_nothing().returning(ALERTS.c.id)
 _INSERT_DELIVERY = pg_insert(DELIVERIES).on_conflict_do_nothing()
 _ENABLED_RULES = sa.select(RULES).where(RULES.c.enabled.is_(True))
 _SUBSCRIBERS = sa.select(
     SUBSCRIPTIONS.c.id, SUBSCRIPTIONS.c.municipality, SUBSCRIPTIONS.c.owner_member_id, SUBSCRIPTIONS.c.event_types
 ).where(SUBSCRIPTIONS.c.municipality.in_(sa.bindparam("municipalities", expanding=True)),
         SUBSCRIPTIONS.c.deleted_at.is_(None))
+# An alert to a shelter's member reaches that shelter's staff too: the member's shelter, found by the insert.
 _SHELTER_OF_MEMBER = (
-    sa.select(SHELTERS.c.shelter_id).where(SHELTERS.c.member_id == sa.bindparam("member_id")).limit(1)
+    sa.select(SHELTERS.c.shelter_id).where(SHELTERS.c.member_id == sa.bindparam("p_member_id")).limit(1)
+)
+_ALERT_COLUMNS = ("id", "event_id", "event_type", "type", "severity", "municipality", "recipient_key", "role",
+                  "member_id", "sub", "case_id", "params", "created_at")  # fmt: skip
+_INSERT_ALERT = (
+    pg_insert(ALERTS)
+    .values({
+        **{name: sa.bindparam(f"p_{name}", type_=ALERTS.c[name].type) for name in _ALERT_COLUMNS},
+        "shelter_id": sa.func.coalesce(
+            sa.bindparam("p_shelter_id", type_=sa.Text), _SHELTER_OF_MEMBER.scalar_subquery()
+        ),
+    })
+    .on_conflict_do_nothing()
+    .returning(ALERTS.c.id)
 )
 _EMAIL_OF_MEMBER = sa.select(CONTACTS.c.email).where(
     CONTACTS.c.member_id == sa.bindparam("member_id"), CONTACTS.c.municipality == sa.bindparam("municipality")
@@ -130,7 +143,6 @@ class EventHandler:
         self, session: AsyncSession, event: Received[contract.ShelterAvailability]
     ) -> None:
         data = event.data
-        (await batch.begin(session)).forget_shelters()
         stmt = pg_insert(ShelterBeds).values(
             shelter_id=str(data.shelter_id),
             municipality=event.municipality,
@@ -191,7 +203,7 @@ class EventHandler:
         params = domain.alert_parameters(data)
         case_id = _uuid_or_none(data.get("case_id"))
         for rule, recipient in chosen:
-            alert_id = await _insert_alert(session, state, event, rule, recipient, case_id=case_id, params=params)
+            alert_id = await _insert_alert(session, event, rule, recipient, case_id=case_id, params=params)
             if alert_id is None:
                 continue
             ALERTS_RAISED.labels(rule.alert_type, rule.severity).inc()
@@ -279,7 +291,6 @@ async def _enabled_rules(session: AsyncSession, state: batch.Batch, event_type: 
 
 async def _insert_alert(
     session: AsyncSession,
-    state: batch.Batch,
     event: Envelope,
     rule: domain.AlertRule,
     recipient: domain.Recipient,
@@ -287,33 +298,26 @@ async def _insert_alert(
     case_id: uuid.UUID | None,
     params: dict[str, Any],
 ) -> uuid.UUID | None:
-    """One alert of the event for one recipient; None when it was raised already (a redelivery)."""
-    shelter_id = recipient.shelter_id
-    if recipient.member_id and shelter_id is None:
-        # A referral to a shelter's member reaches that shelter's staff too.
-        if recipient.member_id not in state.shelters:
-            state.shelters[recipient.member_id] = await session.scalar(
-                _SHELTER_OF_MEMBER, {"member_id": recipient.member_id}
-            )
-        shelter_id = state.shelters[recipient.member_id]
+    """One alert of the event for one recipient; None when it was raised already (a redelivery). An alert to
+    a member names the member's shelter too (its staff see it), in the same statement."""
     alert_id = uuid.uuid4()
     inserted = await session.execute(
         _INSERT_ALERT,
         {
-            "id": alert_id,
-            "event_id": event.id,
-            "event_type": event.type,
-            "type": rule.alert_type,
-            "severity": rule.severity,
-            "municipality": event.municipality,
-            "recipient_key": recipient.key,
-            "role": recipient.role,
-            "member_id": recipient.member_id,
-            "shelter_id": shelter_id,
-            "sub": recipient.sub,
-            "case_id": case_id,
-            "params": params,
-            "created_at": datetime.now(UTC),
+            "p_id": alert_id,
+            "p_event_id": event.id,
+            "p_event_type": event.type,
+            "p_type": rule.alert_type,
+            "p_severity": rule.severity,
+            "p_municipality": event.municipality,
+            "p_recipient_key": recipient.key,
+            "p_role": recipient.role,
+            "p_member_id": recipient.member_id,
+            "p_shelter_id": recipient.shelter_id,
+            "p_sub": recipient.sub,
+            "p_case_id": case_id,
+            "p_params": params,
+            "p_created_at": datetime.now(UTC),
         },
     )
     return alert_id if inserted.first() is not None else None
