@@ -7,11 +7,13 @@ alert lock, so two batches (two partitions, two replicas) never wait for each ot
 second waits at its first statement until the first commits
 (tests/notifications/test_batches.py::test_two_batches_in_opposite_orders_do_not_deadlock).
 
-Reads. The enabled alert rules and the live webhook subscriptions change only through the API: a batch reads
-them once, at its first need, as one transaction of its own would have at that moment. The lookup of a member's
-e-mail address in the contacts projection is remembered until an event of the batch writes it
-(`forget_contacts`), so an event sees what the events before it in the batch wrote, as in a transaction of
-its own.
+Reads. The enabled alert rules and the live webhook subscriptions change only through the API. The consumer
+keeps them between its transactions (`Reads`, one per handler) for as long as `consumer_reads_generation`
+(bumped by a statement trigger on either table, visible with the commit of the change) has not moved: the
+generation is read with the lock, in the same statement, and a batch that finds it moved reads both again
+at its first need. The lookup of a member's e-mail address in the contacts projection is kept for one
+transaction only, and forgotten when an event of the batch writes that projection (`forget_contacts`), so an
+event sees what the events before it in the batch wrote, as in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from services.notifications import domain
 
 # pg_advisory_xact_lock key of alert inserts (services/notifications/transfers.py inserts alerts too).
 ALERT_INSERT_LOCK = 7310401
-_LOCK = sa.select(sa.func.pg_advisory_xact_lock(ALERT_INSERT_LOCK))
+_GENERATION = sa.text("SELECT generation FROM consumer_reads_generation WHERE id = 1")
+_LOCK = sa.select(
+    sa.func.pg_advisory_xact_lock(ALERT_INSERT_LOCK), _GENERATION.columns(sa.column("generation")).scalar_subquery()
+)
+# Municipality sets whose subscriptions are kept at most (then they are read again).
+_MAX_KEPT = 10_000
 _STATE = "mkr.notifications.batch"
 
 
@@ -41,21 +48,39 @@ class Subscriber:
 
 
 @dataclass
-class Batch:
-    transaction: object  # the session's root transaction this state belongs to
+class Reads:
+    """The rules and subscriptions as of one reads generation (kept between transactions)."""
+
+    generation: int | None = None
     rules: dict[str, list[domain.AlertRule]] | None = None  # enabled rules by event type
     subscribers: dict[tuple[str, ...], list[Subscriber]] = field(default_factory=dict)  # by municipalities
+
+    def check(self, generation: int | None) -> None:
+        """Forget everything kept when the generation moved (or when too many sets are kept)."""
+        if generation is None or generation != self.generation or len(self.subscribers) > _MAX_KEPT:
+            self.generation = generation
+            self.rules = None
+            self.subscribers = {}
+
+
+@dataclass
+class Batch:
+    transaction: object  # the session's root transaction this state belongs to
+    reads: Reads
     emails: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (member id, municipality) -> address
 
     def forget_contacts(self) -> None:
         self.emails.clear()
 
 
-async def begin(session: AsyncSession) -> Batch:
-    """The transaction's batch state; at its first event, the alert lock (before any other lock)."""
+async def begin(session: AsyncSession, reads: Reads | None = None) -> Batch:
+    """The transaction's batch state; at its first event, the alert lock (before any other lock) and the
+    reads generation, which `reads` (the handler's, else kept for this transaction only) is checked against."""
     state = session.info.get(_STATE)
     if isinstance(state, Batch) and state.transaction is session.sync_session.get_transaction():
         return state
-    await session.execute(_LOCK)
-    state = session.info[_STATE] = Batch(session.sync_session.get_transaction())
+    generation = (await session.execute(_LOCK)).one()[1]
+    reads = reads or Reads()
+    reads.check(generation)
+    state = session.info[_STATE] = Batch(session.sync_session.get_transaction(), reads)
     return state

@@ -112,6 +112,7 @@ class EventHandler:
     def __init__(self, settings: Settings, config: NotificationsConfig) -> None:
         self.settings = settings
         self.config = config
+        self.reads = batch.Reads()  # rules and subscriptions, kept while their generation stands
         self.registry = EventHandlers(
             {
                 contract.MemberSaved: _save_member,
@@ -130,7 +131,7 @@ class EventHandler:
         )
 
     async def __call__(self, session: AsyncSession, event: Envelope) -> None:
-        await batch.begin(session)  # at a batch's first event, the alert lock: before any other lock
+        await batch.begin(session, self.reads)  # at a batch's first event, the alert lock: before any other lock
         await self.registry(session, event)
 
     async def _alert_and_deliver(self, session: AsyncSession, event: Received[EventData]) -> None:
@@ -269,24 +270,24 @@ class EventHandler:
 async def _subscribers(
     session: AsyncSession, state: batch.Batch, municipalities: tuple[str, ...]
 ) -> list[batch.Subscriber]:
-    """The live subscriptions of the municipalities (read once per batch)."""
-    found = state.subscribers.get(municipalities)
+    """The live subscriptions of the municipalities (read again only when the reads generation moved)."""
+    found = state.reads.subscribers.get(municipalities)
     if found is None:
         rows = await session.execute(_SUBSCRIBERS, {"municipalities": list(municipalities)})
-        found = state.subscribers[municipalities] = [
+        found = state.reads.subscribers[municipalities] = [
             batch.Subscriber(row.id, row.municipality, row.owner_member_id, frozenset(row.event_types)) for row in rows
         ]
     return found
 
 
 async def _enabled_rules(session: AsyncSession, state: batch.Batch, event_type: str) -> list[domain.AlertRule]:
-    """The enabled rules of the event type (every type's read once per batch)."""
-    if state.rules is None:
+    """The enabled rules of the event type (every type's, read again only when the reads generation moved)."""
+    if state.reads.rules is None:
         rules: dict[str, list[domain.AlertRule]] = {}
         for row in await session.execute(_ENABLED_RULES):
             rules.setdefault(row.event_type, []).append(_rule(row))
-        state.rules = rules
-    return state.rules.get(event_type, [])
+        state.reads.rules = rules
+    return state.reads.rules.get(event_type, [])
 
 
 async def _insert_alert(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,8 +105,9 @@ async def test_two_batches_in_opposite_orders_do_not_deadlock(stack: Stack) -> N
 
 
 async def test_a_batch_reads_rules_and_subscriptions_once_and_locks_first(stack: Stack) -> None:
-    """Twenty events of a batch: one alert lock (its first statement after the inbox row), one read of the
-    rules and one of the subscriptions; per event only its own writes."""
+    """Twenty events of a batch: one alert lock (its first statement after the inbox row, with the reads
+    generation), one read of the rules and one of the subscriptions; per event only its own writes. The
+    next batch reads neither again while no rule or subscription changed."""
     municipality = new_municipality()
     engine = db.create_engine(stack.settings, "notifications")
     statements: list[str] = []
@@ -119,8 +121,17 @@ async def test_a_batch_reads_rules_and_subscriptions_once_and_locks_first(stack:
     events += [_referral(municipality, str(uuid.uuid4()), "police") for _ in range(10)]
     try:
         assert await consumer.apply_batch(events) == [True] * 20
+        first = list(statements)
+        statements.clear()
+        assert await consumer.apply_batch([_event("case.reported", municipality, case_reported("low"))]) == [True]
+        again = list(statements)
     finally:
         await engine.dispose()
+    assert [s.split()[:3] for s in again] == [
+        ["INSERT", "INTO", "processed_events"], ["SELECT", "pg_advisory_xact_lock($1::INTEGER)", "AS"],
+        ["INSERT", "INTO", "case_police"], ["INSERT", "INTO", "alerts"],
+    ], again
+    statements = first
     assert "processed_events" in statements[0]
     assert "pg_advisory_xact_lock" in statements[1]
     assert sum("pg_advisory_xact_lock" in s for s in statements) == 1
@@ -131,7 +142,7 @@ async def test_a_batch_reads_rules_and_subscriptions_once_and_locks_first(stack:
     assert sum(s.startswith("INSERT INTO alerts") for s in statements) == 20
     assert len(statements) == 2 + 2 + 20 + 10 + 10, statements
     alerts = await _rows(stack, "SELECT type FROM alerts WHERE municipality = :m", m=municipality)
-    assert sorted(a.type for a in alerts) == sorted(["case.high_risk"] * 5 + ["case.new"] * 5 + ["referral.new"] * 10)
+    assert sorted(a.type for a in alerts) == sorted(["case.high_risk"] * 5 + ["case.new"] * 6 + ["referral.new"] * 10)
 
 
 async def test_an_event_sees_what_the_events_before_it_in_its_batch_wrote(stack: Stack) -> None:
@@ -162,3 +173,29 @@ async def test_an_event_sees_what_the_events_before_it_in_its_batch_wrote(stack:
     assert sorted((m.event_id == after.id, m.address) for m in mails) == [
         (False, "old@example.org"), (True, "new@example.org")
     ]
+
+
+async def test_a_rule_changed_between_batches_is_read_again(stack: Stack) -> None:
+    """The rules kept between batches are read again once a rule changed (the reads generation moved): a rule
+    added after a first batch raises its alert in the next."""
+    municipality = new_municipality()
+    consumer = _consumer(stack, "rules", EventHandler(stack.settings, NotificationsConfig()))
+    probe = case_reported("low")
+    assert await consumer.apply_batch([_event("case.reported", municipality, case_reported("low"))]) == [True]
+    runtime = stack.apps["notifications"].state.runtime
+    async with runtime.sessions() as session, session.begin():
+        rule_id = await session.scalar(
+            sa.text(
+                "INSERT INTO alert_rules (event_type, alert_type, recipient_kind, recipient_ref, severity, channels,"
+                " condition, priority, enabled) VALUES ('case.reported', 'case.batch_probe', 'role', 'coordinator',"
+                " 'info', ARRAY['inbox'], CAST(:condition AS jsonb), 50, true) RETURNING id"
+            ),
+            {"condition": json.dumps({"case_number": {"in": [probe["case_number"]]}})},
+        )
+    try:
+        assert await consumer.apply_batch([_event("case.reported", municipality, probe)]) == [True]
+    finally:
+        async with runtime.sessions() as session, session.begin():
+            await session.execute(sa.text("DELETE FROM alert_rules WHERE id = :id"), {"id": rule_id})
+    alerts = await _rows(stack, "SELECT type FROM alerts WHERE case_id = :c", c=uuid.UUID(probe["case_id"]))
+    assert sorted(a.type for a in alerts) == ["case.batch_probe", "case.new"]
