@@ -11,15 +11,22 @@ Reads. The enabled alert rules and the live webhook subscriptions change only th
 keeps them between its transactions (`Reads`, one per handler) for as long as `consumer_reads_generation`
 (bumped by a statement trigger on either table, visible with the commit of the change) has not moved: the
 generation is read with the lock, in the same statement, and a batch that finds it moved reads both again
-at its first need. The lookup of a member's e-mail address in the contacts projection is kept for one
-transaction only, and forgotten when an event of the batch writes that projection (`forget_contacts`), so an
-event sees what the events before it in the batch wrote, as in a transaction of its own.
+at its first need. The lookups of a member's e-mail address and of a member's shelter in the projections
+are kept for one transaction only, and forgotten when an event of the batch writes that projection
+(`forget_contacts`, `forget_shelters`), so an event sees what the events before it in the batch wrote, as in
+a transaction of its own.
+
+Writes. The alerts a batch raises are inserted together, in event order, when it commits (`PendingAlert`, a
+`before_commit` hook of the session, services/notifications/events.py): one statement for the batch's
+alerts and one for their e-mail rows, instead of one per alert. Their `seq` order is still commit order: the
+batch holds the alert lock from its first event.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -63,14 +70,30 @@ class Reads:
             self.subscribers = {}
 
 
+@dataclass(frozen=True)
+class PendingAlert:
+    """An alert the batch raises, inserted with the others when the batch commits (one statement)."""
+
+    row: dict[str, Any]  # the alerts row (its id chosen here)
+    alert_type: str
+    severity: str
+    email: dict[str, Any] | None  # its e-mail delivery row, if its rule e-mails a member that has an address
+
+
 @dataclass
 class Batch:
     transaction: object  # the session's root transaction this state belongs to
     reads: Reads
     emails: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (member id, municipality) -> address
+    shelters: dict[str, str | None] = field(default_factory=dict)  # member id -> its shelter
+    alerts: list[PendingAlert] = field(default_factory=list)  # raised, inserted at commit
+    inserting: bool = False  # the commit hook that inserts `alerts` is registered
 
     def forget_contacts(self) -> None:
         self.emails.clear()
+
+    def forget_shelters(self) -> None:
+        self.shelters.clear()
 
 
 async def begin(session: AsyncSession, reads: Reads | None = None) -> Batch:

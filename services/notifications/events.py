@@ -7,6 +7,7 @@ deliveries carry unique keys, so a repeated event adds nothing. Delivery is left
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -14,8 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import Counter
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from services.notifications import access, batch, domain, transfers
@@ -83,22 +86,8 @@ _SUBSCRIBERS = sa.select(
     SUBSCRIPTIONS.c.id, SUBSCRIPTIONS.c.municipality, SUBSCRIPTIONS.c.owner_member_id, SUBSCRIPTIONS.c.event_types
 ).where(SUBSCRIPTIONS.c.municipality.in_(sa.bindparam("municipalities", expanding=True)),
         SUBSCRIPTIONS.c.deleted_at.is_(None))
-# An alert to a shelter's member reaches that shelter's staff too: the member's shelter, found by the insert.
 _SHELTER_OF_MEMBER = (
-    sa.select(SHELTERS.c.shelter_id).where(SHELTERS.c.member_id == sa.bindparam("p_member_id")).limit(1)
-)
-_ALERT_COLUMNS = ("id", "event_id", "event_type", "type", "severity", "municipality", "recipient_key", "role",
-                  "member_id", "sub", "case_id", "params", "created_at")  # fmt: skip
-_INSERT_ALERT = (
-    pg_insert(ALERTS)
-    .values({
-        **{name: sa.bindparam(f"p_{name}", type_=ALERTS.c[name].type) for name in _ALERT_COLUMNS},
-        "shelter_id": sa.func.coalesce(
-            sa.bindparam("p_shelter_id", type_=sa.Text), _SHELTER_OF_MEMBER.scalar_subquery()
-        ),
-    })
-    .on_conflict_do_nothing()
-    .returning(ALERTS.c.id)
+    sa.select(SHELTERS.c.shelter_id).where(SHELTERS.c.member_id == sa.bindparam("member_id")).limit(1)
 )
 _EMAIL_OF_MEMBER = sa.select(CONTACTS.c.email).where(
     CONTACTS.c.member_id == sa.bindparam("member_id"), CONTACTS.c.municipality == sa.bindparam("municipality")
@@ -144,6 +133,7 @@ class EventHandler:
         self, session: AsyncSession, event: Received[contract.ShelterAvailability]
     ) -> None:
         data = event.data
+        (await batch.begin(session)).forget_shelters()
         stmt = pg_insert(ShelterBeds).values(
             shelter_id=str(data.shelter_id),
             municipality=event.municipality,
@@ -196,7 +186,7 @@ class EventHandler:
 
     async def _raise_alerts(self, session: AsyncSession, event: Envelope, data: dict[str, Any]) -> None:
         """The event's alerts (the enabled rules of its type choose the recipients), each once; e-mail rows
-        for those whose rule says so."""
+        for those whose rule says so. Inserted with the batch's other alerts when it commits."""
         state = await batch.begin(session)  # holds the alert lock
         chosen = domain.alerts_for(await _enabled_rules(session, state, event.type), event.type, data)
         if not chosen:
@@ -204,39 +194,18 @@ class EventHandler:
         params = domain.alert_parameters(data)
         case_id = _uuid_or_none(data.get("case_id"))
         for rule, recipient in chosen:
-            alert_id = await _insert_alert(session, event, rule, recipient, case_id=case_id, params=params)
-            if alert_id is None:
-                continue
-            ALERTS_RAISED.labels(rule.alert_type, rule.severity).inc()
+            shelter_id = recipient.shelter_id
+            if recipient.member_id and shelter_id is None:
+                # A referral to a shelter's member reaches that shelter's staff too.
+                shelter_id = await _shelter_of(session, state, recipient.member_id)
+            row = _alert_row(event, rule, recipient, shelter_id=shelter_id, case_id=case_id, params=params)
+            email = None
             if "email" in rule.channels and recipient.member_id and self.config.email_enabled:
-                await self._queue_email(session, state, event, alert_id, recipient.member_id)
-
-    async def _queue_email(
-        self, session: AsyncSession, state: batch.Batch, event: Envelope, alert_id: uuid.UUID, member_id: str
-    ) -> None:
-        key = (member_id, event.municipality)
-        if key not in state.emails:
-            state.emails[key] = await session.scalar(
-                _EMAIL_OF_MEMBER, {"member_id": member_id, "municipality": event.municipality}
-            )
-        address = state.emails[key]
-        if not address:
-            return
-        await session.execute(
-            _INSERT_DELIVERY,
-            {
-                "id": uuid.uuid4(),
-                "dedupe_key": f"email:{alert_id}:{address}",
-                "channel": "email",
-                "alert_id": alert_id,
-                "address": address,
-                "event_id": event.id,
-                "event_type": event.type,
-                "municipality": event.municipality,
-                "payload": observability.trace_payload(),  # the message is rendered from the alert when sent
-                "next_attempt_at": datetime.now(UTC),
-            },
-        )
+                email = await _email_row(session, state, event, row["id"], recipient.member_id)
+            state.alerts.append(batch.PendingAlert(row, rule.alert_type, rule.severity, email))
+        if not state.inserting:
+            state.inserting = True
+            sa_event.listen(session.sync_session, "before_commit", functools.partial(_insert_alerts, state), once=True)
 
     # --- webhooks ------------------------------------------------------------------------------
 
@@ -290,38 +259,83 @@ async def _enabled_rules(session: AsyncSession, state: batch.Batch, event_type: 
     return state.reads.rules.get(event_type, [])
 
 
-async def _insert_alert(
-    session: AsyncSession,
+async def _shelter_of(session: AsyncSession, state: batch.Batch, member_id: str) -> str | None:
+    """The member's shelter (the projection as this event sees it)."""
+    if member_id not in state.shelters:
+        state.shelters[member_id] = await session.scalar(_SHELTER_OF_MEMBER, {"member_id": member_id})
+    return state.shelters[member_id]
+
+
+async def _email_row(
+    session: AsyncSession, state: batch.Batch, event: Envelope, alert_id: uuid.UUID, member_id: str
+) -> dict[str, Any] | None:
+    """The e-mail delivery of an alert to a member, if the member has an address (as this event sees it)."""
+    key = (member_id, event.municipality)
+    if key not in state.emails:
+        state.emails[key] = await session.scalar(
+            _EMAIL_OF_MEMBER, {"member_id": member_id, "municipality": event.municipality}
+        )
+    address = state.emails[key]
+    if not address:
+        return None
+    return {
+        "id": uuid.uuid4(),
+        "dedupe_key": f"email:{alert_id}:{address}",
+        "channel": "email",
+        "alert_id": alert_id,
+        "address": address,
+        "event_id": event.id,
+        "event_type": event.type,
+        "municipality": event.municipality,
+        "payload": observability.trace_payload(),  # the message is rendered from the alert when sent
+        "next_attempt_at": datetime.now(UTC),
+    }
+
+
+def _alert_row(
     event: Envelope,
     rule: domain.AlertRule,
     recipient: domain.Recipient,
     *,
+    shelter_id: str | None,
     case_id: uuid.UUID | None,
     params: dict[str, Any],
-) -> uuid.UUID | None:
-    """One alert of the event for one recipient; None when it was raised already (a redelivery). An alert to
-    a member names the member's shelter too (its staff see it), in the same statement."""
-    alert_id = uuid.uuid4()
-    inserted = await session.execute(
-        _INSERT_ALERT,
-        {
-            "p_id": alert_id,
-            "p_event_id": event.id,
-            "p_event_type": event.type,
-            "p_type": rule.alert_type,
-            "p_severity": rule.severity,
-            "p_municipality": event.municipality,
-            "p_recipient_key": recipient.key,
-            "p_role": recipient.role,
-            "p_member_id": recipient.member_id,
-            "p_shelter_id": recipient.shelter_id,
-            "p_sub": recipient.sub,
-            "p_case_id": case_id,
-            "p_params": params,
-            "p_created_at": datetime.now(UTC),
-        },
-    )
-    return alert_id if inserted.first() is not None else None
+) -> dict[str, Any]:
+    """One alert of the event for one recipient."""
+    return {
+        "id": uuid.uuid4(),
+        "event_id": event.id,
+        "event_type": event.type,
+        "type": rule.alert_type,
+        "severity": rule.severity,
+        "municipality": event.municipality,
+        "recipient_key": recipient.key,
+        "role": recipient.role,
+        "member_id": recipient.member_id,
+        "shelter_id": shelter_id,
+        "sub": recipient.sub,
+        "case_id": case_id,
+        "params": params,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def _insert_alerts(state: batch.Batch, session: Session) -> None:
+    """The batch's alerts, in event order, in one statement as it commits (still under the alert lock); an
+    alert raised already (a redelivery: its unique key is there) is skipped, and so is its e-mail row."""
+    pending, state.alerts = state.alerts, []
+    if not pending:
+        return
+    stmt = pg_insert(ALERTS).values([p.row for p in pending]).on_conflict_do_nothing().returning(ALERTS.c.id)
+    inserted = set(session.execute(stmt).scalars())
+    emails = []
+    for alert in pending:
+        if alert.row["id"] in inserted:
+            ALERTS_RAISED.labels(alert.alert_type, alert.severity).inc()
+            if alert.email is not None:
+                emails.append(alert.email)
+    if emails:
+        session.execute(pg_insert(DELIVERIES).values(emails).on_conflict_do_nothing())
 
 
 async def notification_failed(session: AsyncSession, settings: Settings, delivery: Delivery) -> None:

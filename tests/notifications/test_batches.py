@@ -106,8 +106,8 @@ async def test_two_batches_in_opposite_orders_do_not_deadlock(stack: Stack) -> N
 
 async def test_a_batch_reads_rules_and_subscriptions_once_and_locks_first(stack: Stack) -> None:
     """Twenty events of a batch: one alert lock (its first statement after the inbox row, with the reads
-    generation), one read of the rules and one of the subscriptions; per event only its own writes. The
-    next batch reads neither again while no rule or subscription changed."""
+    generation), one read of the rules and one of the subscriptions, one insert of all its alerts; per event
+    only its own projection writes. The next batch reads neither again while no rule or subscription changed."""
     municipality = new_municipality()
     engine = db.create_engine(stack.settings, "notifications")
     statements: list[str] = []
@@ -137,18 +137,18 @@ async def test_a_batch_reads_rules_and_subscriptions_once_and_locks_first(stack:
     assert sum("pg_advisory_xact_lock" in s for s in statements) == 1
     assert sum("FROM alert_rules" in s for s in statements) == 1
     assert sum("FROM subscriptions" in s for s in statements) == 1
-    # Per event its alert (which finds a member's shelter itself); per report the reporting police member,
-    # per referral its police member.
-    assert sum(s.startswith("INSERT INTO alerts") for s in statements) == 20
-    assert len(statements) == 2 + 2 + 20 + 10 + 10, statements
+    # The batch's twenty alerts in one statement as it commits; per report the reporting police member, per
+    # referral its police member and that member's shelter (none: each referral names another member).
+    assert sum(s.startswith("INSERT INTO alerts") for s in statements) == 1
+    assert len(statements) == 2 + 2 + 1 + 10 + 10 + 10, statements
     alerts = await _rows(stack, "SELECT type FROM alerts WHERE municipality = :m", m=municipality)
     assert sorted(a.type for a in alerts) == sorted(["case.high_risk"] * 5 + ["case.new"] * 6 + ["referral.new"] * 10)
 
 
 async def test_an_event_sees_what_the_events_before_it_in_its_batch_wrote(stack: Stack) -> None:
-    """A member's e-mail address, looked up once per batch, is looked up again after an event of the batch
-    changed it: the referral after the change is e-mailed to the new address; the one after the member's
-    shelter became known reaches that shelter's staff."""
+    """A member's e-mail address and its shelter, looked up once per batch, are looked up again after an
+    event of the batch changed them: the referral after the change is e-mailed to the new address and
+    reaches the shelter's staff, though the batch's alerts are all inserted as it commits."""
     municipality, member, shelter = new_municipality(), str(uuid.uuid4()), str(uuid.uuid4())
     config = NotificationsConfig(smtp_host="127.0.0.1")  # e-mail rows are queued (this test sends none)
     consumer = _consumer(stack, "sees", EventHandler(stack.settings, config))
