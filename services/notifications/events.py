@@ -81,6 +81,9 @@ SUBSCRIPTIONS = table_of(Subscription)
 SHELTERS = table_of(ShelterBeds)
 CONTACTS = table_of(MemberContact)
 _INSERT_DELIVERY = pg_insert(DELIVERIES).on_conflict_do_nothing()
+# Executed with a list of rows: SQLAlchemy's "insertmanyvalues" sends them as one multi-row INSERT (pages of
+# 1000) from one compiled statement; a `.values([...])` statement would be compiled again for every batch.
+_INSERT_ALERTS = pg_insert(ALERTS).on_conflict_do_nothing().returning(ALERTS.c.id)
 _ENABLED_RULES = sa.select(RULES).where(RULES.c.enabled.is_(True))
 _SUBSCRIBERS = sa.select(
     SUBSCRIPTIONS.c.id, SUBSCRIPTIONS.c.municipality, SUBSCRIPTIONS.c.owner_member_id, SUBSCRIPTIONS.c.event_types
@@ -326,8 +329,7 @@ def _insert_alerts(state: batch.Batch, session: Session) -> None:
     pending, state.alerts = state.alerts, []
     if not pending:
         return
-    stmt = pg_insert(ALERTS).values([p.row for p in pending]).on_conflict_do_nothing().returning(ALERTS.c.id)
-    inserted = set(session.execute(stmt).scalars())
+    inserted = set(session.execute(_INSERT_ALERTS, [p.row for p in pending]).scalars())
     emails = []
     for alert in pending:
         if alert.row["id"] in inserted:
@@ -335,7 +337,7 @@ def _insert_alerts(state: batch.Batch, session: Session) -> None:
             if alert.email is not None:
                 emails.append(alert.email)
     if emails:
-        session.execute(pg_insert(DELIVERIES).values(emails).on_conflict_do_nothing())
+        session.execute(_INSERT_DELIVERY, emails)
 
 
 async def notification_failed(session: AsyncSession, settings: Settings, delivery: Delivery) -> None:
