@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench chaos clean promtool chromium screenshots
+.PHONY: install run test lint bench chaos clean promtool chromium screenshots wrk
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,7 +49,17 @@ test: lint promtool chromium
 screenshots: $(STAMP) chromium
 	MKR_SCREENSHOTS=1 $(BIN)/pytest tests/console/test_browser.py -q
 
-bench: $(STAMP)
+# The intake bench drives its HTTP load with Debian's wrk (C, one thread) when it is there: installed here when
+# missing (as root); without it the bench falls back to an httpx load generator in a process of its own.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing wrk (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  fi; \
+	}; command -v wrk >/dev/null 2>&1 || echo "wrk is missing: the intake bench uses its httpx load generator"
+
+bench: $(STAMP) wrk
 	$(BIN)/python -m tests.bench
 
 chaos: $(STAMP)

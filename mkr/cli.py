@@ -109,6 +109,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "access_log": False,
         "timeout_graceful_shutdown": 10,
         "proxy_headers": False,
+        "timeout_keep_alive": settings.keep_alive_seconds,  # longer than the clients keep idle connections
         "loop": "uvloop",  # libuv event loop and the httptools parser
         "http": "httptools",
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -76,6 +77,20 @@ class ServiceRuntime:
     @property
     def role(self) -> str:
         return "leader" if self.is_leader else "follower"
+
+
+_FROZEN: list[bool] = []
+
+
+def _freeze_startup_objects() -> None:
+    """Once per process, when the first service has started: what it built (modules, models, compiled SQL,
+    the app) moves out of the collector's reach (gc.freeze), so full collections under load scan only what
+    requests create — fewer and shorter pauses. Once only: a test process starting many stacks freezes the
+    first one's startup objects and no more."""
+    if not _FROZEN:
+        _FROZEN.append(True)
+        gc.collect()
+        gc.freeze()
 
 
 def create_service_app(
@@ -164,6 +179,7 @@ def create_service_app(
             await start_leader_work(runtime)
         for job in per_worker:
             runtime.tasks.append(asyncio.create_task(_guarded(job, runtime), name=getattr(job, "__name__", "job")))
+        _freeze_startup_objects()
         try:
             yield
         finally:

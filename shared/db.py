@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -14,7 +15,8 @@ import asyncpg
 from alembic import command, context
 from alembic.config import Config
 from fastapi import Depends, Request
-from sqlalchemy import TEXT, Column, Connection, MetaData, String, Table, text
+from sqlalchemy import TEXT, Column, Connection, MetaData, String, Table, TextClause, event, exc, text
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -152,16 +154,96 @@ def pool_limits(settings: Settings) -> tuple[int, int]:
     return pool, share - pool
 
 
+# A pooled connection idle longer than this is pinged before it is handed out (see ping_idle_connections).
+IDLE_BEFORE_PING = 1.0
+
+
 def create_engine(settings: Settings, service: str) -> AsyncEngine:
+    """A service's engine: its share of the connections (pool_limits), idle ones pinged at checkout."""
     pool_size, max_overflow = pool_limits(settings)
-    return create_async_engine(
+    engine = create_async_engine(
         service_url(settings, service),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
         pool_timeout=15,
         connect_args={"server_settings": {"application_name": f"mkr-{service}"}, "timeout": 10},
     )
+    ping_idle_connections(engine)
+    return engine
+
+
+def ping_idle_connections(engine: AsyncEngine, idle: float = IDLE_BEFORE_PING) -> None:
+    """Pessimistic disconnect handling for connections that sat in the pool: one idle over `idle` seconds is
+    pinged at checkout, and one that fails the ping is replaced (DisconnectionError: the pool reconnects).
+
+    In place of `pool_pre_ping=True`, which pings on every checkout: SQLAlchemy's asyncpg ping is BEGIN, `;`,
+    ROLLBACK, three round trips before each transaction, a third of a report's. A connection handed back
+    moments ago has just worked; one that meets a dead server mid-use raises a disconnect error, on which
+    SQLAlchemy invalidates it and every connection older than it in the pool, so the next checkouts reconnect.
+    """
+    pool, dialect = engine.sync_engine.pool, engine.sync_engine.dialect
+
+    @event.listens_for(pool, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _handed_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")  # None: a new connection (the info is cleared on reconnect)
+        if since is None or time.monotonic() - since < idle:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise exc.DisconnectionError(f"an idle pooled connection failed its ping: {error}") from error
+
+
+class DriverRow:
+    """An asyncpg record read by attribute, as SQLAlchemy's rows are (`row.case_number`)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: asyncpg.Record) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class DriverStatement:
+    """A text statement run by the asyncpg driver itself on a session's connection, in its transaction.
+
+    For the few statements of the hottest path (intake's report): SQLAlchemy's work per execute (cache key,
+    parameter processing, result wrapping, the greenlet hop) measured ~0.3 ms of CPU against ~0.06 ms for
+    asyncpg alone. Compiled once, for asyncpg's `$n` placeholders; a name used twice is one parameter.
+    asyncpg prepares and caches it per connection, as SQLAlchemy's asyncpg dialect does.
+    """
+
+    def __init__(self, statement: TextClause) -> None:
+        compiled = statement.compile(dialect=asyncpg_dialect.dialect())
+        self.sql = compiled.string
+        self.names = tuple(compiled.positiontup or ())
+
+    async def fetch(self, session: AsyncSession, params: Mapping[str, Any]) -> list[DriverRow]:
+        driver = await driver_in_transaction(session)
+        return [DriverRow(record) for record in await driver.fetch(self.sql, *(params[n] for n in self.names))]
+
+
+async def driver_in_transaction(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under `session`, with the session's transaction begun on it: SQLAlchemy's
+    asyncpg adapter sends BEGIN lazily, at its first statement, so a driver statement coming first begins
+    it the same way (else it would commit on its own)."""
+    connection = await session.connection()
+    adapted = (await connection.get_raw_connection()).dbapi_connection
+    if adapted is None:
+        raise RuntimeError("the session's connection is closed")
+    if getattr(adapted, "_transaction", None) is None and adapted.isolation_level != "autocommit":
+        await adapted._start_transaction()  # the adapter's own BEGIN (isolation, read-only, deferrable)
+    driver: asyncpg.Connection = adapted.driver_connection
+    return driver
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

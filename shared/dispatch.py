@@ -15,7 +15,7 @@ handler for is acknowledged and changes nothing. A handler that finds an event u
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -64,6 +64,8 @@ class EventHandlers:
 
     `every`, if given, runs after the typed handler for every contract event the consumer reads
     (notifications: alert rules and webhooks are data, matched by event type).
+    `prepare`, if given, is the consumer's `prepare_batch` (shared/events.py): once per batch, before the
+    handlers, with the batch's events to apply (referral: the new cases of a batch in one upsert).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class EventHandlers:
         *,
         every: TypedHandler | None = None,
         topics: tuple[str, ...] = (),
+        prepare: Callable[[AsyncSession, Sequence[Envelope]], Awaitable[None]] | None = None,
     ) -> None:
         self._by_type: dict[str, tuple[type[EventData], TypedHandler]] = {}
         for model, handler in handlers.items():
@@ -79,12 +82,17 @@ class EventHandlers:
                 raise TypeError(f"{model.__name__} is not an event type of shared/contracts (EVENT_TYPES)")
             self._by_type[model.TYPE] = (model, handler)
         self.every = every
+        self.prepare = prepare
         # The topics to read: those of the handled models, and any the caller adds (for `every`).
         self.topics: tuple[str, ...] = tuple(dict.fromkeys([*(m.TOPIC for m, _ in self._by_type.values()), *topics]))
 
     @property
     def types(self) -> frozenset[str]:
         return frozenset(self._by_type)
+
+    async def prepare_batch(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
+        if self.prepare is not None:
+            await self.prepare(session, envelopes)
 
     async def __call__(self, session: AsyncSession, envelope: Envelope) -> None:
         entry = self._by_type.get(envelope.type)

@@ -210,7 +210,8 @@ async def publish(session: AsyncSession, settings: Settings, topic: str, event: 
     """Write the event into the outbox inside the caller's transaction.
 
     Call it after the change it announces (and after any row lock on the case), so that
-    two transactions about one case get outbox ids in commit order.
+    two transactions about one case get outbox ids in commit order. In an event consumer's transaction
+    the row goes in at the batch's end (`insert_rows`), still under those locks and in publishing order.
     """
     await publish_many(session, settings, topic, [(event, key)])
 
@@ -227,7 +228,40 @@ async def _insert_outbox(
 ) -> None:
     if not rows:
         return
-    await session.execute(_OUTBOX_INSERT, [_outbox_row(settings, topic, event, key) for topic, event, key in rows])
+    await insert_rows(session, _OUTBOX_INSERT, [_outbox_row(settings, topic, event, key) for topic, event, key in rows])
+
+
+# session.info's key of the rows a consumer's transaction defers to its end (`insert_rows`).
+_DEFERRED = "mkr.deferred_rows"
+
+
+async def insert_rows(session: AsyncSession, statement: sa.Insert, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert `rows` with `statement` (an INSERT of fixed text, its rows as parameters), now or, in an event
+    consumer's transaction, at its end: every row a batch's events insert with one statement goes to the
+    database in one round trip, in the order they came, just before the commit.
+
+    Only for rows nothing reads in the same transaction, and whose order relative to other tables' rows does
+    not matter (no trigger or foreign key between them): the outbox, referral's routing decisions. A reader
+    that does need them first calls `flush_deferred`.
+    """
+    if not rows:
+        return
+    deferred: dict[sa.Insert, list[dict[str, Any]]] | None = session.info.get(_DEFERRED)
+    if deferred is None:
+        await session.execute(statement, list(rows))
+    else:
+        deferred.setdefault(statement, []).extend(rows)
+
+
+async def flush_deferred(session: AsyncSession) -> None:
+    """Insert the rows `insert_rows` deferred in this transaction (each statement's in one round trip)."""
+    deferred: dict[sa.Insert, list[dict[str, Any]]] | None = session.info.get(_DEFERRED)
+    if not deferred:
+        return
+    pending = list(deferred.items())
+    deferred.clear()
+    for statement, rows in pending:
+        await session.execute(statement, rows)
 
 
 def _outbox_row(settings: Settings, topic: str, event: Envelope, key: str) -> dict[str, Any]:
@@ -328,6 +362,7 @@ class OutboxRelay:
 
     LOCK_KEY = 7310002
     LOSS_CHECK_SECONDS = 10.0
+    BATCH = 500  # rows per batch; a full one is followed at once by the next
 
     def __init__(
         self, settings: Settings, engine: AsyncEngine, listen_dsn: dict[str, object], name: str = "service"
@@ -451,8 +486,8 @@ class OutboxRelay:
             # Cleared before the batch reads: a NOTIFY arriving while it runs wakes the wait below at once.
             self._wake.clear()
             try:
-                sent = await self.publish_batch()
-                if sent == 0 and time.monotonic() - checked_at > self.LOSS_CHECK_SECONDS:
+                sent = await self.publish_batch(self.BATCH)
+                if sent < self.BATCH and time.monotonic() - checked_at > self.LOSS_CHECK_SECONDS:
                     # Also when idle: a broker restarted empty between two quiet moments lost events too.
                     checked_at = time.monotonic()
                     await asyncio.wait_for(self.replay_if_broker_lost_events(), timeout=60)
@@ -488,7 +523,9 @@ class OutboxRelay:
                 continue
             self.failing_since = None
             self.last_error = None
-            if sent == 0:
+            if sent < self.BATCH:
+                # Caught up (a full batch goes straight on): wait for a NOTIFY — one that came while the batch
+                # ran has set the event already — or the poll. No empty batch to learn that nothing is left.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_poll_seconds)
 
@@ -510,24 +547,22 @@ class OutboxRelay:
             self._oldest_gauge.set(float(oldest or 0))
 
     async def publish_batch(self, limit: int = 500) -> int:
+        """Publish up to `limit` unpublished rows, in id order, under the relay lock; how many went out.
+
+        Round trips: BEGIN, the lock and the batch (one statement), the rows marked published and the
+        offsets read (one statement), the offsets written, COMMIT; the producer's send in between."""
         async with self.engine.connect() as conn, conn.begin():
-            locked = await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(self.LOCK_KEY)))
-            if not locked:
-                return 0
-            # Before reading the batch: a fresh producer first requeues what a restarted broker lost,
-            # and those older events must go out ahead of this batch.
+            if self.producer is None:
+                # Before reading the batch, under the lock: a fresh producer first requeues what a restarted
+                # broker lost, and those older events must go out ahead of this batch.
+                if not await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(self.LOCK_KEY))):
+                    return 0
+                await self._ensure_producer()
             producer = await self._ensure_producer()
-            rows = (
-                await conn.execute(
-                    sa.select(
-                        outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.payload,
-                        outbox_table.c.created_at,
-                    )
-                    .where(outbox_table.c.published_at.is_(None))
-                    .order_by(outbox_table.c.id)
-                    .limit(limit)
-                )
-            ).all()
+            batch = (await conn.execute(_RELAY_BATCH, {"lock": self.LOCK_KEY, "limit": limit})).all()
+            if not batch or not batch[0].held:
+                return 0  # another relay holds the lock (it publishes), or a race left no row at all
+            rows = [row for row in batch if row.id is not None]
             self.pending = len(rows)
             oldest = self._oldest_gauge
             if not rows:
@@ -551,15 +586,10 @@ class OutboxRelay:
                 firsts[tp] = min(firsts.get(tp, meta.offset), meta.offset)
             before = {
                 (row.topic, row.partition): row.next_offset
-                for row in (await conn.execute(sa.select(outbox_offsets_table))).all()
+                for row in (await conn.execute(_RELAY_PUBLISHED, {"ids": [row.id for row in rows]})).all()
             }
             # Offsets only grow: an acknowledgement below what the broker confirmed before means it lost those.
             lost = sorted({t for (t, p), first in firsts.items() if first < before.get((t, p), 0)})
-            await conn.execute(
-                outbox_table.update()
-                .where(outbox_table.c.id.in_([row.id for row in rows]))
-                .values(published_at=sa.func.now())
-            )
             EVENTS_PUBLISHED.inc(len(rows))
             self.pending = 0
             if len(rows) < limit:
@@ -572,6 +602,29 @@ class OutboxRelay:
                     _OFFSETS_UPSERT, [{"topic": t, "partition": p, "next_offset": n} for (t, p), n in ends.items()]
                 )
             return len(rows)
+
+
+# The relay's lock (re-entrant within its transaction) and its batch in one statement: a row with held false
+# when another relay holds the lock; else the unpublished rows in id order, or one row of NULLs when none is.
+# (A CTE calling a volatile function is materialized: the lock is tried once.)
+_RELAY_BATCH = sa.text(
+    """
+    WITH relay_lock AS (SELECT pg_try_advisory_xact_lock(:lock) AS held)
+    SELECT relay_lock.held, o.id, o.topic, o.key, o.payload, o.created_at
+    FROM relay_lock LEFT JOIN LATERAL (
+        SELECT id, topic, key, payload, created_at FROM outbox
+        WHERE relay_lock.held AND published_at IS NULL ORDER BY id LIMIT :limit
+    ) AS o ON true
+    ORDER BY o.id
+    """
+)
+# The published rows marked, and the offsets the broker had confirmed before (one round trip).
+_RELAY_PUBLISHED = sa.text(
+    """
+    WITH marked AS (UPDATE outbox SET published_at = now() WHERE id = ANY(:ids))
+    SELECT topic, partition, next_offset FROM outbox_offsets
+    """
+)
 
 
 class IdempotenceUnsupported(Exception):
@@ -615,6 +668,10 @@ async def _still_there(probe: AIOKafkaConsumer, topic: str, partition: int, offs
 
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+# A handler's optional `prepare_batch(session, events)`: called once per batch, in its transaction, with the
+# events about to be applied (in order, more than one), before their handlers run one by one. It may do at
+# once the work of events whose effect does not depend on the batch's other events (shared/dispatch.py).
+BatchPreparer = Callable[[AsyncSession, Sequence[Envelope]], Awaitable[None]]
 
 # The consumer loop comes round at least every ~2.5 s when it handles nothing (getmany bounded at 2 s):
 # a longer gap between two watchdog checks means that the loop itself was frozen.
@@ -640,6 +697,10 @@ class EventConsumer:
     back the others. Offsets are committed explicitly after the effect; a failing consumer is
     stopped and a new one created. An event whose handler keeps failing is recorded as `failed` in
     processed_events (for operators) after `max_attempts`, so one bad event cannot stall a topic.
+
+    Per batch, not per event: what its handlers publish goes into the outbox in one statement at its end
+    (`insert_rows`), and a handler's `prepare_batch`, if it has one, may do at once the work of events that
+    no other event of the batch bears on (referral: the upserts of new cases).
     """
 
     # Events per transaction: bounds how long a batch holds its locks, and how long before its commit
@@ -1051,6 +1112,7 @@ class EventConsumer:
         All or nothing: if any handler fails, nothing of the batch stays (the caller may retry one by one).
         """
         async with self.sessions() as session, session.begin():
+            session.info[_DEFERRED] = {}  # the batch's outbox rows (and the like) go in at its end
             fresh = set(
                 (
                     await session.execute(
@@ -1065,20 +1127,28 @@ class EventConsumer:
             )
             done: list[bool] = []
             for event in events:
-                applied = event.id in fresh
+                done.append(event.id in fresh)
                 fresh.discard(event.id)  # the same event twice in one batch: the repeat is a duplicate
-                if applied:
+            to_apply = [event for event, applied in zip(events, done, strict=True) if applied]
+            prepare: BatchPreparer | None = getattr(self.handler, "prepare_batch", None)
+            if prepare is not None and len(to_apply) > 1:
+                await prepare(session, to_apply)
+            tracing = observability.tracing_enabled()
+            for event in to_apply:
+                if tracing:
                     with observability.span(
                         f"{self.name} process", kind="CONSUMER", parent=event.traceparent,
                         **{"messaging.system": "kafka", "messaging.consumer.group.name": self.group_id,
                            "mkr.event.type": event.type, "mkr.event.id": str(event.id)},
                     ):
                         await self.handler(session, event)
-                    if len(events) > 1:
-                        # The next event starts from the database, as in a transaction of its own.
-                        await session.flush()
-                        session.expunge_all()
-                done.append(applied)
+                else:
+                    await self.handler(session, event)
+                if len(events) > 1:
+                    # The next event starts from the database, as in a transaction of its own.
+                    await session.flush()
+                    session.expunge_all()
+            await flush_deferred(session)
             return done
 
     async def _record(self, event: Envelope, *, status: str) -> None:
@@ -1139,6 +1209,8 @@ __all__ = [
     "emit",
     "ensure_topics",
     "event_of",
+    "flush_deferred",
+    "insert_rows",
     "make_event",
     "publish",
     "publish_events",

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     # The port of each process, from MKR_<NAME>_PORT (MKR_INTAKE_PORT, MKR_CONSOLE_PORT, ...); a process not
     # named here listens on the default port of its entry in the service registry (mkr/registry.py).
     ports: dict[str, int] = Field(default_factory=dict)
+    # How long `mkr serve` keeps an idle kept-alive connection open (uvicorn's timeout_keep_alive; its own
+    # default is 5 s). It must outlast every client's idle pool time, or a client reusing a connection just
+    # as the server closes it gets a connection error (httpx keeps idle connections 5 s, aiohttp 15 s,
+    # ingress-nginx's upstream pool 60 s): the client then always retires an idle connection first.
+    keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
 
     # Application-level encryption of personal data (base64 of 32 bytes) and the
     # key of the non-reversible search index. Development falls back to keys kept

@@ -32,6 +32,7 @@ from services.intake.schemas import (
     SurvivorOut,
 )
 from services.intake.schemas import ConsentRecord as ConsentRecordOut
+from shared import db
 from shared.auth import Principal, Role
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.events import event_of, outbox_row
@@ -71,6 +72,7 @@ STORE_REPORT_SQL = sa.text(
     """
     + search_index.CENSUS_SELECT
 )
+_STORE_REPORT = db.DriverStatement(STORE_REPORT_SQL)  # run by asyncpg itself: the report's hottest path
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ async def create_case(
     case_id, municipality = draft.case["id"], body.municipality
     # The key first, committed in the key store: a data write that fails leaves an orphan key, never a case without one.
     await casekeys.store(keystore, draft.cipher, case_id)
-    census = await session.execute(STORE_REPORT_SQL, draft.params)
+    census = await _STORE_REPORT.fetch(session, draft.params)
     if indexer.previous is None:
         candidates, shown = await search_index.report_duplicates(
             session, viewer=principal, municipality=municipality, keys=draft.keys,

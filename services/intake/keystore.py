@@ -66,6 +66,26 @@ ERASED_CASES = (
 )
 
 
+# A key stored unless the case has a tombstone or a key already; what was stored or found, and whether the
+# case is erased. (The statement's snapshot does not show its own insert: `existing` is the key of before.)
+PUT_KEY_SQL = sa.text(
+    """
+    WITH tomb AS (
+        SELECT 1 FROM erasures WHERE case_id = :case_id
+    ), added AS (
+        INSERT INTO case_keys (case_id, wrapped, created_at)
+        SELECT :case_id, :wrapped, :now WHERE NOT EXISTS (SELECT 1 FROM tomb)
+        ON CONFLICT (case_id) DO NOTHING
+        RETURNING wrapped
+    )
+    SELECT EXISTS (SELECT 1 FROM tomb) AS erased, (SELECT wrapped FROM added) AS inserted,
+           (SELECT wrapped FROM case_keys WHERE case_id = :case_id) AS existing
+    """
+)
+
+_PUT_KEY = db.DriverStatement(PUT_KEY_SQL)
+
+
 class KeyRefused(RuntimeError):
     """A key was to be stored for a case the key store holds a tombstone of."""
 
@@ -102,9 +122,10 @@ class KeyStore:
         """Create the database and its tables if missing, and connect."""
         await db.ensure_database_at(self.url)
         self._engine = create_async_engine(
-            self.url, pool_size=self._pool[0], max_overflow=self._pool[1], pool_pre_ping=True, pool_timeout=15,
+            self.url, pool_size=self._pool[0], max_overflow=self._pool[1], pool_timeout=15,
             connect_args={"server_settings": {"application_name": "mkr-keystore"}, "timeout": 10},
         )
+        db.ping_idle_connections(self._engine)
         async with self.engine.begin() as conn:
             await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
             await conn.run_sync(metadata.create_all)
@@ -154,16 +175,17 @@ class KeyStore:
 
     async def put(self, case_id: uuid.UUID, wrapped: str) -> str:
         """Store a case's wrapped key (committed on return) unless it has one: the one stored. Refused
-        (KeyRefused) for an erased case."""
-        async with self.engine.begin() as conn:
-            tomb = await conn.scalar(sa.select(erasures.c.case_id).where(erasures.c.case_id == case_id))
-            if tomb is not None:
-                raise KeyRefused(f"case {case_id} is erased")
-            await conn.execute(
-                insert(case_keys).values(case_id=case_id, wrapped=wrapped, created_at=datetime.now(UTC))
-                .on_conflict_do_nothing(index_elements=[case_keys.c.case_id])
-            )
-            stored = await conn.scalar(sa.select(case_keys.c.wrapped).where(case_keys.c.case_id == case_id))
+        (KeyRefused) for an erased case. One statement in autocommit: one round trip on a report's path."""
+        async with self.engine.connect() as conn:
+            # asyncpg itself, outside any transaction (SQLAlchemy begins one only at its own first statement).
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            row = await driver.fetchrow(_PUT_KEY.sql, *(
+                {"case_id": case_id, "wrapped": wrapped, "now": datetime.now(UTC)}[n] for n in _PUT_KEY.names
+            ))
+        if row["erased"]:
+            raise KeyRefused(f"case {case_id} is erased")
+        stored = row["inserted"] or row["existing"]
         assert stored is not None
         return str(stored)
 

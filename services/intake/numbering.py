@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake import domain
 from services.intake.models import CaseCounter
+from shared import db
 from shared.auth import Principal
 from shared.db import table_of
 
@@ -71,6 +72,8 @@ NUMBER_CASE_SQL = sa.text(
     """
 )
 
+_NUMBER_CASE = db.DriverStatement(NUMBER_CASE_SQL)  # run by asyncpg itself: every report's last statement
+
 
 @dataclass(frozen=True)
 class Numbering:
@@ -90,9 +93,9 @@ class Numbering:
 async def number_case(session: AsyncSession, report: Numbering) -> str:
     """Take the counter, number the case, insert its event (numbered) and its possible duplicates, and audit
     the report — the report's last statement. Returns the case number."""
-    row = (
-        await session.execute(
-            NUMBER_CASE_SQL,
+    rows = (
+        await _NUMBER_CASE.fetch(
+            session,
             {
                 "m": report.municipality,
                 "year": report.year,
@@ -107,7 +110,10 @@ async def number_case(session: AsyncSession, report: Numbering) -> str:
                 "role": report.principal.role.value,
             },
         )
-    ).one()
+    )
+    if len(rows) != 1:
+        raise RuntimeError(f"numbering case {report.case_id}: its row was not found")
+    row = rows[0]
     if row.announced != 1 or row.audited != 1:
         raise RuntimeError("numbering a case must insert its outbox row and write its audit row")
     return str(row.case_number)

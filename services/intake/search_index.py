@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared import db
 from shared.auth import Principal, Role
 from shared.crypto import SearchIndexer
 
@@ -211,9 +212,12 @@ async def report_duplicates(
         "everything": viewer.role is Role.coordinator, "viewer_sub": viewer.sub,
         "viewer_member": viewer.member_id if viewer.is_institution else None,
     }  # fmt: skip
-    rows = (await session.execute(sa.text(REPORT_DUPLICATES_SQL), params)).all()
+    rows = await _REPORT_DUPLICATES.fetch(session, params)
     found = [(Match(row.id, row.case_number, round(float(row.score), 3)), row) for row in rows]
     return [m for m, row in found if row.candidate], [m for m, row in found if row.shown]
+
+
+_REPORT_DUPLICATES = db.DriverStatement(sa.text(REPORT_DUPLICATES_SQL))  # run by asyncpg itself: every report's
 
 
 # The census keeps no exact count per key at rest: each is rounded up to a power of two (1, 2, 4, 8, …),

@@ -7,6 +7,7 @@ Their names are re-exported here for the callers that still say `service.<name>`
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,30 +23,31 @@ from services.intake.models import (
     ConsentRecord,
     ProtectionOrder,
     RiskAssessment,
-    RiskScreenConfig,
 )
-from shared.db import table_of
+from shared.db import DriverStatement
 from shared.paging import Keyset, fetch_page
+
+# Every report reads it first (asyncpg itself runs it; it also begins the report's transaction).
+_LOAD_SCREEN = DriverStatement(sa.text(
+    "SELECT questions, high_yes_count, medium_yes_count, escalation_cases, escalation_window_days"
+    " FROM risk_screen_configs WHERE municipality = :m"
+))
 
 
 async def load_screen(
     session: AsyncSession, municipality: str, default: domain.RiskScreen | None = None
 ) -> domain.RiskScreen:
     """The municipality's risk screen, or `default` (the country profile's; Albania's when not given).
-    A Core read (every report makes it): no ORM object to build."""
-    table = table_of(RiskScreenConfig)
-    row = (
-        await session.execute(
-            sa.select(
-                table.c.questions, table.c.high_yes_count, table.c.medium_yes_count, table.c.escalation_cases,
-                table.c.escalation_window_days,
-            ).where(table.c.municipality == municipality)
-        )
-    ).first()
-    if row is None:
+    No ORM object to build."""
+    rows = await _LOAD_SCREEN.fetch(session, {"m": municipality})
+    if not rows:
         return default or domain.RiskScreen()
+    row = rows[0]
+    questions = row.questions  # the jsonb as text (SQLAlchemy's asyncpg codec), or decoded by another codec
+    if isinstance(questions, str):
+        questions = json.loads(questions)
     return domain.RiskScreen(
-        questions=tuple((str(q["id"]), bool(q.get("red_flag"))) for q in row.questions),
+        questions=tuple((str(q["id"]), bool(q.get("red_flag"))) for q in questions),
         high_yes_count=row.high_yes_count,
         medium_yes_count=row.medium_yes_count,
         escalation_cases=row.escalation_cases,

@@ -25,8 +25,10 @@ class CaseConsumer:
         self.config = config
 
     async def case_reported(self, session: AsyncSession, event: Received[contract.CaseReported]) -> None:
-        case = await projection.project_case_reported(session, event)
-        await routing.route(session, self.settings, self.config, case, event)
+        case, fresh, alone = await projection.project_case_reported(session, event)
+        await routing.route(
+            session, self.settings, self.config, case, event, new_case=fresh, defer_referrals=fresh and alone
+        )
 
     async def risk_assessed(self, session: AsyncSession, event: Received[contract.CaseRiskAssessed]) -> None:
         case = await session.get(CaseFact, event.data.case_id, with_for_update=True)
@@ -73,7 +75,7 @@ class CaseConsumer:
             contract.CaseLinked: projection.on_links_changed,
             contract.CaseUnlinked: projection.on_links_changed,
             contract.CaseFactsCorrected: projection.on_facts_corrected,
-        })
+        }, prepare=projection.project_reports)
 
 
 async def on_case_anonymised(session: AsyncSession, event: Received[contract.CaseAnonymised]) -> None:

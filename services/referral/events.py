@@ -9,6 +9,7 @@ the projections of other services' facts in `projection.py`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -46,18 +47,24 @@ def _referral_fields(referral: Referral) -> dict[str, Any]:
     }
 
 
-def referral_created_event(referral: Referral) -> Envelope:
+def referral_created_event(referral: Referral | Mapping[str, Any]) -> Envelope:
+    """`referral.created` of a referral, or of the row routing inserts (`routing.py`: a dict of its columns)."""
+    r = referral if isinstance(referral, Mapping) else referral.model_dump()
     data = contract.ReferralCreated(
-        **_referral_fields(referral),
-        service=referral.service,
-        urgency=referral.urgency,
-        reason=referral.reason,
-        status=referral.status,
-        ack_due_at=referral.ack_due_at,
-        consent_override=referral.consent_override_reason is not None,
-        legal_exception=referral.legal_exception,
+        referral_id=r["id"],
+        case_id=r["case_id"],
+        case_number=r["case_number"],
+        to_member_id=str(r["to_member_id"]),
+        to_member_kind=r["to_member_kind"],
+        service=r["service"],
+        urgency=r["urgency"],
+        reason=r["reason"],
+        status=r["status"],
+        ack_due_at=r["ack_due_at"],
+        consent_override=r["consent_override_reason"] is not None,
+        legal_exception=r["legal_exception"],
     )
-    return event_of(data, subject=str(referral.case_id), municipality=referral.municipality)
+    return event_of(data, subject=str(r["case_id"]), municipality=r["municipality"])
 
 
 async def referral_created(session: AsyncSession, settings: Settings, referral: Referral) -> None:

@@ -29,7 +29,7 @@ from shared.contracts import events as contract
 from shared.db import table_of
 from shared.dispatch import Received
 from shared.etags import weak_etag
-from shared.events import Envelope, event_of, publish_events
+from shared.events import Envelope, event_of, flush_deferred, insert_rows, publish_events
 from shared.settings import Settings
 
 SYSTEM = "system:routing"
@@ -130,26 +130,36 @@ class Routing:
     decisions: list[domain.Decision]
     now: datetime
     outcomes: list[tuple[str, uuid.UUID | None]] = field(default_factory=list)
-    new: dict[int, Referral] = field(default_factory=dict)  # decision index → the referral to insert
+    new: dict[int, dict[str, Any]] = field(default_factory=dict)  # decision index → the referral row to insert
     inserted: set[uuid.UUID] = field(default_factory=set)
 
 
 async def route(
     session: AsyncSession, settings: Settings, config: ReferralConfig, case: CaseFact,
-    event: Received[Any] | Envelope,
+    event: Received[Any] | Envelope, *, new_case: bool = False, defer_referrals: bool = False,
 ) -> None:
     """Apply the routing rules to a case and store every decision, made or not.
 
     A fixed number of statements whatever the decisions: the directory (once per transaction and
-    municipality), the case's active referrals (locked), the gaps already announced, the new referrals,
-    their events, the decisions.
+    municipality), the case's active referrals (locked), the gaps already announced, the new referrals;
+    their events and the decisions go in with the consumer's batch (`shared.events.insert_rows`).
+    `new_case`: the case's row was inserted by this transaction's upsert a moment ago, so it has neither
+    referrals nor decisions yet (none is made without the case's row, and the row is never deleted) and
+    the two reads are skipped. `defer_referrals` (a new case no other event of the consumer's batch names,
+    `projection.project_reports`): its referrals go in with the batch's too, since none can exist already
+    and nothing in the batch reads them before its end (one INSERT, one run of the rollup triggers, their
+    row locks taken just before the commit).
     """
     rules, members = await directory(session, case.municipality, settings.profile)
     routing = Routing(case, domain.route_case(facts_of(case), rules, members), _now())
-    active = await _active_referrals(session, case, [d for d in routing.decisions if d.outcome == "refer"])
-    announced = await _announced_gaps(session, case, [d.kind for d in routing.decisions if d.outcome == "no_member"])
+    active: dict[uuid.UUID, Referral] = {}
+    announced: set[str] = set()
+    if not new_case:
+        active = await _active_referrals(session, case, [d for d in routing.decisions if d.outcome == "refer"])
+        gaps = [d.kind for d in routing.decisions if d.outcome == "no_member"]
+        announced = await _announced_gaps(session, case, gaps)
     _decide(routing, active, config)
-    await _insert_referrals(session, routing)
+    await _insert_referrals(session, routing, deferred=defer_referrals and new_case)
     await publish_events(session, settings, _announcements(routing, announced))
     await _record_decisions(session, routing, event)
     await session.flush()  # escalations
@@ -164,25 +174,29 @@ async def _active_referrals(
         return {}
     active: dict[uuid.UUID, Referral] = {}
     for referral in (
-        await session.execute(
-            sa.select(Referral)
-            .where(
-                col(Referral.case_id) == case.case_id,
-                col(Referral.to_member_id).in_(member_ids),
-                col(Referral.status).in_(domain.ACTIVE_STATUSES),
-            )
-            .order_by(col(Referral.created_at), col(Referral.id))
-            .with_for_update()
-        )
+        await session.execute(_ACTIVE_REFERRALS, {"case_id": case.case_id, "member_ids": member_ids})
     ).scalars():
         active.setdefault(referral.to_member_id, referral)
     return active
+
+
+_ACTIVE_REFERRALS = (
+    sa.select(Referral)
+    .where(
+        col(Referral.case_id) == sa.bindparam("case_id"),
+        col(Referral.to_member_id).in_(sa.bindparam("member_ids", expanding=True)),
+        col(Referral.status).in_(domain.ACTIVE_STATUSES),
+    )
+    .order_by(col(Referral.created_at), col(Referral.id))
+    .with_for_update()
+)
 
 
 async def _announced_gaps(session: AsyncSession, case: CaseFact, gaps: Sequence[str]) -> set[str]:
     """The kinds among `gaps` whose `mechanism.gap` this case announced already (announced once)."""
     if not gaps:
         return set()
+    await flush_deferred(session)  # the decisions of this case's events before, in the consumer's batch
     return set(
         (
             await session.execute(
@@ -208,7 +222,7 @@ def _decide(routing: Routing, active: dict[uuid.UUID, Referral], config: Referra
         existing = active.get(decision.member_id)
         if existing is None:
             routing.new[i] = _auto_referral(config, routing.case, decision, routing.now)
-            routing.outcomes.append(("referred", routing.new[i].id))
+            routing.outcomes.append(("referred", routing.new[i]["id"]))
         elif existing.status == "pending" and (
             domain.URGENCY_ORDER[decision.urgency] > domain.URGENCY_ORDER[existing.urgency]
         ):
@@ -226,16 +240,19 @@ def _escalate(referral: Referral, decision: domain.Decision, now: datetime, conf
     referral.updated_at = now
 
 
-async def _insert_referrals(session: AsyncSession, routing: Routing) -> None:
+async def _insert_referrals(session: AsyncSession, routing: Routing, *, deferred: bool = False) -> None:
     """The new automatic referrals in one INSERT; one that exists already (not active any more) is skipped
-    and its decision reads `already_referred`."""
+    and its decision reads `already_referred`. `deferred`: the case has no referral yet, they all go in,
+    with the batch's (one that did exist would fail the batch, whose events are then applied one by one)."""
     if not routing.new:
         return
-    routing.inserted = set(
-        (await session.execute(_AUTO_REFERRAL_INSERT, [r.model_dump() for r in routing.new.values()])).scalars()
-    )
+    if deferred:
+        routing.inserted = {referral["id"] for referral in routing.new.values()}
+        await insert_rows(session, _NEW_REFERRALS_INSERT, list(routing.new.values()))
+        return
+    routing.inserted = set((await session.execute(_AUTO_REFERRAL_INSERT, list(routing.new.values()))).scalars())
     for i, referral in routing.new.items():
-        if referral.id not in routing.inserted:
+        if referral["id"] not in routing.inserted:
             routing.outcomes[i] = ("already_referred", None)
 
 
@@ -244,7 +261,7 @@ def _announcements(routing: Routing, announced: set[str]) -> list[tuple[Envelope
     case = routing.case
     found: list[tuple[Envelope, str]] = []
     for i, decision in enumerate(routing.decisions):
-        if i in routing.new and routing.new[i].id in routing.inserted:
+        if i in routing.new and routing.new[i]["id"] in routing.inserted:
             found.append((events.referral_created_event(routing.new[i]), str(case.case_id)))
         elif decision.outcome == "no_member" and decision.kind not in announced:
             data = contract.MechanismGap(
@@ -258,7 +275,8 @@ async def _record_decisions(session: AsyncSession, routing: Routing, event: Rece
     if not routing.decisions:
         return
     case = routing.case
-    await session.execute(
+    await insert_rows(
+        session,
         _DECISION_INSERT,
         [
             {
@@ -291,29 +309,40 @@ _AUTO_REFERRAL_INSERT = (
     )
     .returning(_referrals.c.id)
 )
+_NEW_REFERRALS_INSERT = sa.insert(_referrals)
 _DECISION_INSERT = sa.insert(table_of(RoutingDecision))
 
 
-def _auto_referral(config: ReferralConfig, case: CaseFact, decision: domain.Decision, now: datetime) -> Referral:
+# Every column of a referral, None unless an automatic one sets it: the rows of one multi-row INSERT.
+_REFERRAL_COLUMNS = dict.fromkeys(Referral.model_fields)
+
+
+def _auto_referral(
+    config: ReferralConfig, case: CaseFact, decision: domain.Decision, now: datetime
+) -> dict[str, Any]:
+    """The row of an automatic referral (a dict: building the ORM object cost more than the INSERT)."""
     assert decision.member_id is not None
-    return Referral(
-        case_id=case.case_id,
-        case_number=case.case_number,
-        municipality=case.municipality,
-        to_member_id=decision.member_id,
-        to_member_kind=decision.kind,
-        service=", ".join(decision.services) or None,
-        urgency=decision.urgency,
-        reason=decision.reason,
-        origin="auto",
-        legal_exception=decision.legal_exception,
-        sender_role="coordinator",
-        created_by=SYSTEM,
-        created_at=now,
-        updated_at=now,
-        ack_due_at=domain.ack_due_at(now, decision.urgency, config.ack_seconds()),
-        history=[{"status": "pending", "at": now.isoformat(), "by": SYSTEM}],
-    )
+    return {
+        **_REFERRAL_COLUMNS,
+        "id": uuid.uuid4(),
+        "case_id": case.case_id,
+        "case_number": case.case_number,
+        "municipality": case.municipality,
+        "to_member_id": decision.member_id,
+        "to_member_kind": decision.kind,
+        "service": ", ".join(decision.services) or None,
+        "urgency": decision.urgency,
+        "status": "pending",
+        "reason": decision.reason,
+        "origin": "auto",
+        "legal_exception": decision.legal_exception,
+        "sender_role": "coordinator",
+        "created_by": SYSTEM,
+        "created_at": now,
+        "updated_at": now,
+        "ack_due_at": domain.ack_due_at(now, decision.urgency, config.ack_seconds()),
+        "history": [{"status": "pending", "at": now.isoformat(), "by": SYSTEM}],
+    }
 
 
 # --- consent withdrawn ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ slow the clients; the services' CPU time is read from /proc/<pid>/stat (utime + 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -83,6 +84,35 @@ def service_pids(stack: LaunchedStack) -> dict[str, int]:
     return found
 
 
+def infrastructure_pids(stack: LaunchedStack) -> dict[str, list[int]]:
+    """The embedded PostgreSQL (postmaster and backends) and broker processes of the stack, by name: their
+    CPU per report completes the budget of the two cores (empty when the stack uses an external server)."""
+    assert stack.proc is not None
+    groups: dict[str, list[int]] = {"PostgreSQL": [], "broker": []}
+    data_dir = str(stack.state / "pg")
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and "-D" in cmdline and data_dir in cmdline:
+            groups["PostgreSQL"] = [proc.pid, *(child.pid for child in proc.children())]
+    for child in psutil.Process(stack.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "tansu" in child.name() or any("tansu" in part for part in child.cmdline()[:1]):
+                groups["broker"].append(child.pid)
+    return {name: pids for name, pids in groups.items() if pids}
+
+
+def group_cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
+    """Each group's summed utime + stime (a process gone meanwhile counts nothing)."""
+    total: dict[str, float] = {}
+    for name, pids in groups.items():
+        seconds = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                seconds += cpu_seconds(pid)
+        total[name] = seconds
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15, after the command's parentheses)."""
     with open(f"/proc/{pid}/stat") as handle:
@@ -104,7 +134,10 @@ def cpu_ms_per_report(before: dict[str, float], after: dict[str, float], reports
 def _http_load(
     url: str, headers: dict[str, str], municipality: str, concurrency: int, seconds: float
 ) -> dict[str, Any]:
-    """In the child: a closed loop of POST /v1/cases; the rate, latency summary, errors and every 201 made."""
+    """In the child: a closed loop of POST /v1/cases; the rate, latency summary, errors, every 201 made and the
+    child's own CPU seconds over the loop (the load generator's share of the cores)."""
+    import time
+
     import httpx
 
     from tests.bench.harness import closed_loop
@@ -121,10 +154,83 @@ def _http_load(
                 made += response.status_code == 201
                 return response.status_code == 201
 
+            cpu = time.process_time()
             recorder, rate = await closed_loop(report, concurrency=concurrency, seconds=seconds)
-        return {"rate": rate, "summary": recorder.summary_ms(), "errors": recorder.errors, "made": made}
+            cpu = time.process_time() - cpu
+        return {"rate": rate, "summary": recorder.summary_ms(), "errors": recorder.errors, "made": made, "cpu_s": cpu,
+                "generator": "httpx"}
 
     return asyncio.run(run())
+
+
+# Debian's wrk, with bodies read from a file and its summary written as one JSON line (latencies in µs).
+WRK_SCRIPT = """
+local bodies, at = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  at = tonumber(args[2])
+end
+function request()
+  at = at % #bodies + 1
+  return wrk.format("POST", "/v1/cases", nil, bodies[at])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'MKR {"requests": %d, "duration_us": %d, "status": %d, "socket": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+WRK_WARMUP_BODIES = 1000  # bodies the 1 s warm-up may use; the measured run starts after them
+
+
+def _wrk_run(wrk: str, url: str, headers: dict[str, str], files: tuple[str, str], offset: int, concurrency: int,
+             seconds: float) -> dict[str, Any]:
+    import subprocess
+
+    flags = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    done = subprocess.run(
+        [wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "60s", "-s", files[0],
+         "-H", "Content-Type: application/json", *flags, url, "--", files[1], str(offset)],
+        capture_output=True, text=True, timeout=seconds + 120, check=True,
+    )
+    line = next(line for line in done.stdout.splitlines() if line.startswith("MKR "))
+    return dict(json.loads(line[4:]))
+
+
+def wrk_load(url: str, headers: dict[str, str], municipality: str, concurrency: int, seconds: float,
+             ) -> dict[str, Any] | None:
+    """The closed loop of `_http_load` driven by Debian's wrk (C, one thread): a 1 s warm-up, then the run;
+    the same result keys, and wrk's own CPU seconds (its rusage as a child). None when wrk is not installed."""
+    import resource
+    import shutil
+    import tempfile
+
+    from tests.bench.scenarios import varied_report
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mkr-wrk-") as tmp:
+        script, bodies = os.path.join(tmp, "report.lua"), os.path.join(tmp, "bodies.jsonl")
+        with open(script, "w") as handle:
+            handle.write(WRK_SCRIPT)
+        with open(bodies, "w") as handle:  # enough distinct reports for 400 a second, warm-up included
+            for i in range(WRK_WARMUP_BODIES + int(400 * seconds)):
+                handle.write(json.dumps(varied_report(municipality, i)) + "\n")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        warm = _wrk_run(wrk, f"{url}/v1/cases", headers, (script, bodies), 0, concurrency, 1)
+        run = _wrk_run(wrk, f"{url}/v1/cases", headers, (script, bodies), WRK_WARMUP_BODIES, concurrency, seconds)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    made = sum(r["requests"] - r["status"] for r in (warm, run))
+    return {
+        "rate": (run["requests"] - run["status"]) / (run["duration_us"] / 1e6),
+        "summary": {"p50_ms": round(run["p50_us"] / 1000, 2), "p99_ms": round(run["p99_us"] / 1000, 2)},
+        "errors": run["status"] + run["socket"], "made": made, "generator": "wrk",
+        # wrk's CPU over both runs, per report made in both (as the services' CPU is counted)
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+    }
 
 
 async def http_load_in_child(

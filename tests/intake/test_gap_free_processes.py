@@ -53,10 +53,8 @@ async def test_500_concurrent_reports_over_two_processes_number_1_to_n(
     try:
         with serve_processes(settings, "intake", processes, workers) as served:
             urls = [one.url for one in served]
-            # A fresh connection per report: with two uvicorn workers, a reused pooled connection failed now and
-            # then with httpx.ReadError (about one run in five on this machine, open: see the closing note of
-            # 2026-12-03); this test is about the numbers, which never failed.
-            limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+            # Pooled, kept-alive connections, as an integrator's client keeps them (RELIABILITY.md, keep-alive).
+            limits = httpx.Limits(max_connections=64)
             async with httpx.AsyncClient(timeout=60, limits=limits) as http:
                 for url in urls:
                     await wait_for(lambda url=url: ready(http, url), timeout=60, what=f"{url} ready")

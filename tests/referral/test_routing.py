@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import event as sa_event
 
@@ -289,3 +290,70 @@ async def test_a_batch_of_events_is_routed_in_one_transaction_with_a_fixed_numbe
     routing = await routing_of(stack, m, a["case_id"])
     assert sorted(d["outcome"] for d in routing["decisions"]) == ["escalated"] * 3 + ["referred"] * 4
     assert len(await published(stack, "referral.created", case_id=a["case_id"])) == 4
+
+
+async def test_a_batch_of_new_cases_is_projected_and_routed_in_a_fixed_number_of_statements(
+    stack: Stack,
+) -> None:
+    """The reports of new cases that no other event of the batch names are upserted together, and their
+    referrals, events and decisions go in at the batch's end: the same statements for 3 cases as for 6, the
+    same effects, in order, as one by one. A case another event of the batch names keeps the batch's order;
+    a re-reported case (referred already) still reads its referrals and gets none twice."""
+    m = new_municipality()
+    for kind in ("social_services", "shelter", "child_protection"):
+        await add_member(stack, m, kind)
+    engine = db.create_engine(stack.settings, "referral")
+    statements: list[str] = []
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    consumer = EventConsumer(
+        name=f"referral.newcases-{m}", settings=stack.settings, topics=[], sessions=db.session_factory(engine),
+        handler=make_handler(stack.settings, ReferralConfig()),
+    )  # fmt: skip
+
+    def case_event(type_: str, data: dict[str, Any]) -> Envelope:
+        return make_event(type_=type_, source="mkr/intake", subject=data["case_id"], municipality=m, data=data)
+
+    facts = {"source": "ngo", "needs": ["shelter"], "children_count": 1, "children_ages": [7],
+             "consent_share_with": ["social_services", "shelter"]}  # fmt: skip
+    known = reported(m, **facts)
+    counts = []
+    try:
+        assert await consumer.apply(case_event("case.reported", known)) is True
+        batches = [[reported(m, **facts) for _ in range(n)] for n in (3, 6)]
+        for cases in batches:
+            statements.clear()
+            assert await consumer.apply_batch([case_event("case.reported", c) for c in cases]) == [True] * len(cases)
+            counts.append(len(statements))
+        closed = reported(m, **facts)
+        closure = {"case_id": closed["case_id"], "case_number": closed["case_number"], "closed_at": _iso_now()}
+        again = reported(m, **{**facts, "case_id": known["case_id"], "case_number": known["case_number"]})
+        mixed = [case_event("case.reported", closed), case_event("case.closed", closure),
+                 case_event("case.reported", again), *(case_event("case.reported", reported(m, **facts)) for _ in "ab")]
+        assert await consumer.apply_batch(mixed) == [True] * 5  # fmt: skip
+        async with engine.connect() as conn:
+            outbox = (await conn.execute(sa.text(
+                "SELECT payload::json->'data'->>'case_id' FROM outbox "
+                "WHERE payload::json->>'type' = 'referral.created' AND payload::json->>'municipality' = :m ORDER BY id"
+            ), {"m": m})).scalars().all()  # fmt: skip
+            status = await conn.scalar(
+                sa.text("SELECT status FROM case_facts WHERE case_id = :c"), {"c": closed["case_id"]}
+            )
+    finally:
+        await engine.dispose()
+    # Inbox, the reports' upsert, the directory, then the referrals, their events and the decisions.
+    assert counts[0] == counts[1] <= 6, statements
+    # Three referrals per new case, announced in the batch's order; the known case's, once.
+    new_cases = [c["case_id"] for cases in batches for c in cases]
+    assert outbox[3 : 3 + 3 * len(new_cases)] == [case_id for case_id in new_cases for _ in range(3)]
+    assert outbox[:3] == [known["case_id"]] * 3
+    assert len(await referrals_of(stack, m, known["case_id"], 3)) == 3
+    assert outbox.count(known["case_id"]) == 3
+    routing = await routing_of(stack, m, again["case_id"])
+    assert [d["outcome"] for d in routing["decisions"]].count("already_referred") == 3
+    assert status == "closed"  # reported, then closed: in the batch's order
+    for case_id in [*new_cases, closed["case_id"]]:
+        assert len(await referrals_of(stack, m, case_id, 3)) == 3
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat()

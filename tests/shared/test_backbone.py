@@ -14,7 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import db
 from shared.embedded import free_port, start_broker, stop_process
-from shared.events import Envelope, EventConsumer, OutboxRelay, ensure_topics, event_metadata, publish
+from shared.events import (
+    Envelope,
+    EventConsumer,
+    OutboxRelay,
+    ensure_topics,
+    event_metadata,
+    flush_deferred,
+    publish,
+)
 from shared.observability import EVENTS_CONSUMED
 from shared.settings import Settings
 from tests.support import read_envelopes, read_topic, wait_for
@@ -151,6 +159,39 @@ async def test_a_batch_applies_each_event_once_and_in_order(settings: Settings, 
         inbox = await conn.scalar(sa.text("SELECT count(*) FROM processed_events WHERE consumer = 'batch'"))
     assert list(rows) == [second.id, first.id, third.id]
     assert inbox == 3
+
+
+async def test_a_batch_publishes_its_events_in_one_statement_at_its_end(
+    settings: Settings, event_db: AsyncEngine
+) -> None:
+    """What a batch's handlers publish goes into the outbox in one INSERT, in the events' order, inside the
+    batch's transaction: a batch that fails leaves none of it; a reader that needs the rows flushes them."""
+    sessions = async_sessionmaker(event_db, expire_on_commit=False)
+    statements: list[str] = []
+    sa.event.listen(event_db.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    seen: list[int] = []
+
+    async def announce(session: AsyncSession, event: Envelope) -> None:
+        if event.data["n"] < 0:
+            raise RuntimeError("a bad event after the others published")
+        await publish(session, settings, TOPIC, _event("k", event.data["n"]), "k")
+        await publish(session, settings, TOPIC, _event("k", event.data["n"] * 10), "k")
+        if event.data["n"] == 3:  # a reader of the outbox inside the batch sees what the batch wrote so far
+            await flush_deferred(session)
+            seen.append(await session.scalar(sa.text("SELECT count(*) FROM outbox")) or 0)
+
+    consumer = EventConsumer(name="announce", settings=settings, topics=[TOPIC], sessions=sessions, handler=announce)
+    with pytest.raises(RuntimeError):
+        await consumer.apply_batch([_event("k", 1), _event("k", -1)])
+    async with event_db.connect() as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM outbox")) == 0
+    statements.clear()
+    assert await consumer.apply_batch([_event("k", n) for n in (1, 2, 3, 4)]) == [True] * 4
+    assert seen == [6]
+    assert sum(1 for text in statements if text.startswith("INSERT INTO outbox")) == 2  # the flush, the end
+    async with event_db.connect() as conn:
+        payloads = (await conn.execute(sa.text("SELECT payload FROM outbox ORDER BY id"))).scalars().all()
+    assert [json.loads(p)["data"]["n"] for p in payloads] == [1, 10, 2, 20, 3, 30, 4, 40]
 
 
 async def test_a_failing_event_in_a_batch_holds_back_nothing(settings: Settings, event_db: AsyncEngine) -> None:

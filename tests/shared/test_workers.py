@@ -1,6 +1,7 @@
 """Several workers per service (`mkr serve` with MKR_WORKERS=2), as real processes on a database of their own:
 one leader (the advisory lock) runs the relay and the jobs, a follower still serves and is ready, /metrics
-sums both workers and passes promtool, and when the leader's process is killed the other takes over."""
+sums both workers and passes promtool, kept-alive connections outlast a client pool's idle expiry, and when
+the leader's process is killed the other takes over."""
 
 from __future__ import annotations
 
@@ -150,6 +151,55 @@ async def test_metrics_of_two_workers_are_summed_and_pass_promtool(workers: Work
     labels = {"service": SERVICE, "method": "GET", "route": "/v1/cases", "status": "401"}
     assert _sample(response.text, "mkr_http_requests_total", labels) == requests  # summed over both workers
     assert _sample(response.text, "mkr_worker_leader", {"service": SERVICE}) == 1
+
+
+# Kept-alive connections. httpx's pool keeps an idle connection for `keepalive_expiry` (default 5 s) and
+# reuses it until then; uvicorn closed idle connections after its own `timeout_keep_alive` (default 5 s)
+# too, so a client reusing one near 5 s idle raced the server's close: ReadError (the server closed with
+# the request unread) or RemoteProtocolError (it had closed), with no 500 and no worker restart. The
+# server must keep idle connections open longer than its clients keep them (MKR_KEEP_ALIVE_SECONDS).
+CLIENT_EXPIRY = 5.0  # httpx.Limits' default keepalive_expiry
+NEAR_EXPIRY = [CLIENT_EXPIRY - 0.1 + i * 0.005 for i in range(20)]  # idle gaps 4.900 .. 4.995 s
+
+
+def _local_port(response: httpx.Response) -> int:
+    """The client's port of the connection that carried `response` (the same port: the same connection)."""
+    stream = response.extensions["network_stream"]
+    return int(stream.get_extra_info("client_addr")[1])
+
+
+async def _reuse_after(url: str, gap: float, *, expiry: float | None, times: int) -> tuple[list[int], list[str]]:
+    """One single-connection pool: a request, then `times` more, each after `gap` seconds idle; the local
+    port of each answered request and the transport error of each failed one."""
+    ports: list[int] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=1, keepalive_expiry=expiry)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+        for attempt in range(times + 1):
+            if attempt:
+                await asyncio.sleep(gap)
+            try:
+                response = await http.get(f"{url}/readyz")  # any answer: the connection carried it
+                ports.append(_local_port(response))
+            except httpx.TransportError as exc:
+                errors.append(f"after {gap:.5f} s idle: {type(exc).__name__}: {exc}")
+    return ports, errors
+
+
+async def test_a_pooled_client_reusing_connections_near_its_keepalive_expiry_never_finds_them_closed(
+    workers: Workers,
+) -> None:
+    url = workers.served.url
+    near = [_reuse_after(url, gap, expiry=CLIENT_EXPIRY, times=2) for gap in NEAR_EXPIRY]
+    # A client that keeps idle connections longer than httpx (urllib3 has no expiry; a proxy's pool often
+    # 60 s) still finds one idle past httpx's expiry open: the same connection, not a fresh one.
+    beyond = _reuse_after(url, CLIENT_EXPIRY + 1, expiry=None, times=1)
+    *answered, (beyond_ports, beyond_errors) = await asyncio.gather(*near, beyond)
+    errors = [error for _, failed in answered for error in failed] + beyond_errors
+    assert errors == [], errors  # every reuse found its connection open
+    # The reuses happened (a client whose sleep overshot its expiry on a loaded machine opens a new one).
+    assert sum(len(set(ports)) == 1 for ports, _ in answered) >= len(NEAR_EXPIRY) // 2, answered
+    assert len(beyond_ports) == 2 and beyond_ports[0] == beyond_ports[1], beyond_ports  # not closed after 6 s
 
 
 async def test_one_leader_runs_the_relay_and_a_follower_takes_over_when_it_is_killed(workers: Workers) -> None:
