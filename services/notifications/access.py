@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlmodel import col
@@ -100,7 +100,17 @@ def visible_deliveries(principal: Principal) -> sa.ColumnElement[bool]:
     return col(Delivery.subscription_id).in_(owned.scalar_subquery())
 
 
-def receives(subscription: Subscription, event_type: str, data: Mapping[str, Any]) -> bool:
+class Subscriber(Protocol):
+    """What `receives` reads of a subscription (a Subscription row, or the consumer's `batch.Subscriber`)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def owner_member_id(self) -> str | None: ...
+
+
+def receives(subscription: Subscriber, event_type: str, data: Mapping[str, Any]) -> bool:
     """Whether a subscription that lists the event's type gets a delivery of this event."""
     if subscription.owner_member_id and not domain.concerns_member(data, subscription.owner_member_id):
         return False

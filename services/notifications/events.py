@@ -7,6 +7,7 @@ deliveries carry unique keys, so a repeated event adds nothing. Delivery is left
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -14,11 +15,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import Counter
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from services.notifications import access, domain, transfers
+from services.notifications import access, batch, domain, transfers
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import (
     Alert,
@@ -43,8 +46,8 @@ log = logging.getLogger("mkr.notifications")
 
 # Every topic, its own included.
 CONSUMED_TOPICS = ALL_TOPICS
-# Alert inserts are serialized so that `seq` order is commit order (the SSE stream resumes by seq).
-ALERT_INSERT_LOCK = 7310401
+# Alert inserts are serialized so that `seq` order is commit order (the SSE stream resumes by seq): the lock and
+# what a batch reads once are in batch.py.
 ALERTS_RAISED = Counter("mkr_alerts_raised_total", "Inbox alerts raised", ["type", "severity"])
 
 
@@ -55,17 +58,43 @@ def _uuid_or_none(value: Any) -> uuid.UUID | None:
         return None
 
 
-def _rule(row: AlertRuleRow) -> domain.AlertRule:
+def _rule(row: Any) -> domain.AlertRule:
+    """A rule from its row (an AlertRuleRow or a row of the table's columns)."""
     return domain.AlertRule(
         event_type=row.event_type,
         alert_type=row.alert_type,
-        recipient_kind=row.recipient_kind,  # type: ignore[arg-type]
+        recipient_kind=row.recipient_kind,
         recipient_ref=row.recipient_ref,
-        severity=row.severity,  # type: ignore[arg-type]
-        channels=tuple(row.channels),  # type: ignore[arg-type]
+        severity=row.severity,
+        channels=tuple(row.channels),
         condition=row.condition or {},
         priority=row.priority,
     )
+
+
+# The consumer's statements, built once (parameters bound per execution): building a statement object per
+# event cost more CPU than sending it.
+ALERTS = table_of(Alert)
+DELIVERIES = table_of(Delivery)
+RULES = table_of(AlertRuleRow)
+SUBSCRIPTIONS = table_of(Subscription)
+SHELTERS = table_of(ShelterBeds)
+CONTACTS = table_of(MemberContact)
+_INSERT_DELIVERY = pg_insert(DELIVERIES).on_conflict_do_nothing()
+# Executed with a list of rows: SQLAlchemy's "insertmanyvalues" sends them as one multi-row INSERT (pages of
+# 1000) from one compiled statement; a `.values([...])` statement would be compiled again for every batch.
+_INSERT_ALERTS = pg_insert(ALERTS).on_conflict_do_nothing().returning(ALERTS.c.id)
+_ENABLED_RULES = sa.select(RULES).where(RULES.c.enabled.is_(True))
+_SUBSCRIBERS = sa.select(
+    SUBSCRIPTIONS.c.id, SUBSCRIPTIONS.c.municipality, SUBSCRIPTIONS.c.owner_member_id, SUBSCRIPTIONS.c.event_types
+).where(SUBSCRIPTIONS.c.municipality.in_(sa.bindparam("municipalities", expanding=True)),
+        SUBSCRIPTIONS.c.deleted_at.is_(None))
+_SHELTER_OF_MEMBER = (
+    sa.select(SHELTERS.c.shelter_id).where(SHELTERS.c.member_id == sa.bindparam("member_id")).limit(1)
+)
+_EMAIL_OF_MEMBER = sa.select(CONTACTS.c.email).where(
+    CONTACTS.c.member_id == sa.bindparam("member_id"), CONTACTS.c.municipality == sa.bindparam("municipality")
+)
 
 
 class EventHandler:
@@ -75,6 +104,7 @@ class EventHandler:
     def __init__(self, settings: Settings, config: NotificationsConfig) -> None:
         self.settings = settings
         self.config = config
+        self.reads = batch.Reads()  # rules and subscriptions, kept while their generation stands
         self.registry = EventHandlers(
             {
                 contract.MemberSaved: _save_member,
@@ -93,6 +123,7 @@ class EventHandler:
         )
 
     async def __call__(self, session: AsyncSession, event: Envelope) -> None:
+        await batch.begin(session, self.reads)  # at a batch's first event, the alert lock: before any other lock
         await self.registry(session, event)
 
     async def _alert_and_deliver(self, session: AsyncSession, event: Received[EventData]) -> None:
@@ -105,6 +136,7 @@ class EventHandler:
         self, session: AsyncSession, event: Received[contract.ShelterAvailability]
     ) -> None:
         data = event.data
+        (await batch.begin(session)).forget_shelters()
         stmt = pg_insert(ShelterBeds).values(
             shelter_id=str(data.shelter_id),
             municipality=event.municipality,
@@ -157,45 +189,26 @@ class EventHandler:
 
     async def _raise_alerts(self, session: AsyncSession, event: Envelope, data: dict[str, Any]) -> None:
         """The event's alerts (the enabled rules of its type choose the recipients), each once; e-mail rows
-        for those whose rule says so."""
-        chosen = domain.alerts_for(await _enabled_rules(session, event.type), event.type, data)
+        for those whose rule says so. Inserted with the batch's other alerts when it commits."""
+        state = await batch.begin(session)  # holds the alert lock
+        chosen = domain.alerts_for(await _enabled_rules(session, state, event.type), event.type, data)
         if not chosen:
             return
-        await session.execute(sa.select(sa.func.pg_advisory_xact_lock(ALERT_INSERT_LOCK)))
         params = domain.alert_parameters(data)
         case_id = _uuid_or_none(data.get("case_id"))
         for rule, recipient in chosen:
-            alert_id = await _insert_alert(session, event, rule, recipient, case_id=case_id, params=params)
-            if alert_id is None:
-                continue
-            ALERTS_RAISED.labels(rule.alert_type, rule.severity).inc()
+            shelter_id = recipient.shelter_id
+            if recipient.member_id and shelter_id is None:
+                # A referral to a shelter's member reaches that shelter's staff too.
+                shelter_id = await _shelter_of(session, state, recipient.member_id)
+            row = _alert_row(event, rule, recipient, shelter_id=shelter_id, case_id=case_id, params=params)
+            email = None
             if "email" in rule.channels and recipient.member_id and self.config.email_enabled:
-                await self._queue_email(session, event, alert_id, recipient.member_id)
-
-    async def _queue_email(self, session: AsyncSession, event: Envelope, alert_id: uuid.UUID, member_id: str) -> None:
-        address = await session.scalar(
-            sa.select(col(MemberContact.email)).where(
-                col(MemberContact.member_id) == member_id, col(MemberContact.municipality) == event.municipality
-            )
-        )
-        if not address:
-            return
-        await session.execute(
-            pg_insert(Delivery)
-            .values(
-                id=uuid.uuid4(),
-                dedupe_key=f"email:{alert_id}:{address}",
-                channel="email",
-                alert_id=alert_id,
-                address=address,
-                event_id=event.id,
-                event_type=event.type,
-                municipality=event.municipality,
-                payload=observability.trace_payload(),  # the message is rendered from the alert when sent
-                next_attempt_at=datetime.now(UTC),
-            )
-            .on_conflict_do_nothing()
-        )
+                email = await _email_row(session, state, event, row["id"], recipient.member_id)
+            state.alerts.append(batch.PendingAlert(row, rule.alert_type, rule.severity, email))
+        if not state.inserting:
+            state.inserting = True
+            sa_event.listen(session.sync_session, "before_commit", functools.partial(_insert_alerts, state), once=True)
 
     # --- webhooks ------------------------------------------------------------------------------
 
@@ -204,91 +217,127 @@ class EventHandler:
         municipalities = {event.municipality}
         if event.type in transfers.TRANSFER_EVENTS:
             municipalities |= {str(event.data.get(side)) for side in ("from_municipality", "to_municipality")}
-        subscriptions = (
-            (
-                await session.execute(
-                    sa.select(Subscription).where(
-                        col(Subscription.municipality).in_(sorted(municipalities)),
-                        col(Subscription.deleted_at).is_(None),
-                        col(Subscription.event_types).any_() == event.type,
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        payload = event.model_dump_json()
-        for subscription in subscriptions:
-            if not access.receives(subscription, event.type, event.data):
+        subscribers = await _subscribers(session, await batch.begin(session), tuple(sorted(municipalities)))
+        payload: str | None = None
+        for subscriber in subscribers:
+            if event.type not in subscriber.event_types or not access.receives(subscriber, event.type, event.data):
                 continue
+            payload = payload or event.model_dump_json()
             await session.execute(
-                pg_insert(Delivery)
-                .values(
-                    id=uuid.uuid4(),
-                    dedupe_key=f"webhook:{subscription.id}:{event.id}",
-                    channel="webhook",
-                    subscription_id=subscription.id,
-                    event_id=event.id,
-                    event_type=event.type,
-                    municipality=subscription.municipality,
-                    payload=payload,
-                    next_attempt_at=datetime.now(UTC),
-                )
-                .on_conflict_do_nothing()
+                _INSERT_DELIVERY,
+                {
+                    "id": uuid.uuid4(),
+                    "dedupe_key": f"webhook:{subscriber.id}:{event.id}",
+                    "channel": "webhook",
+                    "subscription_id": subscriber.id,
+                    "event_id": event.id,
+                    "event_type": event.type,
+                    "municipality": subscriber.municipality,
+                    "payload": payload,
+                    "next_attempt_at": datetime.now(UTC),
+                },
             )
 
 
-async def _enabled_rules(session: AsyncSession, event_type: str) -> list[domain.AlertRule]:
-    rows = (
-        await session.execute(
-            sa.select(AlertRuleRow).where(
-                col(AlertRuleRow.event_type) == event_type,
-                col(AlertRuleRow.enabled).is_(True),
-            )
+async def _subscribers(
+    session: AsyncSession, state: batch.Batch, municipalities: tuple[str, ...]
+) -> list[batch.Subscriber]:
+    """The live subscriptions of the municipalities (read again only when the reads generation moved)."""
+    found = state.reads.subscribers.get(municipalities)
+    if found is None:
+        rows = await session.execute(_SUBSCRIBERS, {"municipalities": list(municipalities)})
+        found = state.reads.subscribers[municipalities] = [
+            batch.Subscriber(row.id, row.municipality, row.owner_member_id, frozenset(row.event_types)) for row in rows
+        ]
+    return found
+
+
+async def _enabled_rules(session: AsyncSession, state: batch.Batch, event_type: str) -> list[domain.AlertRule]:
+    """The enabled rules of the event type (every type's, read again only when the reads generation moved)."""
+    if state.reads.rules is None:
+        rules: dict[str, list[domain.AlertRule]] = {}
+        for row in await session.execute(_ENABLED_RULES):
+            rules.setdefault(row.event_type, []).append(_rule(row))
+        state.reads.rules = rules
+    return state.reads.rules.get(event_type, [])
+
+
+async def _shelter_of(session: AsyncSession, state: batch.Batch, member_id: str) -> str | None:
+    """The member's shelter (the projection as this event sees it)."""
+    if member_id not in state.shelters:
+        state.shelters[member_id] = await session.scalar(_SHELTER_OF_MEMBER, {"member_id": member_id})
+    return state.shelters[member_id]
+
+
+async def _email_row(
+    session: AsyncSession, state: batch.Batch, event: Envelope, alert_id: uuid.UUID, member_id: str
+) -> dict[str, Any] | None:
+    """The e-mail delivery of an alert to a member, if the member has an address (as this event sees it)."""
+    key = (member_id, event.municipality)
+    if key not in state.emails:
+        state.emails[key] = await session.scalar(
+            _EMAIL_OF_MEMBER, {"member_id": member_id, "municipality": event.municipality}
         )
-    ).scalars()
-    return [_rule(r) for r in rows]
+    address = state.emails[key]
+    if not address:
+        return None
+    return {
+        "id": uuid.uuid4(),
+        "dedupe_key": f"email:{alert_id}:{address}",
+        "channel": "email",
+        "alert_id": alert_id,
+        "address": address,
+        "event_id": event.id,
+        "event_type": event.type,
+        "municipality": event.municipality,
+        "payload": observability.trace_payload(),  # the message is rendered from the alert when sent
+        "next_attempt_at": datetime.now(UTC),
+    }
 
 
-async def _insert_alert(
-    session: AsyncSession,
+def _alert_row(
     event: Envelope,
     rule: domain.AlertRule,
     recipient: domain.Recipient,
     *,
+    shelter_id: str | None,
     case_id: uuid.UUID | None,
     params: dict[str, Any],
-) -> uuid.UUID | None:
-    """One alert of the event for one recipient; None when it was raised already (a redelivery)."""
-    shelter_id = recipient.shelter_id
-    if recipient.member_id and shelter_id is None:
-        # A referral to a shelter's member reaches that shelter's staff too.
-        shelter_id = await session.scalar(
-            sa.select(col(ShelterBeds.shelter_id)).where(col(ShelterBeds.member_id) == recipient.member_id).limit(1)
-        )
-    alert_id = uuid.uuid4()
-    inserted = await session.execute(
-        pg_insert(Alert)
-        .values(
-            id=alert_id,
-            event_id=event.id,
-            event_type=event.type,
-            type=rule.alert_type,
-            severity=rule.severity,
-            municipality=event.municipality,
-            recipient_key=recipient.key,
-            role=recipient.role,
-            member_id=recipient.member_id,
-            shelter_id=shelter_id,
-            sub=recipient.sub,
-            case_id=case_id,
-            params=params,
-            created_at=datetime.now(UTC),
-        )
-        .on_conflict_do_nothing()
-        .returning(col(Alert.id))
-    )
-    return alert_id if inserted.first() is not None else None
+) -> dict[str, Any]:
+    """One alert of the event for one recipient."""
+    return {
+        "id": uuid.uuid4(),
+        "event_id": event.id,
+        "event_type": event.type,
+        "type": rule.alert_type,
+        "severity": rule.severity,
+        "municipality": event.municipality,
+        "recipient_key": recipient.key,
+        "role": recipient.role,
+        "member_id": recipient.member_id,
+        "shelter_id": shelter_id,
+        "sub": recipient.sub,
+        "case_id": case_id,
+        "params": params,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def _insert_alerts(state: batch.Batch, session: Session) -> None:
+    """The batch's alerts, in event order, in one statement as it commits (still under the alert lock); an
+    alert raised already (a redelivery: its unique key is there) is skipped, and so is its e-mail row."""
+    pending, state.alerts = state.alerts, []
+    if not pending:
+        return
+    inserted = set(session.execute(_INSERT_ALERTS, [p.row for p in pending]).scalars())
+    emails = []
+    for alert in pending:
+        if alert.row["id"] in inserted:
+            ALERTS_RAISED.labels(alert.alert_type, alert.severity).inc()
+            if alert.email is not None:
+                emails.append(alert.email)
+    if emails:
+        session.execute(_INSERT_DELIVERY, emails)
 
 
 async def notification_failed(session: AsyncSession, settings: Settings, delivery: Delivery) -> None:
@@ -312,6 +361,7 @@ async def notification_failed(session: AsyncSession, settings: Settings, deliver
 
 async def _save_member(session: AsyncSession, event: Received[contract.MemberSaved]) -> None:
     data = event.data
+    (await batch.begin(session)).forget_contacts()
     values = {
         "member_id": str(data.member_id),
         "municipality": event.municipality,
@@ -371,12 +421,19 @@ async def _save_reporting_police(session: AsyncSession, event: Received[contract
         await _save_case_police(session, event, "reporting_member_id", event.data.reported_by_member_id)
 
 
+def _case_police_upsert(column: str) -> Any:
+    stmt = pg_insert(table_of(CasePolice))
+    return stmt.on_conflict_do_update(index_elements=["case_id"], set_={column: stmt.excluded[column]})
+
+
+_CASE_POLICE_UPSERTS = {column: _case_police_upsert(column) for column in ("referred_member_id", "reporting_member_id")}
+
+
 async def _save_case_police(session: AsyncSession, event: Received[Any], column: str, member_id: str) -> None:
-    table = table_of(CasePolice)
-    stmt = pg_insert(table).values(
-        {"case_id": str(event.data.case_id), "municipality": event.municipality, column: member_id}
+    await session.execute(
+        _CASE_POLICE_UPSERTS[column],
+        {"case_id": str(event.data.case_id), "municipality": event.municipality, column: member_id},
     )
-    await session.execute(stmt.on_conflict_do_update(index_elements=["case_id"], set_={column: stmt.excluded[column]}))
 
 
 async def police_member_of(session: AsyncSession, case_id: str) -> str | None:

@@ -41,9 +41,9 @@ def create_app(settings: Settings | None = None, config: NotificationsConfig | N
         settings=settings,
         routers=[router, case_alerts.router],
         migrations=Path(__file__).parent / "migrations",
-        # One event per transaction: alert inserts take a global lock and bed events a row lock, in an order
-        # that differs between events, so batches of two partitions could deadlock each other.
-        consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config), max_batch=1)],
+        # A partition's records in batches (the consumer's default size), each one transaction: a batch takes
+        # the alert lock before anything else it locks, so two batches never deadlock (batch.py).
+        consumers=[ConsumerSpec("alerts", CONSUMED_TOPICS, EventHandler(settings, config))],
         background=[worker.run, protection_order_scheduler(config), transfer_scheduler(config),
                     pruning_job(settings, prune_targets(settings, config))],
         per_worker=[notifier.run],  # each worker LISTENs for its own SSE streams (and wakes its delivery worker)

@@ -190,3 +190,13 @@ class PendingTransfer(NotificationsTable, table=True):
     requested_at: datetime = _tz()
     status: str = "pending"  # pending | accepted | declined
     overdue_raised_at: datetime | None = _tz(default=None)
+
+
+class ConsumerReadsGeneration(NotificationsTable, table=True):
+    """One row: incremented (by trigger) with every change of `alert_rules` or `subscriptions`; the consumer
+    reads those again only when it moved (services/notifications/batch.py)."""
+
+    __tablename__ = "consumer_reads_generation"
+
+    id: int = Field(default=1, primary_key=True, sa_type=sa.SmallInteger)  # type: ignore[call-overload]
+    generation: int = Field(default=0, sa_type=sa.BigInteger)  # type: ignore[call-overload]

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.notifications import domain
+from services.notifications import batch, domain
 from services.notifications.config import NotificationsConfig
 from services.notifications.models import Alert, CasePolice, MemberContact, PendingTransfer, ProtectionOrder
 from shared.app import ServiceRuntime
@@ -30,7 +30,6 @@ from shared.scheduler import claim_due, periodic
 REQUESTED, TRANSFERRED = contract.TransferRequested.TYPE, contract.CaseTransferred.TYPE
 DECLINED = contract.TransferDeclined.TYPE
 TRANSFER_EVENTS = (REQUESTED, TRANSFERRED, DECLINED, domain.TRANSFER_OVERDUE)
-ALERT_INSERT_LOCK = 7310401  # services/notifications/events.py: alert inserts in commit order
 
 # Per event: (alert type to the sending coordinator, to the receiving one, severity).
 ALERTS: dict[str, tuple[str, str, domain.Severity]] = {
@@ -52,7 +51,7 @@ async def on_transfer_event(session: AsyncSession, event: Envelope) -> None:
     await _project(session, event)
     sender_type, receiver_type, severity = ALERTS[event.type]
     params = parameters(data)
-    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(ALERT_INSERT_LOCK)))
+    await batch.begin(session)  # the alert lock (taken at the batch's first event, before any other lock)
     sides = ((data["from_municipality"], sender_type), (data["to_municipality"], receiver_type))
     for municipality, alert_type in sides:
         await session.execute(
