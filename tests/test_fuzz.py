@@ -46,9 +46,17 @@ from tests.support import create_app, token
 MAX_EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           ignored_auth]
-OPENAPI = {name: create_app(name, Settings()).openapi() for name in SERVICES}
+# Only the schemas: with a database URL given, building the apps starts no embedded PostgreSQL under ./.mkr
+# (resolving the default server did, at collection, and left it running); nothing connects before a lifespan.
+SCHEMA_ONLY = Settings(database_url="postgresql://schema-only@127.0.0.1:1/unused")
+OPENAPI = {name: create_app(name, SCHEMA_ONLY).openapi() for name in SERVICES}
 SCHEMAS = {name: schemathesis.openapi.from_dict(OPENAPI[name]) for name in SERVICES}
 MUNICIPALITY = "fuzzland"
+# Generated bodies name random case ids, which no projection will ever know: each such write to referral
+# waited the default 2 s (MKR_PROJECTION_WAIT_SECONDS) for intake's event before its 409, some fifty of
+# them, most of this file's time. The waiting itself is tests/shared/test_read_your_writes.py's; here the
+# answer after a short wait is the same documented 409.
+PROJECTION_WAIT = 0.2
 WRITES = {"POST", "PUT", "PATCH"}
 # Ids each service answered with, by collection (`/v1/members`), for later path parameters.
 CREATED: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -116,7 +124,8 @@ def _lists_still_answer(service: str, base_url: str, headers: dict[str, str], af
 def served(settings: Settings) -> Iterator[dict[str, str]]:
     """The four services under uvicorn in one background thread, on their own databases and topics."""
     fuzz = settings.model_copy(update={"database_prefix": f"{settings.database_prefix}fz_",
-                                       "kafka_topic_prefix": f"{settings.kafka_topic_prefix}fz."})
+                                       "kafka_topic_prefix": f"{settings.kafka_topic_prefix}fz.",
+                                       "projection_wait_seconds": PROJECTION_WAIT})
     ports = {name: free_port() for name in SERVICES}
     servers = [
         uvicorn.Server(uvicorn.Config(create_app(name, fuzz), host="127.0.0.1", port=ports[name], log_config=None,
