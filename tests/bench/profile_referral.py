@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import cProfile
 import os
 import pstats
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -36,25 +33,14 @@ from pyinstrument import Profiler
 from sqlalchemy import event
 
 from services.referral.models import Member
-from shared.embedded import ensure_postgres, free_port, start_broker, stop_postgres, stop_process
 from shared.events import EventConsumer
-from shared.keys import ensure_local_keypair
 from shared.settings import Settings
+from tests.bench import profiling
 from tests.bench.scenarios import _backlog_rows
 from tests.support import running_stack
 
 FETCH = 200
 PARTITIONS = 3
-
-
-def _settings(database_url: str, bootstrap: str, state: Path) -> Settings:
-    settings = Settings(
-        environment="test", state_dir=state, database_url=database_url,
-        database_prefix=f"mkrprofr_{os.getpid()}_", kafka_bootstrap=bootstrap,
-        kafka_topic_prefix=f"profr{os.getpid()}.", jwt_issuer="mkr-test", jwt_audience="mkr",
-    )
-    ensure_local_keypair(settings)
-    return settings
 
 
 def _records(settings: Settings, municipality: str, count: int, offset: list[int]) -> list[list[ConsumerRecord]]:
@@ -147,7 +133,7 @@ async def _profile(settings: Settings, events: int, html: str | None, plain: boo
             await _apply(consumer, profiled)
             profiler.stop()
             profiled = _records(settings, municipality, events, offset)
-            cpu_profile = cProfile.Profile()
+            cpu_profile = profiling.cpu_profiler()
             cpu_profile.enable()
             await _apply(consumer, profiled)
             cpu_profile.disable()
@@ -165,18 +151,9 @@ def main() -> int:
     parser.add_argument("--html")
     parser.add_argument("--plain", action="store_true", help="only the figures (to run under py-spy)")
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="mkr-profr-"))
-    url = os.environ.get("MKR_DATABASE_URL")
-    broker = start_broker(port := free_port(), state / "tansu.log")
-    try:
-        url = url or ensure_postgres(state, cleanup_mode="delete")
-        asyncio.run(_profile(_settings(url, f"127.0.0.1:{port}", state), args.events, args.html, args.plain))
-    finally:
-        stop_process(broker)
-        if not os.environ.get("MKR_DATABASE_URL"):
-            stop_postgres(state)
-        shutil.rmtree(state, ignore_errors=True)
-    return 0
+    return profiling.run_profile(
+        "profr", lambda settings: _profile(settings, args.events, args.html, args.plain)
+    )
 
 
 if __name__ == "__main__":

@@ -14,13 +14,9 @@ The figures are per report on one connection: what one request costs, not a thro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
-import cProfile
 import os
 import pstats
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,21 +24,10 @@ from typing import Any
 from pyinstrument import Profiler
 from sqlalchemy import event
 
-from shared.embedded import ensure_postgres, free_port, start_broker, stop_postgres, stop_process
-from shared.keys import ensure_local_keypair
 from shared.settings import Settings
+from tests.bench import profiling
 from tests.bench.scenarios import varied_report
 from tests.support import running_stack
-
-
-def _settings(database_url: str, bootstrap: str, state: Path) -> Settings:
-    settings = Settings(
-        environment="test", state_dir=state, database_url=database_url,
-        database_prefix=f"mkrprof_{os.getpid()}_", kafka_bootstrap=bootstrap,
-        kafka_topic_prefix=f"prof{os.getpid()}.", jwt_issuer="mkr-test", jwt_audience="mkr",
-    )
-    ensure_local_keypair(settings)
-    return settings
 
 
 async def _profile(settings: Settings, reports: int, html: str | None) -> None:
@@ -96,7 +81,7 @@ async def _profile(settings: Settings, reports: int, html: str | None) -> None:
                 await post(i)
             profiler.stop()
             # Self CPU time by function (pyinstrument's tree is wall time): the process clock, not the wall.
-            cpu_profile = cProfile.Profile(time.process_time)
+            cpu_profile = profiling.cpu_profiler()
             cpu_profile.enable()
             for i in range(30 + 2 * reports, 30 + 3 * reports):
                 await post(i)
@@ -108,7 +93,7 @@ async def _profile(settings: Settings, reports: int, html: str | None) -> None:
                 print(f"  {count / reports / 3:5.2f} × {1000 * seconds[text] / count:6.2f} ms  {text}")
             print(profiler.output_text(unicode=True, color=False, show_all=False, short_mode=False))
             stats = pstats.Stats(cpu_profile)
-            _print_layers(stats, reports)
+            profiling.print_layers(stats, reports)
             stats.sort_stats("tottime").print_stats(int(os.environ.get("MKR_PROFILE_ROWS", "35")))
             if os.environ.get("MKR_PROFILE_OURS"):  # cumulative CPU of our own functions
                 stats.sort_stats("cumulative").print_stats(r"(services|shared)/", 40)
@@ -118,47 +103,12 @@ async def _profile(settings: Settings, reports: int, html: str | None) -> None:
         await db.drop_database(settings, "intake")
 
 
-_LAYERS = (
-    ("services/", "our services"), ("shared/", "our shared library"), ("sqlalchemy", "SQLAlchemy"),
-    ("asyncpg", "asyncpg"), ("greenlet", "SQLAlchemy"), ("starlette", "FastAPI/Starlette"),
-    ("fastapi", "FastAPI/Starlette"), ("pydantic", "pydantic"), ("httpx", "load generator (httpx)"),
-    ("httpcore", "load generator (httpx)"), ("tests/", "load generator (httpx)"), ("aiokafka", "aiokafka"),
-    ("kafka", "aiokafka"), ("opentelemetry", "OpenTelemetry"), ("prometheus", "Prometheus client"),
-    ("jose", "JWT"), ("cryptography", "cryptography"), ("asyncio", "asyncio event loop"),
-    ("selectors", "asyncio event loop"), ("socket", "socket calls"), ("json", "json"), ("logging", "logging"),
-)
-
-
-def _print_layers(stats: pstats.Stats, reports: int) -> None:
-    """Self CPU time summed by library (the first match of each function's file name), per report."""
-    by_layer: collections.Counter[str] = collections.Counter()
-    for (filename, _line, name), row in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{filename} {name}"
-        layer = next((label for key, label in _LAYERS if key in where), "other (builtins, stdlib)")
-        by_layer[layer] += row[2]
-    total = sum(by_layer.values())
-    print(f"self CPU by layer (cProfile, process time; {1000 * total / reports:.2f} ms/report with its overhead):")
-    for layer, seconds in by_layer.most_common():
-        print(f"  {1000 * seconds / reports:6.2f} ms  {100 * seconds / total:5.1f} %  {layer}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.profile_report")
     parser.add_argument("--reports", type=int, default=200)
     parser.add_argument("--html")
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="mkr-prof-"))
-    url = os.environ.get("MKR_DATABASE_URL")
-    broker = start_broker(port := free_port(), state / "tansu.log")
-    try:
-        url = url or ensure_postgres(state, cleanup_mode="delete")
-        asyncio.run(_profile(_settings(url, f"127.0.0.1:{port}", state), args.reports, args.html))
-    finally:
-        stop_process(broker)
-        if not os.environ.get("MKR_DATABASE_URL"):
-            stop_postgres(state)
-        shutil.rmtree(state, ignore_errors=True)
-    return 0
+    return profiling.run_profile("prof", lambda settings: _profile(settings, args.reports, args.html))
 
 
 if __name__ == "__main__":
