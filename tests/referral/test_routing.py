@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -248,16 +249,7 @@ async def test_a_batch_of_events_is_routed_in_one_transaction_with_a_fixed_numbe
     m = new_municipality()
     members = {kind: await add_member(stack, m, kind) for kind in ("social_services", "police", "child_protection",
                                                                     "shelter")}  # fmt: skip
-    engine = db.create_engine(stack.settings, "referral")
-    statements: list[str] = []
-    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    consumer = EventConsumer(
-        name=f"referral.batch-{m}", settings=stack.settings, topics=[], sessions=db.session_factory(engine),
-        handler=make_handler(stack.settings, ReferralConfig()),
-    )  # fmt: skip
-
-    def case_event(type_: str, data: dict[str, Any]) -> Envelope:
-        return make_event(type_=type_, source="mkr/intake", subject=data["case_id"], municipality=m, data=data)
+    engine, statements, consumer, case_event = _counting_consumer(stack, m, "batch")
 
     facts = {"source": "ngo", "needs": ["shelter"], "children_count": 1, "children_ages": [7],
              "consent_share_with": ["social_services", "shelter"]}  # fmt: skip
@@ -302,16 +294,7 @@ async def test_a_batch_of_new_cases_is_projected_and_routed_in_a_fixed_number_of
     m = new_municipality()
     for kind in ("social_services", "shelter", "child_protection"):
         await add_member(stack, m, kind)
-    engine = db.create_engine(stack.settings, "referral")
-    statements: list[str] = []
-    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    consumer = EventConsumer(
-        name=f"referral.newcases-{m}", settings=stack.settings, topics=[], sessions=db.session_factory(engine),
-        handler=make_handler(stack.settings, ReferralConfig()),
-    )  # fmt: skip
-
-    def case_event(type_: str, data: dict[str, Any]) -> Envelope:
-        return make_event(type_=type_, source="mkr/intake", subject=data["case_id"], municipality=m, data=data)
+    engine, statements, consumer, case_event = _counting_consumer(stack, m, "newcases")
 
     facts = {"source": "ngo", "needs": ["shelter"], "children_count": 1, "children_ages": [7],
              "consent_share_with": ["social_services", "shelter"]}  # fmt: skip
@@ -353,6 +336,25 @@ async def test_a_batch_of_new_cases_is_projected_and_routed_in_a_fixed_number_of
     assert status == "closed"  # reported, then closed: in the batch's order
     for case_id in [*new_cases, closed["case_id"]]:
         assert len(await referrals_of(stack, m, case_id, 3)) == 3
+
+
+def _counting_consumer(
+    stack: Stack, m: str, name: str
+) -> tuple[Any, list[str], EventConsumer, Callable[[str, dict[str, Any]], Envelope]]:
+    """Referral's consumer on an engine of its own whose statements are listed as they are sent, and a maker
+    of municipality m's intake events (the caller disposes of the engine)."""
+    engine = db.create_engine(stack.settings, "referral")
+    statements: list[str] = []
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    consumer = EventConsumer(
+        name=f"referral.{name}-{m}", settings=stack.settings, topics=[], sessions=db.session_factory(engine),
+        handler=make_handler(stack.settings, ReferralConfig()),
+    )  # fmt: skip
+
+    def case_event(type_: str, data: dict[str, Any]) -> Envelope:
+        return make_event(type_=type_, source="mkr/intake", subject=data["case_id"], municipality=m, data=data)
+
+    return engine, statements, consumer, case_event
 
 
 def _iso_now() -> str:
