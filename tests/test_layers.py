@@ -194,3 +194,12 @@ def test_each_backend_service_has_its_access_rules_and_commands(name: str) -> No
     missing = [part for part, present in _application_layer(name).items() if not present]
     assert missing == [], f"services/{name} lacks {', '.join(missing)}"
 
+
+
+def test_building_the_apps_starts_no_database(tmp_path: Path) -> None:
+    """An app is built without touching a database (`python -m mkr.permissions` builds them all): with no
+    MKR_DATABASE_URL, resolving the server would start the embedded one under the state directory."""
+    settings = Settings(state_dir=tmp_path, database_url=None)
+    for name in registry.SERVICES:
+        registry.spec(name).create_app(settings)
+    assert not (tmp_path / "pg").exists()

@@ -107,7 +107,6 @@ class KeyStore:
 
     def __init__(self, settings: Settings, master: FieldCipher) -> None:
         self.settings = settings
-        self.url = db.keystore_url(settings)
         self.master = master
         self._pool = (max(2, settings.db_pool_size // 2), settings.db_max_overflow)
         self._engine: AsyncEngine | None = None
@@ -118,11 +117,18 @@ class KeyStore:
             raise RuntimeError("the key store is not open")
         return self._engine
 
+    @property
+    def url(self) -> sa.URL:
+        """The key store's database, resolved when needed (not when an app is built: with no
+        MKR_DATABASE_URL, resolving it starts the embedded server, which building an app must not do)."""
+        return db.keystore_url(self.settings)
+
     async def open(self) -> None:
         """Create the database and its tables if missing, and connect."""
-        await db.ensure_database_at(self.url)
+        url = self.url
+        await db.ensure_database_at(url)
         self._engine = create_async_engine(
-            self.url, pool_size=self._pool[0], max_overflow=self._pool[1], pool_timeout=15,
+            url, pool_size=self._pool[0], max_overflow=self._pool[1], pool_timeout=15,
             connect_args={"server_settings": {"application_name": "mkr-keystore"}, "timeout": 10},
         )
         db.ping_idle_connections(self._engine)
