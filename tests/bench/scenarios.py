@@ -163,8 +163,9 @@ async def settle(stack: LaunchedStack) -> float:
 
 async def _direct_rate(
     stack: LaunchedStack, concurrency: int, seconds: float, report: Callable[[asyncpg.Connection, int], Awaitable[None]]
-) -> tuple[Recorder, float]:
-    """A closed loop of `report` transactions over as many asyncpg connections as clients."""
+) -> tuple[Recorder, float, float | str]:
+    """A closed loop of `report` transactions over as many asyncpg connections as clients; with PostgreSQL's CPU
+    per report over it (its pool's backends counted before they exit; "n/a" with an external server)."""
     pool = await database.pool(stack, "intake", concurrency)
     try:
 
@@ -173,7 +174,12 @@ async def _direct_rate(
                 await report(conn, i)
             return True
 
-        return await closed_loop(direct, concurrency=concurrency, seconds=seconds)
+        before = reference.group_cpu_seconds(reference.infrastructure_pids(stack))
+        recorder, rate = await closed_loop(direct, concurrency=concurrency, seconds=seconds)
+        after = reference.group_cpu_seconds(reference.infrastructure_pids(stack))
+        # Warm-up included in the CPU, not in the count: an upper bound. The consumers may still be working
+        # off the HTTP run's events on the same server meanwhile.
+        return recorder, rate, _per_report(after, before, len(recorder.samples))
     finally:
         await pool.close()
 
@@ -192,10 +198,19 @@ async def _intake_row(stack: LaunchedStack, concurrency: int, seconds: float, pi
     cpu = reference.cpu_ms_per_report(cpu_before, cpu_after, http["made"])
     BACKLOG["reports"] += http["made"]
     ceiling = database.CeilingReport(settings, new_municipality("ceil"))
-    ceiling_recorder, ceiling_rate = await _direct_rate(stack, concurrency, seconds, ceiling.report)
+    ceiling_recorder, ceiling_rate, ceiling_pg = await _direct_rate(stack, concurrency, seconds, ceiling.report)
     BACKLOG["reports"] += len(ceiling_recorder.samples)  # a lower bound: warm-up reports are not counted
+    # The same ceiling over 8 municipalities (report i into the (i mod 8)th): each has its own gap-free counter
+    # row, so this shows how much the one row of one municipality bounds the ceiling.
+    spread = [database.CeilingReport(settings, new_municipality("cspr")) for _ in range(8)]
+
+    async def spread_report(conn: asyncpg.Connection, i: int) -> None:
+        await spread[i % len(spread)].report(conn, i // len(spread))
+
+    spread_recorder, spread_rate, _ = await _direct_rate(stack, concurrency, seconds, spread_report)
+    BACKLOG["reports"] += len(spread_recorder.samples)
     plain = reference.PlainReport(settings, new_municipality("plain"))
-    plain_recorder, plain_rate = await _direct_rate(stack, concurrency, seconds, plain.report)
+    plain_recorder, plain_rate, plain_pg = await _direct_rate(stack, concurrency, seconds, plain.report)
     rate = float(http["rate"])
     return {
         "clients": concurrency,
@@ -205,14 +220,24 @@ async def _intake_row(stack: LaunchedStack, concurrency: int, seconds: float, pi
         "HTTP errors": http["errors"],
         "ceiling reports/s": round(ceiling_rate, 1),
         "% of ceiling": round(100 * rate / ceiling_rate, 1) if ceiling_rate else "n/a",
+        "ceiling PostgreSQL CPU ms/report": ceiling_pg,
+        "ceiling over 8 municipalities reports/s": round(spread_rate, 1),
         "plain reports/s": round(plain_rate, 1),
         "plain p99_ms": plain_recorder.summary_ms()["p99_ms"],
         "% of plain": round(100 * rate / plain_rate, 1) if plain_rate else "n/a",
+        "plain PostgreSQL CPU ms/report": plain_pg,
         **{f"{name} CPU ms/report": cpu[name] for name in ("intake", "referral", "notifications") if name in cpu},
         **{f"{name} CPU ms/report": cpu[name] for name in ("PostgreSQL", "broker") if name in cpu},
         "load generator CPU ms/report": round(1000 * float(http["cpu_s"]) / max(int(http["made"]), 1), 2),
         "load generator": http["generator"],
     }
+
+
+def _per_report(after: dict[str, float], before: dict[str, float], reports: int) -> float | str:
+    """PostgreSQL's CPU milliseconds per report between two group snapshots ("n/a" with an external server)."""
+    if "PostgreSQL" not in after or "PostgreSQL" not in before or not reports:
+        return "n/a"
+    return round(1000 * (after["PostgreSQL"] - before["PostgreSQL"]) / reports, 2)
 
 
 async def intake_throughput(stack: LaunchedStack, quick: bool) -> Outcome:
@@ -243,7 +268,8 @@ async def intake_throughput(stack: LaunchedStack, quick: bool) -> Outcome:
         "the service's order, one transaction per report, asyncpg over as many connections as clients "
         "(risk-screen read; one statement writing the case with a placeholder number, its data key, survivor "
         "index, risk assessment and 3 consent rows and reading the key census; the duplicate search, both lists "
-        "at once; then the counter, number, outbox row, candidates and audit row in one last statement). Plain: one "
+        "at once; then the counter, number, outbox row, candidates and audit row in one last statement); over 8 "
+        "municipalities: the same, report i into the (i mod 8)th, so 8 counter rows instead of one. Plain: one "
         "transaction per report of three inserts (case row with ~1 KB JSON, person row, outbox row), asyncpg, "
         "same connections — what the database itself commits. Intake has at most 16 connections (pool 8 + "
         "overflow 8). CPU ms/report: utime + stime of each service process (/proc/<pid>/stat) over the HTTP "
