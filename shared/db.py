@@ -228,7 +228,11 @@ class DriverStatement:
         self.names = tuple(compiled.positiontup or ())
 
     async def fetch(self, session: AsyncSession, params: Mapping[str, Any]) -> list[DriverRow]:
-        driver = await driver_in_transaction(session)
+        """Run in the session's transaction (begun here if this is its first statement)."""
+        return await self.run(await driver_in_transaction(session), params)
+
+    async def run(self, driver: asyncpg.Connection, params: Mapping[str, Any]) -> list[DriverRow]:
+        """Run on an asyncpg connection as it stands (outside a transaction: committed on its own)."""
         return [DriverRow(record) for record in await driver.fetch(self.sql, *(params[n] for n in self.names))]
 
 

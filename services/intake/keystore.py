@@ -186,12 +186,10 @@ class KeyStore:
             # asyncpg itself, outside any transaction (SQLAlchemy begins one only at its own first statement).
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
-            row = await driver.fetchrow(_PUT_KEY.sql, *(
-                {"case_id": case_id, "wrapped": wrapped, "now": datetime.now(UTC)}[n] for n in _PUT_KEY.names
-            ))
-        if row["erased"]:
+            (row,) = await _PUT_KEY.run(driver, {"case_id": case_id, "wrapped": wrapped, "now": datetime.now(UTC)})
+        if row.erased:
             raise KeyRefused(f"case {case_id} is erased")
-        stored = row["inserted"] or row["existing"]
+        stored = row.inserted or row.existing
         assert stored is not None
         return str(stored)
 
