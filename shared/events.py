@@ -486,7 +486,7 @@ class OutboxRelay:
             # Cleared before the batch reads: a NOTIFY arriving while it runs wakes the wait below at once.
             self._wake.clear()
             try:
-                sent = await self.publish_batch(self.BATCH)
+                sent = await self.publish_batch()
                 if sent < self.BATCH and time.monotonic() - checked_at > self.LOSS_CHECK_SECONDS:
                     # Also when idle: a broker restarted empty between two quiet moments lost events too.
                     checked_at = time.monotonic()
@@ -546,22 +546,22 @@ class OutboxRelay:
                 )
             self._oldest_gauge.set(float(oldest or 0))
 
-    async def publish_batch(self, limit: int = 500) -> int:
+    async def publish_batch(self, limit: int = BATCH) -> int:
         """Publish up to `limit` unpublished rows, in id order, under the relay lock; how many went out.
 
         Round trips: BEGIN, the lock and the batch (one statement), the rows marked published and the
         offsets read (one statement), the offsets written, COMMIT; the producer's send in between."""
         async with self.engine.connect() as conn, conn.begin():
-            if self.producer is None:
-                # Before reading the batch, under the lock: a fresh producer first requeues what a restarted
-                # broker lost, and those older events must go out ahead of this batch.
-                if not await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(self.LOCK_KEY))):
-                    return 0
-                await self._ensure_producer()
+            # Before reading the batch, under the lock: a fresh producer first requeues what a restarted broker
+            # lost, and those older events must go out ahead of this batch.
+            if self.producer is None and not await conn.scalar(
+                sa.select(sa.func.pg_try_advisory_xact_lock(self.LOCK_KEY))
+            ):
+                return 0
             producer = await self._ensure_producer()
             batch = (await conn.execute(_RELAY_BATCH, {"lock": self.LOCK_KEY, "limit": limit})).all()
-            if not batch or not batch[0].held:
-                return 0  # another relay holds the lock (it publishes), or a race left no row at all
+            if not batch[0].held:  # the statement answers one row at least
+                return 0  # another relay holds the lock (it publishes)
             rows = [row for row in batch if row.id is not None]
             self.pending = len(rows)
             oldest = self._oldest_gauge
@@ -1135,14 +1135,13 @@ class EventConsumer:
                 await prepare(session, to_apply)
             tracing = observability.tracing_enabled()
             for event in to_apply:
-                if tracing:
-                    with observability.span(
+                with (
+                    observability.span(
                         f"{self.name} process", kind="CONSUMER", parent=event.traceparent,
                         **{"messaging.system": "kafka", "messaging.consumer.group.name": self.group_id,
                            "mkr.event.type": event.type, "mkr.event.id": str(event.id)},
-                    ):
-                        await self.handler(session, event)
-                else:
+                    ) if tracing else contextlib.nullcontext()
+                ):  # fmt: skip
                     await self.handler(session, event)
                 if len(events) > 1:
                     # The next event starts from the database, as in a transaction of its own.
