@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -79,18 +80,14 @@ class ServiceRuntime:
         return "leader" if self.is_leader else "follower"
 
 
-_FROZEN: list[bool] = []
-
-
+@functools.cache
 def _freeze_startup_objects() -> None:
     """Once per process, when the first service has started: what it built (modules, models, compiled SQL,
     the app) moves out of the collector's reach (gc.freeze), so full collections under load scan only what
     requests create — fewer and shorter pauses. Once only: a test process starting many stacks freezes the
     first one's startup objects and no more."""
-    if not _FROZEN:
-        _FROZEN.append(True)
-        gc.collect()
-        gc.freeze()
+    gc.collect()
+    gc.freeze()
 
 
 def create_service_app(
