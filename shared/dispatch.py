@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.contracts import EventData, EventRejected
-from shared.events import Envelope
+from shared.events import BatchPreparer, Envelope
 
 D = TypeVar("D", bound=EventData)
 
@@ -74,7 +74,7 @@ class EventHandlers:
         *,
         every: TypedHandler | None = None,
         topics: tuple[str, ...] = (),
-        prepare: Callable[[AsyncSession, Sequence[Envelope]], Awaitable[None]] | None = None,
+        prepare: BatchPreparer | None = None,
     ) -> None:
         self._by_type: dict[str, tuple[type[EventData], TypedHandler]] = {}
         for model, handler in handlers.items():
