@@ -179,7 +179,8 @@ async def _direct_rate(
         after = reference.group_cpu_seconds(reference.infrastructure_pids(stack))
         # Warm-up included in the CPU, not in the count: an upper bound. The consumers may still be working
         # off the HTTP run's events on the same server meanwhile.
-        return recorder, rate, _per_report(after, before, len(recorder.samples))
+        cpu = reference.cpu_ms_per_report(before, after, len(recorder.samples))
+        return recorder, rate, cpu.get("PostgreSQL", "n/a")
     finally:
         await pool.close()
 
@@ -231,13 +232,6 @@ async def _intake_row(stack: LaunchedStack, concurrency: int, seconds: float, pi
         "load generator CPU ms/report": round(1000 * float(http["cpu_s"]) / max(int(http["made"]), 1), 2),
         "load generator": http["generator"],
     }
-
-
-def _per_report(after: dict[str, float], before: dict[str, float], reports: int) -> float | str:
-    """PostgreSQL's CPU milliseconds per report between two group snapshots ("n/a" with an external server)."""
-    if "PostgreSQL" not in after or "PostgreSQL" not in before or not reports:
-        return "n/a"
-    return round(1000 * (after["PostgreSQL"] - before["PostgreSQL"]) / reports, 2)
 
 
 async def intake_throughput(stack: LaunchedStack, quick: bool) -> Outcome:
