@@ -50,17 +50,17 @@ async def _profile(settings: Settings, reports: int, html: str | None) -> None:
                 seconds[" ".join(statement.split())[:90]] += time.perf_counter() - conn.info.pop("began")
 
             # The statements asyncpg runs itself (db.DriverStatement) pass no SQLAlchemy event: counted here.
-            fetch = db.DriverStatement.fetch
+            run = db.DriverStatement.run  # every driver statement, the key store's included
 
-            async def counted(self: db.DriverStatement, session: Any, params: Any) -> Any:
+            async def counted(self: db.DriverStatement, driver: Any, params: Any) -> Any:
                 text, began = " ".join(self.sql.split())[:90], time.perf_counter()
                 try:
-                    return await fetch(self, session, params)
+                    return await run(self, driver, params)
                 finally:
                     statements[text] += 1
                     seconds[text] += time.perf_counter() - began
 
-            db.DriverStatement.fetch = counted  # type: ignore[method-assign]
+            db.DriverStatement.run = counted  # type: ignore[method-assign]
             headers = stack.auth("police", municipality, member_id="prof-police")
 
             async def post(i: int) -> None:
