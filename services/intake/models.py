@@ -78,6 +78,14 @@ class SurvivorIndex(IntakeTable, table=True):
     case_id: uuid.UUID = Field(primary_key=True, foreign_key="cases.id")
     municipality: str
     name_keys: list[str] = Field(sa_column=sa.Column(postgresql.ARRAY(sa.Text), nullable=False))
+    # The same keys as sorted distinct 32-bit codes, computed by PostgreSQL (never written): what the searches
+    # compare, with intarray (migration 0012_h16codes_name_codes).
+    name_codes: list[int] | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            postgresql.ARRAY(sa.Integer), sa.Computed("survivor_key_codes(name_keys)", persisted=True), nullable=False
+        ),
+    )
     birth_year: int | None = None
     birth_date_key: str | None = None  # keyed hash of the exact date of birth, compared for equality only
     # Fingerprint of the index key the row was written under (SearchIndexer.key_id); NULL: before key ids

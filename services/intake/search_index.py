@@ -29,7 +29,10 @@ KEY_COUNTS_SQL = (
     "SELECT key, max(survivors) FROM survivor_key_counts WHERE municipality = :m AND key = ANY(CAST(:keys AS text[]))"
     " GROUP BY key"
 )
-SHARED_KEYS = "(SELECT count(*) FROM unnest(s.name_keys) AS k WHERE k = ANY(CAST(:keys AS text[])))"
+# The keys a row shares with the query, and the row's rows probed: over the codes of the keys (intarray's `&`
+# and `&&`, GIN index ix_survivor_index_name_codes; survivor_key_codes folds to a constant when planned).
+SHARED_KEYS = "icount(s.name_codes & survivor_key_codes(CAST(:keys AS text[])))"
+PROBED = "s.name_codes && survivor_key_codes(CAST(:probe AS text[]))"
 
 
 def probe_size(n: int, share: float) -> int:
@@ -70,10 +73,10 @@ async def probe_keys(session: AsyncSession, municipality: str, keys: list[str], 
 # Names alike (Jaccard of keyed trigrams) among the probed rows, scored once per row: the `top` CTE.
 _TOP = f"""
     WITH candidates AS (
-        SELECT s.case_id, s.birth_date_key, cardinality(s.name_keys) AS size, o.shared
-        FROM survivor_index s CROSS JOIN LATERAL {SHARED_KEYS} AS o(shared)
+        SELECT s.case_id, s.birth_date_key, cardinality(s.name_codes) AS size, {SHARED_KEYS} AS shared
+        FROM survivor_index s
         WHERE s.municipality = :m
-          AND s.name_keys && CAST(:probe AS text[])
+          AND {PROBED}
           AND s.case_id <> :exclude
           AND (CAST(:by AS int) IS NULL OR s.birth_year IS NULL
                OR s.birth_year BETWEEN CAST(:by AS int) - 1 AND CAST(:by AS int) + 1)

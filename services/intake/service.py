@@ -122,7 +122,7 @@ def _hits_sql(probes: int) -> str:
     with two probes (two index keys), one row per case with its best score."""
     named = [
         f"""SELECT s.case_id, {SHARED_KEYS.replace(":keys", f":keys{i}")}::float / :n{i} AS score
-            FROM survivor_index s WHERE s.municipality = :m AND s.name_keys && CAST(:probe{i} AS text[])"""
+            FROM survivor_index s WHERE s.municipality = :m AND {PROBED.replace(":probe", f":probe{i}")}"""
         for i in range(probes)
     ]
     if probes == 1:
@@ -175,6 +175,7 @@ from services.intake.search_index import (  # noqa: E402
     CENSUS_BUCKET,
     DUPLICATES_SQL,
     KEY_COUNTS_SQL,
+    PROBED,
     SHARED_KEYS,
     Match,
     Probe,
