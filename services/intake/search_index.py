@@ -52,7 +52,8 @@ def rarest(keys: list[str], counts: dict[str, int], share: float) -> list[str]:
 # the one-row subquery always yields a row, so set_config runs even when no key is counted yet (key NULL).
 CENSUS_SELECT = (
     "SELECT c.key, max(c.survivors) AS survivors "
-    "FROM (SELECT set_config('plan_cache_mode', 'force_custom_plan', true)) AS plan(mode) "
+    "FROM (SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
+    " set_config('max_parallel_workers_per_gather', '0', true)) AS plan(mode, workers) "
     "LEFT JOIN survivor_key_counts c ON c.municipality = :m AND c.key = ANY(CAST(:keys AS text[])) GROUP BY c.key"
 )
 
