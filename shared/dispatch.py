@@ -14,7 +14,9 @@ handler for is acknowledged and changes nothing. A handler that finds an event u
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,3 +111,33 @@ class EventHandlers:
 
 
 __all__ = ["EventHandlers", "Received", "TypedHandler"]
+
+
+def events_alone(envelopes: Sequence[Envelope], model: type[D]) -> list[Received[D]]:
+    """The events of `model` in a batch about to be applied whose case no other event of the batch names (its
+    subject, its data's top-level strings and lists of strings): what a `prepare_batch` may apply ahead of the
+    batch's order, all at once. A case another event names (a second report, a closure, a transfer...) is left
+    to its handler, in order; an unusable event too (its handler rejects it, one by one)."""
+    named: Counter[str] = Counter()
+    for envelope in envelopes:
+        named.update(_named(envelope))
+    alone = []
+    for envelope in envelopes:
+        if envelope.type != model.TYPE:
+            continue
+        with contextlib.suppress(EventRejected):
+            data = envelope.typed()
+            if isinstance(data, model) and named[str(getattr(data, "case_id", envelope.subject)).lower()] == 1:
+                alone.append(Received(envelope, data))
+    return alone
+
+
+def _named(envelope: Envelope) -> set[str]:
+    """The ids an event names (its subject, its data's top-level strings and lists of strings), lower-cased."""
+    found = {envelope.subject.lower()}
+    for value in envelope.data.values():
+        if isinstance(value, str):
+            found.add(value.lower())
+        elif isinstance(value, list):
+            found.update(item.lower() for item in value if isinstance(item, str))
+    return found

@@ -7,9 +7,7 @@ is an upsert or a guarded update, so a redelivered event sets the same values ag
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import date
 from decimal import Decimal
@@ -30,7 +28,7 @@ from services.referral.models import (
 )
 from shared.contracts import EventRejected
 from shared.contracts import events as contract
-from shared.dispatch import Received
+from shared.dispatch import Received, events_alone
 from shared.events import Envelope
 
 
@@ -143,17 +141,7 @@ async def project_reports(session: AsyncSession, envelopes: Sequence[Envelope]) 
     A case another event of the batch names (a second report, a closure, a transfer...) is left to its
     handler, in the batch's order: only effects independent of the batch's order are done ahead.
     """
-    named: Counter[str] = Counter()
-    for envelope in envelopes:
-        named.update(_named(envelope))
-    reports = []
-    for envelope in envelopes:
-        if envelope.type != contract.CaseReported.TYPE:
-            continue
-        with contextlib.suppress(EventRejected):  # unusable: its handler rejects it, one by one
-            data = envelope.typed()
-            if isinstance(data, contract.CaseReported) and named[str(data.case_id)] == 1:
-                reports.append(Received(envelope, data))
+    reports = events_alone(envelopes, contract.CaseReported)
     if len(reports) < 2:
         return
     rows = (
@@ -163,17 +151,6 @@ async def project_reports(session: AsyncSession, envelopes: Sequence[Envelope]) 
     ).all()
     by_case = {row[0].case_id: (row[0], bool(row[1])) for row in rows}
     session.info[_PREPARED] = {r.id: by_case[r.data.case_id] for r in reports}
-
-
-def _named(envelope: Envelope) -> set[str]:
-    """The ids an event names (its subject, its data's top-level strings and lists of strings), lower-cased."""
-    found = {envelope.subject.lower()}
-    for value in envelope.data.values():
-        if isinstance(value, str):
-            found.add(value.lower())
-        elif isinstance(value, list):
-            found.update(item.lower() for item in value if isinstance(item, str))
-    return found
 
 
 async def on_case_closed(session: AsyncSession, event: Received[contract.CaseClosed]) -> None:

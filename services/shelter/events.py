@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -22,8 +23,8 @@ from services.shelter.models import (
 )
 from shared.contracts import events as contract
 from shared.db import table_of
-from shared.dispatch import EventHandlers, Received
-from shared.events import emit
+from shared.dispatch import EventHandlers, Received, events_alone
+from shared.events import Envelope, emit
 from shared.settings import Settings
 
 
@@ -146,27 +147,48 @@ async def rent_bonus_ending(
 # --- consumed -----------------------------------------------------------------------------------
 
 
+# The projection's upsert of a reported case, built once: one prepared statement, a batch's reports in one
+# executemany (`project_reports`).
+_CASES = table_of(CaseProjection)
+_REPORTED = pg_insert(_CASES)
+_CASE_UPSERT = _REPORTED.on_conflict_do_update(
+    index_elements=[_CASES.c.case_id],
+    set_={
+        "case_number": _REPORTED.excluded.case_number,
+        "needs": _REPORTED.excluded.needs,
+        "children_count": _REPORTED.excluded.children_count,
+    },
+)
+# session.info's key of the events `project_reports` applied ahead (their handlers then skip them).
+_PREPARED = "shelter.reported_cases"
+
+
+def _case_row(event: Received[contract.CaseReported]) -> dict[str, Any]:
+    """{case_id, case_number, municipality, needs, children_count} of a reported case."""
+    data = event.data
+    return {
+        "case_id": data.case_id,
+        "case_number": data.case_number,
+        "municipality": event.municipality,
+        "needs": list(data.needs),
+        "children_count": data.children_count,
+    }
+
+
+async def project_reports(session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
+    """The consumer's batch hook: the batch's `case.reported` of cases no other event of the batch names, kept
+    in one executemany instead of a statement each (shared.dispatch.events_alone)."""
+    reports = events_alone(envelopes, contract.CaseReported)
+    if len(reports) < 2:
+        return
+    await session.execute(_CASE_UPSERT, [_case_row(r) for r in reports])
+    session.info[_PREPARED] = {r.id for r in reports}
+
+
 async def _case_reported(session: AsyncSession, event: Received[contract.CaseReported]) -> None:
     """Keep {case_id, case_number, municipality, needs, children_count} of each reported case."""
-    data = event.data
-    table = table_of(CaseProjection)
-    stmt = pg_insert(table).values(
-        case_id=data.case_id,
-        case_number=data.case_number,
-        municipality=event.municipality,
-        needs=list(data.needs),
-        children_count=data.children_count,
-    )
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[table.c.case_id],
-            set_={
-                "case_number": stmt.excluded.case_number,
-                "needs": stmt.excluded.needs,
-                "children_count": stmt.excluded.children_count,
-            },
-        )
-    )
+    if event.id not in session.info.get(_PREPARED, ()):
+        await session.execute(_CASE_UPSERT, _case_row(event))
 
 
 async def _member_saved(session: AsyncSession, event: Received[contract.MemberSaved]) -> None:
@@ -216,7 +238,7 @@ HANDLERS = EventHandlers({
     contract.MemberSaved: _member_saved,
     contract.CaseTransferred: _case_transferred,
     contract.CaseAnonymised: _case_anonymised,
-})
+}, prepare=project_reports)
 CONSUMED_TOPICS = HANDLERS.topics
 
 
