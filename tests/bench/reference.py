@@ -86,14 +86,21 @@ def service_pids(stack: LaunchedStack) -> dict[str, int]:
 
 def infrastructure_pids(stack: LaunchedStack) -> dict[str, list[int]]:
     """The embedded PostgreSQL (postmaster and backends) and broker processes of the stack, by name: their
-    CPU per report completes the budget of the two cores (empty when the stack uses an external server)."""
+    CPU per report completes the budget of the two cores (empty when the stack uses an external server).
+    Also "PostgreSQL <service>": the backends connected to that service's database (part of "PostgreSQL")."""
     assert stack.proc is not None
     groups: dict[str, list[int]] = {"PostgreSQL": [], "broker": []}
     data_dir = str(stack.state / "pg")
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if proc.info["name"] == "postgres" and "-D" in cmdline and data_dir in cmdline:
-            groups["PostgreSQL"] = [proc.pid, *(child.pid for child in proc.children())]
+            backends = proc.children()
+            groups["PostgreSQL"] = [proc.pid, *(child.pid for child in backends)]
+            for child in backends:  # also by database: a backend's title is "postgres: <user> <database> ..."
+                with contextlib.suppress(psutil.Error, IndexError):
+                    title = child.cmdline()[0].split()
+                    if len(title) > 2 and title[0] == "postgres:" and title[2].startswith("mkr_"):
+                        groups.setdefault(f"PostgreSQL {title[2].removeprefix('mkr_')}", []).append(child.pid)
     for child in psutil.Process(stack.proc.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if "tansu" in child.name() or any("tansu" in part for part in child.cmdline()[:1]):
