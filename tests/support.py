@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from fastapi import FastAPI
@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mkr.registry import SERVICES, spec
 from shared.keys import issue_token
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.events import EventConsumer
 
 T = TypeVar("T")
 
@@ -139,6 +142,25 @@ async def throwaway_event_database(
     finally:
         await engine.dispose()
         await db.drop_database(settings, name)
+
+
+def counting_consumer(
+    settings: Settings, service: str, name: str, handler: Any
+) -> tuple[AsyncEngine, list[str], EventConsumer]:
+    """A consumer of `service`'s database on an engine of its own whose statements are listed as they are sent
+    (the caller disposes of the engine): for tests that a batch costs a fixed number of statements."""
+    from sqlalchemy import event as sa_event
+
+    from shared import db
+    from shared.events import EventConsumer
+
+    engine = db.create_engine(settings, service)
+    statements: list[str] = []
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    consumer = EventConsumer(
+        name=name, settings=settings, topics=[], sessions=db.session_factory(engine), handler=handler
+    )
+    return engine, statements, consumer
 
 
 def new_municipality() -> str:

@@ -11,15 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifications.config import NotificationsConfig
 from services.notifications.events import EventHandler
-from shared import db
 from shared.events import Envelope, EventConsumer, make_event
 from tests.notifications.test_alerts import case_reported
-from tests.support import Stack, new_municipality
+from tests.support import Stack, counting_consumer, new_municipality
 
 
 def _event(type_: str, municipality: str, data: dict[str, Any], source: str = "mkr/intake") -> Envelope:
@@ -109,13 +107,10 @@ async def test_a_batch_reads_rules_and_subscriptions_once_and_locks_first(stack:
     generation), one read of the rules and one of the subscriptions, one insert of all its alerts; per event
     only its own projection writes. The next batch reads neither again while no rule or subscription changed."""
     municipality = new_municipality()
-    engine = db.create_engine(stack.settings, "notifications")
-    statements: list[str] = []
-    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    consumer = EventConsumer(
-        name=f"statements-{municipality}", settings=stack.settings, topics=[], sessions=db.session_factory(engine),
-        handler=EventHandler(stack.settings, NotificationsConfig()),
-    )  # fmt: skip
+    engine, statements, consumer = counting_consumer(
+        stack.settings, "notifications", f"statements-{municipality}",
+        EventHandler(stack.settings, NotificationsConfig()),
+    )
     reports = [case_reported("high" if n % 2 else "low") for n in range(10)]
     events = [_event("case.reported", municipality, r) for r in reports]
     events += [_referral(municipality, str(uuid.uuid4()), "police") for _ in range(10)]

@@ -10,14 +10,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import event as sa_event
 
 from services.referral.config import ReferralConfig
 from services.referral.consumer import make_handler
-from shared import db
 from shared.events import Envelope, EventConsumer, make_event
 from tests.referral.helpers import add_member, produce, published, referrals_of, reported, routing_of
-from tests.support import Stack, new_municipality
+from tests.support import Stack, counting_consumer, new_municipality
 
 
 async def test_high_risk_case_with_children_is_referred_to_child_protection_shelter_and_social_services_within_2s(
@@ -343,13 +341,9 @@ def _counting_consumer(
 ) -> tuple[Any, list[str], EventConsumer, Callable[[str, dict[str, Any]], Envelope]]:
     """Referral's consumer on an engine of its own whose statements are listed as they are sent, and a maker
     of municipality m's intake events (the caller disposes of the engine)."""
-    engine = db.create_engine(stack.settings, "referral")
-    statements: list[str] = []
-    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    consumer = EventConsumer(
-        name=f"referral.{name}-{m}", settings=stack.settings, topics=[], sessions=db.session_factory(engine),
-        handler=make_handler(stack.settings, ReferralConfig()),
-    )  # fmt: skip
+    engine, statements, consumer = counting_consumer(
+        stack.settings, "referral", f"referral.{name}-{m}", make_handler(stack.settings, ReferralConfig())
+    )
 
     def case_event(type_: str, data: dict[str, Any]) -> Envelope:
         return make_event(type_=type_, source="mkr/intake", subject=data["case_id"], municipality=m, data=data)

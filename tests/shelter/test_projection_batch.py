@@ -8,24 +8,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event as sa_event
 
 from services.shelter.events import make_handler
-from shared import db
-from shared.events import Envelope, EventConsumer, make_event
+from shared.events import Envelope, make_event
 from tests.referral.helpers import reported
-from tests.support import Stack, new_municipality
+from tests.support import Stack, counting_consumer, new_municipality
 
 
 async def test_a_batch_of_reports_is_projected_in_a_fixed_number_of_statements_and_in_order(stack: Stack) -> None:
     m = new_municipality()
-    engine = db.create_engine(stack.settings, "shelter")
-    statements: list[str] = []
-    sa_event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    consumer = EventConsumer(
-        name=f"shelter.batch-{m}", settings=stack.settings, topics=[], sessions=db.session_factory(engine),
-        handler=make_handler(stack.settings),
-    )  # fmt: skip
+    engine, statements, consumer = counting_consumer(
+        stack.settings, "shelter", f"shelter.batch-{m}", make_handler(stack.settings)
+    )
 
     def case_event(type_: str, data: dict[str, Any]) -> Envelope:
         return make_event(type_=type_, source="mkr/intake", subject=data["case_id"], municipality=m, data=data)
