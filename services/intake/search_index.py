@@ -29,8 +29,9 @@ KEY_COUNTS_SQL = (
     "SELECT key, max(survivors) FROM survivor_key_counts WHERE municipality = :m AND key = ANY(CAST(:keys AS text[]))"
     " GROUP BY key"
 )
-# The keys a row shares with the query, and the row's rows probed: over the codes of the keys (intarray's `&`
-# and `&&`, GIN index ix_survivor_index_name_codes; survivor_key_codes folds to a constant when planned).
+# How many keys a row shares with the query (SHARED_KEYS), and which rows the index yields for the probe keys
+# (PROBED): both over the keys' 32-bit codes (intarray's `&` and `&&`; GIN index ix_survivor_index_name_codes).
+# survivor_key_codes of a parameter folds to a constant when the statement is planned.
 SHARED_KEYS = "icount(s.name_codes & survivor_key_codes(CAST(:keys AS text[])))"
 PROBED = "s.name_codes && survivor_key_codes(CAST(:probe AS text[]))"
 
@@ -47,7 +48,8 @@ def rarest(keys: list[str], counts: dict[str, int], share: float) -> list[str]:
     return sorted(keys, key=lambda key: (counts.get(key, 0), key))[: probe_size(len(keys), share)]
 
 
-# One statement: the plan mode for the statements after it (set_config(..., true) is SET LOCAL), and the
+# One statement: the plan mode for the statements after it (set_config(..., true) is SET LOCAL) — custom plans,
+# and no parallel workers (on a small host a worker's start costs more than a search) — and the
 # census counts of the query's keys (the largest over index key ids, as KEY_COUNTS_SQL). The LEFT JOIN from
 # the one-row subquery always yields a row, so set_config runs even when no key is counted yet (key NULL).
 CENSUS_SELECT = (
