@@ -110,9 +110,6 @@ class EventHandlers:
             await self.every(session, Received(envelope, data))
 
 
-__all__ = ["EventHandlers", "Received", "TypedHandler"]
-
-
 def events_alone(envelopes: Sequence[Envelope], model: type[D]) -> list[Received[D]]:
     """The events of `model` in a batch about to be applied whose case no other event of the batch names (its
     subject, its data's top-level strings and lists of strings): what a `prepare_batch` may apply ahead of the
@@ -141,3 +138,6 @@ def _named(envelope: Envelope) -> set[str]:
         elif isinstance(value, list):
             found.update(item.lower() for item in value if isinstance(item, str))
     return found
+
+
+__all__ = ["EventHandlers", "Received", "TypedHandler", "events_alone"]
