@@ -8,8 +8,9 @@
 
 The consumer (`shared.events.EventConsumer`) has already checked the envelope against the contract
 and rejected what fails it (recorded, counted, never retried). A contract event the registry has no
-handler for is acknowledged and changes nothing. A handler that finds an event unusable raises
-`EventRejected(reason)`: the same rule applies (recorded as rejected, counted, not retried).
+handler for (and no `every`) is acknowledged and changes nothing: it is not even recorded in the inbox.
+A handler that finds an event unusable raises `EventRejected(reason)`: the same rule applies (recorded as
+rejected, counted, not retried).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class EventHandlers:
     @property
     def types(self) -> frozenset[str]:
         return frozenset(self._by_type)
+
+    def acts_on(self, event_type: str) -> bool:
+        """Whether applying an event of this type can change anything here: a handler for it, or `every`. The
+        consumer acknowledges the others without a transaction (no inbox row: there is nothing to apply twice)."""
+        return self.every is not None or event_type in self._by_type
 
     async def prepare_batch(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
         if self.prepare is not None:

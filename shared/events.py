@@ -698,6 +698,9 @@ class EventConsumer:
     stopped and a new one created. An event whose handler keeps failing is recorded as `failed` in
     processed_events (for operators) after `max_attempts`, so one bad event cannot stall a topic.
 
+    A valid event of a type the handler has nothing to do for (`acts_on`, shared/dispatch.py) is acknowledged
+    without a transaction or an inbox row, and counted as `ignored`.
+
     Per batch, not per event: what its handlers publish goes into the outbox in one statement at its end
     (`insert_rows`), and a handler's `prepare_batch`, if it has one, may do at once the work of events that
     no other event of the batch bears on (referral: the upserts of new cases).
@@ -1049,6 +1052,12 @@ class EventConsumer:
         if rejected:
             await self._reject(rejected)
         events = [event for _, event in parsed if isinstance(event, Envelope)]
+        acts_on: Callable[[str], bool] | None = getattr(self.handler, "acts_on", None)
+        if acts_on is not None:  # a registry (shared/dispatch.py): the types it has nothing to do for are skipped
+            kept = [event for event in events if acts_on(event.type)]
+            if len(kept) < len(events):
+                EVENTS_CONSUMED.labels(self.name, "ignored").inc(len(events) - len(kept))
+            events = kept
         for at in range(0, len(events), self.max_batch):
             chunk = events[at : at + self.max_batch]
             if len(chunk) > 1:

@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.contracts import EventRejected
 from shared.contracts import events as contract
 from shared.dispatch import EventHandlers, Received
 from shared.events import EVENTS_REJECTED, Envelope, EventConsumer, event_of, make_event
+from shared.observability import EVENTS_CONSUMED
 from shared.settings import Settings
 
 
@@ -78,6 +80,46 @@ async def test_handlers_receive_typed_models_and_a_poison_event_is_rejected_once
     assert EVENTS_REJECTED.labels("invalid_data")._value.get() - before == 2
 
 
+async def test_a_registry_s_consumer_records_only_the_events_it_acts_on(
+    settings: Settings, event_db: AsyncEngine
+) -> None:
+    """Events of a type the registry has no handler (and no `every`) for are acknowledged with no transaction
+    and no inbox row, and counted as `ignored`; those it acts on are applied and recorded as before."""
+    applied: list[uuid.UUID] = []
+
+    async def on_reopened(session: AsyncSession, event: Received[contract.CaseReopened]) -> None:
+        applied.append(event.id)
+
+    handlers = EventHandlers({contract.CaseReopened: on_reopened})
+    assert handlers.acts_on("case.reopened") and not handlers.acts_on("case.closed")
+    name = f"ignoring-{uuid.uuid4().hex[:6]}"
+    consumer = EventConsumer(
+        name=name, settings=settings, topics=[], sessions=async_sessionmaker(event_db, expire_on_commit=False),
+        handler=handlers,
+    )  # fmt: skip
+
+    def closed() -> Envelope:
+        case_id = uuid.uuid4()
+        return event_of(contract.CaseClosed(case_id=case_id, case_number="T-3"), subject=str(case_id),
+                        municipality="elbasan")  # fmt: skip
+
+    events = [closed(), _reopened(uuid.uuid4()), closed(), _reopened(uuid.uuid4())]
+    topic = settings.topic(contract.INTAKE_TOPIC)
+    records = [
+        ConsumerRecord(topic=topic, partition=0, offset=offset, timestamp=0, timestamp_type=0, key=None,
+                       value=event.model_dump_json().encode(), checksum=None, serialized_key_size=-1,
+                       serialized_value_size=len(event.model_dump_json()), headers=())
+        for offset, event in enumerate(events)
+    ]  # fmt: skip
+    before = EVENTS_CONSUMED.labels(name, "ignored")._value.get()
+    await consumer._handle_all(records)
+    assert applied == [events[1].id, events[3].id]
+    assert await _statuses(event_db, name) == {events[1].id: "done", events[3].id: "done"}
+    assert EVENTS_CONSUMED.labels(name, "ignored")._value.get() - before == 2
+    await consumer._handle_all(records[:1])  # a batch of ignored events only: still nothing recorded
+    assert await _statuses(event_db, name) == {events[1].id: "done", events[3].id: "done"}
+
+
 def test_a_registry_takes_only_the_contracts_event_models() -> None:
     async def handler(session: AsyncSession, event: Received[Any]) -> None:
         return None
@@ -85,4 +127,5 @@ def test_a_registry_takes_only_the_contracts_event_models() -> None:
     with pytest.raises(TypeError):
         EventHandlers({contract.CaseEventData: handler})  # a base of event models, not an event type
     both = EventHandlers({contract.ShelterFull: handler}, every=handler, topics=contract.ALL_TOPICS)
+    assert both.acts_on("case.closed")  # `every` runs for every contract event it reads
     assert both.topics == (contract.SHELTER_TOPIC, *[t for t in contract.ALL_TOPICS if t != contract.SHELTER_TOPIC])

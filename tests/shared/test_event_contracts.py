@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -99,6 +100,13 @@ async def _statuses(stack: Stack, service: str, consumer: str, ids: list[uuid.UU
         return {row.event_id: row.status for row in rows}
 
 
+def _acts_on(stack: Stack, service: str, consumer: str) -> Callable[[str], bool]:
+    """Which event types the service's running consumer applies (a registry's `acts_on`; a plain handler: all)."""
+    running = next(c for c in stack.apps[service].state.runtime.consumers if c.name == consumer)
+    acts_on: Callable[[str], bool] | None = getattr(running.handler, "acts_on", None)
+    return acts_on if acts_on is not None else (lambda _type: True)
+
+
 async def _count(stack: Stack, service: str, sql: str, **params: Any) -> int:
     async with stack.apps[service].state.runtime.engine.connect() as conn:
         return int(await conn.scalar(sa.text(sql), params) or 0)
@@ -114,7 +122,7 @@ async def test_malformed_and_forged_events_are_rejected_the_same_way_by_every_co
     )
     await producer.start()
     sent: dict[str, list[tuple[uuid.UUID, str, str | None]]] = {}
-    valid: dict[str, uuid.UUID] = {}
+    valid: dict[str, list[tuple[str, uuid.UUID]]] = {}  # topic -> (type, id) of the valid events after the bad
     try:
         for topic in (INTAKE_TOPIC, REFERRAL_TOPIC):
             sent[topic] = []
@@ -122,27 +130,37 @@ async def test_malformed_and_forged_events_are_rejected_the_same_way_by_every_co
                 meta = await producer.send_and_wait(settings.topic(topic), value, key=key.encode())
                 position = uuid.uuid5(_REJECTED_NAMESPACE, f"{meta.topic}/{meta.partition}/{meta.offset}")
                 sent[topic].append((position, reason, case_id))
-            # A valid event behind them on the same partition: the consumers are not held up.
+            # Valid events behind them on the same partition: the consumers are not held up.
             if topic == INTAKE_TOPIC:
-                event = _case_event(m, "case.reported", reported(m))
+                events = [_case_event(m, "case.reported", reported(m))]
             else:
                 # As a producer of the previous release wrote it: `schema_version`, no specversion or
-                # datacontenttype; every consumer still applies it (for one release).
-                event = _legacy(_referral_created(m, str(uuid.uuid4())))
-            await producer.send_and_wait(settings.topic(topic), json.dumps(event).encode(), key=key.encode())
-            valid[topic] = uuid.UUID(event["id"])
+                # datacontenttype; every consumer still applies it (for one release). And a directory change,
+                # which the consumers without a handler for referral.created act on (shelter).
+                member = make_event(type_="member.saved", source="mkr/referral", subject=key, municipality=m,
+                                    data={"member_id": str(uuid.uuid4()), "kind": "shelter"}).model_dump(mode="json")
+                events = [_legacy(_referral_created(m, str(uuid.uuid4()))), member]  # fmt: skip
+            for event in events:
+                await producer.send_and_wait(settings.topic(topic), json.dumps(event).encode(), key=key.encode())
+            valid[topic] = [(event["type"], uuid.UUID(event["id"])) for event in events]
     finally:
         await producer.stop()
 
     for service, (consumer, topics) in CONSUMERS.items():
+        acts_on = _acts_on(stack, service, consumer)
         for topic in topics:
             ids = [position for position, _, _ in sent[topic]]
+            # The valid events this consumer has something to do for (it records no others: shared/dispatch.py).
+            applied = [event_id for type_, event_id in valid[topic] if acts_on(type_)]
+            assert applied, f"{consumer} acts on none of the valid events of {topic}"
 
-            async def handled(service: str = service, consumer: str = consumer, topic: str = topic) -> bool:
-                done = await _statuses(stack, service, consumer, [valid[topic]])
-                return done.get(valid[topic]) == "done"
+            async def handled(
+                service: str = service, consumer: str = consumer, applied: list[uuid.UUID] = applied
+            ) -> bool:
+                done = await _statuses(stack, service, consumer, applied)
+                return all(done.get(event_id) == "done" for event_id in applied)
 
-            await wait_for(handled, timeout=40, what=f"{consumer} to apply the valid event after the bad ones")
+            await wait_for(handled, timeout=40, what=f"{consumer} to apply the valid events after the bad ones")
             statuses = await _statuses(stack, service, consumer, ids)
             expected = {position: f"rejected:{reason}" for position, reason, _ in sent[topic]}
             assert statuses == expected, f"{consumer} on {topic}"
