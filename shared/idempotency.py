@@ -102,6 +102,12 @@ class IdempotentRequest:
         )
         return inserted.first() is not None
 
+    def row(self) -> dict[str, str | None]:
+        """The claim's row, as parameters of a statement that stores the answer itself (`idem_scope`,
+        `idem_caller`, `idem_key`; the key None without an Idempotency-Key): intake's report stores its answer
+        in its last statement (services/intake/numbering.py) instead of a `remember` after it."""
+        return {"idem_scope": self.scope, "idem_caller": self.caller, "idem_key": self.key}
+
     async def remember(self, session: AsyncSession, status_code: int, answer: Any) -> None:
         """Store the answer with the claim, in the same transaction as the change."""
         if self.key is None:

@@ -131,10 +131,9 @@ async def report_case(
                 local_day=local_day,
                 screen=screen,
                 config=config,
+                once=once,  # the answer is stored with the claim by the report's last statement
             )
-            answer = jsonable(created)
-            await once.remember(session, 201, answer)
-            return JSONResponse(answer, status_code=201)
+            return JSONResponse(jsonable(created), status_code=201)
     return await once.replay(session)
 
 

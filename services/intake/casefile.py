@@ -36,6 +36,7 @@ from shared import db
 from shared.auth import Principal, Role
 from shared.crypto import FieldCipher, SearchIndexer
 from shared.events import event_of, outbox_row
+from shared.idempotency import IdempotentRequest
 from shared.settings import Settings
 
 
@@ -100,6 +101,7 @@ async def create_case(
     local_day: date,
     screen: domain.RiskScreen,
     config: IntakeConfig,
+    once: IdempotentRequest | None = None,
 ) -> CaseCreated:
     """Store a validated report (encrypted identity, coded facts, search index, consent, first
     assessment), find possible duplicates and publish, then — last, so their locks are held for one
@@ -107,7 +109,8 @@ async def create_case(
 
     The data key first, in the key store (its own database); then three round trips (Core statements, no ORM
     objects): the rows and the key census (STORE_REPORT_SQL),
-    the duplicate search (both lists at once), and the last statement (number, event, candidates, audit)."""
+    the duplicate search (both lists at once), and the last statement (number, event, candidates, audit, and
+    under an Idempotency-Key the answer `once` replays, stored with its claim)."""
     draft = draft_report(keystore.master, indexer, principal, body, reported_at, local_day, screen)
     case_id, municipality = draft.case["id"], body.municipality
     # The key first, committed in the key store: a data write that fails leaves an orphan key, never a case without one.
@@ -125,14 +128,9 @@ async def create_case(
     # Every possible duplicate awaits the coordinator's decision; the reporter is shown only those she may read.
     data = events.case_reported(draft.case, draft.share_with, pending_duplicates=len(candidates))
     envelope = event_of(data, subject=str(case_id), municipality=municipality)
-    case_number = await numbering.number_case(session, numbering.Numbering(
-        case_id=case_id, municipality=municipality, year=local_day.year,
-        prefix=domain.case_prefix(municipality, config.case_prefixes), outbox=outbox_row(settings, envelope,
-        str(case_id)), candidates=[(m.id, m.score) for m in candidates], principal=principal, at=datetime.now(UTC),
-    ))  # fmt: skip
-    return CaseCreated(
+    created = CaseCreated(
         id=case_id,
-        case_number=case_number,
+        case_number=draft.case["case_number"],  # the placeholder until the last statement numbers the case
         municipality=municipality,
         status=CaseStatus.open,
         risk_level=RiskLevel(draft.case["risk_level"]),
@@ -140,6 +138,14 @@ async def create_case(
         reported_at=reported_at,
         possible_duplicates=[PossibleDuplicate(id=d.id, case_number=d.case_number, score=d.score) for d in shown],
     )
+    keyed = once is not None and once.key is not None
+    case_number = await numbering.number_case(session, numbering.Numbering(
+        case_id=case_id, municipality=municipality, year=local_day.year,
+        prefix=domain.case_prefix(municipality, config.case_prefixes), outbox=outbox_row(settings, envelope,
+        str(case_id)), candidates=[(m.id, m.score) for m in candidates], principal=principal, at=datetime.now(UTC),
+        answer=created.model_dump_json() if keyed else None, claim=once.row() if once is not None and keyed else None,
+    ))  # fmt: skip
+    return created.model_copy(update={"case_number": case_number})
 
 
 async def _duplicates_under_both_keys(

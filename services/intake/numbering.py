@@ -6,7 +6,8 @@ serialise reports, so both are taken by the report's last statement: the case (c
 number), its search index, assessment and consent are written and the duplicate search runs first
 (services/intake/casefile.py); then one statement bumps the counter, sets the number on the case,
 inserts the event's outbox row with the number written into its payload, the possible duplicates found,
-and the audit row (whose trigger takes the chain lock). A
+the audit row (whose trigger takes the chain lock) and, under an Idempotency-Key, the answer stored with
+the claim (numbered the same way), so nothing but the COMMIT follows the locks. A
 transaction that fails at any point rolls the counter back with everything else, so numbers stay
 gap-free and unique; the placeholder is never visible outside the transaction.
 
@@ -65,9 +66,17 @@ NUMBER_CASE_SQL = sa.text(
         INSERT INTO audit_log (at, case_id, municipality, sub, role, action)
         SELECT :at, :case_id, :m, :sub, :role, 'case.reported' FROM numbered
         RETURNING id
+    ), remembered AS (
+        UPDATE idempotency_keys
+        SET status_code = 201,
+            response = CAST(replace(CAST(:answer AS text), CAST(:placeholder AS text), numbered.case_number) AS jsonb)
+        FROM numbered
+        WHERE CAST(:idem_key AS text) IS NOT NULL AND idempotency_keys.scope = CAST(:idem_scope AS text)
+          AND idempotency_keys.caller = CAST(:idem_caller AS text) AND idempotency_keys.key = CAST(:idem_key AS text)
+        RETURNING 1
     )
     SELECT numbered.case_number, (SELECT count(*) FROM announced) AS announced,
-           (SELECT count(*) FROM audited) AS audited
+           (SELECT count(*) FROM audited) AS audited, (SELECT count(*) FROM remembered) AS remembered
     FROM numbered
     """
 )
@@ -88,6 +97,10 @@ class Numbering:
     candidates: list[tuple[uuid.UUID, float]]
     principal: Principal
     at: datetime
+    # The answer under an Idempotency-Key (its JSON, still carrying the placeholder) and the claim's row
+    # (`IdempotentRequest.row`): stored numbered by the same statement, so no statement follows it.
+    answer: str | None = None
+    claim: dict[str, str | None] | None = None
 
 
 async def number_case(session: AsyncSession, report: Numbering) -> str:
@@ -108,6 +121,8 @@ async def number_case(session: AsyncSession, report: Numbering) -> str:
                 "at": report.at,
                 "sub": report.principal.sub,
                 "role": report.principal.role.value,
+                "answer": report.answer,
+                **(report.claim or {"idem_scope": None, "idem_caller": None, "idem_key": None}),
             },
         )
     )
@@ -116,6 +131,9 @@ async def number_case(session: AsyncSession, report: Numbering) -> str:
     row = rows[0]
     if row.announced != 1 or row.audited != 1:
         raise RuntimeError("numbering a case must insert its outbox row and write its audit row")
+    keyed = report.claim is not None and report.claim["idem_key"] is not None
+    if row.remembered != (1 if keyed else 0):
+        raise RuntimeError("numbering a case under an Idempotency-Key must store its answer with the claim")
     return str(row.case_number)
 
 

@@ -176,6 +176,55 @@ async def test_retry_with_same_key_and_body_returns_the_first_answer_and_creates
     assert [c["id"] for c in listed.json()["items"]] == [first.json()["id"]]
 
 
+async def test_a_keyed_report_stores_its_answer_in_the_numbering_statement_and_then_only_commits(
+    intake: Stack,
+) -> None:
+    """Issue #16: the counter (and the audit chain's lock) are held for one statement and the commit, under
+    an Idempotency-Key too: the answer is stored, numbered, by the statement that takes them."""
+    from sqlalchemy import event as sa_event
+
+    municipality = new_municipality()
+    pool = intake.apps["intake"].state.runtime.engine.sync_engine.pool
+    sent: list[tuple[int, str]] = []
+    logged: set[int] = set()
+
+    def log_statements(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if id(driver) not in logged:
+            logged.add(id(driver))
+            driver.add_query_logger(lambda query, conn=id(driver): sent.append((conn, query.query)))
+
+    def log_orm_statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        driver = id(conn.connection.dbapi_connection.driver_connection)
+        asyncio.get_running_loop().call_soon(sent.append, (driver, statement))
+
+    # asyncpg's query logger sees what the driver runs itself (the report's statements, BEGIN, COMMIT), the
+    # engine's event what SQLAlchemy runs (its prepared statements pass the logger by). The logger is called
+    # soon after each statement completes, so the event's entry is queued the same way: one connection's
+    # statements, run one after the other, are listed in the order they ran.
+    engine = intake.apps["intake"].state.runtime.engine.sync_engine
+    sa_event.listen(pool, "checkout", log_statements)
+    sa_event.listen(engine, "before_cursor_execute", log_orm_statement)
+    try:
+        headers = intake.auth("police", municipality, member_id="m-police") | {"Idempotency-Key": "k-last"}
+        first = await intake.intake.post("/v1/cases", json=contract_report(municipality), headers=headers)
+        await asyncio.sleep(0.05)  # the loggers' last calls
+    finally:
+        sa_event.remove(pool, "checkout", log_statements)
+        sa_event.remove(engine, "before_cursor_execute", log_orm_statement)
+    assert first.status_code == 201, first.text
+    numbering = [(conn, i) for i, (conn, sql) in enumerate(sent) if sql.lstrip().startswith("WITH counter AS")]
+    assert len(numbering) == 1
+    conn, at = numbering[0]
+    after = [sql.strip().rstrip(";") for c, sql in sent[at + 1 :] if c == conn]
+    assert after[:1] == ["COMMIT"], after[:3]
+    assert not any("idempotency_keys" in sql and sql.lstrip().startswith("UPDATE") for _, sql in sent)
+    again = await intake.intake.post("/v1/cases", json=contract_report(municipality), headers=headers)
+    assert again.status_code == 201
+    assert again.json() == first.json()
+    assert not again.json()["case_number"].startswith("pending:")
+
+
 async def test_same_key_with_another_body_is_409(intake: Stack) -> None:
     municipality = new_municipality()
     headers = intake.auth("police", municipality) | {"Idempotency-Key": "k-2"}
