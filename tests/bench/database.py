@@ -178,7 +178,7 @@ STORE_PARAMS = [
 ]
 NUMBER_PARAMS = [
     "m", "year", "prefix", "case_id", "placeholder", "event_id", "topic", "key", "payload", "other_ids", "scores",
-    "at", "sub", "role",
+    "at", "sub", "role", "answer", "idem_scope", "idem_caller", "idem_key",
 ]
 # The report's three statements as the service sends them (casefile.py, search_index.py, numbering.py).
 STORE_SQL = positional(casefile.STORE_REPORT_SQL.text, STORE_PARAMS)
@@ -249,6 +249,7 @@ class CeilingReport:
                 NUMBER_SQL, self.municipality, now.year, self.prefix, case_id, number, event.id, self.topic,
                 str(case_id), event.model_dump_json(), [r["id"] for r in found if r["candidate"]],
                 [round(float(r["score"]), 3) for r in found if r["candidate"]], now, sub, "police",
+                None, None, None, None,  # no Idempotency-Key (as the HTTP run): no answer stored
             )
 
     def event(self, case_id: uuid.UUID, number: str, now: datetime, facts: dict[str, Any]) -> Envelope:
