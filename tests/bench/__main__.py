@@ -1,7 +1,8 @@
 """`make bench`: the embedded stack as real processes under load; figures go to BENCHMARKS.md.
 
 Each scenario prints its figures and the run writes them, with the machine and the date, into
-BENCHMARKS.md. Durations are short enough for the whole run to take a few minutes on 2 cores.
+BENCHMARKS.md, replacing the previous run's figures but keeping its hand-written notes (analysis, one-off
+runs), which sit between `<!-- kept by make bench (top|end): ... -->` and `<!-- end of kept notes -->`. Durations are short enough for the whole run to take a few minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import re
 import tempfile
 import time
 import traceback
@@ -48,7 +50,23 @@ def load_average() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def render(results: list[tuple[str, list[dict[str, Any]], str]]) -> str:
+# Hand-written parts of the report (analysis, one-off runs with --only) sit between these markers; a new run
+# carries them into the file it writes: "top" ones after its targets at a glance, "end" ones after its tables.
+KEPT_BEGIN = "<!-- kept by make bench ({where}): hand-written, carried into the next report -->"
+KEPT_END = "<!-- end of kept notes -->"
+KEPT = re.compile(r"<!-- kept by make bench \((top|end)\): [^\n]*-->\n.*?<!-- end of kept notes -->\n?", re.S)
+
+
+def kept_notes(previous: str) -> dict[str, list[str]]:
+    """The kept blocks of the previous report, markers included, by where they go ("top", "end")."""
+    found: dict[str, list[str]] = {"top": [], "end": []}
+    for match in KEPT.finditer(previous):
+        found[match.group(1)].append(match.group(0).rstrip("\n"))
+    return found
+
+
+def render(results: list[tuple[str, list[dict[str, Any]], str]], kept: dict[str, list[str]] | None = None) -> str:
+    kept = kept or {"top": [], "end": []}
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Benchmarks",
@@ -71,6 +89,8 @@ def render(results: list[tuple[str, list[dict[str, Any]], str]]) -> str:
                 break
     if verdicts:
         lines += ["Targets at a glance (details under each table):", "", *verdicts, ""]
+    for block in kept.get("top", []):
+        lines += [block, ""]
     for title, rows, note in results:
         lines += [f"## {title}", ""]
         if note:
@@ -82,6 +102,8 @@ def render(results: list[tuple[str, list[dict[str, Any]], str]]) -> str:
             for row in rows:
                 lines.append("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
             lines.append("")
+    for block in kept.get("end", []):
+        lines += [block, ""]
     return "\n".join(lines)
 
 
@@ -132,7 +154,9 @@ def main() -> int:
             stack.stop()
             log.close()
     LOAD["end"] = load_average()
-    Path(args.output).write_text(render(results))
+    output = Path(args.output)
+    previous = output.read_text() if output.exists() else ""
+    output.write_text(render(results, kept_notes(previous)))
     print(f"wrote {args.output}")
     return 0
 
