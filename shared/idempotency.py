@@ -61,7 +61,8 @@ def request_hash(body: BaseModel) -> str:
 class IdempotentRequest:
     """One creating call under `Idempotency-Key`: (scope, caller, key, body hash) as one object.
 
-    The flow every idempotent POST follows, inside the transaction of its change:
+    The flow an idempotent POST follows, inside the transaction of its change (intake's report stores its
+    answer with the statement that numbers the case instead of `remember`, `row` below):
 
         once = IdempotentRequest.of(scope=..., caller=principal.sub, key=idempotency_key, body=body)
         async with session.begin():

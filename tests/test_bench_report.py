@@ -3,7 +3,9 @@ markers (tests/bench/__main__.py): the analysis of what bounds a target must out
 
 from __future__ import annotations
 
-from tests.bench.__main__ import KEPT_BEGIN, KEPT_END, kept_notes, render
+import pytest
+
+from tests.bench.__main__ import KEPT_BEGIN, KEPT_END, KeptNotesUnreadable, kept_notes, render
 
 RESULTS = [("Intake: reports per second", [{"clients": 32, "HTTP reports/s": 155.3}], "Target: **met**")]
 
@@ -25,6 +27,25 @@ def test_a_new_report_keeps_the_previous_ones_notes_in_their_places() -> None:
 def test_a_report_without_notes_keeps_nothing() -> None:
     assert kept_notes("# Benchmarks\n\nfigures only\n") == {"top": [], "end": []}
     assert KEPT_END not in render(RESULTS, kept_notes(""))
+
+
+@pytest.mark.parametrize(
+    "previous",
+    [
+        f"{KEPT_BEGIN.format(where='top')}\nno end marker\n## Old table\n",  # a begin without its end
+        f"{KEPT_BEGIN.format(where='middle')}\nsomewhere unknown\n{KEPT_END}\n",  # an unknown place
+        f"{KEPT_BEGIN.format(where='top')}\none\n{KEPT_BEGIN.format(where='end')}\ntwo\n{KEPT_END}\n",  # nested
+        f"notes\n{KEPT_END}\n",  # an end too many
+    ],
+)
+def test_markers_that_do_not_pair_up_are_refused_rather_than_lost(previous: str) -> None:
+    with pytest.raises(KeptNotesUnreadable):
+        kept_notes(previous)
+
+
+def test_windows_line_ends_and_trailing_spaces_after_a_marker_still_keep_the_block() -> None:
+    previous = f"{KEPT_BEGIN.format(where='top')}  \r\nnote\r\n{KEPT_END}\r\n"
+    assert kept_notes(previous)["top"] == [f"{KEPT_BEGIN.format(where='top')}  \r\nnote\r\n{KEPT_END}"]
 
 
 def test_the_repositorys_report_has_its_issue_16_analysis_kept() -> None:

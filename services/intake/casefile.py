@@ -143,7 +143,7 @@ async def create_case(
         case_id=case_id, municipality=municipality, year=local_day.year,
         prefix=domain.case_prefix(municipality, config.case_prefixes), outbox=outbox_row(settings, envelope,
         str(case_id)), candidates=[(m.id, m.score) for m in candidates], principal=principal, at=datetime.now(UTC),
-        answer=created.model_dump_json() if keyed else None, claim=once.row() if once is not None and keyed else None,
+        answer=created.model_dump_json() if keyed else None, claim=once.row() if keyed and once else None,
     ))  # fmt: skip
     return created.model_copy(update={"case_number": case_number})
 

@@ -104,8 +104,9 @@ class Numbering:
 
 
 async def number_case(session: AsyncSession, report: Numbering) -> str:
-    """Take the counter, number the case, insert its event (numbered) and its possible duplicates, and audit
-    the report — the report's last statement. Returns the case number."""
+    """Take the counter, number the case, insert its event (numbered) and its possible duplicates, audit the
+    report and, under an Idempotency-Key, store its answer (numbered) with the claim — the report's last
+    statement. Returns the case number."""
     rows = (
         await _NUMBER_CASE.fetch(
             session,

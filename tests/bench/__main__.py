@@ -2,7 +2,8 @@
 
 Each scenario prints its figures and the run writes them, with the machine and the date, into
 BENCHMARKS.md, replacing the previous run's figures but keeping its hand-written notes (analysis, one-off
-runs), which sit between `<!-- kept by make bench (top|end): ... -->` and `<!-- end of kept notes -->`. Durations are short enough for the whole run to take a few minutes on 2 cores.
+runs), which sit between `<!-- kept by make bench (top|end): ... -->` and `<!-- end of kept notes -->`.
+Durations are short enough for the whole run to take a few minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -54,14 +55,30 @@ def load_average() -> str:
 # carries them into the file it writes: "top" ones after its targets at a glance, "end" ones after its tables.
 KEPT_BEGIN = "<!-- kept by make bench ({where}): hand-written, carried into the next report -->"
 KEPT_END = "<!-- end of kept notes -->"
-KEPT = re.compile(r"<!-- kept by make bench \((top|end)\): [^\n]*-->\n.*?<!-- end of kept notes -->\n?", re.S)
+KEPT = re.compile(
+    r"<!-- kept by make bench \((top|end)\): [^\n]*-->[ \t]*\r?\n.*?<!-- end of kept notes -->[ \t]*(?:\r?\n)?", re.S
+)
+
+
+class KeptNotesUnreadable(ValueError):
+    """The previous report's markers do not pair up: writing over it would lose notes."""
 
 
 def kept_notes(previous: str) -> dict[str, list[str]]:
-    """The kept blocks of the previous report, markers included, by where they go ("top", "end")."""
+    """The kept blocks of the previous report, markers included, by where they go ("top", "end").
+
+    Raises KeptNotesUnreadable when a marker is not part of a well-formed block (an unknown place, a begin
+    without its end, an end too many): the caller must not overwrite that file."""
     found: dict[str, list[str]] = {"top": [], "end": []}
-    for match in KEPT.finditer(previous):
-        found[match.group(1)].append(match.group(0).rstrip("\n"))
+    blocks = list(KEPT.finditer(previous))
+    for match in blocks:
+        if "<!-- kept by make bench" in match.group(0)[len("<!-- kept by make bench") :]:
+            raise KeptNotesUnreadable("a kept block begins inside another one (its end marker is missing)")
+        found[match.group(1)].append(match.group(0).rstrip("\r\n \t"))
+    if previous.count("<!-- kept by make bench") != len(blocks) or previous.count("<!-- end of kept notes") != len(
+        blocks
+    ):
+        raise KeptNotesUnreadable("the kept-notes markers do not pair up (begin: 'kept by make bench (top|end)')")
     return found
 
 
@@ -156,7 +173,13 @@ def main() -> int:
     LOAD["end"] = load_average()
     output = Path(args.output)
     previous = output.read_text() if output.exists() else ""
-    output.write_text(render(results, kept_notes(previous)))
+    try:
+        kept = kept_notes(previous)
+    except KeptNotesUnreadable as why:  # the figures are not lost: they go next to it
+        output = output.with_name(output.name + ".new")
+        print(f"{args.output}: {why}; left as it is, the new report goes to {output}")
+        kept = {"top": [], "end": []}
+    output.write_text(render(results, kept))
     print(f"wrote {args.output}")
     return 0
 

@@ -91,11 +91,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mkr-profile-stack-") as tmp:
         stack = LaunchedStack(state=Path(tmp) / "state")
         with (out / "stack.log").open("wb") as log:
-            _with_pg_stat_statements(stack, log)
             try:
+                _with_pg_stat_statements(stack, log)
                 _profile(stack, args, out)
             finally:
-                stack.stop()
+                if stack.proc is not None and stack.proc.poll() is None:
+                    stack.stop()
     print(f"profiles in {out}")
 
 
@@ -116,11 +117,16 @@ def _profile(stack: LaunchedStack, args: argparse.Namespace, out: Path) -> None:
     if args.perf:
         command = ["perf", "record", "-a", "-g", "-F", "199", "-o", str(out / "perf.data"), "--", "sleep", seconds]
         samplers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    before = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(reference.infrastructure_pids(stack))}
-    run = reference.wrk_load(url, headers, municipality, args.clients, args.seconds)
-    after = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(reference.infrastructure_pids(stack))}
-    for sampler in samplers:
-        sampler.wait()
+    try:
+        before = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(reference.infrastructure_pids(stack))}
+        run = reference.wrk_load(url, headers, municipality, args.clients, args.seconds)
+        after = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(reference.infrastructure_pids(stack))}
+        for sampler in samplers:
+            sampler.wait(timeout=float(seconds) + 60)
+    finally:
+        for sampler in samplers:  # a run that failed leaves no sampler behind
+            if sampler.poll() is None:
+                sampler.terminate()
     assert run is not None
     print(f"{args.clients} clients: {run['rate']:.1f} reports/s, p50 {run['summary']['p50_ms']} ms, "
           f"p99 {run['summary']['p99_ms']} ms, {run['errors']} errors")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -186,13 +187,14 @@ async def test_a_keyed_report_stores_its_answer_in_the_numbering_statement_and_t
     municipality = new_municipality()
     pool = intake.apps["intake"].state.runtime.engine.sync_engine.pool
     sent: list[tuple[int, str]] = []
-    logged: set[int] = set()
+    logged: dict[int, tuple[Any, Any]] = {}  # the drivers given a logger, and the logger (removed at the end)
 
     def log_statements(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         driver = dbapi_connection.driver_connection
         if id(driver) not in logged:
-            logged.add(id(driver))
-            driver.add_query_logger(lambda query, conn=id(driver): sent.append((conn, query.query)))
+            logger = functools.partial(lambda conn, query: sent.append((conn, query.query)), id(driver))
+            logged[id(driver)] = (driver, logger)
+            driver.add_query_logger(logger)
 
     def log_orm_statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         driver = id(conn.connection.dbapi_connection.driver_connection)
@@ -200,8 +202,8 @@ async def test_a_keyed_report_stores_its_answer_in_the_numbering_statement_and_t
 
     # asyncpg's query logger sees what the driver runs itself (the report's statements, BEGIN, COMMIT), the
     # engine's event what SQLAlchemy runs (its prepared statements pass the logger by). The logger is called
-    # soon after each statement completes, so the event's entry is queued the same way: one connection's
-    # statements, run one after the other, are listed in the order they ran.
+    # soon (call_soon) after a statement completes, the event as one starts; its entry is queued with call_soon
+    # too, so that one connection's statements, run one after the other, are listed in the order they ran.
     engine = intake.apps["intake"].state.runtime.engine.sync_engine
     sa_event.listen(pool, "checkout", log_statements)
     sa_event.listen(engine, "before_cursor_execute", log_orm_statement)
@@ -212,6 +214,8 @@ async def test_a_keyed_report_stores_its_answer_in_the_numbering_statement_and_t
     finally:
         sa_event.remove(pool, "checkout", log_statements)
         sa_event.remove(engine, "before_cursor_execute", log_orm_statement)
+        for driver, logger in logged.values():
+            driver.remove_query_logger(logger)
     assert first.status_code == 201, first.text
     numbering = [(conn, i) for i, (conn, sql) in enumerate(sent) if sql.lstrip().startswith("WITH counter AS")]
     assert len(numbering) == 1
@@ -223,6 +227,24 @@ async def test_a_keyed_report_stores_its_answer_in_the_numbering_statement_and_t
     assert again.status_code == 201
     assert again.json() == first.json()
     assert not again.json()["case_number"].startswith("pending:")
+
+
+async def test_a_keyed_retry_of_a_report_with_possible_duplicates_returns_the_first_answer(intake: Stack) -> None:
+    """The stored answer (JSON through jsonb) keeps the duplicates' numbers and scores as first answered."""
+    municipality = new_municipality()
+    coordinator = intake.auth("coordinator", municipality)
+    alike = contract_report(municipality)
+    alike["survivor"]["first_name"] = "Ermiras"  # alike, not the same: a score below 1 goes through jsonb
+    earlier = await intake.intake.post("/v1/cases", json=alike, headers=coordinator)
+    assert earlier.status_code == 201
+    headers = coordinator | {"Idempotency-Key": "k-dup"}
+    first = await intake.intake.post("/v1/cases", json=contract_report(municipality), headers=headers)
+    again = await intake.intake.post("/v1/cases", json=contract_report(municipality), headers=headers)
+    assert first.status_code == again.status_code == 201
+    shown = first.json()["possible_duplicates"]
+    assert [d["case_number"] for d in shown] == [earlier.json()["case_number"]]
+    assert 0 < shown[0]["score"] < 1
+    assert again.json() == first.json()  # equal as JSON (jsonb keeps no key order)
 
 
 async def test_same_key_with_another_body_is_409(intake: Stack) -> None:
