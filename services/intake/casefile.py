@@ -138,12 +138,12 @@ async def create_case(
         reported_at=reported_at,
         possible_duplicates=[PossibleDuplicate(id=d.id, case_number=d.case_number, score=d.score) for d in shown],
     )
-    keyed = once is not None and once.key is not None
+    keyed = once is not None and once.key is not None  # only then is there an answer to store
     case_number = await numbering.number_case(session, numbering.Numbering(
         case_id=case_id, municipality=municipality, year=local_day.year,
         prefix=domain.case_prefix(municipality, config.case_prefixes), outbox=outbox_row(settings, envelope,
         str(case_id)), candidates=[(m.id, m.score) for m in candidates], principal=principal, at=datetime.now(UTC),
-        answer=created.model_dump_json() if keyed else None, claim=once.row() if keyed and once else None,
+        answer=created.model_dump_json() if keyed else None, claim=once.row() if once else None,
     ))  # fmt: skip
     return created.model_copy(update={"case_number": case_number})
 

@@ -53,10 +53,11 @@ def load_average() -> str:
 
 # Hand-written parts of the report (analysis, one-off runs with --only) sit between these markers; a new run
 # carries them into the file it writes: "top" ones after its targets at a glance, "end" ones after its tables.
-KEPT_BEGIN = "<!-- kept by make bench ({where}): hand-written, carried into the next report -->"
+KEPT_OPEN = "<!-- kept by make bench"
+KEPT_BEGIN = KEPT_OPEN + " ({where}): hand-written, carried into the next report -->"
 KEPT_END = "<!-- end of kept notes -->"
 KEPT = re.compile(
-    r"<!-- kept by make bench \((top|end)\): [^\n]*-->[ \t]*\r?\n.*?<!-- end of kept notes -->[ \t]*(?:\r?\n)?", re.S
+    re.escape(KEPT_OPEN) + r" \((top|end)\): [^\n]*-->[ \t]*\r?\n.*?" + re.escape(KEPT_END) + r"[ \t]*(?:\r?\n)?", re.S
 )
 
 
@@ -68,17 +69,14 @@ def kept_notes(previous: str) -> dict[str, list[str]]:
     """The kept blocks of the previous report, markers included, by where they go ("top", "end").
 
     Raises KeptNotesUnreadable when a marker is not part of a well-formed block (an unknown place, a begin
-    without its end, an end too many): the caller must not overwrite that file."""
-    found: dict[str, list[str]] = {"top": [], "end": []}
+    without its end or inside another block, an end too many): each of those leaves more markers than blocks,
+    and the caller must not overwrite that file."""
     blocks = list(KEPT.finditer(previous))
+    if previous.count(KEPT_OPEN) != len(blocks) or previous.count(KEPT_END) != len(blocks):
+        raise KeptNotesUnreadable(f"the kept-notes markers do not pair up ({KEPT_BEGIN} ... {KEPT_END})")
+    found: dict[str, list[str]] = {"top": [], "end": []}
     for match in blocks:
-        if "<!-- kept by make bench" in match.group(0)[len("<!-- kept by make bench") :]:
-            raise KeptNotesUnreadable("a kept block begins inside another one (its end marker is missing)")
         found[match.group(1)].append(match.group(0).rstrip("\r\n \t"))
-    if previous.count("<!-- kept by make bench") != len(blocks) or previous.count("<!-- end of kept notes") != len(
-        blocks
-    ):
-        raise KeptNotesUnreadable("the kept-notes markers do not pair up (begin: 'kept by make bench (top|end)')")
     return found
 
 
@@ -180,7 +178,7 @@ def main() -> int:
         print(f"{args.output}: {why}; left as it is, the new report goes to {output}")
         kept = {"top": [], "end": []}
     output.write_text(render(results, kept))
-    print(f"wrote {args.output}")
+    print(f"wrote {output}")
     return 0
 
 

@@ -118,9 +118,9 @@ def _profile(stack: LaunchedStack, args: argparse.Namespace, out: Path) -> None:
         command = ["perf", "record", "-a", "-g", "-F", "199", "-o", str(out / "perf.data"), "--", "sleep", seconds]
         samplers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
-        before = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(reference.infrastructure_pids(stack))}
+        before = reference.stack_cpu_seconds(stack, pids)
         run = reference.wrk_load(url, headers, municipality, args.clients, args.seconds)
-        after = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(reference.infrastructure_pids(stack))}
+        after = reference.stack_cpu_seconds(stack, pids)
         for sampler in samplers:
             sampler.wait(timeout=float(seconds) + 60)
     finally:

@@ -131,6 +131,12 @@ def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
+def stack_cpu_seconds(stack: LaunchedStack, pids: dict[str, int]) -> dict[str, float]:
+    """Each service process's CPU seconds and each infrastructure group's (`infrastructure_pids`, read now: the
+    server's backends come and go), for `cpu_ms_per_report` over a run."""
+    return {**cpu_snapshot(pids), **group_cpu_seconds(infrastructure_pids(stack))}
+
+
 def cpu_ms_per_report(before: dict[str, float], after: dict[str, float], reports: int) -> dict[str, float]:
     return {name: round(1000 * (after[name] - before[name]) / max(reports, 1), 2) for name in before}
 

@@ -190,12 +190,11 @@ async def _intake_row(stack: LaunchedStack, concurrency: int, seconds: float, pi
     settings = database.stack_settings(stack)
     municipality = new_municipality("in")
     headers = stack.headers("police", municipality, "--member-id", "bench-police")
-    groups = reference.infrastructure_pids(stack)
-    cpu_before = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(groups)}
+    cpu_before = reference.stack_cpu_seconds(stack, pids)
     http = await asyncio.to_thread(reference.wrk_load, stack.url("intake"), headers, municipality, concurrency, seconds)
     if http is None:  # no wrk on this machine (`make bench` installs Debian's): httpx in a process of its own
         http = await reference.http_load_in_child(stack.url("intake"), headers, municipality, concurrency, seconds)
-    cpu_after = {**reference.cpu_snapshot(pids), **reference.group_cpu_seconds(reference.infrastructure_pids(stack))}
+    cpu_after = reference.stack_cpu_seconds(stack, pids)
     cpu = reference.cpu_ms_per_report(cpu_before, cpu_after, http["made"])
     BACKLOG["reports"] += http["made"]
     ceiling = database.CeilingReport(settings, new_municipality("ceil"))
